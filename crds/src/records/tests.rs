@@ -1,0 +1,97 @@
+use super::*;
+use proptest::prelude::*;
+
+fn ts() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_762_857_000).expect("valid timestamp")
+}
+
+fn user(content: &str) -> ChatRecord {
+    ChatRecord::UserMessage(UserMessage {
+        v: SCHEMA_VERSION,
+        id: "msg-1".into(),
+        conversation_id: "conv-123".into(),
+        user_id: "user-456".into(),
+        content: content.into(),
+        timestamp: ts(),
+        accepted_by: "node-0".into(),
+        accepted_at: None,
+    })
+}
+
+#[test]
+fn user_message_wire_shape_is_stable() {
+    let bytes = encode(&user("Hello")).expect("encode");
+    let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(json["type"], "userMessage");
+    assert_eq!(json["v"], 1);
+    assert_eq!(json["conversationId"], "conv-123");
+    assert_eq!(json["userId"], "user-456");
+    assert_eq!(json["timestamp"], "2025-11-11T10:30:00Z");
+}
+
+#[test]
+fn newer_version_is_refused() {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&encode(&user("x")).expect("encode")).expect("json");
+    json["v"] = 2.into();
+    let err = decode::<ChatRecord>(json.to_string().as_bytes()).expect_err("must refuse");
+    assert!(matches!(err, RecordError::UnsupportedVersion { found: 2, supported: 1 }));
+}
+
+#[test]
+fn garbage_is_malformed() {
+    assert!(matches!(decode::<ChatRecord>(b"{\"type\":\"nope\"}"), Err(RecordError::Malformed(_))));
+    assert!(matches!(decode::<MeshEvent>(b"not json"), Err(RecordError::Malformed(_))));
+}
+
+#[test]
+fn missing_version_reads_as_v1() {
+    let raw = br#"{"type":"userMessage","id":"m","conversationId":"c","userId":"u","content":"hi","timestamp":"2025-11-11T10:30:00Z","acceptedBy":"n"}"#;
+    let rec = decode::<ChatRecord>(raw).expect("decode");
+    assert_eq!(rec.version(), 1);
+}
+
+fn arb_reply() -> impl Strategy<Value = ChatRecord> {
+    (any::<String>(), any::<String>(), any::<u64>(), proptest::option::of(any::<String>()), 0i64..4_000_000_000)
+        .prop_map(|(content, in_reply_to, epoch, err, secs)| {
+            ChatRecord::AgentReply(AgentReply {
+                v: SCHEMA_VERSION,
+                id: "r".into(),
+                conversation_id: "c".into(),
+                in_reply_to,
+                sender: "agent".into(),
+                content,
+                timestamp: OffsetDateTime::from_unix_timestamp(secs).expect("in range"),
+                node: "n".into(),
+                epoch,
+                error: err.map(|message| ReplyError { kind: ReplyErrorKind::Upstream, message, attempts: 3 }),
+                completion_tokens: 7,
+                attempt: 1,
+                chunks: 4,
+            })
+        })
+}
+
+proptest! {
+    #[test]
+    fn chat_records_round_trip(rec in prop_oneof![any::<String>().prop_map(|c| user(&c)), arb_reply()]) {
+        let back: ChatRecord = decode(&encode(&rec).expect("encode")).expect("decode");
+        prop_assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn load_reports_round_trip(lf in 0.0f64..10.0, parts in proptest::collection::vec(0i32..1024, 0..32), draining: bool) {
+        let ev = MeshEvent::LoadReport(LoadReport {
+            v: SCHEMA_VERSION,
+            worker_id: "w".into(),
+            address: "http://127.0.0.1:8080".into(),
+            generation: 3,
+            partitions: parts.into_iter().map(|partition| PartitionLoad { partition, ..Default::default() }).collect(),
+            load_factor: lf,
+            draining,
+            timestamp: ts(),
+        });
+        let back: MeshEvent = decode(&encode(&ev).expect("encode")).expect("decode");
+        prop_assert_eq!(back, ev);
+    }
+}

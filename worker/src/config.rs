@@ -1,0 +1,392 @@
+//! The worker's configuration: one struct, from flags, `MESHCHAT_*` environment variables and
+//! an optional YAML file (`--config`). Precedence: flag > environment > file > default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+
+/// MeshChat worker: serves chat over REST, WebSocket and SSE and answers with an LLM.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "meshchat-worker", version, args_override_self = true)]
+pub struct Config {
+    /// YAML file whose keys are the long option names below (e.g. `llm-model: gpt-4o`).
+    #[arg(long, env = "MESHCHAT_CONFIG")]
+    pub config: Option<String>,
+
+    /// This worker's id (stable across restarts; the pod name on Kubernetes).
+    #[arg(long, env = "MESHCHAT_NODE_ID", default_value = "meshchat-node-0")]
+    pub node_id: String,
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "MESHCHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Base URL peers use to reach this worker (default: http://<listen>).
+    #[arg(long, env = "MESHCHAT_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Name agent replies carry as sender.
+    #[arg(long, env = "MESHCHAT_AGENT_NAME", default_value = "meshchat-agent")]
+    pub agent_name: String,
+
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "MESHCHAT_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+    /// Prefix for every topic name, so several meshes can share a broker.
+    #[arg(long, env = "MESHCHAT_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Partitions of chat.messages, chat.conversations and chat.stream when creating them.
+    #[arg(long, env = "MESHCHAT_PARTITIONS", default_value_t = 24)]
+    pub partitions: i32,
+    /// Replication factor when creating topics.
+    #[arg(long, env = "MESHCHAT_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+    /// Extra librdkafka settings, `key=value` comma-separated (e.g. security.protocol=SASL_SSL).
+    #[arg(long, env = "MESHCHAT_KAFKA_PROPERTIES", default_value = "")]
+    pub kafka_properties: String,
+
+    /// Partitions this worker owns: `all`, or a list like `0-7,12`.
+    #[arg(long, env = "MESHCHAT_OWNED_PARTITIONS", default_value = "all")]
+    pub owned_partitions: String,
+    /// Other workers and what they own, for forwarding reads:
+    /// `node-1=http://10.0.0.2:8080|8-15;node-2=http://10.0.0.3:8080|16-23`.
+    #[arg(long, env = "MESHCHAT_PEERS", default_value = "")]
+    pub peers: String,
+
+    /// OpenAI-compatible base URL (OpenAI, vLLM, Ollama's /v1).
+    #[arg(long, env = "MESHCHAT_LLM_BASE_URL", default_value = "https://api.openai.com/v1")]
+    pub llm_base_url: String,
+    /// Model name.
+    #[arg(long, env = "MESHCHAT_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+    /// API key (falls back to OPENAI_API_KEY).
+    #[arg(long, env = "MESHCHAT_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// System prompt.
+    #[arg(
+        long,
+        env = "MESHCHAT_SYSTEM_PROMPT",
+        default_value = "You are a helpful assistant in a team chat. Answer concisely."
+    )]
+    pub system_prompt: String,
+    /// Sampling temperature.
+    #[arg(long, env = "MESHCHAT_LLM_TEMPERATURE")]
+    pub llm_temperature: Option<f32>,
+    /// Maximum completion tokens per reply.
+    #[arg(long, env = "MESHCHAT_LLM_MAX_TOKENS", default_value_t = 512)]
+    pub llm_max_tokens: u32,
+    /// Token budget for the context sent with each call (system prompt included).
+    #[arg(long, env = "MESHCHAT_CONTEXT_TOKENS", default_value_t = 4096)]
+    pub context_tokens: u32,
+    /// Tokenizer used to count context tokens: cl100k_base or o200k_base.
+    #[arg(long, env = "MESHCHAT_TOKENIZER", default_value = "cl100k_base")]
+    pub tokenizer: String,
+    /// Seconds one LLM attempt may take, and may stall between two streamed chunks.
+    #[arg(long, env = "MESHCHAT_LLM_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub llm_timeout_secs: f64,
+    /// Retries after a failed LLM attempt (timeouts, 5xx, 429, refused connections).
+    #[arg(long, env = "MESHCHAT_LLM_RETRIES", default_value_t = 2)]
+    pub llm_retries: u32,
+    /// First retry delay in milliseconds; doubles per retry, with jitter.
+    #[arg(long, env = "MESHCHAT_LLM_BACKOFF_MS", default_value_t = 250)]
+    pub llm_backoff_ms: u64,
+    /// Concurrent LLM calls on this worker.
+    #[arg(long, env = "MESHCHAT_LLM_CONCURRENCY", default_value_t = 64)]
+    pub llm_concurrency: u32,
+
+    /// Largest message content, in bytes.
+    #[arg(long, env = "MESHCHAT_MAX_CONTENT_BYTES", default_value_t = 32 * 1024)]
+    pub max_content_bytes: usize,
+    /// Messages kept per conversation in memory and in snapshots.
+    #[arg(long, env = "MESHCHAT_HISTORY_LIMIT", default_value_t = 200)]
+    pub history_limit: usize,
+    /// Seconds between snapshot + offset-commit rounds.
+    #[arg(long, env = "MESHCHAT_SNAPSHOT_INTERVAL_SECS", default_value_t = 5.0)]
+    pub snapshot_interval_secs: f64,
+    /// Seconds in-flight replies may take to finish on shutdown before they are left to the
+    /// next owner.
+    #[arg(long, env = "MESHCHAT_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
+    pub shutdown_grace_secs: f64,
+    /// Log format: text or json.
+    #[arg(long, env = "MESHCHAT_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// A configuration error, naming the option.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// File path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An option has a bad value.
+    #[error("--{option}: {reason}")]
+    Invalid {
+        /// Long option name.
+        option: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Flag parsing failed (includes --help).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+}
+
+/// A peer worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Worker id.
+    pub node_id: String,
+    /// Base URL.
+    pub url: String,
+    /// Partitions it owns.
+    pub partitions: Vec<i32>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads flags and environment, then fills what they leave unset from `--config`.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect())
+    }
+
+    /// Like [`Config::load`] with explicit arguments (the first is the program name).
+    pub fn load_from(args: Vec<String>) -> Result<Self, ConfigError> {
+        let first = Config::try_parse_from(&args)?;
+        let Some(path) = first.config.clone() else {
+            return first.checked();
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?;
+        let file: BTreeMap<String, serde_saphyr_value::Scalar> = serde_saphyr_value::parse(&text)
+            .map_err(|reason| ConfigError::File { path: path.clone(), reason })?;
+        let command = Config::command();
+        let mut merged = vec![args.first().cloned().unwrap_or_default()];
+        for (key, value) in file {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+                .ok_or_else(|| ConfigError::File {
+                    path: path.clone(),
+                    reason: format!("unknown option {key:?}"),
+                })?;
+            let env_set = arg.get_env().is_some_and(|name| std::env::var_os(name).is_some());
+            if !env_set {
+                merged.push(format!("--{key}={}", value.0));
+            }
+        }
+        merged.extend(args.into_iter().skip(1));
+        Config::try_parse_from(merged)?.checked()
+    }
+
+    fn checked(self) -> Result<Self, ConfigError> {
+        meshchat_crds_check(&self)?;
+        Ok(self)
+    }
+
+    /// URL peers reach this worker on.
+    pub fn advertise_url(&self) -> String {
+        self.advertise_url.clone().unwrap_or_else(|| {
+            let host = if self.listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                self.listen.ip().to_string()
+            };
+            format!("http://{host}:{}", self.listen.port())
+        })
+    }
+
+    /// The LLM API key, from the option or OPENAI_API_KEY.
+    pub fn api_key(&self) -> String {
+        self.llm_api_key
+            .clone()
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok())
+            .unwrap_or_default()
+    }
+
+    /// Partitions this worker owns out of `total`.
+    pub fn owned(&self, total: i32) -> Result<Vec<i32>, ConfigError> {
+        parse_partitions(&self.owned_partitions, total)
+            .map_err(|reason| ConfigError::Invalid { option: "owned-partitions", reason })
+    }
+
+    /// Peers from `--peers`.
+    pub fn peer_list(&self, total: i32) -> Result<Vec<Peer>, ConfigError> {
+        parse_peers(&self.peers, total).map_err(|reason| ConfigError::Invalid { option: "peers", reason })
+    }
+
+    /// One LLM attempt's time limit.
+    pub fn llm_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.llm_timeout_secs)
+    }
+}
+
+fn meshchat_crds_check(c: &Config) -> Result<(), ConfigError> {
+    let invalid = |option, reason: &str| Err(ConfigError::Invalid { option, reason: reason.into() });
+    if !(1..=4096).contains(&c.partitions) {
+        return invalid("partitions", "must be between 1 and 4096");
+    }
+    if c.llm_concurrency == 0 {
+        return invalid("llm-concurrency", "must be at least 1");
+    }
+    if !(c.llm_timeout_secs > 0.0) {
+        return invalid("llm-timeout-secs", "must be positive");
+    }
+    if !(c.snapshot_interval_secs > 0.0) {
+        return invalid("snapshot-interval-secs", "must be positive");
+    }
+    if !(c.shutdown_grace_secs >= 0.0) {
+        return invalid("shutdown-grace-secs", "must not be negative");
+    }
+    if c.max_content_bytes == 0 {
+        return invalid("max-content-bytes", "must be at least 1");
+    }
+    if !matches!(c.log_format.as_str(), "text" | "json") {
+        return invalid("log-format", "must be text or json");
+    }
+    if crate::validate::check_id("node-id", &c.node_id).is_err() {
+        return invalid("node-id", "must match [A-Za-z0-9._:-]{1,128}");
+    }
+    c.owned(c.partitions)?;
+    c.peer_list(c.partitions)?;
+    Ok(())
+}
+
+/// Parses `all` or `0-7,12` into sorted partitions below `total`.
+pub fn parse_partitions(spec: &str, total: i32) -> Result<Vec<i32>, String> {
+    let spec = spec.trim();
+    if spec == "all" {
+        return Ok((0..total).collect());
+    }
+    if spec.is_empty() || spec == "none" {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for part in spec.split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: i32 = lo.parse().map_err(|_| format!("{part:?} is not a partition or range"))?;
+        let hi: i32 = hi.parse().map_err(|_| format!("{part:?} is not a partition or range"))?;
+        if lo < 0 || hi < lo || hi >= total {
+            return Err(format!("{part:?} is outside 0..{}", total - 1));
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Parses `node=url|parts;node=url|parts`.
+pub fn parse_peers(spec: &str, total: i32) -> Result<Vec<Peer>, String> {
+    spec.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (node, rest) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: expected node=url|partitions"))?;
+            let (url, parts) = rest.split_once('|').unwrap_or((rest, "none"));
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(format!("{item:?}: url must start with http:// or https://"));
+            }
+            Ok(Peer {
+                node_id: node.trim().to_string(),
+                url: url.trim().trim_end_matches('/').to_string(),
+                partitions: parse_partitions(parts, total)?,
+            })
+        })
+        .collect()
+}
+
+/// Reads a flat YAML mapping of scalars with serde-saphyr.
+mod serde_saphyr_value {
+    use std::collections::BTreeMap;
+
+    /// A scalar value rendered as the text a flag would take.
+    #[derive(Debug)]
+    pub struct Scalar(pub String);
+
+    impl<'de> serde::Deserialize<'de> for Scalar {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            #[derive(serde::Deserialize)]
+            #[serde(untagged)]
+            enum Any {
+                B(bool),
+                I(i64),
+                F(f64),
+                S(String),
+            }
+            Ok(Scalar(match Any::deserialize(d)? {
+                Any::B(b) => b.to_string(),
+                Any::I(i) => i.to_string(),
+                Any::F(f) => f.to_string(),
+                Any::S(s) => s,
+            }))
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<BTreeMap<String, Scalar>, String> {
+        if text.trim().is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Vec<String> {
+        std::iter::once("meshchat-worker").chain(extra.iter().copied()).map(String::from).collect()
+    }
+
+    #[test]
+    fn partitions_spec() {
+        assert_eq!(parse_partitions("all", 4), Ok(vec![0, 1, 2, 3]));
+        assert_eq!(parse_partitions("3,0-1,1", 4), Ok(vec![0, 1, 3]));
+        assert!(parse_partitions("2-9", 4).is_err());
+        assert!(parse_partitions("x", 4).is_err());
+    }
+
+    #[test]
+    fn peers_spec() {
+        let peers = parse_peers("n1=http://127.0.0.1:8081|0-1; n2=http://h:1/|2", 4).expect("valid");
+        assert_eq!(peers[0].partitions, vec![0, 1]);
+        assert_eq!(peers[1].url, "http://h:1");
+        assert!(parse_peers("n1=ftp://x|1", 4).is_err());
+    }
+
+    #[test]
+    fn file_fills_unset_options_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("meshchat-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("worker.yaml");
+        std::fs::write(&path, "llm-model: from-file\nllm-concurrency: 7\nagent-name: file-agent\n")
+            .expect("write");
+        let p = path.to_string_lossy().to_string();
+        let c = Config::load_from(args(&["--config", &p, "--agent-name", "flag-agent"])).expect("load");
+        assert_eq!(c.llm_model, "from-file");
+        assert_eq!(c.llm_concurrency, 7);
+        assert_eq!(c.agent_name, "flag-agent");
+        std::fs::write(&path, "no-such-option: 1\n").expect("write");
+        let err = Config::load_from(args(&["--config", &p])).expect_err("unknown key");
+        assert!(err.to_string().contains("no-such-option"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let err = Config::load_from(args(&["--owned-partitions", "0-99"])).expect_err("range");
+        assert!(err.to_string().starts_with("--owned-partitions"), "{err}");
+        let err = Config::load_from(args(&["--llm-concurrency", "0"])).expect_err("zero");
+        assert!(err.to_string().starts_with("--llm-concurrency"), "{err}");
+    }
+}

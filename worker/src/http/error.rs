@@ -1,0 +1,68 @@
+//! One error type for every handler; each variant maps to a status and a JSON body.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::validate::FieldError;
+
+/// A handler failure, shown to clients as `{"error", "message", "field"?}`.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad input, naming the field.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// Unknown conversation or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// A dependency (Kafka) is unavailable, or the worker is draining.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The capability is not built yet.
+    #[error("{0}")]
+    NotImplemented(String),
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            AppError::Field(e) => (
+                if e.too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST },
+                json!({
+                    "error": if e.too_large { "too_large" } else { "invalid_request" },
+                    "field": e.field,
+                    "message": format!("{}: {}", e.field, e.message),
+                }),
+            ),
+            AppError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": "not_found", "message": m})),
+            AppError::Unavailable(m) => {
+                (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "unavailable", "message": m}))
+            }
+            AppError::NotImplemented(m) => {
+                (StatusCode::NOT_IMPLEMENTED, json!({"error": "not_implemented", "message": m}))
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The raw request body, with axum's rejections turned into [`AppError`]s.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(BytesRejection::FailedToBufferBody(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(FieldError { too_large: true, ..FieldError::new("body", "request body is too large") }.into())
+            }
+            Err(e) => Err(FieldError::new("body", e.body_text()).into()),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Thin shells around rdkafka: client settings, topic creation, the producer, and log reads.
+
+mod admin;
+mod logread;
+mod producer;
+
+pub use admin::{ensure_topics, partition_count};
+pub use logread::{read_conversation, read_partition, restore_snapshots};
+pub use producer::Producer;
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+/// A Kafka failure.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The client reported an error.
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    /// A topic exists with a layout MeshChat cannot use.
+    #[error("topic {topic}: {reason}")]
+    Topic {
+        /// Topic name.
+        topic: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A record could not be encoded.
+    #[error(transparent)]
+    Record(#[from] meshchat_crds::RecordError),
+    /// The operation did not finish in time.
+    #[error("kafka: {what} timed out")]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+    },
+}
+
+/// Base client settings: bootstrap servers plus `key=value,...` extras (SASL, TLS...).
+pub fn client_config(bootstrap: &str, extra: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("client.id", "meshchat-worker")
+        .set("socket.keepalive.enable", "true");
+    for kv in extra.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some((k, v)) = kv.split_once('=') {
+            cfg.set(k.trim(), v.trim());
+        }
+    }
+    cfg
+}
+
+/// Timeout for metadata and watermark queries.
+pub const META_TIMEOUT: Duration = Duration::from_secs(10);

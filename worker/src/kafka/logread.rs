@@ -1,0 +1,126 @@
+//! Reads ranges of a partition directly (blocking consumer on a blocking thread): snapshot
+//! restore and the "read the log" path for conversations this worker does not own.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use meshchat_crds::{ChatRecord, ConversationSnapshot, Topics, decode, partition_for};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{KafkaError, META_TIMEOUT};
+use crate::store::{Conversation, content_of};
+
+/// One record read from a partition.
+pub struct Raw {
+    /// Offset.
+    pub offset: i64,
+    /// Key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Payload, if any.
+    pub payload: Option<Vec<u8>>,
+}
+
+fn reader(cfg: &ClientConfig) -> Result<BaseConsumer, KafkaError> {
+    Ok(cfg
+        .clone()
+        .set("group.id", "meshchat-logread")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?)
+}
+
+/// Every record of `topic`/`partition` from `from` up to the high watermark at call time,
+/// passed to `each` (blocking; call from a blocking thread).
+pub fn read_partition(
+    cfg: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    mut each: impl FnMut(Raw),
+) -> Result<(), KafkaError> {
+    let consumer = reader(cfg)?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, META_TIMEOUT)?;
+    let start = from.max(low);
+    if start >= high {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if Instant::now() > deadline {
+            return Err(KafkaError::Timeout { what: "partition read" });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => {
+                let offset = m.offset();
+                each(Raw { offset, key: m.key().map(<[u8]>::to_vec), payload: m.payload().map(<[u8]>::to_vec) });
+                if offset + 1 >= high {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Latest snapshot of every conversation in `partitions` of the snapshot topic.
+pub fn restore_snapshots(
+    cfg: &ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<String, ConversationSnapshot>, KafkaError> {
+    let mut latest = HashMap::new();
+    for &p in partitions {
+        read_partition(cfg, topic, p, 0, |raw| {
+            let Some(payload) = raw.payload else { return };
+            match decode::<ConversationSnapshot>(&payload) {
+                Ok(s) => {
+                    latest.insert(s.conversation_id.clone(), s);
+                }
+                Err(e) => tracing::warn!(offset = raw.offset, error = %e, "skipping unreadable snapshot"),
+            }
+        })?;
+    }
+    Ok(latest)
+}
+
+/// One conversation rebuilt from its latest snapshot and the log after it; `None` when the
+/// log has no record of it.
+pub fn read_conversation(
+    cfg: &ClientConfig,
+    topics: &Topics,
+    partitions: i32,
+    id: &str,
+    history_limit: usize,
+    count: impl Fn(&str) -> u32,
+) -> Result<Option<Conversation>, KafkaError> {
+    let p = partition_for(id, partitions);
+    let mut snapshot = None;
+    read_partition(cfg, &topics.conversations, p, 0, |raw| {
+        if raw.key.as_deref() == Some(id.as_bytes())
+            && let Some(payload) = raw.payload
+            && let Ok(s) = decode::<ConversationSnapshot>(&payload)
+        {
+            snapshot = Some(s);
+        }
+    })?;
+    let mut conv = snapshot.map(|s| Conversation::from_snapshot(s, &count));
+    let from = conv.as_ref().map_or(0, |c| c.last_offset + 1);
+    read_partition(cfg, &topics.messages, p, from, |raw| {
+        if raw.key.as_deref() != Some(id.as_bytes()) {
+            return;
+        }
+        let Some(payload) = raw.payload else { return };
+        if let Ok(record) = decode::<ChatRecord>(&payload) {
+            let tokens = count(content_of(&record));
+            conv.get_or_insert_with(|| Conversation::new(id)).apply(raw.offset, record, tokens, history_limit);
+        }
+    })?;
+    Ok(conv)
+}

@@ -1,0 +1,25 @@
+//! MeshChat worker: serves chat over REST, WebSocket and SSE, consumes Kafka, keeps
+//! conversation context and answers with an OpenAI-compatible LLM.
+#![forbid(unsafe_code)]
+
+mod answer;
+pub mod config;
+pub mod context;
+mod http;
+mod hub;
+pub mod kafka;
+pub mod live;
+pub mod llm;
+pub mod load;
+mod metrics;
+mod owner;
+pub mod ownership;
+mod run;
+mod state;
+pub mod store;
+pub mod validate;
+pub mod view;
+
+pub use config::Config;
+pub use http::app;
+pub use run::run;

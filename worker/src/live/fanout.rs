@@ -1,0 +1,115 @@
+//! The fan-out consumer: no consumer group membership, no commits — it starts at the tail.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshchat_crds::{ChatRecord, PresenceEvent, ReplyChunk, Topics, decode};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::Sequencer;
+use crate::hub::Hub;
+use crate::kafka::{KafkaError, META_TIMEOUT};
+use crate::view::LiveEvent;
+
+/// How long a final reply waits for chunks that have not arrived.
+const HOLD: Duration = Duration::from_millis(500);
+
+/// Runs the fan-out until `shutdown`.
+pub async fn run_fanout(
+    kafka: ClientConfig,
+    topics: Topics,
+    partitions: i32,
+    node_id: String,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) -> Result<(), KafkaError> {
+    let consumer: StreamConsumer = kafka
+        .clone()
+        .set("group.id", format!("meshchat-fanout-{node_id}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    // Start exactly at the high watermarks, so `position` is exact from the first record.
+    let mut tpl = TopicPartitionList::new();
+    let mut position: HashMap<i32, i64> = HashMap::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
+        position.insert(p, high);
+        tpl.add_partition_offset(&topics.messages, p, Offset::Offset(high))?;
+        tpl.add_partition_offset(&topics.stream, p, Offset::End)?;
+        tpl.add_partition_offset(&topics.users, p, Offset::End)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut sequencers: HashMap<String, Sequencer> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut prune = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for (conv, seq) in sequencers.iter_mut().filter(|(_, s)| s.is_waiting()) {
+                    publish(&hub, conv, seq.on_tick(now));
+                }
+            }
+            _ = prune.tick() => {
+                hub.prune();
+                sequencers.retain(|conv, _| hub.watched(conv));
+            }
+            m = consumer.recv() => {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fan-out consume error");
+                        continue;
+                    }
+                };
+                let p = m.partition();
+                let topic = m.topic();
+                if topic == topics.messages {
+                    position.insert(p, m.offset() + 1);
+                }
+                let Some(conv) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+                if !hub.watched(conv) {
+                    continue;
+                }
+                let Some(payload) = m.payload() else { continue };
+                let now = Instant::now();
+                let events = if topic == topics.messages {
+                    match decode::<ChatRecord>(payload) {
+                        Ok(r) => sequencer(&mut sequencers, conv).on_message(m.offset(), r, now),
+                        Err(_) => continue,
+                    }
+                } else if topic == topics.stream {
+                    match decode::<ReplyChunk>(payload) {
+                        Ok(c) => {
+                            let pos = position.get(&p).copied().unwrap_or(0);
+                            sequencer(&mut sequencers, conv).on_chunk(c, pos, now)
+                        }
+                        Err(_) => continue,
+                    }
+                } else {
+                    match decode::<PresenceEvent>(payload) {
+                        Ok(e) => vec![LiveEvent::Presence { user_id: e.user_id, kind: e.kind }],
+                        Err(_) => continue,
+                    }
+                };
+                publish(&hub, conv, events);
+            }
+        }
+    }
+}
+
+fn sequencer<'a>(map: &'a mut HashMap<String, Sequencer>, conv: &str) -> &'a mut Sequencer {
+    map.entry(conv.to_string()).or_insert_with(|| Sequencer::new(HOLD))
+}
+
+fn publish(hub: &Hub, conv: &str, events: Vec<LiveEvent>) {
+    for e in events {
+        hub.publish(conv, e);
+    }
+}

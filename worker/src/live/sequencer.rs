@@ -1,0 +1,171 @@
+//! Orders one conversation's live events. User messages and final replies come from
+//! `chat.messages`, token chunks from `chat.stream`; a reader sees the two topics interleaved
+//! arbitrarily. The sequencer emits, per conversation: the user message, then its tokens in
+//! order, then the final reply — holding chunks that arrive before their message and a final
+//! reply that arrives before its chunks (bounded by `hold`). Pure; time is passed in.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use meshchat_crds::{ChatRecord, ReplyChunk};
+
+use crate::view::{LiveEvent, MessageView};
+
+const FINISHED_MEMORY: usize = 64;
+
+#[derive(Debug, Default)]
+struct Progress {
+    attempt: u32,
+    next_seq: u32,
+}
+
+/// Live ordering state of one conversation.
+#[derive(Debug)]
+pub struct Sequencer {
+    hold: Duration,
+    /// Chunks whose user message has not been read yet.
+    held_chunks: Vec<ReplyChunk>,
+    replies: HashMap<String, Progress>,
+    finished: VecDeque<String>,
+    /// A final reply waiting for its chunks, and what came after it.
+    blocked: Option<(Instant, VecDeque<(i64, ChatRecord)>)>,
+}
+
+// === impl Sequencer ===
+
+impl Sequencer {
+    /// A sequencer that waits at most `hold` for a final reply's missing chunks.
+    pub fn new(hold: Duration) -> Self {
+        Self {
+            hold,
+            held_chunks: Vec::new(),
+            replies: HashMap::new(),
+            finished: VecDeque::new(),
+            blocked: None,
+        }
+    }
+
+    /// A record of `chat.messages` at `offset`.
+    pub fn on_message(&mut self, offset: i64, record: ChatRecord, now: Instant) -> Vec<LiveEvent> {
+        let mut out = Vec::new();
+        if let Some((_, queue)) = &mut self.blocked {
+            queue.push_back((offset, record));
+            return out;
+        }
+        self.emit_record(offset, record, now, &mut out);
+        out
+    }
+
+    /// A chunk of `chat.stream`; `messages_pos` is the reader's next offset on the
+    /// conversation's `chat.messages` partition (so whether the chunk's message was read).
+    pub fn on_chunk(&mut self, chunk: ReplyChunk, messages_pos: i64, now: Instant) -> Vec<LiveEvent> {
+        let mut out = Vec::new();
+        if self.finished.contains(&chunk.reply_id) {
+            return out;
+        }
+        let message_emitted = chunk.user_offset < messages_pos && !self.is_queued(chunk.user_offset);
+        if !message_emitted {
+            self.held_chunks.push(chunk);
+            return out;
+        }
+        self.emit_chunk(chunk, &mut out);
+        self.try_unblock(now, false, &mut out);
+        out
+    }
+
+    /// Releases a final reply whose chunks did not come within `hold`.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<LiveEvent> {
+        let mut out = Vec::new();
+        self.try_unblock(now, true, &mut out);
+        out
+    }
+
+    /// Whether anything is waiting (the caller ticks only such sequencers).
+    pub fn is_waiting(&self) -> bool {
+        self.blocked.is_some()
+    }
+
+    fn is_queued(&self, offset: i64) -> bool {
+        self.blocked.as_ref().is_some_and(|(_, q)| q.iter().any(|(o, _)| *o == offset))
+    }
+
+    fn emit_record(&mut self, offset: i64, record: ChatRecord, now: Instant, out: &mut Vec<LiveEvent>) {
+        match record {
+            ChatRecord::UserMessage(_) => {
+                out.push(LiveEvent::Message { message: MessageView::from(&record) });
+                let (ready, held): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.held_chunks).into_iter().partition(|c| c.user_offset <= offset);
+                self.held_chunks = held;
+                for c in ready {
+                    self.emit_chunk(c, out);
+                }
+            }
+            ChatRecord::AgentReply(ref r) => {
+                let complete = r.chunks == 0
+                    || self
+                        .replies
+                        .get(&r.id)
+                        .is_some_and(|p| p.attempt == r.attempt && p.next_seq >= r.chunks);
+                if complete {
+                    self.finish(&record, out);
+                } else {
+                    let mut queue = VecDeque::new();
+                    queue.push_back((offset, record));
+                    self.blocked = Some((now + self.hold, queue));
+                }
+            }
+        }
+    }
+
+    fn emit_chunk(&mut self, c: ReplyChunk, out: &mut Vec<LiveEvent>) {
+        let p = self.replies.entry(c.reply_id.clone()).or_default();
+        if c.attempt < p.attempt || (c.attempt == p.attempt && c.seq < p.next_seq) {
+            return; // void attempt or duplicate
+        }
+        if c.attempt > p.attempt {
+            p.attempt = c.attempt;
+        }
+        p.next_seq = c.seq + 1;
+        out.push(LiveEvent::token(&c));
+    }
+
+    fn finish(&mut self, record: &ChatRecord, out: &mut Vec<LiveEvent>) {
+        if let ChatRecord::AgentReply(r) = record {
+            self.replies.remove(&r.id);
+            self.held_chunks.retain(|c| c.reply_id != r.id);
+            self.finished.push_back(r.id.clone());
+            if self.finished.len() > FINISHED_MEMORY {
+                self.finished.pop_front();
+            }
+        }
+        out.push(LiveEvent::Reply { message: MessageView::from(record) });
+    }
+
+    fn try_unblock(&mut self, now: Instant, allow_timeout: bool, out: &mut Vec<LiveEvent>) {
+        loop {
+            let Some((deadline, queue)) = &mut self.blocked else { return };
+            let Some((_, ChatRecord::AgentReply(head))) = queue.front() else { return };
+            let complete = self
+                .replies
+                .get(&head.id)
+                .is_some_and(|p| p.attempt == head.attempt && p.next_seq >= head.chunks);
+            if !complete && !(allow_timeout && now >= *deadline) {
+                return;
+            }
+            let Some((_deadline, mut queue)) = self.blocked.take() else { return };
+            if let Some((_, reply)) = queue.pop_front() {
+                self.finish(&reply, out);
+            }
+            while let Some((offset, record)) = queue.pop_front() {
+                self.emit_record(offset, record, now, out);
+                if let Some((_, rest)) = &mut self.blocked {
+                    rest.extend(queue.drain(..));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

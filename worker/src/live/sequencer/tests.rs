@@ -1,0 +1,136 @@
+use super::*;
+use meshchat_crds::{AgentReply, UserMessage};
+use proptest::prelude::*;
+use time::OffsetDateTime;
+
+fn user(i: usize) -> ChatRecord {
+    ChatRecord::UserMessage(UserMessage {
+        v: 1,
+        id: format!("m{i}"),
+        conversation_id: "c".into(),
+        user_id: "u".into(),
+        content: format!("q{i}"),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+        accepted_by: "n".into(),
+        accepted_at: None,
+    })
+}
+
+fn reply(i: usize, chunks: u32) -> ChatRecord {
+    ChatRecord::AgentReply(AgentReply {
+        v: 1,
+        id: format!("r{i}"),
+        conversation_id: "c".into(),
+        in_reply_to: format!("m{i}"),
+        sender: "agent".into(),
+        content: format!("a{i}"),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+        node: "n".into(),
+        epoch: 1,
+        error: None,
+        completion_tokens: chunks,
+        attempt: 0,
+        chunks,
+    })
+}
+
+fn chunk(i: usize, user_offset: i64, seq: u32) -> ReplyChunk {
+    ReplyChunk {
+        v: 1,
+        conversation_id: "c".into(),
+        in_reply_to: format!("m{i}"),
+        user_offset,
+        reply_id: format!("r{i}"),
+        attempt: 0,
+        seq,
+        delta: format!("t{i}.{seq} "),
+        node: "n".into(),
+        epoch: 1,
+    }
+}
+
+/// Compact trace: "M0", "T0.1", "R0".
+fn trace(events: &[LiveEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            LiveEvent::Message { message } => format!("M{}", &message.id[1..]),
+            LiveEvent::Token { reply_id, seq, .. } => format!("T{}.{seq}", &reply_id[1..]),
+            LiveEvent::Reply { message } => format!("R{}", &message.id[1..]),
+            LiveEvent::Presence { .. } => "P".into(),
+        })
+        .collect()
+}
+
+/// The two topics of a conversation with `chunks[i]` chunks for reply i: the messages log
+/// (user i at offset 2i, reply i at 2i+1) and the stream.
+fn topics(chunks: &[u32]) -> (Vec<(i64, ChatRecord)>, Vec<ReplyChunk>) {
+    let mut log = Vec::new();
+    let mut stream = Vec::new();
+    for (i, n) in chunks.iter().enumerate() {
+        let at = 2 * i as i64;
+        log.push((at, user(i)));
+        log.push((at + 1, reply(i, *n)));
+        stream.extend((0..*n).map(|s| chunk(i, at, s)));
+    }
+    (log, stream)
+}
+
+fn expected(chunks: &[u32]) -> Vec<String> {
+    let mut want = Vec::new();
+    for (i, n) in chunks.iter().enumerate() {
+        want.push(format!("M{i}"));
+        want.extend((0..*n).map(|s| format!("T{i}.{s}")));
+        want.push(format!("R{i}"));
+    }
+    want
+}
+
+#[test]
+fn chunk_before_its_message_waits() {
+    let now = Instant::now();
+    let mut s = Sequencer::new(Duration::from_millis(500));
+    assert!(s.on_chunk(chunk(0, 0, 0), 0, now).is_empty());
+    assert_eq!(trace(&s.on_message(0, user(0), now)), ["M0", "T0.0"]);
+}
+
+#[test]
+fn reply_before_its_chunks_waits_then_times_out() {
+    let now = Instant::now();
+    let mut s = Sequencer::new(Duration::from_millis(500));
+    s.on_message(0, user(0), now);
+    assert!(s.on_message(1, reply(0, 2), now).is_empty());
+    assert!(s.on_message(2, user(1), now).is_empty(), "queued behind the held reply");
+    assert_eq!(trace(&s.on_chunk(chunk(0, 0, 0), 3, now)), ["T0.0"]);
+    assert!(s.on_tick(now + Duration::from_millis(100)).is_empty());
+    assert_eq!(trace(&s.on_tick(now + Duration::from_millis(600))), ["R0", "M1"]);
+    assert!(s.on_chunk(chunk(0, 0, 1), 3, now).is_empty(), "late chunk of a finished reply is dropped");
+}
+
+proptest! {
+    /// Any interleaving of the two topics yields message, tokens in order, reply — per turn,
+    /// turns in order — when no hold times out.
+    #[test]
+    fn any_interleaving_is_ordered(chunks in proptest::collection::vec(0u32..5, 1..6), picks in proptest::collection::vec(any::<bool>(), 0..80)) {
+        let (log, stream) = topics(&chunks);
+        let now = Instant::now();
+        let mut s = Sequencer::new(Duration::from_secs(60));
+        let (mut li, mut si, mut out) = (0usize, 0usize, Vec::new());
+        let mut picks = picks.into_iter();
+        while li < log.len() || si < stream.len() {
+            let take_log = si >= stream.len() || (li < log.len() && picks.next().unwrap_or(true));
+            if take_log {
+                let (o, r) = log[li].clone();
+                out.extend(s.on_message(o, r, now));
+                li += 1;
+            } else {
+                // the reader's position on chat.messages is the next log offset it will read
+                let pos = log.get(li).map_or(log.len() as i64, |(o, _)| *o);
+                out.extend(s.on_chunk(stream[si].clone(), pos, now));
+                si += 1;
+            }
+        }
+        prop_assert_eq!(trace(&out), expected(&chunks));
+        prop_assert!(!s.is_waiting());
+    }
+}

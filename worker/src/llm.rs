@@ -1,0 +1,234 @@
+//! The LLM client: async-openai with streaming, per-attempt timeouts, stall detection and
+//! bounded retries with backoff. Works with any OpenAI-compatible endpoint.
+
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+};
+use futures::StreamExt;
+use meshchat_crds::ReplyErrorKind;
+
+use crate::context::{Role, Turn};
+
+/// LLM settings.
+#[derive(Clone, Debug)]
+pub struct LlmSettings {
+    /// Base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// API key (may be empty for local servers).
+    pub api_key: String,
+    /// Model.
+    pub model: String,
+    /// Temperature.
+    pub temperature: Option<f32>,
+    /// Max completion tokens.
+    pub max_tokens: u32,
+    /// One attempt's limit, and the longest stall between chunks.
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// First backoff.
+    pub backoff: Duration,
+}
+
+/// Why the LLM gave no answer, after all attempts.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message} (after {attempts} attempts)")]
+pub struct LlmError {
+    /// Class of failure.
+    pub kind: ReplyErrorKind,
+    /// Cause in words.
+    pub message: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// A finished answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// Full text.
+    pub content: String,
+    /// The attempt that produced it (0-based).
+    pub attempt: u32,
+}
+
+/// The client.
+#[derive(Clone)]
+pub struct Llm {
+    client: Client<OpenAIConfig>,
+    settings: LlmSettings,
+}
+
+struct AttemptError {
+    kind: ReplyErrorKind,
+    message: String,
+    retryable: bool,
+}
+
+// === impl Llm ===
+
+impl Llm {
+    /// Creates the client. Retries are ours (counted and bounded), so the library's are off.
+    pub fn new(settings: LlmSettings) -> Self {
+        let config = OpenAIConfig::new()
+            .with_api_base(settings.base_url.trim_end_matches('/'))
+            .with_api_key(settings.api_key.clone());
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .build()
+            .unwrap_or_default();
+        let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
+        Self { client, settings }
+    }
+
+    /// Streams an answer to `context`, calling `on_delta(attempt, text)` for each piece. A new
+    /// attempt restarts the text (callers mark pieces with the attempt number).
+    pub async fn stream(
+        &self,
+        context: &[Turn],
+        mut on_delta: impl FnMut(u32, &str),
+    ) -> Result<Completion, LlmError> {
+        let request = self.request(context).map_err(|e| LlmError {
+            kind: ReplyErrorKind::Rejected,
+            message: format!("invalid request: {e}"),
+            attempts: 0,
+        })?;
+        let mut attempt = 0u32;
+        loop {
+            match self.attempt(request.clone(), attempt, &mut on_delta).await {
+                Ok(content) => return Ok(Completion { content, attempt }),
+                Err(e) if e.retryable && attempt < self.settings.retries => {
+                    tracing::warn!(attempt, error = %e.message, "LLM attempt failed; retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(LlmError { kind: e.kind, message: e.message, attempts: attempt + 1 });
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.settings.backoff.saturating_mul(1 << attempt.min(10));
+        // +-25% jitter so synchronized failures do not retry in lockstep
+        let nanos = u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos());
+        let jitter = 0.75 + (nanos % 1000) as f64 / 2000.0;
+        base.mul_f64(jitter).min(Duration::from_secs(30))
+    }
+
+    #[allow(deprecated)] // `max_tokens`: what vLLM, Ollama and OpenAI all accept
+    fn request(&self, context: &[Turn]) -> Result<CreateChatCompletionRequest, OpenAIError> {
+        let messages: Vec<ChatCompletionRequestMessage> = context
+            .iter()
+            .map(|t| match t.role {
+                Role::System => ChatCompletionRequestSystemMessage::from(t.content.clone()).into(),
+                Role::User => ChatCompletionRequestUserMessage::from(t.content.as_str()).into(),
+                Role::Assistant => ChatCompletionRequestAssistantMessage::from(t.content.clone()).into(),
+            })
+            .collect();
+        let mut args = CreateChatCompletionRequestArgs::default();
+        args.model(self.settings.model.clone()).messages(messages).max_tokens(self.settings.max_tokens).stream(true);
+        if let Some(t) = self.settings.temperature {
+            args.temperature(t);
+        }
+        args.build()
+    }
+
+    async fn attempt(
+        &self,
+        request: CreateChatCompletionRequest,
+        attempt: u32,
+        on_delta: &mut impl FnMut(u32, &str),
+    ) -> Result<String, AttemptError> {
+        let limit = self.settings.timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut stream = tokio::time::timeout_at(deadline, self.client.chat().create_stream(request))
+            .await
+            .map_err(|_| timeout_error(limit))?
+            .map_err(classify)?;
+        let mut content = String::new();
+        loop {
+            // a stall between chunks counts against the same attempt deadline
+            let next = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| timeout_error(limit))?;
+            match next {
+                None => return Ok(content),
+                Some(Err(e)) => return Err(classify(e)),
+                Some(Ok(chunk)) => {
+                    for choice in chunk.choices {
+                        if let Some(delta) = choice.delta.content.filter(|d| !d.is_empty()) {
+                            on_delta(attempt, &delta);
+                            content.push_str(&delta);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn timeout_error(limit: Duration) -> AttemptError {
+    AttemptError {
+        kind: ReplyErrorKind::Timeout,
+        message: format!("LLM did not answer within {:.1}s", limit.as_secs_f64()),
+        retryable: true,
+    }
+}
+
+fn classify(e: OpenAIError) -> AttemptError {
+    match e {
+        OpenAIError::ApiError(resp) => {
+            let status = resp.status_code.as_u16();
+            let retryable = status == 429 || status >= 500 || status == 408;
+            AttemptError {
+                kind: if retryable { ReplyErrorKind::Upstream } else { ReplyErrorKind::Rejected },
+                message: format!("LLM answered HTTP {status}: {}", truncate(&resp.api_error.message, 200)),
+                retryable,
+            }
+        }
+        OpenAIError::Reqwest(e) if e.is_timeout() => AttemptError {
+            kind: ReplyErrorKind::Timeout,
+            message: "LLM request timed out".into(),
+            retryable: true,
+        },
+        OpenAIError::Reqwest(e) => AttemptError {
+            kind: ReplyErrorKind::Unavailable,
+            message: format!("LLM unreachable: {}", error_chain(&e)),
+            retryable: true,
+        },
+        other => AttemptError {
+            kind: ReplyErrorKind::Upstream,
+            message: format!("LLM stream failed: {}", truncate(&other.to_string(), 200)),
+            retryable: true,
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    truncate(&out, 300)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

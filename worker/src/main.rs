@@ -1,0 +1,34 @@
+//! The `meshchat-worker` binary.
+
+use std::process::ExitCode;
+
+use meshchat_worker::Config;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(meshchat_worker::config::ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("meshchat-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_env("MESHCHAT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,tower_http=warn"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_format == "json" {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    match meshchat_worker::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("meshchat-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics of one worker.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of replies by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Label of token counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+}
+
+/// Label of per-partition gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    /// Partition of chat.messages.
+    pub partition: i32,
+}
+
+/// All metrics; cheap to clone (handles share state).
+#[derive(Clone)]
+pub struct Metrics {
+    /// User messages accepted by `POST /api/chat/send`.
+    pub messages_in: Counter,
+    /// User messages consumed by the owner.
+    pub messages_handled: Counter,
+    /// Replies produced, by outcome.
+    pub replies: Family<OutcomeLabel, Counter>,
+    /// From the user message's acceptance to its reply's acknowledgement.
+    pub send_to_reply: Histogram,
+    /// One LLM call (all attempts).
+    pub llm_latency: Histogram,
+    /// LLM tokens, prompt and completion.
+    pub llm_tokens: Family<KindLabel, Counter>,
+    /// LLM calls in flight.
+    pub llm_in_flight: Gauge,
+    /// Answers waiting for an LLM slot.
+    pub llm_queued: Gauge,
+    /// LLM attempts that failed (and were retried or gave up).
+    pub llm_failures: Counter,
+    /// Records behind the high watermark per owned partition.
+    pub consumer_lag: Family<PartitionLabel, Gauge>,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Creates the metrics and registers them under `meshchat_`.
+    pub fn new() -> (Self, Registry) {
+        let m = Self {
+            messages_in: Counter::default(),
+            messages_handled: Counter::default(),
+            replies: Family::default(),
+            send_to_reply: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            llm_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            llm_tokens: Family::default(),
+            llm_in_flight: Gauge::default(),
+            llm_queued: Gauge::default(),
+            llm_failures: Counter::default(),
+            consumer_lag: Family::default(),
+        };
+        let mut r = Registry::with_prefix("meshchat");
+        r.register("messages_in", "User messages accepted over HTTP", m.messages_in.clone());
+        r.register("messages_handled", "User messages consumed by their owner", m.messages_handled.clone());
+        r.register("replies", "Replies produced, by outcome", m.replies.clone());
+        r.register("send_to_reply_seconds", "Acceptance of a user message to its reply's ack", m.send_to_reply.clone());
+        r.register("llm_latency_seconds", "LLM call time, all attempts", m.llm_latency.clone());
+        r.register("llm_tokens", "LLM tokens by kind", m.llm_tokens.clone());
+        r.register("llm_in_flight", "LLM calls in flight", m.llm_in_flight.clone());
+        r.register("llm_queued", "Answers waiting for an LLM slot", m.llm_queued.clone());
+        r.register("llm_failures", "Failed LLM attempts", m.llm_failures.clone());
+        r.register("consumer_lag", "Records behind the high watermark, per owned partition", m.consumer_lag.clone());
+        (m, r)
+    }
+}

@@ -1,0 +1,234 @@
+//! Assembles a worker from its configuration and runs it until SIGTERM or Ctrl-C.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use meshchat_crds::{MeshEvent, SCHEMA_VERSION, SystemEvent, Topics, encode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::answer::Answerer;
+use crate::config::Config;
+use crate::context::Tokenizer;
+use crate::hub::Hub;
+use crate::kafka::{self, Producer};
+use crate::llm::{Llm, LlmSettings};
+use crate::load::Load;
+use crate::metrics::Metrics;
+use crate::owner::OwnerLoop;
+use crate::ownership::Ownership;
+use crate::state::{AppState, Shared};
+use crate::store::Store;
+
+/// Runs the worker to completion.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let topics = Topics::with_prefix(&config.topic_prefix);
+    let kafka = kafka::client_config(&config.kafka_bootstrap, &config.kafka_properties);
+    let partitions = ensure_topics_with_retry(&kafka, &topics, &config).await?;
+    if partitions != config.partitions {
+        tracing::warn!(configured = config.partitions, actual = partitions, "chat.messages already exists; using its partition count");
+    }
+    let owned = config.owned(partitions)?;
+    let peers = config.peer_list(partitions)?;
+    let url = config.advertise_url();
+    let ownership = Arc::new(Ownership::fixed(&config.node_id, &url, &owned, &peers));
+    let tokenizer = Tokenizer::new(&config.tokenizer)?;
+    let producer = Producer::new(&kafka)?;
+    let (metrics, registry) = Metrics::new();
+    let load = Arc::new(Load::new(config.llm_concurrency));
+    let store = Arc::new(RwLock::new(Store::new(config.history_limit)));
+    let shutdown = CancellationToken::new();
+    let caught_up = Arc::new(AtomicBool::new(false));
+    let llm = Llm::new(LlmSettings {
+        base_url: config.llm_base_url.clone(),
+        api_key: config.api_key(),
+        model: config.llm_model.clone(),
+        temperature: config.llm_temperature,
+        max_tokens: config.llm_max_tokens,
+        timeout: config.llm_timeout(),
+        retries: config.llm_retries,
+        backoff: Duration::from_millis(config.llm_backoff_ms),
+    });
+    let answerer = Arc::new(Answerer {
+        llm,
+        producer: producer.clone(),
+        topics: topics.clone(),
+        node_id: config.node_id.clone(),
+        agent_name: config.agent_name.clone(),
+        slots: Arc::new(Semaphore::new(config.llm_concurrency as usize)),
+        load: load.clone(),
+        metrics: metrics.clone(),
+        tokenizer: tokenizer.clone(),
+        stop_new: CancellationToken::new(),
+        abandon: CancellationToken::new(),
+    });
+    let hub = Arc::new(Hub::default());
+    let state = AppState(Arc::new(Shared {
+        config: config.clone(),
+        topics: topics.clone(),
+        partitions,
+        kafka: kafka.clone(),
+        producer: producer.clone(),
+        ownership: ownership.clone(),
+        store: store.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        registry: Arc::new(registry),
+        load: load.clone(),
+        tokenizer: tokenizer.clone(),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        started: Instant::now(),
+        caught_up: caught_up.clone(),
+        kafka_ok: Arc::new(AtomicBool::new(true)),
+        draining: Arc::new(AtomicBool::new(false)),
+        shutdown: shutdown.clone(),
+    }));
+
+    let owner = OwnerLoop {
+        kafka: kafka.clone(),
+        topics: topics.clone(),
+        partitions,
+        group_id: format!("{}meshchat-owners", config.topic_prefix),
+        ownership: ownership.clone(),
+        store,
+        answerer,
+        producer: producer.clone(),
+        tokenizer,
+        system_prompt: config.system_prompt.clone(),
+        context_tokens: config.context_tokens,
+        snapshot_interval: Duration::from_secs_f64(config.snapshot_interval_secs),
+        grace: Duration::from_secs_f64(config.shutdown_grace_secs),
+        metrics,
+        caught_up,
+        node_id: config.node_id.clone(),
+    };
+    let owner_stop = CancellationToken::new();
+    let owner_task = tokio::spawn(owner.run(owner_stop.clone()));
+    let fanout_task = tokio::spawn(crate::live::run_fanout(
+        kafka.clone(),
+        topics.clone(),
+        partitions,
+        config.node_id.clone(),
+        hub,
+        shutdown.clone(),
+    ));
+    tokio::spawn(sample_load(load, shutdown.clone()));
+    tokio::spawn(probe_kafka(kafka.clone(), topics.messages.clone(), state.0.kafka_ok.clone(), shutdown.clone()));
+    system_event(&producer, &topics, &config.node_id, "workerStarted", &format!("owns {owned:?} at {url}")).await;
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(node = %config.node_id, %url, partitions, owned = ?owned, "serving");
+    let draining = state.0.draining.clone();
+    let stop = shutdown.clone();
+    let server = axum::serve(listener, crate::app(state)).with_graceful_shutdown(async move {
+        signal().await;
+        tracing::info!("shutdown requested: draining");
+        draining.store(true, Ordering::Relaxed);
+        stop.cancel();
+    });
+    let server_result = server.await;
+    shutdown.cancel();
+    system_event(&producer, &topics, &config.node_id, "workerStopping", "drained").await;
+    owner_stop.cancel();
+    match owner_task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "owner loop failed while draining"),
+        Err(e) => tracing::error!(error = %e, "owner loop panicked"),
+        Ok(Ok(())) => {}
+    }
+    if let Ok(Err(e)) = fanout_task.await {
+        tracing::warn!(error = %e, "fan-out stopped with an error");
+    }
+    producer.flush(Duration::from_secs(10))?;
+    tracing::info!("stopped");
+    server_result?;
+    Ok(())
+}
+
+async fn ensure_topics_with_retry(kafka: &rdkafka::ClientConfig, topics: &Topics, config: &Config) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match kafka::ensure_topics(kafka, topics, config.partitions, config.replication_factor).await {
+            Ok(n) => return Ok(n),
+            Err(e @ kafka::KafkaError::Topic { .. }) => return Err(e.into()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, bootstrap = %config.kafka_bootstrap, "Kafka not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("Kafka at {} unreachable: {e}", config.kafka_bootstrap)),
+        }
+    }
+}
+
+async fn sample_load(load: Arc<Load>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => load.sample(0.25),
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Marks Kafka unreachable when a metadata request fails.
+async fn probe_kafka(kafka: rdkafka::ClientConfig, topic: String, ok: Arc<AtomicBool>, stop: CancellationToken) {
+    let Ok(consumer) = kafka.clone().set("group.id", "meshchat-probe").create::<BaseConsumer>() else {
+        ok.store(false, Ordering::Relaxed);
+        return;
+    };
+    let consumer = Arc::new(consumer);
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let (c, t) = (consumer.clone(), topic.clone());
+        let reachable = tokio::task::spawn_blocking(move || c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok())
+            .await
+            .unwrap_or(false);
+        if ok.swap(reachable, Ordering::Relaxed) != reachable {
+            tracing::warn!(reachable, "Kafka reachability changed");
+        }
+    }
+}
+
+async fn system_event(producer: &Producer, topics: &Topics, node: &str, kind: &str, detail: &str) {
+    let event = MeshEvent::System(SystemEvent {
+        v: SCHEMA_VERSION,
+        node: node.to_string(),
+        kind: kind.to_string(),
+        detail: detail.to_string(),
+        timestamp: OffsetDateTime::now_utc(),
+    });
+    if let Ok(bytes) = encode(&event) {
+        let send = producer.send(&topics.events, 0, node, &bytes);
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), send).await {
+            tracing::warn!(error = %e, "could not publish {kind}");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,261 @@
+//! Conversations of the partitions this worker owns, built by applying the log in order.
+//! Pure and deterministic: the owner loop feeds it records; replays and restores use the
+//! same `apply`, which is idempotent by offset, and the first reply to a message wins.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use meshchat_crds::{ChatRecord, ConversationSnapshot, SCHEMA_VERSION, SnapshotEntry, UserMessage};
+
+use crate::context::{Role, Turn};
+
+/// A retained log record and its token count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Offset in `chat.messages`.
+    pub offset: i64,
+    /// The record.
+    pub record: ChatRecord,
+    /// Tokens of its content.
+    pub tokens: u32,
+}
+
+/// One conversation's state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Conversation {
+    /// Conversation id.
+    pub id: String,
+    /// Users in order of first message.
+    pub participants: Vec<String>,
+    /// Retained history, oldest first.
+    pub entries: VecDeque<Entry>,
+    /// Last applied offset (-1 when none).
+    pub last_offset: i64,
+    /// Unanswered user messages, by offset.
+    pub pending: BTreeMap<i64, UserMessage>,
+    /// The user message being answered now, if any.
+    pub in_flight: Option<String>,
+    /// Changed since the last snapshot.
+    pub dirty: bool,
+    /// Whether any agent reply exists (the agent is then a participant).
+    pub agent_replied: bool,
+}
+
+/// What applying a record did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A new user message; `new_participant` when it is the user's first here.
+    UserMessage {
+        /// First message of this user in the conversation.
+        new_participant: bool,
+    },
+    /// The first reply to a pending message.
+    Reply,
+    /// Already reflected (offset at or below the last applied one).
+    Stale,
+    /// A reply to a message that is not pending: a duplicate (e.g. a zombie's), dropped.
+    DuplicateReply,
+}
+
+// === impl Conversation ===
+
+impl Conversation {
+    /// An empty conversation.
+    pub fn new(id: &str) -> Self {
+        Self { id: id.to_string(), last_offset: -1, ..Default::default() }
+    }
+
+    /// Applies the record at `offset`, keeping at most `limit` entries (pending ones are kept).
+    pub fn apply(&mut self, offset: i64, record: ChatRecord, tokens: u32, limit: usize) -> Applied {
+        if offset <= self.last_offset {
+            return Applied::Stale;
+        }
+        self.last_offset = offset;
+        let applied = match &record {
+            ChatRecord::UserMessage(m) => {
+                let new_participant = !self.participants.contains(&m.user_id);
+                if new_participant {
+                    self.participants.push(m.user_id.clone());
+                }
+                self.pending.insert(offset, m.clone());
+                Applied::UserMessage { new_participant }
+            }
+            ChatRecord::AgentReply(r) => {
+                let Some(at) = self.pending_offset(&r.in_reply_to) else {
+                    return Applied::DuplicateReply;
+                };
+                self.pending.remove(&at);
+                if self.in_flight.as_deref() == Some(r.in_reply_to.as_str()) {
+                    self.in_flight = None;
+                }
+                self.agent_replied = true;
+                Applied::Reply
+            }
+        };
+        self.entries.push_back(Entry { offset, record, tokens });
+        self.dirty = true;
+        self.evict(limit);
+        applied
+    }
+
+    fn pending_offset(&self, id: &str) -> Option<i64> {
+        self.pending.iter().find(|(_, m)| m.id == id).map(|(o, _)| *o)
+    }
+
+    fn evict(&mut self, limit: usize) {
+        while self.entries.len() > limit {
+            let Some(front) = self.entries.front() else { break };
+            if self.pending.contains_key(&front.offset) {
+                break;
+            }
+            self.entries.pop_front();
+        }
+    }
+
+    /// The oldest unanswered message, when nothing is being answered (one at a time keeps
+    /// replies in order and gives each answer the previous reply as context).
+    pub fn next_to_answer(&self) -> Option<(i64, &UserMessage)> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        self.pending.iter().next().map(|(o, m)| (*o, m))
+    }
+
+    /// History up to and including the user message at `offset`, as context turns.
+    /// Error replies are not context.
+    pub fn turns_until(&self, offset: i64) -> Vec<Turn> {
+        self.entries
+            .iter()
+            .filter(|e| e.offset <= offset)
+            .filter_map(|e| match &e.record {
+                ChatRecord::UserMessage(m) => {
+                    Some(Turn { role: Role::User, content: m.content.clone(), tokens: e.tokens })
+                }
+                ChatRecord::AgentReply(r) if r.error.is_none() => Some(Turn {
+                    role: Role::Assistant,
+                    content: r.content.clone(),
+                    tokens: e.tokens,
+                }),
+                ChatRecord::AgentReply(_) => None,
+            })
+            .collect()
+    }
+
+    /// The conversation as a snapshot record.
+    pub fn to_snapshot(&self, epoch: u64) -> ConversationSnapshot {
+        ConversationSnapshot {
+            v: SCHEMA_VERSION,
+            conversation_id: self.id.clone(),
+            participants: self.participants.clone(),
+            entries: self
+                .entries
+                .iter()
+                .map(|e| SnapshotEntry { offset: e.offset, record: e.record.clone() })
+                .collect(),
+            pending: self.pending.values().map(|m| m.id.clone()).collect(),
+            last_offset: self.last_offset,
+            epoch,
+        }
+    }
+
+    /// Restores a conversation from its snapshot; `count` gives token counts.
+    pub fn from_snapshot(s: ConversationSnapshot, count: impl Fn(&str) -> u32) -> Self {
+        let mut conv = Conversation::new(&s.conversation_id);
+        conv.participants = s.participants;
+        conv.last_offset = s.last_offset;
+        for e in s.entries {
+            let tokens = count(content_of(&e.record));
+            match &e.record {
+                ChatRecord::UserMessage(m) if s.pending.contains(&m.id) => {
+                    conv.pending.insert(e.offset, m.clone());
+                }
+                ChatRecord::AgentReply(r) if r.error.is_none() => conv.agent_replied = true,
+                _ => {}
+            }
+            conv.entries.push_back(Entry { offset: e.offset, record: e.record, tokens });
+        }
+        conv
+    }
+}
+
+/// The text of a record.
+pub fn content_of(record: &ChatRecord) -> &str {
+    match record {
+        ChatRecord::UserMessage(m) => &m.content,
+        ChatRecord::AgentReply(r) => &r.content,
+    }
+}
+
+/// All conversations this worker holds.
+#[derive(Debug, Default)]
+pub struct Store {
+    conversations: HashMap<String, Conversation>,
+    /// Entries kept per conversation.
+    pub history_limit: usize,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// An empty store keeping `history_limit` entries per conversation.
+    pub fn new(history_limit: usize) -> Self {
+        Self { conversations: HashMap::new(), history_limit: history_limit.max(1) }
+    }
+
+    /// Applies a record of conversation `record.conversation_id()` at `offset`.
+    pub fn apply(&mut self, offset: i64, record: ChatRecord, tokens: u32) -> Applied {
+        let limit = self.history_limit;
+        let id = record.conversation_id().to_string();
+        self.conversations
+            .entry(id.clone())
+            .or_insert_with(|| Conversation::new(&id))
+            .apply(offset, record, tokens, limit)
+    }
+
+    /// Installs a restored conversation, unless a newer state is already held.
+    pub fn restore(&mut self, conv: Conversation) {
+        match self.conversations.get(&conv.id) {
+            Some(have) if have.last_offset >= conv.last_offset => {}
+            _ => {
+                self.conversations.insert(conv.id.clone(), conv);
+            }
+        }
+    }
+
+    /// A conversation by id.
+    pub fn get(&self, id: &str) -> Option<&Conversation> {
+        self.conversations.get(id)
+    }
+
+    /// A conversation by id, mutable.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Conversation> {
+        self.conversations.get_mut(id)
+    }
+
+    /// Number of conversations held.
+    pub fn len(&self) -> usize {
+        self.conversations.len()
+    }
+
+    /// Whether no conversation is held.
+    pub fn is_empty(&self) -> bool {
+        self.conversations.is_empty()
+    }
+
+    /// Conversations, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Conversation> {
+        self.conversations.values()
+    }
+
+    /// Conversations, mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Conversation> {
+        self.conversations.values_mut()
+    }
+
+    /// Drops every conversation `keep` rejects (used when partitions are released).
+    pub fn retain(&mut self, mut keep: impl FnMut(&Conversation) -> bool) {
+        self.conversations.retain(|_, c| keep(c));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+use super::*;
+use meshchat_crds::AgentReply;
+use proptest::prelude::*;
+use time::OffsetDateTime;
+
+fn user(id: &str, user: &str) -> ChatRecord {
+    ChatRecord::UserMessage(UserMessage {
+        v: 1,
+        id: id.into(),
+        conversation_id: "c".into(),
+        user_id: user.into(),
+        content: format!("question {id}"),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+        accepted_by: "n".into(),
+        accepted_at: None,
+    })
+}
+
+fn reply(to: &str) -> ChatRecord {
+    ChatRecord::AgentReply(AgentReply {
+        v: 1,
+        id: format!("r-{to}"),
+        conversation_id: "c".into(),
+        in_reply_to: to.into(),
+        sender: "agent".into(),
+        content: format!("answer {to}"),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+        node: "n".into(),
+        epoch: 1,
+        error: None,
+        completion_tokens: 2,
+        attempt: 0,
+        chunks: 1,
+    })
+}
+
+#[test]
+fn answers_one_at_a_time_in_order() {
+    let mut c = Conversation::new("c");
+    c.apply(0, user("m1", "u"), 1, 100);
+    c.apply(1, user("m2", "u"), 1, 100);
+    let (o, m) = c.next_to_answer().expect("m1 pending");
+    assert_eq!((o, m.id.as_str()), (0, "m1"));
+    c.in_flight = Some("m1".into());
+    assert!(c.next_to_answer().is_none());
+    assert_eq!(c.apply(2, reply("m1"), 1, 100), Applied::Reply);
+    assert_eq!(c.next_to_answer().map(|(_, m)| m.id.clone()), Some("m2".into()));
+}
+
+#[test]
+fn second_reply_is_a_duplicate_and_stale_offsets_are_ignored() {
+    let mut c = Conversation::new("c");
+    c.apply(5, user("m1", "u"), 1, 100);
+    assert_eq!(c.apply(6, reply("m1"), 1, 100), Applied::Reply);
+    assert_eq!(c.apply(7, reply("m1"), 1, 100), Applied::DuplicateReply);
+    assert_eq!(c.apply(6, reply("m1"), 1, 100), Applied::Stale);
+    assert_eq!(c.entries.len(), 2);
+}
+
+#[test]
+fn eviction_keeps_pending_messages() {
+    let mut c = Conversation::new("c");
+    c.apply(0, user("m0", "u"), 1, 2);
+    c.apply(1, user("m1", "u"), 1, 2);
+    c.apply(2, user("m2", "u"), 1, 2);
+    assert_eq!(c.entries.len(), 3, "all three are pending");
+    c.apply(3, reply("m0"), 1, 2);
+    assert_eq!(c.entries.front().map(|e| e.offset), Some(1));
+}
+
+#[test]
+fn context_turns_skip_error_replies_and_later_messages() {
+    let mut c = Conversation::new("c");
+    c.apply(0, user("m1", "u"), 3, 100);
+    let mut err = reply("m1");
+    if let ChatRecord::AgentReply(r) = &mut err {
+        r.error = Some(meshchat_crds::ReplyError {
+            kind: meshchat_crds::ReplyErrorKind::Timeout,
+            message: "t".into(),
+            attempts: 3,
+        });
+    }
+    c.apply(1, err, 0, 100);
+    c.apply(2, user("m2", "u"), 3, 100);
+    c.apply(3, user("m3", "u"), 3, 100);
+    let turns = c.turns_until(2);
+    assert_eq!(turns.iter().map(|t| t.role).collect::<Vec<_>>(), vec![Role::User, Role::User]);
+}
+
+/// A log: user messages m0..mn with replies to some of them placed after their question.
+fn arb_log() -> impl Strategy<Value = Vec<ChatRecord>> {
+    proptest::collection::vec((any::<bool>(), any::<bool>(), 0u8..3), 1..40).prop_map(|spec| {
+        let mut log = Vec::new();
+        for (i, (answered, dup, user_n)) in spec.into_iter().enumerate() {
+            let id = format!("m{i}");
+            log.push(user(&id, &format!("u{user_n}")));
+            if answered {
+                log.push(reply(&id));
+                if dup {
+                    log.push(reply(&id));
+                }
+            }
+        }
+        log
+    })
+}
+
+proptest! {
+    /// Restoring a snapshot taken at any point and replaying the rest of the log (from any
+    /// earlier offset, as after a crash before commit) gives the state of a straight replay.
+    #[test]
+    fn snapshot_plus_replay_equals_full_replay(log in arb_log(), cut in any::<prop::sample::Index>(), back in 0usize..5, limit in 1usize..50) {
+        let mut full = Conversation::new("c");
+        for (o, r) in log.iter().enumerate() {
+            full.apply(o as i64, r.clone(), 1, limit);
+        }
+        let cut = cut.index(log.len() + 1);
+        let mut first = Conversation::new("c");
+        for (o, r) in log.iter().enumerate().take(cut) {
+            first.apply(o as i64, r.clone(), 1, limit);
+        }
+        let mut restored = Conversation::from_snapshot(first.to_snapshot(1), |_| 1);
+        for (o, r) in log.iter().enumerate().skip(cut.saturating_sub(back)) {
+            restored.apply(o as i64, r.clone(), 1, limit);
+        }
+        restored.dirty = full.dirty;
+        prop_assert_eq!(&restored.pending, &full.pending);
+        prop_assert_eq!(&restored.entries, &full.entries);
+        prop_assert_eq!(&restored.participants, &full.participants);
+        // every user message is either pending or has exactly one reply retained or evicted
+        let replies = full.entries.iter().filter(|e| matches!(e.record, ChatRecord::AgentReply(_))).count();
+        let users = log.iter().filter(|r| matches!(r, ChatRecord::UserMessage(_))).count();
+        prop_assert!(replies + full.pending.len() <= users);
+    }
+}

@@ -1,0 +1,129 @@
+//! JSON shapes served to clients (the seed's API), built from log records.
+
+use meshchat_crds::{ChatRecord, ReplyChunk, ReplyError};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// One message as `GET /api/chat/conversation/{id}` and live streams show it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    /// Message id.
+    pub id: String,
+    /// User id, or the agent's name for replies.
+    pub sender: String,
+    /// Text; for an error reply, the error in words.
+    pub content: String,
+    /// RFC 3339 time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    /// For replies: the answered message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<String>,
+    /// For replies: the worker that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// For error replies: why the LLM did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReplyError>,
+}
+
+impl From<&ChatRecord> for MessageView {
+    fn from(record: &ChatRecord) -> Self {
+        match record {
+            ChatRecord::UserMessage(m) => MessageView {
+                id: m.id.clone(),
+                sender: m.user_id.clone(),
+                content: m.content.clone(),
+                timestamp: m.timestamp,
+                in_reply_to: None,
+                node: None,
+                error: None,
+            },
+            ChatRecord::AgentReply(r) => MessageView {
+                id: r.id.clone(),
+                sender: r.sender.clone(),
+                content: match &r.error {
+                    Some(e) if r.content.is_empty() => format!("[error] {}", e.message),
+                    _ => r.content.clone(),
+                },
+                timestamp: r.timestamp,
+                in_reply_to: Some(r.in_reply_to.clone()),
+                node: Some(r.node.clone()),
+                error: r.error.clone(),
+            },
+        }
+    }
+}
+
+/// A whole conversation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConversationView {
+    /// Conversation id.
+    pub id: String,
+    /// Users, then the agent once it has replied.
+    pub participants: Vec<String>,
+    /// Retained history, oldest first.
+    pub messages: Vec<MessageView>,
+}
+
+/// An event on a live stream (WebSocket text frame or SSE `data:`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum LiveEvent {
+    /// A user message entered the conversation.
+    Message {
+        /// The message.
+        message: MessageView,
+    },
+    /// A piece of a reply being generated.
+    #[serde(rename_all = "camelCase")]
+    Token {
+        /// Answered message.
+        in_reply_to: String,
+        /// Id the final reply will have.
+        reply_id: String,
+        /// LLM attempt; a higher one restarts the text.
+        attempt: u32,
+        /// Chunk number within the attempt.
+        seq: u32,
+        /// Text.
+        delta: String,
+    },
+    /// The final reply (or error reply).
+    Reply {
+        /// The reply.
+        message: MessageView,
+    },
+    /// A user's presence changed.
+    #[serde(rename_all = "camelCase")]
+    Presence {
+        /// User.
+        user_id: String,
+        /// joined, left, online, offline.
+        kind: meshchat_crds::PresenceKind,
+    },
+}
+
+impl LiveEvent {
+    /// The token event for a chunk.
+    pub fn token(c: &ReplyChunk) -> Self {
+        LiveEvent::Token {
+            in_reply_to: c.in_reply_to.clone(),
+            reply_id: c.reply_id.clone(),
+            attempt: c.attempt,
+            seq: c.seq,
+            delta: c.delta.clone(),
+        }
+    }
+
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LiveEvent::Message { .. } => "message",
+            LiveEvent::Token { .. } => "token",
+            LiveEvent::Reply { .. } => "reply",
+            LiveEvent::Presence { .. } => "presence",
+        }
+    }
+}
