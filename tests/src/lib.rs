@@ -1,1 +1,76 @@
-//! placeholder
+//! Test harness: starts a real Kafka broker (once per run), the fake LLM and worker processes,
+//! and gives tests small clients for REST, WebSocket, SSE and the topics themselves.
+#![forbid(unsafe_code)]
+
+mod kafka;
+mod live;
+mod procs;
+
+pub use kafka::{TopicRecord, broker, end_offsets, read_topic};
+pub use live::{LiveClient, connect_sse, connect_ws};
+pub use procs::{FakeLlm, Worker, WorkerSpec, bin, unique_prefix};
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A shared HTTP client.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+}
+
+/// Sends a chat message; returns the message id.
+pub async fn send(base: &str, conversation: &str, user: &str, content: &str) -> anyhow::Result<String> {
+    let resp = http()
+        .post(format!("{base}/api/chat/send"))
+        .json(&json!({"conversationId": conversation, "userId": user, "content": content}))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: Value = resp.json().await.context("send response is not JSON")?;
+    if status != 200 {
+        bail!("send answered {status}: {body}");
+    }
+    body["messageId"].as_str().map(str::to_string).context("no messageId in send response")
+}
+
+/// `GET /api/chat/conversation/{id}`: status and body.
+pub async fn conversation(base: &str, id: &str) -> anyhow::Result<(u16, Value)> {
+    let resp = http().get(format!("{base}/api/chat/conversation/{id}")).send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+}
+
+/// The reply to `message_id` in a conversation view, if present.
+pub fn reply_to<'a>(conv: &'a Value, message_id: &str) -> Option<&'a Value> {
+    conv["messages"].as_array()?.iter().find(|m| m["inReplyTo"] == message_id)
+}
+
+/// Waits until the conversation served by `base` has a reply to `message_id`.
+pub async fn wait_reply(base: &str, conversation_id: &str, message_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+    wait_for(&format!("reply to {message_id}"), timeout, || async {
+        let (status, conv) = conversation(base, conversation_id).await.ok()?;
+        (status == 200).then_some(())?;
+        reply_to(&conv, message_id).cloned()
+    })
+    .await
+}

@@ -75,8 +75,14 @@ struct Progress {
 impl OwnerLoop {
     /// Runs until `shutdown`, then drains: stops taking messages, gives in-flight answers the
     /// grace period, writes snapshots, commits offsets.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let owned = self.ownership.owned();
+        self.caught_up.store(false, Ordering::Relaxed);
+        {
+            // answers of an earlier (failed) run of this loop are gone; answer again
+            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+            store.iter_mut().for_each(|c| c.in_flight = None);
+        }
         self.restore(&owned).await?;
         let consumer: StreamConsumer = self
             .kafka

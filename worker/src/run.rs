@@ -106,15 +106,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node_id: config.node_id.clone(),
     };
     let owner_stop = CancellationToken::new();
-    let owner_task = tokio::spawn(owner.run(owner_stop.clone()));
-    let fanout_task = tokio::spawn(crate::live::run_fanout(
-        kafka.clone(),
-        topics.clone(),
-        partitions,
-        config.node_id.clone(),
-        hub,
-        shutdown.clone(),
-    ));
+    let owner = Arc::new(owner);
+    let owner_task = tokio::spawn(supervise("owner loop", owner_stop.clone(), move |stop| {
+        let owner = owner.clone();
+        async move { owner.run(stop).await }
+    }));
+    let (fk, ft, fnode) = (kafka.clone(), topics.clone(), config.node_id.clone());
+    let fanout_task = tokio::spawn(supervise("live fan-out", shutdown.clone(), move |stop| {
+        crate::live::run_fanout(fk.clone(), ft.clone(), partitions, fnode.clone(), hub.clone(), stop)
+    }));
     tokio::spawn(sample_load(load, shutdown.clone()));
     tokio::spawn(probe_kafka(kafka.clone(), topics.messages.clone(), state.0.kafka_ok.clone(), shutdown.clone()));
     system_event(&producer, &topics, &config.node_id, "workerStarted", &format!("owns {owned:?} at {url}")).await;
@@ -133,14 +133,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     system_event(&producer, &topics, &config.node_id, "workerStopping", "drained").await;
     owner_stop.cancel();
-    match owner_task.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "owner loop failed while draining"),
-        Err(e) => tracing::error!(error = %e, "owner loop panicked"),
-        Ok(Ok(())) => {}
+    if let Err(e) = owner_task.await {
+        tracing::error!(error = %e, "owner loop panicked");
     }
-    if let Ok(Err(e)) = fanout_task.await {
-        tracing::warn!(error = %e, "fan-out stopped with an error");
-    }
+    let _ = fanout_task.await;
     producer.flush(Duration::from_secs(10))?;
     tracing::info!("stopped");
     server_result?;
@@ -159,6 +155,31 @@ async fn ensure_topics_with_retry(kafka: &rdkafka::ClientConfig, topics: &Topics
             }
             Err(e) => return Err(anyhow::anyhow!("Kafka at {} unreachable: {e}", config.kafka_bootstrap)),
         }
+    }
+}
+
+/// Runs a loop until it returns cleanly or `stop` fires, restarting it after failures
+/// (Kafka hiccups at start, a partition's leader not yet known) with capped backoff.
+async fn supervise<F, Fut>(name: &'static str, stop: CancellationToken, mut start: F)
+where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kafka::KafkaError>>,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match start(stop.clone()).await {
+            Ok(()) => return,
+            Err(e) if stop.is_cancelled() => {
+                tracing::error!(error = %e, "{name} failed while stopping");
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "{name} failed; restarting in {delay:?}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -20,7 +20,7 @@ use crate::validate::{FieldError, check_id};
 pub async fn websocket(
     State(state): State<AppState>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
     let conversation = query
@@ -28,6 +28,7 @@ pub async fn websocket(
         .ok_or_else(|| FieldError::new("conversationId", "query parameter is required"))?
         .clone();
     check_id("conversationId", &conversation)?;
+    let ws = ws.map_err(|e| FieldError::new("upgrade", format!("not a WebSocket handshake: {}", e.body_text())))?;
     // subscribe before the upgrade completes, so nothing sent after the 101 is missed
     let rx = state.0.hub.subscribe(&conversation);
     Ok(ws.on_upgrade(move |socket| serve_socket(state, socket, rx)).into_response())

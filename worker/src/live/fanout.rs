@@ -33,16 +33,22 @@ pub async fn run_fanout(
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    // Start exactly at the high watermarks, so `position` is exact from the first record.
+    // Start exactly at the high watermarks (not `Offset::End`, which librdkafka resolves
+    // lazily and may miss records of topics created moments ago), so `position` is exact.
     let mut tpl = TopicPartitionList::new();
     let mut position: HashMap<i32, i64> = HashMap::new();
-    for p in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
-        position.insert(p, high);
-        tpl.add_partition_offset(&topics.messages, p, Offset::Offset(high))?;
-        tpl.add_partition_offset(&topics.stream, p, Offset::End)?;
-        tpl.add_partition_offset(&topics.users, p, Offset::End)?;
-    }
+    tokio::task::block_in_place(|| -> Result<(), KafkaError> {
+        for p in 0..partitions {
+            for topic in [&topics.messages, &topics.stream, &topics.users] {
+                let (_, high) = consumer.fetch_watermarks(topic, p, META_TIMEOUT)?;
+                if topic == &topics.messages {
+                    position.insert(p, high);
+                }
+                tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+            }
+        }
+        Ok(())
+    })?;
     consumer.assign(&tpl)?;
     let mut sequencers: HashMap<String, Sequencer> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));

@@ -1,0 +1,120 @@
+//! The broker for a test run, and direct reads of topics (ground truth for assertions).
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+static BROKER: OnceCell<String> = OnceCell::const_new();
+
+/// Bootstrap address of the run's broker: `MESHCHAT_TEST_BOOTSTRAP` if set, else a broker
+/// started (or found running) by `scripts/kafka.sh ensure` on port 19092.
+pub async fn broker() -> anyhow::Result<String> {
+    BROKER
+        .get_or_try_init(|| async {
+            if let Ok(b) = std::env::var("MESHCHAT_TEST_BOOTSTRAP") {
+                return Ok(b);
+            }
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+            let out = tokio::task::spawn_blocking(move || Command::new("bash").arg(script).args(["ensure", "19092"]).output())
+                .await??;
+            if !out.status.success() {
+                bail!("could not start Kafka: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok("127.0.0.1:19092".to_string())
+        })
+        .await
+        .cloned()
+}
+
+fn consumer(bootstrap: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "meshchat-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()?)
+}
+
+fn partitions(c: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = md.topics().first().context("no metadata")?;
+    if t.error().is_some() {
+        bail!("topic {topic} does not exist");
+    }
+    Ok(t.partitions().len() as i32)
+}
+
+/// High watermark of every partition of `topic` (empty if the topic does not exist).
+pub async fn end_offsets(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<i64>> {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let c = consumer(&b)?;
+        let Ok(n) = partitions(&c, &t) else { return Ok(Vec::new()) };
+        (0..n)
+            .map(|p| Ok(c.fetch_watermarks(&t, p, Duration::from_secs(10))?.1))
+            .collect()
+    })
+    .await?
+}
+
+/// A record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct TopicRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: String,
+    /// Payload as JSON.
+    pub value: Value,
+}
+
+/// Every record of `topic`, per partition in offset order.
+pub async fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<TopicRecord>> {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let c = consumer(&b)?;
+        let n = partitions(&c, &t)?;
+        let mut out = Vec::new();
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = std::collections::HashMap::new();
+        for p in 0..n {
+            let (low, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10))?;
+            if low < high {
+                tpl.add_partition_offset(&t, p, Offset::Offset(low))?;
+                remaining.insert(p, high);
+            }
+        }
+        if remaining.is_empty() {
+            return Ok(out);
+        }
+        c.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !remaining.is_empty() {
+            if std::time::Instant::now() > deadline {
+                bail!("reading {t} timed out");
+            }
+            let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
+            let m = m?;
+            let p = m.partition();
+            out.push(TopicRecord {
+                partition: p,
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+                value: m.payload().and_then(|v| serde_json::from_slice(v).ok()).unwrap_or(Value::Null),
+            });
+            if remaining.get(&p).is_some_and(|high| m.offset() + 1 >= *high) {
+                remaining.remove(&p);
+            }
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        Ok(out)
+    })
+    .await?
+}

@@ -1,0 +1,203 @@
+//! Real processes: the fake LLM and workers, each killed when its handle drops.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of a binary built from this workspace (next to the test executable's directory).
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("MESHCHAT_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    exe.parent().and_then(|p| p.parent()).map(|p| p.join(name)).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A topic prefix no other test uses.
+pub fn unique_prefix(test: &str) -> String {
+    format!("t-{test}-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The fake LLM process.
+pub struct FakeLlm {
+    _child: Child,
+    /// Base URL (`http://127.0.0.1:port/v1`).
+    pub url: String,
+}
+
+impl FakeLlm {
+    /// Starts it with extra flags (e.g. `--token-latency-ms 5`).
+    pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin("fake-llm"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting fake-llm (run `cargo build --workspace --bins` first)")?;
+        let stdout = child.stdout.take().context("fake-llm stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .context("fake-llm did not start")??
+            .context("fake-llm exited")?;
+        let url = line.rsplit(' ').next().context("no url in fake-llm banner")?.to_string();
+        Ok(Self { _child: child, url })
+    }
+
+    /// `GET /stats`.
+    pub async fn stats(&self) -> anyhow::Result<Value> {
+        let base = self.url.trim_end_matches("/v1");
+        Ok(crate::http().get(format!("{base}/stats")).send().await?.json().await?)
+    }
+}
+
+/// How to start a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    /// Worker id.
+    pub node_id: String,
+    /// Topic prefix.
+    pub prefix: String,
+    /// Kafka bootstrap.
+    pub bootstrap: String,
+    /// LLM base URL.
+    pub llm_url: String,
+    /// HTTP port (fixed once chosen, so restarts keep the address).
+    pub port: u16,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerSpec {
+    /// A worker owning every partition (override with `.env("MESHCHAT_OWNED_PARTITIONS", …)`).
+    pub fn new(node_id: &str, prefix: &str, bootstrap: &str, llm_url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            node_id: node_id.to_string(),
+            prefix: prefix.to_string(),
+            bootstrap: bootstrap.to_string(),
+            llm_url: llm_url.to_string(),
+            port: free_port()?,
+            env: Vec::new(),
+        })
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Base URL the worker will serve on.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A running worker process.
+pub struct Worker {
+    child: Option<Child>,
+    /// Base URL.
+    pub url: String,
+    /// How it was started.
+    pub spec: WorkerSpec,
+    log: PathBuf,
+}
+
+impl Worker {
+    /// Starts the worker and waits until `/readyz` answers 200.
+    pub async fn start(spec: WorkerSpec) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join("meshchat-tests").join(spec.prefix.trim_end_matches('.'));
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!("{}.log", spec.node_id));
+        let mut w = Self { child: None, url: spec.url(), spec, log };
+        w.spawn().await?;
+        Ok(w)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let s = &self.spec;
+        let child = Command::new(bin("meshchat-worker"))
+            .env("MESHCHAT_NODE_ID", &s.node_id)
+            .env("MESHCHAT_LISTEN", format!("127.0.0.1:{}", s.port))
+            .env("MESHCHAT_KAFKA_BOOTSTRAP", &s.bootstrap)
+            .env("MESHCHAT_TOPIC_PREFIX", &s.prefix)
+            .env("MESHCHAT_LLM_BASE_URL", &s.llm_url)
+            .env("MESHCHAT_LLM_API_KEY", "test-key")
+            .env("MESHCHAT_SNAPSHOT_INTERVAL_SECS", "1")
+            .env("MESHCHAT_LOG", "info,rdkafka=warn")
+            .envs(s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting meshchat-worker (run `cargo build --workspace --bins` first)")?;
+        self.child = Some(child);
+        let ready = crate::wait_for("worker readiness", Duration::from_secs(90), || async {
+            let r = crate::http().get(format!("{}/readyz", self.url)).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        if let Err(e) = ready {
+            bail!("{e}; worker log {}:\n{}", self.log.display(), self.log_tail());
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("worker not running")?;
+        let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -{sig} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.signal("TERM")?;
+        let child = self.child.as_mut().context("not running")?;
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.context("worker did not exit after SIGTERM")??;
+        self.child = None;
+        Ok(status)
+    }
+
+    /// SIGKILL, then reaps it.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again with the same id, port and settings.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("worker still running");
+        }
+        self.spawn().await
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
