@@ -110,7 +110,11 @@ pub struct UserMessage {
     /// The worker that accepted the send.
     pub accepted_by: String,
     /// When that worker accepted it (server clock; `timestamp` may be the client's).
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub accepted_at: Option<OffsetDateTime>,
 }
 

@@ -1,1 +1,79 @@
-//! placeholder
+//! MeshChat operator: reconciles `ChatAgent` resources and balances conversation partitions
+//! across workers. This build holds the manifest tooling; the controller and the balancer
+//! are built on top of it.
+#![forbid(unsafe_code)]
+
+use meshchat_crds::ChatAgent;
+
+/// A ChatAgent manifest that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not YAML, or not a ChatAgent.
+    #[error("not a valid ChatAgent manifest: {0}")]
+    Parse(String),
+    /// A field holds a value the mesh cannot run with.
+    #[error("spec.{field}: {message}")]
+    Invalid {
+        /// Path under `spec`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Parses a ChatAgent manifest (what a user would `kubectl apply`) and checks the rules the
+/// API server's schema also enforces, so local runs refuse what a cluster would refuse.
+pub fn parse_manifest(yaml: &str) -> Result<ChatAgent, ManifestError> {
+    let agent: ChatAgent = serde_saphyr::from_str(yaml).map_err(|e| ManifestError::Parse(e.to_string()))?;
+    let spec = &agent.spec;
+    let invalid = |field, message: String| Err(ManifestError::Invalid { field, message });
+    if spec.replicas < 0 {
+        return invalid("replicas", format!("must not be negative, got {}", spec.replicas));
+    }
+    if !(1..=4096).contains(&spec.kafka.partitions) {
+        return invalid("kafka.partitions", format!("must be 1..4096, got {}", spec.kafka.partitions));
+    }
+    let r = &spec.rebalance;
+    if !(0.0..=1.0).contains(&r.low_watermark) || !(0.0..=1.0).contains(&r.high_watermark) {
+        return invalid("rebalance", "watermarks must be between 0 and 1".into());
+    }
+    if r.low_watermark >= r.high_watermark {
+        return invalid(
+            "rebalance.lowWatermark",
+            format!("must be below highWatermark ({} >= {})", r.low_watermark, r.high_watermark),
+        );
+    }
+    if let Some(a) = &spec.autoscaling
+        && a.min_replicas > a.max_replicas
+    {
+        return invalid(
+            "autoscaling.minReplicas",
+            format!("must not exceed maxReplicas ({} > {})", a.min_replicas, a.max_replicas),
+        );
+    }
+    Ok(agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = include_str!("../../docs/examples/chatagent.yaml");
+
+    #[test]
+    fn the_documented_sample_parses() {
+        let agent = parse_manifest(SAMPLE).expect("sample is valid");
+        assert_eq!(agent.spec.replicas, 3);
+        assert_eq!(agent.spec.kafka.partitions, 24);
+    }
+
+    #[test]
+    fn bad_manifests_name_the_field() {
+        let bad = SAMPLE.replace("lowWatermark: 0.2", "lowWatermark: 0.9");
+        let err = parse_manifest(&bad).expect_err("watermark order");
+        assert!(err.to_string().starts_with("spec.rebalance.lowWatermark"), "{err}");
+        let bad = SAMPLE.replace("replicas: 3", "replicas: -1");
+        assert!(parse_manifest(&bad).expect_err("negative").to_string().starts_with("spec.replicas"));
+        assert!(matches!(parse_manifest("kind: [oops"), Err(ManifestError::Parse(_))));
+    }
+}

@@ -20,8 +20,13 @@ pub async fn broker() -> anyhow::Result<String> {
                 return Ok(b);
             }
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
-            let out = tokio::task::spawn_blocking(move || Command::new("bash").arg(script).args(["ensure", "19092"]).output())
-                .await??;
+            let out = tokio::task::spawn_blocking(move || {
+                Command::new("bash")
+                    .arg(script)
+                    .args(["ensure", "19092"])
+                    .output()
+            })
+            .await??;
             if !out.status.success() {
                 bail!("could not start Kafka: {}", String::from_utf8_lossy(&out.stderr));
             }
@@ -54,7 +59,9 @@ pub async fn end_offsets(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<i64
     let (b, t) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let c = consumer(&b)?;
-        let Ok(n) = partitions(&c, &t) else { return Ok(Vec::new()) };
+        let Ok(n) = partitions(&c, &t) else {
+            return Ok(Vec::new());
+        };
         (0..n)
             .map(|p| Ok(c.fetch_watermarks(&t, p, Duration::from_secs(10))?.1))
             .collect()
@@ -100,14 +107,22 @@ pub async fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Topi
             if std::time::Instant::now() > deadline {
                 bail!("reading {t} timed out");
             }
-            let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
+            let Some(m) = c.poll(Duration::from_millis(200)) else {
+                continue;
+            };
             let m = m?;
             let p = m.partition();
             out.push(TopicRecord {
                 partition: p,
                 offset: m.offset(),
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
-                value: m.payload().and_then(|v| serde_json::from_slice(v).ok()).unwrap_or(Value::Null),
+                key: m
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                value: m
+                    .payload()
+                    .and_then(|v| serde_json::from_slice(v).ok())
+                    .unwrap_or(Value::Null),
             });
             if remaining.get(&p).is_some_and(|high| m.offset() + 1 >= *high) {
                 remaining.remove(&p);

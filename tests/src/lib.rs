@@ -35,7 +35,10 @@ where
 
 /// A shared HTTP client.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
 }
 
 /// Sends a chat message; returns the message id.
@@ -50,23 +53,37 @@ pub async fn send(base: &str, conversation: &str, user: &str, content: &str) -> 
     if status != 200 {
         bail!("send answered {status}: {body}");
     }
-    body["messageId"].as_str().map(str::to_string).context("no messageId in send response")
+    body["messageId"]
+        .as_str()
+        .map(str::to_string)
+        .context("no messageId in send response")
 }
 
 /// `GET /api/chat/conversation/{id}`: status and body.
 pub async fn conversation(base: &str, id: &str) -> anyhow::Result<(u16, Value)> {
-    let resp = http().get(format!("{base}/api/chat/conversation/{id}")).send().await?;
+    let resp = http()
+        .get(format!("{base}/api/chat/conversation/{id}"))
+        .send()
+        .await?;
     let status = resp.status().as_u16();
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
 /// The reply to `message_id` in a conversation view, if present.
 pub fn reply_to<'a>(conv: &'a Value, message_id: &str) -> Option<&'a Value> {
-    conv["messages"].as_array()?.iter().find(|m| m["inReplyTo"] == message_id)
+    conv["messages"]
+        .as_array()?
+        .iter()
+        .find(|m| m["inReplyTo"] == message_id)
 }
 
 /// Waits until the conversation served by `base` has a reply to `message_id`.
-pub async fn wait_reply(base: &str, conversation_id: &str, message_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+pub async fn wait_reply(
+    base: &str,
+    conversation_id: &str,
+    message_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     wait_for(&format!("reply to {message_id}"), timeout, || async {
         let (status, conv) = conversation(base, conversation_id).await.ok()?;
         (status == 200).then_some(())?;

@@ -21,8 +21,16 @@ impl LiveClient {
     }
 
     /// Waits until an event satisfies `pred`.
-    pub async fn wait(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> anyhow::Result<()> {
-        crate::wait_for(what, timeout, || async { self.events().iter().any(&pred).then_some(()) }).await
+    pub async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<()> {
+        crate::wait_for(what, timeout, || async {
+            self.events().iter().any(&pred).then_some(())
+        })
+        .await
     }
 }
 
@@ -34,8 +42,13 @@ impl Drop for LiveClient {
 
 /// Opens `ws://…/api/chat/ws?conversationId=…`.
 pub async fn connect_ws(base: &str, conversation: &str) -> anyhow::Result<LiveClient> {
-    let url = format!("{}/api/chat/ws?conversationId={conversation}", base.replacen("http://", "ws://", 1));
-    let (socket, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connecting {url}"))?;
+    let url = format!(
+        "{}/api/chat/ws?conversationId={conversation}",
+        base.replacen("http://", "ws://", 1)
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .with_context(|| format!("connecting {url}"))?;
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
     let (_, mut read) = socket.split();

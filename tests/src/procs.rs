@@ -16,7 +16,10 @@ pub fn bin(name: &str) -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    exe.parent().and_then(|p| p.parent()).map(|p| p.join(name)).unwrap_or_else(|| PathBuf::from(name))
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// A topic prefix no other test uses.
@@ -51,14 +54,23 @@ impl FakeLlm {
             .await
             .context("fake-llm did not start")??
             .context("fake-llm exited")?;
-        let url = line.rsplit(' ').next().context("no url in fake-llm banner")?.to_string();
+        let url = line
+            .rsplit(' ')
+            .next()
+            .context("no url in fake-llm banner")?
+            .to_string();
         Ok(Self { _child: child, url })
     }
 
     /// `GET /stats`.
     pub async fn stats(&self) -> anyhow::Result<Value> {
         let base = self.url.trim_end_matches("/v1");
-        Ok(crate::http().get(format!("{base}/stats")).send().await?.json().await?)
+        Ok(crate::http()
+            .get(format!("{base}/stats"))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 }
 
@@ -117,16 +129,26 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker and waits until `/readyz` answers 200.
     pub async fn start(spec: WorkerSpec) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join("meshchat-tests").join(spec.prefix.trim_end_matches('.'));
+        let dir = std::env::temp_dir()
+            .join("meshchat-tests")
+            .join(spec.prefix.trim_end_matches('.'));
         std::fs::create_dir_all(&dir)?;
         let log = dir.join(format!("{}.log", spec.node_id));
-        let mut w = Self { child: None, url: spec.url(), spec, log };
+        let mut w = Self {
+            child: None,
+            url: spec.url(),
+            spec,
+            log,
+        };
         w.spawn().await?;
         Ok(w)
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let s = &self.spec;
         let child = Command::new(bin("meshchat-worker"))
             .env("MESHCHAT_NODE_ID", &s.node_id)
@@ -145,7 +167,11 @@ impl Worker {
             .context("starting meshchat-worker (run `cargo build --workspace --bins` first)")?;
         self.child = Some(child);
         let ready = crate::wait_for("worker readiness", Duration::from_secs(90), || async {
-            let r = crate::http().get(format!("{}/readyz", self.url)).send().await.ok()?;
+            let r = crate::http()
+                .get(format!("{}/readyz", self.url))
+                .send()
+                .await
+                .ok()?;
             (r.status() == 200).then_some(())
         })
         .await;
@@ -162,7 +188,10 @@ impl Worker {
     /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`).
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
         let pid = self.pid().context("worker not running")?;
-        let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()?;
         if !status.success() {
             bail!("kill -{sig} {pid} failed");
         }
@@ -173,7 +202,9 @@ impl Worker {
     pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
         self.signal("TERM")?;
         let child = self.child.as_mut().context("not running")?;
-        let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.context("worker did not exit after SIGTERM")??;
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .context("worker did not exit after SIGTERM")??;
         self.child = None;
         Ok(status)
     }

@@ -10,8 +10,17 @@ async fn bad_input_is_refused_and_nothing_is_produced() -> anyhow::Result<()> {
     let bootstrap = broker().await?;
     let prefix = unique_prefix("bad");
     let llm = FakeLlm::start(&[]).await?;
-    let w = Worker::start(WorkerSpec::new("w", &prefix, &bootstrap, &llm.url)?.env("MESHCHAT_PARTITIONS", "4")).await?;
-    let topics = ["chat.messages", "chat.users", "chat.conversations", "chat.events", "chat.stream", "chat.assignments"];
+    let w =
+        Worker::start(WorkerSpec::new("w", &prefix, &bootstrap, &llm.url)?.env("MESHCHAT_PARTITIONS", "4"))
+            .await?;
+    let topics = [
+        "chat.messages",
+        "chat.users",
+        "chat.conversations",
+        "chat.events",
+        "chat.stream",
+        "chat.assignments",
+    ];
     let mut before = Vec::new();
     for t in topics {
         before.push(end_offsets(&bootstrap, &format!("{prefix}{t}")).await?);
@@ -24,25 +33,77 @@ async fn bad_input_is_refused_and_nothing_is_produced() -> anyhow::Result<()> {
         ("{not json".into(), 400, "body"),
         ("[1,2,3]".into(), 400, "body"),
         (r#"{"userId":"u","content":"hi"}"#.into(), 400, "conversationId"),
-        (r#"{"conversationId":42,"userId":"u","content":"hi"}"#.into(), 400, "conversationId"),
-        (r#"{"conversationId":"has space","userId":"u","content":"hi"}"#.into(), 400, "conversationId"),
-        (format!(r#"{{"conversationId":"{long_id}","userId":"u","content":"hi"}}"#), 400, "conversationId"),
+        (
+            r#"{"conversationId":42,"userId":"u","content":"hi"}"#.into(),
+            400,
+            "conversationId",
+        ),
+        (
+            r#"{"conversationId":"has space","userId":"u","content":"hi"}"#.into(),
+            400,
+            "conversationId",
+        ),
+        (
+            format!(r#"{{"conversationId":"{long_id}","userId":"u","content":"hi"}}"#),
+            400,
+            "conversationId",
+        ),
         (r#"{"conversationId":"c","content":"hi"}"#.into(), 400, "userId"),
-        (r#"{"conversationId":"c","userId":"u/1","content":"hi"}"#.into(), 400, "userId"),
+        (
+            r#"{"conversationId":"c","userId":"u/1","content":"hi"}"#.into(),
+            400,
+            "userId",
+        ),
         (r#"{"conversationId":"c","userId":"u"}"#.into(), 400, "content"),
-        (r#"{"conversationId":"c","userId":"u","content":""}"#.into(), 400, "content"),
-        (r#"{"conversationId":"c","userId":"u","content":true}"#.into(), 400, "content"),
-        (format!(r#"{{"conversationId":"c","userId":"u","content":"{big}"}}"#), 413, "content"),
-        (format!(r#"{{"conversationId":"c","userId":"u","content":"{}"}}"#, "y".repeat(200_000)), 413, "body"),
-        (r#"{"conversationId":"c","userId":"u","content":"hi","timestamp":"noon"}"#.into(), 400, "timestamp"),
+        (
+            r#"{"conversationId":"c","userId":"u","content":""}"#.into(),
+            400,
+            "content",
+        ),
+        (
+            r#"{"conversationId":"c","userId":"u","content":true}"#.into(),
+            400,
+            "content",
+        ),
+        (
+            format!(r#"{{"conversationId":"c","userId":"u","content":"{big}"}}"#),
+            413,
+            "content",
+        ),
+        (
+            format!(
+                r#"{{"conversationId":"c","userId":"u","content":"{}"}}"#,
+                "y".repeat(200_000)
+            ),
+            413,
+            "body",
+        ),
+        (
+            r#"{"conversationId":"c","userId":"u","content":"hi","timestamp":"noon"}"#.into(),
+            400,
+            "timestamp",
+        ),
     ];
     let client = http();
     for (body, status, field) in &sends {
-        let resp = client.post(format!("{}/api/chat/send", w.url)).header("content-type", "application/json").body(body.clone()).send().await?;
+        let resp = client
+            .post(format!("{}/api/chat/send", w.url))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
         let got = resp.status().as_u16();
         let json: Value = resp.json().await?;
-        assert_eq!((got, json["field"].as_str()), (*status, Some(*field)), "body {:.80}: {json}", body);
-        assert!(json["message"].as_str().is_some_and(|m| m.starts_with(field)), "{json}");
+        assert_eq!(
+            (got, json["field"].as_str()),
+            (*status, Some(*field)),
+            "body {:.80}: {json}",
+            body
+        );
+        assert!(
+            json["message"].as_str().is_some_and(|m| m.starts_with(field)),
+            "{json}"
+        );
     }
 
     let gets = [
@@ -61,9 +122,21 @@ async fn bad_input_is_refused_and_nothing_is_produced() -> anyhow::Result<()> {
         assert!(json["message"].is_string(), "{path}: {json}");
     }
 
-    let migrate = [(r#"{}"#, 400, Some("targetNode")), (r#"{"targetNode":"x","partitions":"all"}"#, 400, Some("partitions")), (r#"{"targetNode":"node-2"}"#, 501, None)];
+    let migrate = [
+        (r#"{}"#, 400, Some("targetNode")),
+        (
+            r#"{"targetNode":"x","partitions":"all"}"#,
+            400,
+            Some("partitions"),
+        ),
+        (r#"{"targetNode":"node-2"}"#, 501, None),
+    ];
     for (body, status, field) in migrate {
-        let resp = client.post(format!("{}/api/agent/migrate", w.url)).body(body).send().await?;
+        let resp = client
+            .post(format!("{}/api/agent/migrate", w.url))
+            .body(body)
+            .send()
+            .await?;
         let got = resp.status().as_u16();
         let json: Value = resp.json().await?;
         assert_eq!((got, json["field"].as_str()), (status, field), "{body}: {json}");
@@ -74,6 +147,11 @@ async fn bad_input_is_refused_and_nothing_is_produced() -> anyhow::Result<()> {
         let after = end_offsets(&bootstrap, &format!("{prefix}{t}")).await?;
         assert_eq!(&after, b, "{t} end offsets unchanged");
     }
-    println!("{} bad sends, {} bad reads, {} bad migrations refused; topic end offsets unchanged", sends.len(), gets.len(), migrate.len());
+    println!(
+        "{} bad sends, {} bad reads, {} bad migrations refused; topic end offsets unchanged",
+        sends.len(),
+        gets.len(),
+        migrate.len()
+    );
     Ok(())
 }

@@ -14,7 +14,11 @@ const T: Duration = Duration::from_secs(30);
 fn assert_live_order(events: &[Value], message_id: &str) -> usize {
     let mine: Vec<&Value> = events
         .iter()
-        .filter(|e| e["message"]["id"] == message_id || e["inReplyTo"] == message_id || e["message"]["inReplyTo"] == message_id)
+        .filter(|e| {
+            e["message"]["id"] == message_id
+                || e["inReplyTo"] == message_id
+                || e["message"]["inReplyTo"] == message_id
+        })
         .collect();
     assert!(!mine.is_empty(), "no live events for {message_id}: {events:?}");
     assert_eq!(mine[0]["type"], "message", "user message first: {mine:?}");
@@ -26,7 +30,11 @@ fn assert_live_order(events: &[Value], message_id: &str) -> usize {
         assert_eq!(t["seq"], i as u64, "tokens in order: {tokens:?}");
     }
     let text: String = tokens.iter().filter_map(|t| t["delta"].as_str()).collect();
-    assert_eq!(text, last["message"]["content"].as_str().unwrap_or_default(), "tokens add up to the reply");
+    assert_eq!(
+        text,
+        last["message"]["content"].as_str().unwrap_or_default(),
+        "tokens add up to the reply"
+    );
     tokens.len()
 }
 
@@ -56,17 +64,34 @@ async fn reply_reaches_get_ws_and_sse_on_every_worker() -> anyhow::Result<()> {
     let reply = wait_reply(&owner.url, conv, &id, T).await?;
     assert_eq!(reply["sender"], "meshchat-agent");
     assert_eq!(reply["node"], "owner");
-    assert!(reply["content"].as_str().unwrap_or_default().contains("Hello, how are you?"), "{reply}");
+    assert!(
+        reply["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Hello, how are you?"),
+        "{reply}"
+    );
 
     // the same answer through the forwarding worker
     let (status_front, via_front) = conversation(&front.url, conv).await?;
     let (_, via_owner) = conversation(&owner.url, conv).await?;
     assert_eq!(status_front, 200);
     assert_eq!(via_front, via_owner);
-    assert_eq!(via_owner["participants"], serde_json::json!(["user-456", "meshchat-agent"]));
+    assert_eq!(
+        via_owner["participants"],
+        serde_json::json!(["user-456", "meshchat-agent"])
+    );
 
-    for (name, client) in [("ws@front", &ws_front), ("ws@owner", &ws_owner), ("sse@front", &sse_front)] {
-        client.wait(name, T, |e| e["type"] == "reply" && e["message"]["inReplyTo"] == id.as_str()).await?;
+    for (name, client) in [
+        ("ws@front", &ws_front),
+        ("ws@owner", &ws_owner),
+        ("sse@front", &sse_front),
+    ] {
+        client
+            .wait(name, T, |e| {
+                e["type"] == "reply" && e["message"]["inReplyTo"] == id.as_str()
+            })
+            .await?;
         println!("{name}: {} events", client.events().len());
         let tokens = assert_live_order(&client.events(), &id);
         println!("{name}: user message, {tokens} tokens in order, final reply");
@@ -76,7 +101,10 @@ async fn reply_reaches_get_ws_and_sse_on_every_worker() -> anyhow::Result<()> {
     // a second turn carries the first as context
     let id2 = send(&owner.url, conv, "user-456", "And a follow-up").await?;
     let reply2 = wait_reply(&front.url, conv, &id2, T).await?;
-    assert!(reply2["content"].as_str().unwrap_or_default().contains("turn 2"), "{reply2}");
+    assert!(
+        reply2["content"].as_str().unwrap_or_default().contains("turn 2"),
+        "{reply2}"
+    );
     Ok(())
 }
 
@@ -85,7 +113,10 @@ async fn a_worker_without_owner_or_peers_reads_the_log() -> anyhow::Result<()> {
     let bootstrap = broker().await?;
     let prefix = unique_prefix("logread");
     let llm = FakeLlm::start(&[]).await?;
-    let owner = Worker::start(WorkerSpec::new("owner", &prefix, &bootstrap, &llm.url)?.env("MESHCHAT_PARTITIONS", "4")).await?;
+    let owner = Worker::start(
+        WorkerSpec::new("owner", &prefix, &bootstrap, &llm.url)?.env("MESHCHAT_PARTITIONS", "4"),
+    )
+    .await?;
     let reader = Worker::start(
         WorkerSpec::new("reader", &prefix, &bootstrap, &llm.url)?
             .env("MESHCHAT_PARTITIONS", "4")

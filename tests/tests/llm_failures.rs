@@ -30,7 +30,12 @@ async fn failures_become_error_replies_and_nothing_is_lost() -> anyhow::Result<(
         ("c-once", "[tag:b] [fail-once:503] hello", None, 2),
         ("c-stall", "[tag:c] [stall] hello", Some("timeout"), 3),
         ("c-400", "[tag:d] [fail:400] hello", Some("rejected"), 1),
-        ("c-mid", "[tag:e] [stall-mid] hello there friend", Some("timeout"), 3),
+        (
+            "c-mid",
+            "[tag:e] [stall-mid] hello there friend",
+            Some("timeout"),
+            3,
+        ),
     ];
     let ws = connect_ws(&w.url, "c-mid").await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -43,23 +48,47 @@ async fn failures_become_error_replies_and_nothing_is_lost() -> anyhow::Result<(
         match kind {
             Some(kind) => {
                 assert_eq!(reply["error"]["kind"], *kind, "{content}: {reply}");
-                assert!(reply["content"].as_str().unwrap_or_default().starts_with("[error]"), "{reply}");
+                assert!(
+                    reply["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with("[error]"),
+                    "{reply}"
+                );
             }
             None => assert!(reply["error"].is_null(), "{content} recovered on retry: {reply}"),
         }
     }
     let stats = llm.stats().await?;
     for ((_, content, _, attempts), tag) in cases.iter().zip(["a", "b", "c", "d", "e"]) {
-        assert_eq!(stats["byTag"][tag], *attempts, "LLM attempts for {content}: {stats}");
+        assert_eq!(
+            stats["byTag"][tag], *attempts,
+            "LLM attempts for {content}: {stats}"
+        );
     }
     assert_eq!(
-        cases.iter().zip(&sent).filter(|((_, _, k, _), _)| k.is_some()).count(),
+        cases
+            .iter()
+            .zip(&sent)
+            .filter(|((_, _, k, _), _)| k.is_some())
+            .count(),
         4
     );
     // the stalled-mid-stream reply streamed its first tokens live, then the error reply
-    ws.wait("error reply on ws", T, |e| e["type"] == "reply" && e["message"]["inReplyTo"] == sent[4].as_str()).await?;
-    let tokens = ws.events().iter().filter(|e| e["type"] == "token" && e["inReplyTo"] == sent[4].as_str()).count();
-    assert!(tokens >= 2, "tokens before the stall were streamed: {:?}", ws.events());
+    ws.wait("error reply on ws", T, |e| {
+        e["type"] == "reply" && e["message"]["inReplyTo"] == sent[4].as_str()
+    })
+    .await?;
+    let tokens = ws
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "token" && e["inReplyTo"] == sent[4].as_str())
+        .count();
+    assert!(
+        tokens >= 2,
+        "tokens before the stall were streamed: {:?}",
+        ws.events()
+    );
 
     // the conversation goes on after an error reply
     let next = send(&w.url, "c-500", "u", "a normal question").await?;
@@ -69,7 +98,13 @@ async fn failures_become_error_replies_and_nothing_is_lost() -> anyhow::Result<(
     // a refused connection: the LLM endpoint is a closed port
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let prefix2 = unique_prefix("llmdown");
-    let down = Worker::start(failing_worker("down", &prefix2, &bootstrap, &format!("http://127.0.0.1:{closed}/v1"))?).await?;
+    let down = Worker::start(failing_worker(
+        "down",
+        &prefix2,
+        &bootstrap,
+        &format!("http://127.0.0.1:{closed}/v1"),
+    )?)
+    .await?;
     let id = send(&down.url, "c-down", "u", "anyone there?").await?;
     let reply = wait_reply(&down.url, "c-down", &id, T).await?;
     assert_eq!(reply["error"]["kind"], "unavailable", "{reply}");
@@ -81,11 +116,19 @@ async fn failures_become_error_replies_and_nothing_is_lost() -> anyhow::Result<(
         let users = log.iter().filter(|r| r.value["type"] == "userMessage").count();
         let mut per: HashMap<String, usize> = HashMap::new();
         for r in log.iter().filter(|r| r.value["type"] == "agentReply") {
-            *per.entry(r.value["inReplyTo"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+            *per.entry(r.value["inReplyTo"].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
         }
-        let errors = log.iter().filter(|r| r.value["type"] == "agentReply" && !r.value["error"].is_null()).count();
-        println!("{p}: sent={users} replied={} errors={errors} lost={} duplicated={}",
-            per.len(), users - per.len(), per.values().filter(|n| **n > 1).count());
+        let errors = log
+            .iter()
+            .filter(|r| r.value["type"] == "agentReply" && !r.value["error"].is_null())
+            .count();
+        println!(
+            "{p}: sent={users} replied={} errors={errors} lost={} duplicated={}",
+            per.len(),
+            users - per.len(),
+            per.values().filter(|n| **n > 1).count()
+        );
         assert_eq!(users, expected);
         assert_eq!(per.len(), expected);
         assert!(per.values().all(|n| *n == 1));

@@ -31,7 +31,8 @@ async fn history_survives_restarts_and_nothing_is_answered_twice() -> anyhow::Re
         wait_reply(&owner.url, conv, &id, T).await?;
         sent.push(id);
     }
-    let before: Vec<_> = futures::future::try_join_all(convs.iter().map(|c| conversation(&owner.url, c))).await?;
+    let before: Vec<_> =
+        futures::future::try_join_all(convs.iter().map(|c| conversation(&owner.url, c))).await?;
 
     // graceful restart: snapshots and offsets are written on SIGTERM
     let status = owner.stop().await?;
@@ -59,17 +60,25 @@ async fn history_survives_restarts_and_nothing_is_answered_twice() -> anyhow::Re
     let (_, beta) = conversation(&front.url, "beta").await?;
     assert_eq!(alpha["messages"].as_array().map(Vec::len), Some(8));
     assert_eq!(beta["messages"].as_array().map(Vec::len), Some(12));
-    assert_eq!(beta["participants"], serde_json::json!(["ann", "bob", "meshchat-agent"]));
+    assert_eq!(
+        beta["participants"],
+        serde_json::json!(["ann", "bob", "meshchat-agent"])
+    );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = read_topic(&bootstrap, &format!("{prefix}chat.messages")).await?;
     let mut per: HashMap<String, usize> = HashMap::new();
     for r in log.iter().filter(|r| r.value["type"] == "agentReply") {
-        *per.entry(r.value["inReplyTo"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        *per.entry(r.value["inReplyTo"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     let lost = sent.iter().filter(|id| !per.contains_key(*id)).count();
     let duplicated = per.values().filter(|n| **n > 1).count();
-    println!("sent={} replied={} lost={lost} duplicated={duplicated}", sent.len(), per.len());
+    println!(
+        "sent={} replied={} lost={lost} duplicated={duplicated}",
+        sent.len(),
+        per.len()
+    );
     assert_eq!((sent.len(), per.len(), lost, duplicated), (10, 10, 0, 0));
     Ok(())
 }

@@ -24,16 +24,31 @@ async fn static_split_answers_every_message_exactly_once_in_order() -> anyhow::R
         .join(";");
     let mut workers = Vec::new();
     for (spec, p) in specs.into_iter().zip(parts) {
-        workers.push(Worker::start(spec.env("MESHCHAT_OWNED_PARTITIONS", p).env("MESHCHAT_PEERS", peers.clone())).await?);
+        workers.push(
+            Worker::start(
+                spec.env("MESHCHAT_OWNED_PARTITIONS", p)
+                    .env("MESHCHAT_PEERS", peers.clone()),
+            )
+            .await?,
+        );
     }
     let urls: Vec<String> = workers.iter().map(|w| w.url.clone()).collect();
 
     // 200 sends, 50 conversations, spread over the workers, 16 at a time
     let sends = (0..200).map(|i| {
         let url = urls[i % 3].clone();
-        async move { send(&url, &format!("conv-{}", i % 50), &format!("user-{}", i % 7), &format!("message {i}")).await }
+        async move {
+            send(
+                &url,
+                &format!("conv-{}", i % 50),
+                &format!("user-{}", i % 7),
+                &format!("message {i}"),
+            )
+            .await
+        }
     });
-    let results: Vec<anyhow::Result<String>> = futures::stream::iter(sends).buffer_unordered(16).collect().await;
+    let results: Vec<anyhow::Result<String>> =
+        futures::stream::iter(sends).buffer_unordered(16).collect().await;
     let accepted: Vec<String> = results.into_iter().collect::<anyhow::Result<_>>()?;
     assert_eq!(accepted.len(), 200);
 
@@ -53,26 +68,43 @@ async fn static_split_answers_every_message_exactly_once_in_order() -> anyhow::R
     let mut reply_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in &log {
         match r.value["type"].as_str() {
-            Some("userMessage") => users.entry(r.key.clone()).or_default().push(r.value["id"].as_str().unwrap_or_default().to_string()),
+            Some("userMessage") => users
+                .entry(r.key.clone())
+                .or_default()
+                .push(r.value["id"].as_str().unwrap_or_default().to_string()),
             Some("agentReply") => {
                 let to = r.value["inReplyTo"].as_str().unwrap_or_default().to_string();
                 *replies_per_message.entry(to.clone()).or_default() += 1;
                 reply_order.entry(r.key.clone()).or_default().push(to);
-                assert!(r.value["error"].is_null(), "no error replies expected: {}", r.value);
+                assert!(
+                    r.value["error"].is_null(),
+                    "no error replies expected: {}",
+                    r.value
+                );
             }
             _ => {}
         }
     }
     let sent = accepted.len();
     let logged: usize = users.values().map(Vec::len).sum();
-    let replied = accepted.iter().filter(|id| replies_per_message.get(*id) == Some(&1)).count();
-    let lost = accepted.iter().filter(|id| !replies_per_message.contains_key(*id)).count();
+    let replied = accepted
+        .iter()
+        .filter(|id| replies_per_message.get(*id) == Some(&1))
+        .count();
+    let lost = accepted
+        .iter()
+        .filter(|id| !replies_per_message.contains_key(*id))
+        .count();
     let duplicated = replies_per_message.values().filter(|n| **n > 1).count();
     println!("sent={sent} logged={logged} replied={replied} lost={lost} duplicated={duplicated}");
     assert_eq!((logged, replied, lost, duplicated), (200, 200, 0, 0));
     assert_eq!(users.len(), 50);
     for (conv, order) in &users {
-        assert_eq!(reply_order.get(conv), Some(order), "replies of {conv} follow its messages' order");
+        assert_eq!(
+            reply_order.get(conv),
+            Some(order),
+            "replies of {conv} follow its messages' order"
+        );
     }
 
     // each worker serves every conversation the same way (own, or forwarded to the owner)
@@ -87,7 +119,12 @@ async fn static_split_answers_every_message_exactly_once_in_order() -> anyhow::R
     }
     let mut owned_total = 0;
     for url in &urls {
-        let status: serde_json::Value = http().get(format!("{url}/api/agent/status")).send().await?.json().await?;
+        let status: serde_json::Value = http()
+            .get(format!("{url}/api/agent/status"))
+            .send()
+            .await?
+            .json()
+            .await?;
         owned_total += status["ownedPartitions"].as_array().map(Vec::len).unwrap_or(0);
     }
     assert_eq!(owned_total, 24);

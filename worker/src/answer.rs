@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use meshchat_crds::{AgentReply, ChatRecord, ReplyChunk, ReplyError, SCHEMA_VERSION, Topics, UserMessage, encode};
+use meshchat_crds::{
+    AgentReply, ChatRecord, ReplyChunk, ReplyError, SCHEMA_VERSION, Topics, UserMessage, encode,
+};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +66,10 @@ struct Track<'a> {
 }
 
 impl<'a> Track<'a> {
-    fn new(counter: &'a std::sync::atomic::AtomicU32, gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+    fn new(
+        counter: &'a std::sync::atomic::AtomicU32,
+        gauge: &'a prometheus_client::metrics::gauge::Gauge,
+    ) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
         gauge.inc();
         Self { counter, gauge }
@@ -119,7 +124,15 @@ impl Answerer {
                 self.metrics.llm_failures.inc_by(u64::from(e.attempts));
                 tracing::warn!(message_id = %job.message.id, error = %e, "answering with an error reply");
                 let attempt = e.attempts.saturating_sub(1);
-                (String::new(), Some(ReplyError { kind: e.kind, message: e.message, attempts: e.attempts }), attempt)
+                (
+                    String::new(),
+                    Some(ReplyError {
+                        kind: e.kind,
+                        message: e.message,
+                        attempts: e.attempts,
+                    }),
+                    attempt,
+                )
             }
         };
         let chunks = if attempt == current_attempt { seq } else { 0 };
@@ -143,9 +156,18 @@ impl Answerer {
             return false;
         }
         let outcome = if error.is_some() { "error" } else { "ok" };
-        self.metrics.replies.get_or_create(&OutcomeLabel { outcome }).inc();
-        self.metrics.llm_tokens.get_or_create(&KindLabel { kind: "prompt" }).inc_by(u64::from(prompt_tokens));
-        self.metrics.llm_tokens.get_or_create(&KindLabel { kind: "completion" }).inc_by(u64::from(completion_tokens));
+        self.metrics
+            .replies
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        self.metrics
+            .llm_tokens
+            .get_or_create(&KindLabel { kind: "prompt" })
+            .inc_by(u64::from(prompt_tokens));
+        self.metrics
+            .llm_tokens
+            .get_or_create(&KindLabel { kind: "completion" })
+            .inc_by(u64::from(completion_tokens));
         let accepted = job.message.accepted_at.unwrap_or(job.message.timestamp);
         let waited = (now - accepted).as_seconds_f64().max(0.0);
         self.metrics.send_to_reply.observe(waited);
@@ -166,7 +188,10 @@ impl Answerer {
             epoch: job.epoch,
         };
         match encode(&chunk) {
-            Ok(bytes) => self.producer.send_nowait(&self.topics.stream, job.partition, &chunk.conversation_id, &bytes),
+            Ok(bytes) => {
+                self.producer
+                    .send_nowait(&self.topics.stream, job.partition, &chunk.conversation_id, &bytes)
+            }
             Err(e) => tracing::warn!(error = %e, "could not encode chunk"),
         }
     }
@@ -182,7 +207,12 @@ impl Answerer {
         };
         let mut delay = Duration::from_millis(100);
         loop {
-            let send = self.producer.send(&self.topics.messages, job.partition, &job.message.conversation_id, &bytes);
+            let send = self.producer.send(
+                &self.topics.messages,
+                job.partition,
+                &job.message.conversation_id,
+                &bytes,
+            );
             tokio::select! {
                 r = send => match r {
                     Ok(_) => return true,

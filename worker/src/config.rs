@@ -53,7 +53,11 @@ pub struct Config {
     pub peers: String,
 
     /// OpenAI-compatible base URL (OpenAI, vLLM, Ollama's /v1).
-    #[arg(long, env = "MESHCHAT_LLM_BASE_URL", default_value = "https://api.openai.com/v1")]
+    #[arg(
+        long,
+        env = "MESHCHAT_LLM_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
     pub llm_base_url: String,
     /// Model name.
     #[arg(long, env = "MESHCHAT_LLM_MODEL", default_value = "gpt-4o-mini")]
@@ -151,7 +155,11 @@ pub struct Peer {
 impl Config {
     /// Reads flags and environment, then fills what they leave unset from `--config`.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::load_from(std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect())
+        Self::load_from(
+            std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        )
     }
 
     /// Like [`Config::load`] with explicit arguments (the first is the program name).
@@ -160,10 +168,15 @@ impl Config {
         let Some(path) = first.config.clone() else {
             return first.checked();
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?;
-        let file: BTreeMap<String, serde_saphyr_value::Scalar> = serde_saphyr_value::parse(&text)
-            .map_err(|reason| ConfigError::File { path: path.clone(), reason })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let file: BTreeMap<String, serde_saphyr_value::Scalar> =
+            serde_saphyr_value::parse(&text).map_err(|reason| ConfigError::File {
+                path: path.clone(),
+                reason,
+            })?;
         let command = Config::command();
         let mut merged = vec![args.first().cloned().unwrap_or_default()];
         for (key, value) in file {
@@ -210,13 +223,18 @@ impl Config {
 
     /// Partitions this worker owns out of `total`.
     pub fn owned(&self, total: i32) -> Result<Vec<i32>, ConfigError> {
-        parse_partitions(&self.owned_partitions, total)
-            .map_err(|reason| ConfigError::Invalid { option: "owned-partitions", reason })
+        parse_partitions(&self.owned_partitions, total).map_err(|reason| ConfigError::Invalid {
+            option: "owned-partitions",
+            reason,
+        })
     }
 
     /// Peers from `--peers`.
     pub fn peer_list(&self, total: i32) -> Result<Vec<Peer>, ConfigError> {
-        parse_peers(&self.peers, total).map_err(|reason| ConfigError::Invalid { option: "peers", reason })
+        parse_peers(&self.peers, total).map_err(|reason| ConfigError::Invalid {
+            option: "peers",
+            reason,
+        })
     }
 
     /// One LLM attempt's time limit.
@@ -226,20 +244,25 @@ impl Config {
 }
 
 fn meshchat_crds_check(c: &Config) -> Result<(), ConfigError> {
-    let invalid = |option, reason: &str| Err(ConfigError::Invalid { option, reason: reason.into() });
+    let invalid = |option, reason: &str| {
+        Err(ConfigError::Invalid {
+            option,
+            reason: reason.into(),
+        })
+    };
     if !(1..=4096).contains(&c.partitions) {
         return invalid("partitions", "must be between 1 and 4096");
     }
     if c.llm_concurrency == 0 {
         return invalid("llm-concurrency", "must be at least 1");
     }
-    if !(c.llm_timeout_secs > 0.0) {
+    if !c.llm_timeout_secs.is_finite() || c.llm_timeout_secs <= 0.0 {
         return invalid("llm-timeout-secs", "must be positive");
     }
-    if !(c.snapshot_interval_secs > 0.0) {
+    if !c.snapshot_interval_secs.is_finite() || c.snapshot_interval_secs <= 0.0 {
         return invalid("snapshot-interval-secs", "must be positive");
     }
-    if !(c.shutdown_grace_secs >= 0.0) {
+    if !c.shutdown_grace_secs.is_finite() || c.shutdown_grace_secs < 0.0 {
         return invalid("shutdown-grace-secs", "must not be negative");
     }
     if c.max_content_bytes == 0 {
@@ -272,8 +295,12 @@ pub fn parse_partitions(spec: &str, total: i32) -> Result<Vec<i32>, String> {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
-        let lo: i32 = lo.parse().map_err(|_| format!("{part:?} is not a partition or range"))?;
-        let hi: i32 = hi.parse().map_err(|_| format!("{part:?} is not a partition or range"))?;
+        let lo: i32 = lo
+            .parse()
+            .map_err(|_| format!("{part:?} is not a partition or range"))?;
+        let hi: i32 = hi
+            .parse()
+            .map_err(|_| format!("{part:?} is not a partition or range"))?;
         if lo < 0 || hi < lo || hi >= total {
             return Err(format!("{part:?} is outside 0..{}", total - 1));
         }
@@ -346,7 +373,10 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Vec<String> {
-        std::iter::once("meshchat-worker").chain(extra.iter().copied()).map(String::from).collect()
+        std::iter::once("meshchat-worker")
+            .chain(extra.iter().copied())
+            .map(String::from)
+            .collect()
     }
 
     #[test]
@@ -370,8 +400,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("meshchat-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join("worker.yaml");
-        std::fs::write(&path, "llm-model: from-file\nllm-concurrency: 7\nagent-name: file-agent\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "llm-model: from-file\nllm-concurrency: 7\nagent-name: file-agent\n",
+        )
+        .expect("write");
         let p = path.to_string_lossy().to_string();
         let c = Config::load_from(args(&["--config", &p, "--agent-name", "flag-agent"])).expect("load");
         assert_eq!(c.llm_model, "from-file");

@@ -45,7 +45,10 @@ pub fn trim_to_budget(system: Option<Turn>, history: &[Turn], budget: u32) -> Ve
         keep += 1;
     }
     let start = history.len() - keep;
-    system.into_iter().chain(history[start..].iter().cloned()).collect()
+    system
+        .into_iter()
+        .chain(history[start..].iter().cloned())
+        .collect()
 }
 
 /// Counts tokens with a real BPE tokenizer (tiktoken's encodings).
@@ -77,8 +80,13 @@ impl Tokenizer {
                 });
             }
         }
-        .map_err(|e| TokenizerError { name: name.into(), reason: e.to_string() })?;
-        Ok(Self { bpe: std::sync::Arc::new(bpe) })
+        .map_err(|e| TokenizerError {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            bpe: std::sync::Arc::new(bpe),
+        })
     }
 
     /// Tokens in `text`.
@@ -99,13 +107,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn turn(role: Role, tokens: u32) -> Turn {
-        Turn { role, content: format!("{tokens}"), tokens }
+        Turn {
+            role,
+            content: format!("{tokens}"),
+            tokens,
+        }
     }
 
     #[test]
     fn drops_oldest_first_and_keeps_system() {
         let sys = turn(Role::System, 10);
-        let hist = vec![turn(Role::User, 50), turn(Role::Assistant, 50), turn(Role::User, 20)];
+        let hist = vec![
+            turn(Role::User, 50),
+            turn(Role::Assistant, 50),
+            turn(Role::User, 20),
+        ];
         let out = trim_to_budget(Some(sys.clone()), &hist, 10 + 4 + 50 + 4 + 20 + 4);
         assert_eq!(out, vec![sys, hist[1].clone(), hist[2].clone()]);
     }
@@ -127,8 +143,7 @@ mod tests {
 
     fn arb_history() -> impl Strategy<Value = Vec<Turn>> {
         proptest::collection::vec(
-            (prop_oneof![Just(Role::User), Just(Role::Assistant)], 0u32..400)
-                .prop_map(|(r, t)| turn(r, t)),
+            (prop_oneof![Just(Role::User), Just(Role::Assistant)], 0u32..400).prop_map(|(r, t)| turn(r, t)),
             1..40,
         )
     }

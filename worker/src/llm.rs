@@ -8,9 +8,8 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
-    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
 };
 use futures::StreamExt;
 use meshchat_crds::ReplyErrorKind;
@@ -110,7 +109,11 @@ impl Llm {
                     attempt += 1;
                 }
                 Err(e) => {
-                    return Err(LlmError { kind: e.kind, message: e.message, attempts: attempt + 1 });
+                    return Err(LlmError {
+                        kind: e.kind,
+                        message: e.message,
+                        attempts: attempt + 1,
+                    });
                 }
             }
         }
@@ -119,7 +122,12 @@ impl Llm {
     fn backoff(&self, attempt: u32) -> Duration {
         let base = self.settings.backoff.saturating_mul(1 << attempt.min(10));
         // +-25% jitter so synchronized failures do not retry in lockstep
-        let nanos = u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos());
+        let nanos = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos(),
+        );
         let jitter = 0.75 + (nanos % 1000) as f64 / 2000.0;
         base.mul_f64(jitter).min(Duration::from_secs(30))
     }
@@ -135,7 +143,10 @@ impl Llm {
             })
             .collect();
         let mut args = CreateChatCompletionRequestArgs::default();
-        args.model(self.settings.model.clone()).messages(messages).max_tokens(self.settings.max_tokens).stream(true);
+        args.model(self.settings.model.clone())
+            .messages(messages)
+            .max_tokens(self.settings.max_tokens)
+            .stream(true);
         if let Some(t) = self.settings.temperature {
             args.temperature(t);
         }
@@ -157,7 +168,9 @@ impl Llm {
         let mut content = String::new();
         loop {
             // a stall between chunks counts against the same attempt deadline
-            let next = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| timeout_error(limit))?;
+            let next = tokio::time::timeout_at(deadline, stream.next())
+                .await
+                .map_err(|_| timeout_error(limit))?;
             match next {
                 None => return Ok(content),
                 Some(Err(e)) => return Err(classify(e)),
@@ -188,8 +201,15 @@ fn classify(e: OpenAIError) -> AttemptError {
             let status = resp.status_code.as_u16();
             let retryable = status == 429 || status >= 500 || status == 408;
             AttemptError {
-                kind: if retryable { ReplyErrorKind::Upstream } else { ReplyErrorKind::Rejected },
-                message: format!("LLM answered HTTP {status}: {}", truncate(&resp.api_error.message, 200)),
+                kind: if retryable {
+                    ReplyErrorKind::Upstream
+                } else {
+                    ReplyErrorKind::Rejected
+                },
+                message: format!(
+                    "LLM answered HTTP {status}: {}",
+                    truncate(&resp.api_error.message, 200)
+                ),
                 retryable,
             }
         }

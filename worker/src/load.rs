@@ -22,7 +22,11 @@ pub struct Ewma {
 impl Ewma {
     /// Folds in `sample` with weight `alpha` (0..=1).
     pub fn update(&mut self, sample: f64, alpha: f64) -> f64 {
-        self.value = if self.primed { alpha * sample + (1.0 - alpha) * self.value } else { sample };
+        self.value = if self.primed {
+            alpha * sample + (1.0 - alpha) * self.value
+        } else {
+            sample
+        };
         self.primed = true;
         self.value
     }

@@ -71,16 +71,40 @@ impl Metrics {
             consumer_lag: Family::default(),
         };
         let mut r = Registry::with_prefix("meshchat");
-        r.register("messages_in", "User messages accepted over HTTP", m.messages_in.clone());
-        r.register("messages_handled", "User messages consumed by their owner", m.messages_handled.clone());
+        r.register(
+            "messages_in",
+            "User messages accepted over HTTP",
+            m.messages_in.clone(),
+        );
+        r.register(
+            "messages_handled",
+            "User messages consumed by their owner",
+            m.messages_handled.clone(),
+        );
         r.register("replies", "Replies produced, by outcome", m.replies.clone());
-        r.register("send_to_reply_seconds", "Acceptance of a user message to its reply's ack", m.send_to_reply.clone());
-        r.register("llm_latency_seconds", "LLM call time, all attempts", m.llm_latency.clone());
+        r.register(
+            "send_to_reply_seconds",
+            "Acceptance of a user message to its reply's ack",
+            m.send_to_reply.clone(),
+        );
+        r.register(
+            "llm_latency_seconds",
+            "LLM call time, all attempts",
+            m.llm_latency.clone(),
+        );
         r.register("llm_tokens", "LLM tokens by kind", m.llm_tokens.clone());
         r.register("llm_in_flight", "LLM calls in flight", m.llm_in_flight.clone());
-        r.register("llm_queued", "Answers waiting for an LLM slot", m.llm_queued.clone());
+        r.register(
+            "llm_queued",
+            "Answers waiting for an LLM slot",
+            m.llm_queued.clone(),
+        );
         r.register("llm_failures", "Failed LLM attempts", m.llm_failures.clone());
-        r.register("consumer_lag", "Records behind the high watermark, per owned partition", m.consumer_lag.clone());
+        r.register(
+            "consumer_lag",
+            "Records behind the high watermark, per owned partition",
+            m.consumer_lag.clone(),
+        );
         (m, r)
     }
 }

@@ -101,7 +101,8 @@ impl OwnerLoop {
         self.update_caught_up(&owned, &progress);
         let mut snapshot_tick = tokio::time::interval(self.snapshot_interval);
         let mut lag_tick = tokio::time::interval(Duration::from_secs(2));
-        let lag_reader: Arc<BaseConsumer> = Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);
+        let lag_reader: Arc<BaseConsumer> =
+            Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -144,7 +145,9 @@ impl OwnerLoop {
         let parts = owned.to_vec();
         let snapshots = tokio::task::spawn_blocking(move || restore_snapshots(&kafka, &topic, &parts))
             .await
-            .map_err(|_| KafkaError::Timeout { what: "snapshot restore" })??;
+            .map_err(|_| KafkaError::Timeout {
+                what: "snapshot restore",
+            })??;
         let n = snapshots.len();
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
         for (_, s) in snapshots {
@@ -161,10 +164,17 @@ impl OwnerLoop {
         }
         let committed = consumer.committed_offsets(want, META_TIMEOUT)?;
         let mut tpl = TopicPartitionList::new();
-        let mut progress = Progress { position: BTreeMap::new(), target: BTreeMap::new(), live: BTreeSet::new() };
+        let mut progress = Progress {
+            position: BTreeMap::new(),
+            target: BTreeMap::new(),
+            live: BTreeSet::new(),
+        };
         for p in owned {
             let (low, high) = consumer.fetch_watermarks(&self.topics.messages, *p, META_TIMEOUT)?;
-            let start = match committed.find_partition(&self.topics.messages, *p).map(|e| e.offset()) {
+            let start = match committed
+                .find_partition(&self.topics.messages, *p)
+                .map(|e| e.offset())
+            {
                 Some(Offset::Offset(o)) => o.max(low),
                 _ => low,
             };
@@ -208,7 +218,10 @@ impl OwnerLoop {
             Applied::UserMessage { new_participant } => {
                 self.metrics.messages_handled.inc();
                 self.answerer.load.handled.fetch_add(1, Ordering::Relaxed);
-                if new_participant && live && let Some(user) = user {
+                if new_participant
+                    && live
+                    && let Some(user) = user
+                {
                     self.presence(p, &conv_id, &user);
                 }
             }
@@ -238,11 +251,17 @@ impl OwnerLoop {
 
     /// Starts answering the conversation's oldest unanswered message, if none is in flight.
     fn maybe_answer(&self, p: i32, conv_id: &str, tasks: &mut JoinSet<bool>) {
-        let Some(epoch) = self.ownership.epoch_of(p) else { return };
+        let Some(epoch) = self.ownership.epoch_of(p) else {
+            return;
+        };
         let job = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            let Some(conv) = store.get_mut(conv_id) else { return };
-            let Some((offset, message)) = conv.next_to_answer() else { return };
+            let Some(conv) = store.get_mut(conv_id) else {
+                return;
+            };
+            let Some((offset, message)) = conv.next_to_answer() else {
+                return;
+            };
             let message = message.clone();
             conv.in_flight = Some(message.id.clone());
             let system = (!self.system_prompt.is_empty()).then(|| Turn {
@@ -251,7 +270,13 @@ impl OwnerLoop {
                 tokens: self.tokenizer.count(&self.system_prompt),
             });
             let context = trim_to_budget(system, &conv.turns_until(offset), self.context_tokens);
-            Job { partition: p, user_offset: offset, message, context, epoch }
+            Job {
+                partition: p,
+                user_offset: offset,
+                message,
+                context,
+                epoch,
+            }
         };
         tasks.spawn(self.answerer.clone().answer(job));
     }
@@ -271,8 +296,17 @@ impl OwnerLoop {
     }
 
     /// Writes snapshots of changed conversations, then commits the positions they cover.
-    async fn snapshot_and_commit(&self, consumer: &StreamConsumer, progress: &Progress, mode: CommitMode) -> Result<(), KafkaError> {
-        let epoch_of = |id: &str| self.ownership.epoch_of(partition_for(id, self.partitions)).unwrap_or(0);
+    async fn snapshot_and_commit(
+        &self,
+        consumer: &StreamConsumer,
+        progress: &Progress,
+        mode: CommitMode,
+    ) -> Result<(), KafkaError> {
+        let epoch_of = |id: &str| {
+            self.ownership
+                .epoch_of(partition_for(id, self.partitions))
+                .unwrap_or(0)
+        };
         let snapshots: Vec<_> = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
             store
@@ -287,7 +321,9 @@ impl OwnerLoop {
         let sends = snapshots.iter().map(|s| async {
             let bytes = encode(s)?;
             let p = partition_for(&s.conversation_id, self.partitions);
-            self.producer.send(&self.topics.conversations, p, &s.conversation_id, &bytes).await
+            self.producer
+                .send(&self.topics.conversations, p, &s.conversation_id, &bytes)
+                .await
         });
         let results = futures::future::join_all(sends).await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
@@ -316,25 +352,38 @@ impl OwnerLoop {
         tokio::task::spawn_blocking(move || {
             for (p, pos) in positions {
                 if let Ok((_, high)) = reader.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
-                    metrics.consumer_lag.get_or_create(&PartitionLabel { partition: p }).set((high - pos).max(0));
+                    metrics
+                        .consumer_lag
+                        .get_or_create(&PartitionLabel { partition: p })
+                        .set((high - pos).max(0));
                 }
             }
         });
     }
 
-    async fn drain(&self, consumer: &StreamConsumer, progress: &Progress, mut tasks: JoinSet<bool>) -> Result<(), KafkaError> {
-        tracing::info!(in_flight = tasks.len(), "draining: no new answers; finishing in-flight ones");
+    async fn drain(
+        &self,
+        consumer: &StreamConsumer,
+        progress: &Progress,
+        mut tasks: JoinSet<bool>,
+    ) -> Result<(), KafkaError> {
+        tracing::info!(
+            in_flight = tasks.len(),
+            "draining: no new answers; finishing in-flight ones"
+        );
         self.answerer.stop_new.cancel();
-        let finished = tokio::time::timeout(self.grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let finished =
+            tokio::time::timeout(self.grace, async { while tasks.join_next().await.is_some() {} }).await;
         if finished.is_err() {
-            tracing::warn!(left = tasks.len(), "grace period over; leaving unfinished answers to the next owner");
+            tracing::warn!(
+                left = tasks.len(),
+                "grace period over; leaving unfinished answers to the next owner"
+            );
             self.answerer.abandon.cancel();
             while tasks.join_next().await.is_some() {}
         }
-        self.snapshot_and_commit(consumer, progress, CommitMode::Sync).await?;
+        self.snapshot_and_commit(consumer, progress, CommitMode::Sync)
+            .await?;
         tracing::info!("owner loop drained: snapshots written, offsets committed");
         Ok(())
     }

@@ -39,17 +39,34 @@ pub struct Ownership {
 impl Ownership {
     /// Ownership fixed by configuration: this worker owns `owned` at epoch 1; peers own theirs.
     pub fn fixed(node_id: &str, url: &str, owned: &[i32], peers: &[Peer]) -> Self {
-        let mut view = OwnershipView { generation: 0, ..Default::default() };
+        let mut view = OwnershipView {
+            generation: 0,
+            ..Default::default()
+        };
         for peer in peers {
             for p in &peer.partitions {
-                view.owners.insert(*p, OwnerInfo { node_id: peer.node_id.clone(), url: peer.url.clone() });
+                view.owners.insert(
+                    *p,
+                    OwnerInfo {
+                        node_id: peer.node_id.clone(),
+                        url: peer.url.clone(),
+                    },
+                );
             }
         }
         for p in owned {
             view.owned.insert(*p, 1);
-            view.owners.insert(*p, OwnerInfo { node_id: node_id.to_string(), url: url.to_string() });
+            view.owners.insert(
+                *p,
+                OwnerInfo {
+                    node_id: node_id.to_string(),
+                    url: url.to_string(),
+                },
+            );
         }
-        Self { tx: watch::Sender::new(view) }
+        Self {
+            tx: watch::Sender::new(view),
+        }
     }
 
     /// The current view.

@@ -29,7 +29,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let kafka = kafka::client_config(&config.kafka_bootstrap, &config.kafka_properties);
     let partitions = ensure_topics_with_retry(&kafka, &topics, &config).await?;
     if partitions != config.partitions {
-        tracing::warn!(configured = config.partitions, actual = partitions, "chat.messages already exists; using its partition count");
+        tracing::warn!(
+            configured = config.partitions,
+            actual = partitions,
+            "chat.messages already exists; using its partition count"
+        );
     }
     let owned = config.owned(partitions)?;
     let peers = config.peer_list(partitions)?;
@@ -79,7 +83,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         load: load.clone(),
         tokenizer: tokenizer.clone(),
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
         started: Instant::now(),
         caught_up: caught_up.clone(),
         kafka_ok: Arc::new(AtomicBool::new(true)),
@@ -113,11 +119,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }));
     let (fk, ft, fnode) = (kafka.clone(), topics.clone(), config.node_id.clone());
     let fanout_task = tokio::spawn(supervise("live fan-out", shutdown.clone(), move |stop| {
-        crate::live::run_fanout(fk.clone(), ft.clone(), partitions, fnode.clone(), hub.clone(), stop)
+        crate::live::run_fanout(
+            fk.clone(),
+            ft.clone(),
+            partitions,
+            fnode.clone(),
+            hub.clone(),
+            stop,
+        )
     }));
     tokio::spawn(sample_load(load, shutdown.clone()));
-    tokio::spawn(probe_kafka(kafka.clone(), topics.messages.clone(), state.0.kafka_ok.clone(), shutdown.clone()));
-    system_event(&producer, &topics, &config.node_id, "workerStarted", &format!("owns {owned:?} at {url}")).await;
+    tokio::spawn(probe_kafka(
+        kafka.clone(),
+        topics.messages.clone(),
+        state.0.kafka_ok.clone(),
+        shutdown.clone(),
+    ));
+    system_event(
+        &producer,
+        &topics,
+        &config.node_id,
+        "workerStarted",
+        &format!("owns {owned:?} at {url}"),
+    )
+    .await;
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(node = %config.node_id, %url, partitions, owned = ?owned, "serving");
@@ -143,7 +168,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ensure_topics_with_retry(kafka: &rdkafka::ClientConfig, topics: &Topics, config: &Config) -> anyhow::Result<i32> {
+async fn ensure_topics_with_retry(
+    kafka: &rdkafka::ClientConfig,
+    topics: &Topics,
+    config: &Config,
+) -> anyhow::Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match kafka::ensure_topics(kafka, topics, config.partitions, config.replication_factor).await {
@@ -153,7 +182,12 @@ async fn ensure_topics_with_retry(kafka: &rdkafka::ClientConfig, topics: &Topics
                 tracing::warn!(error = %e, bootstrap = %config.kafka_bootstrap, "Kafka not ready; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            Err(e) => return Err(anyhow::anyhow!("Kafka at {} unreachable: {e}", config.kafka_bootstrap)),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "Kafka at {} unreachable: {e}",
+                    config.kafka_bootstrap
+                ));
+            }
         }
     }
 }
@@ -194,8 +228,17 @@ async fn sample_load(load: Arc<Load>, stop: CancellationToken) {
 }
 
 /// Marks Kafka unreachable when a metadata request fails.
-async fn probe_kafka(kafka: rdkafka::ClientConfig, topic: String, ok: Arc<AtomicBool>, stop: CancellationToken) {
-    let Ok(consumer) = kafka.clone().set("group.id", "meshchat-probe").create::<BaseConsumer>() else {
+async fn probe_kafka(
+    kafka: rdkafka::ClientConfig,
+    topic: String,
+    ok: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let Ok(consumer) = kafka
+        .clone()
+        .set("group.id", "meshchat-probe")
+        .create::<BaseConsumer>()
+    else {
         ok.store(false, Ordering::Relaxed);
         return;
     };
@@ -207,9 +250,10 @@ async fn probe_kafka(kafka: rdkafka::ClientConfig, topic: String, ok: Arc<Atomic
             () = stop.cancelled() => return,
         }
         let (c, t) = (consumer.clone(), topic.clone());
-        let reachable = tokio::task::spawn_blocking(move || c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok())
-            .await
-            .unwrap_or(false);
+        let reachable =
+            tokio::task::spawn_blocking(move || c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok())
+                .await
+                .unwrap_or(false);
         if ok.swap(reachable, Ordering::Relaxed) != reachable {
             tracing::warn!(reachable, "Kafka reachability changed");
         }

@@ -61,7 +61,11 @@ pub enum Applied {
 impl Conversation {
     /// An empty conversation.
     pub fn new(id: &str) -> Self {
-        Self { id: id.to_string(), last_offset: -1, ..Default::default() }
+        Self {
+            id: id.to_string(),
+            last_offset: -1,
+            ..Default::default()
+        }
     }
 
     /// Applies the record at `offset`, keeping at most `limit` entries (pending ones are kept).
@@ -91,7 +95,11 @@ impl Conversation {
                 Applied::Reply
             }
         };
-        self.entries.push_back(Entry { offset, record, tokens });
+        self.entries.push_back(Entry {
+            offset,
+            record,
+            tokens,
+        });
         self.dirty = true;
         self.evict(limit);
         applied
@@ -127,9 +135,11 @@ impl Conversation {
             .iter()
             .filter(|e| e.offset <= offset)
             .filter_map(|e| match &e.record {
-                ChatRecord::UserMessage(m) => {
-                    Some(Turn { role: Role::User, content: m.content.clone(), tokens: e.tokens })
-                }
+                ChatRecord::UserMessage(m) => Some(Turn {
+                    role: Role::User,
+                    content: m.content.clone(),
+                    tokens: e.tokens,
+                }),
                 ChatRecord::AgentReply(r) if r.error.is_none() => Some(Turn {
                     role: Role::Assistant,
                     content: r.content.clone(),
@@ -149,7 +159,10 @@ impl Conversation {
             entries: self
                 .entries
                 .iter()
-                .map(|e| SnapshotEntry { offset: e.offset, record: e.record.clone() })
+                .map(|e| SnapshotEntry {
+                    offset: e.offset,
+                    record: e.record.clone(),
+                })
                 .collect(),
             pending: self.pending.values().map(|m| m.id.clone()).collect(),
             last_offset: self.last_offset,
@@ -171,7 +184,11 @@ impl Conversation {
                 ChatRecord::AgentReply(r) if r.error.is_none() => conv.agent_replied = true,
                 _ => {}
             }
-            conv.entries.push_back(Entry { offset: e.offset, record: e.record, tokens });
+            conv.entries.push_back(Entry {
+                offset: e.offset,
+                record: e.record,
+                tokens,
+            });
         }
         conv
     }
@@ -198,7 +215,10 @@ pub struct Store {
 impl Store {
     /// An empty store keeping `history_limit` entries per conversation.
     pub fn new(history_limit: usize) -> Self {
-        Self { conversations: HashMap::new(), history_limit: history_limit.max(1) }
+        Self {
+            conversations: HashMap::new(),
+            history_limit: history_limit.max(1),
+        }
     }
 
     /// Applies a record of conversation `record.conversation_id()` at `offset`.

@@ -22,7 +22,11 @@ pub struct FieldError {
 impl FieldError {
     /// An error naming `field`.
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_string(), message: message.into(), too_large: false }
+        Self {
+            field: field.to_string(),
+            message: message.into(),
+            too_large: false,
+        }
     }
 }
 
@@ -45,7 +49,10 @@ pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
         return Err(FieldError::new(field, "must not be empty"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(FieldError::new(field, format!("must be at most {MAX_ID_LEN} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_ID_LEN} characters"),
+        ));
     }
     if let Some(c) = value.chars().find(|c| !is_id_char(*c)) {
         return Err(FieldError::new(
@@ -62,7 +69,10 @@ fn is_id_char(c: char) -> bool {
 
 fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, FieldError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(FieldError::new("body", "request body is empty; expected a JSON object"));
+        return Err(FieldError::new(
+            "body",
+            "request body is empty; expected a JSON object",
+        ));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
@@ -71,10 +81,7 @@ fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, FieldError> {
     }
 }
 
-fn required_str<'a>(
-    map: &'a serde_json::Map<String, Value>,
-    field: &str,
-) -> Result<&'a str, FieldError> {
+fn required_str<'a>(map: &'a serde_json::Map<String, Value>, field: &str) -> Result<&'a str, FieldError> {
     match map.get(field) {
         None | Some(Value::Null) => Err(FieldError::new(field, "is required")),
         Some(Value::String(s)) => Ok(s),
@@ -119,7 +126,10 @@ pub fn parse_send(body: &[u8], max_content: usize) -> Result<SendRequest, FieldE
     let timestamp = match map.get("timestamp") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-            FieldError::new("timestamp", "must be an RFC 3339 time such as 2025-11-11T10:30:00Z")
+            FieldError::new(
+                "timestamp",
+                "must be an RFC 3339 time such as 2025-11-11T10:30:00Z",
+            )
         })?),
         Some(other) => {
             return Err(FieldError::new(
@@ -174,9 +184,7 @@ pub fn parse_migrate(body: &[u8]) -> Result<MigrateRequest, FieldError> {
                     v.as_i64()
                         .and_then(|n| i32::try_from(n).ok())
                         .filter(|n| *n >= 0)
-                        .ok_or_else(|| {
-                            FieldError::new("partitions", "must be non-negative integers")
-                        })
+                        .ok_or_else(|| FieldError::new("partitions", "must be non-negative integers"))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
@@ -187,7 +195,11 @@ pub fn parse_migrate(body: &[u8]) -> Result<MigrateRequest, FieldError> {
             ));
         }
     };
-    Ok(MigrateRequest { target_node: target_node.to_string(), conversation_id, partitions })
+    Ok(MigrateRequest {
+        target_node: target_node.to_string(),
+        conversation_id,
+        partitions,
+    })
 }
 
 #[cfg(test)]

@@ -35,13 +35,25 @@ fn newer_version_is_refused() {
         serde_json::from_slice(&encode(&user("x")).expect("encode")).expect("json");
     json["v"] = 2.into();
     let err = decode::<ChatRecord>(json.to_string().as_bytes()).expect_err("must refuse");
-    assert!(matches!(err, RecordError::UnsupportedVersion { found: 2, supported: 1 }));
+    assert!(matches!(
+        err,
+        RecordError::UnsupportedVersion {
+            found: 2,
+            supported: 1
+        }
+    ));
 }
 
 #[test]
 fn garbage_is_malformed() {
-    assert!(matches!(decode::<ChatRecord>(b"{\"type\":\"nope\"}"), Err(RecordError::Malformed(_))));
-    assert!(matches!(decode::<MeshEvent>(b"not json"), Err(RecordError::Malformed(_))));
+    assert!(matches!(
+        decode::<ChatRecord>(b"{\"type\":\"nope\"}"),
+        Err(RecordError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode::<MeshEvent>(b"not json"),
+        Err(RecordError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -52,7 +64,13 @@ fn missing_version_reads_as_v1() {
 }
 
 fn arb_reply() -> impl Strategy<Value = ChatRecord> {
-    (any::<String>(), any::<String>(), any::<u64>(), proptest::option::of(any::<String>()), 0i64..4_000_000_000)
+    (
+        any::<String>(),
+        any::<String>(),
+        any::<u64>(),
+        proptest::option::of(any::<String>()),
+        0i64..4_000_000_000,
+    )
         .prop_map(|(content, in_reply_to, epoch, err, secs)| {
             ChatRecord::AgentReply(AgentReply {
                 v: SCHEMA_VERSION,
@@ -64,7 +82,11 @@ fn arb_reply() -> impl Strategy<Value = ChatRecord> {
                 timestamp: OffsetDateTime::from_unix_timestamp(secs).expect("in range"),
                 node: "n".into(),
                 epoch,
-                error: err.map(|message| ReplyError { kind: ReplyErrorKind::Upstream, message, attempts: 3 }),
+                error: err.map(|message| ReplyError {
+                    kind: ReplyErrorKind::Upstream,
+                    message,
+                    attempts: 3,
+                }),
                 completion_tokens: 7,
                 attempt: 1,
                 chunks: 4,

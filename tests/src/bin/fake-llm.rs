@@ -112,7 +112,11 @@ async fn control(State(s): State<Shared>, Json(body): Json<Value>) -> Json<Value
 enum Plan {
     Fail(u16),
     Stall,
-    Answer { tokens: Vec<String>, stall_mid: bool, per_token: Duration },
+    Answer {
+        tokens: Vec<String>,
+        stall_mid: bool,
+        per_token: Duration,
+    },
 }
 
 fn marker<'a>(text: &'a str, name: &str) -> Option<&'a str> {
@@ -171,9 +175,17 @@ fn plan(s: &AppState, body: &Value) -> Plan {
         .map(Duration::from_millis)
         .unwrap_or(Duration::from_millis(s.args.token_latency_ms));
     let turns = messages.iter().filter(|m| m["role"] == "user").count();
-    let text = format!("Reply to \"{}\" (turn {turns}, {} messages in context)", last_user, messages.len());
+    let text = format!(
+        "Reply to \"{}\" (turn {turns}, {} messages in context)",
+        last_user,
+        messages.len()
+    );
     let tokens = text.split_inclusive(' ').map(str::to_string).collect();
-    Plan::Answer { tokens, stall_mid: last_user.contains("[stall-mid]"), per_token }
+    Plan::Answer {
+        tokens,
+        stall_mid: last_user.contains("[stall-mid]"),
+        per_token,
+    }
 }
 
 async fn completions(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
@@ -192,7 +204,11 @@ async fn completions(State(s): State<Shared>, Json(body): Json<Value>) -> Respon
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::GATEWAY_TIMEOUT.into_response()
         }
-        Plan::Answer { tokens, stall_mid, per_token } => {
+        Plan::Answer {
+            tokens,
+            stall_mid,
+            per_token,
+        } => {
             let first = Duration::from_millis(s.args.first_token_ms);
             if stream {
                 sse(model, tokens, stall_mid, first, per_token).into_response()

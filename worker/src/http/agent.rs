@@ -24,7 +24,10 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
     };
     let (active, resident) = {
         let store = s.store.read().unwrap_or_else(|p| p.into_inner());
-        let active = store.iter().filter(|c| !c.pending.is_empty() || c.in_flight.is_some()).count();
+        let active = store
+            .iter()
+            .filter(|c| !c.pending.is_empty() || c.in_flight.is_some())
+            .count();
         (active, store.len())
     };
     let view = s.ownership.view();

@@ -11,8 +11,8 @@ use meshchat_crds::{ChatRecord, SCHEMA_VERSION, UserMessage, encode, partition_f
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::error::{AppError, Body};
 use super::FORWARDED;
+use super::error::{AppError, Body};
 use crate::kafka::read_conversation;
 use crate::state::AppState;
 use crate::store::Conversation;
@@ -28,7 +28,9 @@ pub async fn send(State(state): State<AppState>, Body(body): Body) -> Result<Res
     let s = &state.0;
     let req = parse_send(&body, s.config.max_content_bytes)?;
     if s.draining.load(Ordering::Relaxed) {
-        return Err(AppError::Unavailable("this worker is shutting down; send to another".into()));
+        return Err(AppError::Unavailable(
+            "this worker is shutting down; send to another".into(),
+        ));
     }
     let now = OffsetDateTime::now_utc();
     let message = UserMessage {
@@ -44,15 +46,30 @@ pub async fn send(State(state): State<AppState>, Body(body): Body) -> Result<Res
     let partition = partition_for(&message.conversation_id, s.partitions);
     let bytes = encode(&ChatRecord::UserMessage(message.clone()))
         .map_err(|e| AppError::Unavailable(format!("could not encode the message: {e}")))?;
-    let write = s.producer.send(&s.topics.messages, partition, &message.conversation_id, &bytes);
+    let write = s
+        .producer
+        .send(&s.topics.messages, partition, &message.conversation_id, &bytes);
     match tokio::time::timeout(SEND_TIMEOUT, write).await {
         Ok(Ok(_offset)) => {}
-        Ok(Err(e)) => return Err(AppError::Unavailable(format!("Kafka did not accept the message: {e}"))),
-        Err(_) => return Err(AppError::Unavailable("Kafka did not acknowledge the message in time".into())),
+        Ok(Err(e)) => {
+            return Err(AppError::Unavailable(format!(
+                "Kafka did not accept the message: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(AppError::Unavailable(
+                "Kafka did not acknowledge the message in time".into(),
+            ));
+        }
     }
     s.metrics.messages_in.inc();
-    let timestamp = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    Ok(Json(json!({"message": "Message sent", "messageId": message.id, "timestamp": timestamp})).into_response())
+    let timestamp = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    Ok(
+        Json(json!({"message": "Message sent", "messageId": message.id, "timestamp": timestamp}))
+            .into_response(),
+    )
 }
 
 /// Serves a conversation: from memory when this worker owns its partition, else from the
@@ -80,16 +97,27 @@ pub async fn conversation(
             Ok(resp) if resp.status() == StatusCode::OK || resp.status() == StatusCode::NOT_FOUND => {
                 let status = resp.status();
                 let body = resp.bytes().await.unwrap_or_default();
-                return Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response());
+                return Ok((
+                    status,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response());
             }
-            Ok(resp) => tracing::warn!(owner = %owner.node_id, status = %resp.status(), "owner could not serve; reading the log"),
-            Err(e) => tracing::warn!(owner = %owner.node_id, error = %e, "owner unreachable; reading the log"),
+            Ok(resp) => {
+                tracing::warn!(owner = %owner.node_id, status = %resp.status(), "owner could not serve; reading the log")
+            }
+            Err(e) => {
+                tracing::warn!(owner = %owner.node_id, error = %e, "owner unreachable; reading the log")
+            }
         }
     }
     let (kafka, topics, partitions) = (s.kafka.clone(), s.topics.clone(), s.partitions);
     let (limit, tokenizer, lookup) = (s.config.history_limit, s.tokenizer.clone(), id.clone());
     let conv = tokio::task::spawn_blocking(move || {
-        read_conversation(&kafka, &topics, partitions, &lookup, limit, |t| tokenizer.count(t))
+        read_conversation(&kafka, &topics, partitions, &lookup, limit, |t| {
+            tokenizer.count(t)
+        })
     })
     .await
     .map_err(|_| AppError::Unavailable("log read failed".into()))?
@@ -121,6 +149,10 @@ pub fn view(conv: &Conversation, agent_name: &str) -> ConversationView {
     ConversationView {
         id: conv.id.clone(),
         participants,
-        messages: conv.entries.iter().map(|e| MessageView::from(&e.record)).collect(),
+        messages: conv
+            .entries
+            .iter()
+            .map(|e| MessageView::from(&e.record))
+            .collect(),
     }
 }

@@ -31,7 +31,11 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
             AppError::Field(e) => (
-                if e.too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST },
+                if e.too_large {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
                 json!({
                     "error": if e.too_large { "too_large" } else { "invalid_request" },
                     "field": e.field,
@@ -39,12 +43,14 @@ impl IntoResponse for AppError {
                 }),
             ),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": "not_found", "message": m})),
-            AppError::Unavailable(m) => {
-                (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "unavailable", "message": m}))
-            }
-            AppError::NotImplemented(m) => {
-                (StatusCode::NOT_IMPLEMENTED, json!({"error": "not_implemented", "message": m}))
-            }
+            AppError::Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "unavailable", "message": m}),
+            ),
+            AppError::NotImplemented(m) => (
+                StatusCode::NOT_IMPLEMENTED,
+                json!({"error": "not_implemented", "message": m}),
+            ),
         };
         (status, Json(body)).into_response()
     }
@@ -60,7 +66,11 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(Body(b)),
             Err(BytesRejection::FailedToBufferBody(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(FieldError { too_large: true, ..FieldError::new("body", "request body is too large") }.into())
+                Err(FieldError {
+                    too_large: true,
+                    ..FieldError::new("body", "request body is too large")
+                }
+                .into())
             }
             Err(e) => Err(FieldError::new("body", e.body_text()).into()),
         }

@@ -23,7 +23,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "caughtUp": s.caught_up.load(Ordering::Relaxed),
         "draining": s.draining.load(Ordering::Relaxed),
     });
-    let status = if s.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if s.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({"ready": s.ready(), "checks": checks})))
 }
 
@@ -33,6 +37,12 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if prometheus_client::encoding::text::encode(&mut body, &state.0.registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed").into_response();
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
         .into_response()
 }

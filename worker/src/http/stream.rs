@@ -28,10 +28,13 @@ pub async fn websocket(
         .ok_or_else(|| FieldError::new("conversationId", "query parameter is required"))?
         .clone();
     check_id("conversationId", &conversation)?;
-    let ws = ws.map_err(|e| FieldError::new("upgrade", format!("not a WebSocket handshake: {}", e.body_text())))?;
+    let ws =
+        ws.map_err(|e| FieldError::new("upgrade", format!("not a WebSocket handshake: {}", e.body_text())))?;
     // subscribe before the upgrade completes, so nothing sent after the 101 is missed
     let rx = state.0.hub.subscribe(&conversation);
-    Ok(ws.on_upgrade(move |socket| serve_socket(state, socket, rx)).into_response())
+    Ok(ws
+        .on_upgrade(move |socket| serve_socket(state, socket, rx))
+        .into_response())
 }
 
 async fn serve_socket(
@@ -87,8 +90,12 @@ pub async fn sse(
                 () = shutdown.cancelled() => return,
             };
             let ev = match event {
-                Ok(e) => Event::default().event(e.name()).data(serde_json::to_string(&*e).unwrap_or_default()),
-                Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(format!(r#"{{"type":"lagged","missed":{n}}}"#)),
+                Ok(e) => Event::default()
+                    .event(e.name())
+                    .data(serde_json::to_string(&*e).unwrap_or_default()),
+                Err(RecvError::Lagged(n)) => Event::default()
+                    .event("lagged")
+                    .data(format!(r#"{{"type":"lagged","missed":{n}}}"#)),
                 Err(RecvError::Closed) => return,
             };
             if yield_.send(Ok(ev)).await.is_err() {

@@ -21,13 +21,20 @@ pub async fn ensure_topics(
     let admin: AdminClient<DefaultClientContext> = cfg.create()?;
     let keyed = [
         (topics.messages.as_str(), vec![]),
-        (topics.conversations.as_str(), vec![("cleanup.policy", "compact"), ("min.compaction.lag.ms", "60000")]),
+        (
+            topics.conversations.as_str(),
+            vec![("cleanup.policy", "compact"), ("min.compaction.lag.ms", "60000")],
+        ),
         (topics.stream.as_str(), vec![("retention.ms", "3600000")]),
         (topics.users.as_str(), vec![]),
     ];
     let others = [
         (topics.events.as_str(), 6, vec![("retention.ms", "86400000")]),
-        (topics.assignments.as_str(), 1, vec![("cleanup.policy", "compact")]),
+        (
+            topics.assignments.as_str(),
+            1,
+            vec![("cleanup.policy", "compact")],
+        ),
     ];
     let mut new_topics = Vec::new();
     for (name, config) in &keyed {
@@ -49,7 +56,10 @@ pub async fn ensure_topics(
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::Topic { topic, reason: format!("cannot create: {code}") });
+                return Err(KafkaError::Topic {
+                    topic,
+                    reason: format!("cannot create: {code}"),
+                });
             }
         }
     }
@@ -84,7 +94,10 @@ pub async fn partition_count(cfg: &ClientConfig, topic: &str) -> Result<i32, Kaf
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Err(KafkaError::Topic { topic, reason: "does not exist".into() })
+        Err(KafkaError::Topic {
+            topic,
+            reason: "does not exist".into(),
+        })
     })
     .await
     .map_err(|_| KafkaError::Timeout { what: "metadata" })?

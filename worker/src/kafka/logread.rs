@@ -53,14 +53,20 @@ pub fn read_partition(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if Instant::now() > deadline {
-            return Err(KafkaError::Timeout { what: "partition read" });
+            return Err(KafkaError::Timeout {
+                what: "partition read",
+            });
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => continue,
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {
                 let offset = m.offset();
-                each(Raw { offset, key: m.key().map(<[u8]>::to_vec), payload: m.payload().map(<[u8]>::to_vec) });
+                each(Raw {
+                    offset,
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                });
                 if offset + 1 >= high {
                     return Ok(());
                 }
@@ -119,7 +125,12 @@ pub fn read_conversation(
         let Some(payload) = raw.payload else { return };
         if let Ok(record) = decode::<ChatRecord>(&payload) {
             let tokens = count(content_of(&record));
-            conv.get_or_insert_with(|| Conversation::new(id)).apply(raw.offset, record, tokens, history_limit);
+            conv.get_or_insert_with(|| Conversation::new(id)).apply(
+                raw.offset,
+                record,
+                tokens,
+                history_limit,
+            );
         }
     })?;
     Ok(conv)

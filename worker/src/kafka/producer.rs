@@ -40,7 +40,10 @@ impl Producer {
         key: &str,
         payload: &[u8],
     ) -> Result<i64, KafkaError> {
-        let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(key)
+            .payload(payload);
         match self.inner.send(record, Timeout::Never).await {
             Ok(delivery) => Ok(delivery.offset),
             Err((e, _)) => Err(KafkaError::Client(e)),
@@ -50,7 +53,10 @@ impl Producer {
     /// Queues `payload` without waiting for the acknowledgement (live token chunks: ordered
     /// per partition by the idempotent producer, and a lost one is only a cosmetic gap).
     pub fn send_nowait(&self, topic: &str, partition: i32, key: &str, payload: &[u8]) {
-        let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(key)
+            .payload(payload);
         if let Err((e, _)) = self.inner.send_result(record) {
             tracing::warn!(error = %e, topic, "could not queue record");
         }

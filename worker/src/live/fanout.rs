@@ -111,7 +111,8 @@ pub async fn run_fanout(
 }
 
 fn sequencer<'a>(map: &'a mut HashMap<String, Sequencer>, conv: &str) -> &'a mut Sequencer {
-    map.entry(conv.to_string()).or_insert_with(|| Sequencer::new(HOLD))
+    map.entry(conv.to_string())
+        .or_insert_with(|| Sequencer::new(HOLD))
 }
 
 fn publish(hub: &Hub, conv: &str, events: Vec<LiveEvent>) {

@@ -86,15 +86,20 @@ impl Sequencer {
     }
 
     fn is_queued(&self, offset: i64) -> bool {
-        self.blocked.as_ref().is_some_and(|(_, q)| q.iter().any(|(o, _)| *o == offset))
+        self.blocked
+            .as_ref()
+            .is_some_and(|(_, q)| q.iter().any(|(o, _)| *o == offset))
     }
 
     fn emit_record(&mut self, offset: i64, record: ChatRecord, now: Instant, out: &mut Vec<LiveEvent>) {
         match record {
             ChatRecord::UserMessage(_) => {
-                out.push(LiveEvent::Message { message: MessageView::from(&record) });
-                let (ready, held): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut self.held_chunks).into_iter().partition(|c| c.user_offset <= offset);
+                out.push(LiveEvent::Message {
+                    message: MessageView::from(&record),
+                });
+                let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_chunks)
+                    .into_iter()
+                    .partition(|c| c.user_offset <= offset);
                 self.held_chunks = held;
                 for c in ready {
                     self.emit_chunk(c, out);
@@ -138,21 +143,30 @@ impl Sequencer {
                 self.finished.pop_front();
             }
         }
-        out.push(LiveEvent::Reply { message: MessageView::from(record) });
+        out.push(LiveEvent::Reply {
+            message: MessageView::from(record),
+        });
     }
 
     fn try_unblock(&mut self, now: Instant, allow_timeout: bool, out: &mut Vec<LiveEvent>) {
         loop {
-            let Some((deadline, queue)) = &mut self.blocked else { return };
-            let Some((_, ChatRecord::AgentReply(head))) = queue.front() else { return };
+            let Some((deadline, queue)) = &mut self.blocked else {
+                return;
+            };
+            let Some((_, ChatRecord::AgentReply(head))) = queue.front() else {
+                return;
+            };
             let complete = self
                 .replies
                 .get(&head.id)
                 .is_some_and(|p| p.attempt == head.attempt && p.next_seq >= head.chunks);
-            if !complete && !(allow_timeout && now >= *deadline) {
+            let timed_out = allow_timeout && now >= *deadline;
+            if !(complete || timed_out) {
                 return;
             }
-            let Some((_deadline, mut queue)) = self.blocked.take() else { return };
+            let Some((_deadline, mut queue)) = self.blocked.take() else {
+                return;
+            };
             if let Some((_, reply)) = queue.pop_front() {
                 self.finish(&reply, out);
             }

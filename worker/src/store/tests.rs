@@ -84,7 +84,10 @@ fn context_turns_skip_error_replies_and_later_messages() {
     c.apply(2, user("m2", "u"), 3, 100);
     c.apply(3, user("m3", "u"), 3, 100);
     let turns = c.turns_until(2);
-    assert_eq!(turns.iter().map(|t| t.role).collect::<Vec<_>>(), vec![Role::User, Role::User]);
+    assert_eq!(
+        turns.iter().map(|t| t.role).collect::<Vec<_>>(),
+        vec![Role::User, Role::User]
+    );
 }
 
 /// A log: user messages m0..mn with replies to some of them placed after their question.

@@ -20,15 +20,33 @@ fn each_bad_input_names_its_field() {
         ("{not json", "body"),
         ("[1,2]", "body"),
         (r#"{"userId":"u","content":"x"}"#, "conversationId"),
-        (r#"{"conversationId":5,"userId":"u","content":"x"}"#, "conversationId"),
-        (r#"{"conversationId":"a b","userId":"u","content":"x"}"#, "conversationId"),
+        (
+            r#"{"conversationId":5,"userId":"u","content":"x"}"#,
+            "conversationId",
+        ),
+        (
+            r#"{"conversationId":"a b","userId":"u","content":"x"}"#,
+            "conversationId",
+        ),
         (r#"{"conversationId":"c","content":"x"}"#, "userId"),
         (r#"{"conversationId":"c","userId":"u/x","content":"x"}"#, "userId"),
         (r#"{"conversationId":"c","userId":"u"}"#, "content"),
-        (r#"{"conversationId":"c","userId":"u","content":"   "}"#, "content"),
-        (r#"{"conversationId":"c","userId":"u","content":["x"]}"#, "content"),
-        (r#"{"conversationId":"c","userId":"u","content":"x","timestamp":"yesterday"}"#, "timestamp"),
-        (r#"{"conversationId":"c","userId":"u","content":"x","timestamp":12}"#, "timestamp"),
+        (
+            r#"{"conversationId":"c","userId":"u","content":"   "}"#,
+            "content",
+        ),
+        (
+            r#"{"conversationId":"c","userId":"u","content":["x"]}"#,
+            "content",
+        ),
+        (
+            r#"{"conversationId":"c","userId":"u","content":"x","timestamp":"yesterday"}"#,
+            "timestamp",
+        ),
+        (
+            r#"{"conversationId":"c","userId":"u","content":"x","timestamp":12}"#,
+            "timestamp",
+        ),
     ];
     for (body, field) in cases {
         let err = send(body).expect_err(body);
@@ -39,11 +57,17 @@ fn each_bad_input_names_its_field() {
 
 #[test]
 fn content_over_limit_is_too_large() {
-    let body = format!(r#"{{"conversationId":"c","userId":"u","content":"{}"}}"#, "a".repeat(101));
+    let body = format!(
+        r#"{{"conversationId":"c","userId":"u","content":"{}"}}"#,
+        "a".repeat(101)
+    );
     let err = parse_send(body.as_bytes(), 100).expect_err("over limit");
     assert_eq!(err.field, "content");
     assert!(err.too_large);
-    let ok = format!(r#"{{"conversationId":"c","userId":"u","content":"{}"}}"#, "a".repeat(100));
+    let ok = format!(
+        r#"{{"conversationId":"c","userId":"u","content":"{}"}}"#,
+        "a".repeat(100)
+    );
     assert!(parse_send(ok.as_bytes(), 100).is_ok());
 }
 
@@ -56,10 +80,23 @@ fn id_length_bounds() {
 
 #[test]
 fn migrate_bodies() {
-    assert_eq!(parse_migrate(br#"{"targetNode":"n-2"}"#).expect("ok").target_node, "n-2");
+    assert_eq!(
+        parse_migrate(br#"{"targetNode":"n-2"}"#).expect("ok").target_node,
+        "n-2"
+    );
     assert_eq!(parse_migrate(br#"{}"#).expect_err("missing").field, "targetNode");
-    assert_eq!(parse_migrate(br#"{"targetNode":"n","partitions":[1,-2]}"#).expect_err("neg").field, "partitions");
-    assert_eq!(parse_migrate(br#"{"targetNode":"n","partitions":[1,2]}"#).expect("ok").partitions, Some(vec![1, 2]));
+    assert_eq!(
+        parse_migrate(br#"{"targetNode":"n","partitions":[1,-2]}"#)
+            .expect_err("neg")
+            .field,
+        "partitions"
+    );
+    assert_eq!(
+        parse_migrate(br#"{"targetNode":"n","partitions":[1,2]}"#)
+            .expect("ok")
+            .partitions,
+        Some(vec![1, 2])
+    );
 }
 
 proptest! {

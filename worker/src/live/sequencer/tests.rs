@@ -100,11 +100,17 @@ fn reply_before_its_chunks_waits_then_times_out() {
     let mut s = Sequencer::new(Duration::from_millis(500));
     s.on_message(0, user(0), now);
     assert!(s.on_message(1, reply(0, 2), now).is_empty());
-    assert!(s.on_message(2, user(1), now).is_empty(), "queued behind the held reply");
+    assert!(
+        s.on_message(2, user(1), now).is_empty(),
+        "queued behind the held reply"
+    );
     assert_eq!(trace(&s.on_chunk(chunk(0, 0, 0), 3, now)), ["T0.0"]);
     assert!(s.on_tick(now + Duration::from_millis(100)).is_empty());
     assert_eq!(trace(&s.on_tick(now + Duration::from_millis(600))), ["R0", "M1"]);
-    assert!(s.on_chunk(chunk(0, 0, 1), 3, now).is_empty(), "late chunk of a finished reply is dropped");
+    assert!(
+        s.on_chunk(chunk(0, 0, 1), 3, now).is_empty(),
+        "late chunk of a finished reply is dropped"
+    );
 }
 
 proptest! {

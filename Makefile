@@ -1,0 +1,58 @@
+# MeshChat — `make run` starts the whole local mesh, `make test` runs everything CI runs.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/meshchat/target
+CARGO ?= cargo
+TEST_KAFKA_PORT ?= 19092
+TEST_KAFKA_DIR ?= $(HOME)/.cache/meshchat/kafka-test
+
+.PHONY: all build run test lint fmt crds kafka-start kafka-stop clean help
+
+all: build
+
+help:
+	@echo "make run    - Kafka + fake (or real) LLM + three workers on :8080 :8081 :8082"
+	@echo "make test   - format, lint, unit, property and integration tests on a real broker"
+	@echo "make crds   - regenerate the ChatAgent CRD YAML"
+	@echo "make lint   - rustfmt --check and clippy -D warnings"
+
+build:
+	@echo "==> cargo build (the first build compiles librdkafka and takes several minutes)"
+	$(CARGO) build --workspace --bins
+
+run: build
+	@scripts/run-local.sh
+
+crds:
+	$(CARGO) run -q -p meshchat-crds --bin crdgen crds/chatagent.crd.yaml charts/meshchat/crds/chatagent.crd.yaml
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+kafka-start:
+	scripts/kafka.sh ensure 9092
+
+kafka-stop:
+	scripts/kafka.sh stop 9092
+
+# Tests get their own broker with a fresh data dir; it is stopped however the tests end.
+test: lint
+	@scripts/kafka.sh fetch
+	@echo "==> cargo build --workspace --bins --tests"
+	$(CARGO) build --workspace --bins --tests
+	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR) 2>/dev/null || true
+	@rm -rf $(TEST_KAFKA_DIR)
+	@scripts/kafka.sh start $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR)
+	@set -o pipefail; status=0; \
+	  MESHCHAT_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) $(CARGO) test --workspace --no-fail-fast -- --nocapture 2>&1 \
+	    | tee $(CARGO_TARGET_DIR)/test-output.log || status=$$?; \
+	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); \
+	  scripts/test-summary.sh $(CARGO_TARGET_DIR)/test-output.log; \
+	  exit $$status
+
+clean:
+	$(CARGO) clean
+	rm -rf .run

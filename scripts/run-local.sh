@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The whole local mesh: Kafka on 127.0.0.1:9092, an LLM (the fake one unless
+# MESHCHAT_LLM_BASE_URL or OPENAI_API_KEY is set), and three workers on :8080 :8081 :8082
+# splitting the 24 partitions. Ctrl-C stops everything.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${CARGO_TARGET_DIR:-$HOME/.cache/meshchat/target}/debug
+logs="$root/.run/logs"
+mkdir -p "$logs"
+pids=()
+
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "==> stopping workers (they drain: in-flight replies finish, offsets are committed)"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  "$root/scripts/kafka.sh" stop 9092 || true
+  echo "==> stopped; logs are in $logs"
+}
+trap stop INT TERM EXIT
+
+echo "==> Kafka (the first run downloads the broker from Maven Central)"
+"$root/scripts/kafka.sh" ensure 9092
+
+llm_url=${MESHCHAT_LLM_BASE_URL:-}
+if [ -z "$llm_url" ] && [ -n "${OPENAI_API_KEY:-}" ]; then
+  llm_url=https://api.openai.com/v1
+fi
+if [ -z "$llm_url" ]; then
+  echo "==> fake LLM (set OPENAI_API_KEY or MESHCHAT_LLM_BASE_URL to use a real one)"
+  "$bin/fake-llm" --listen 127.0.0.1:8090 --token-latency-ms 40 >"$logs/fake-llm.log" 2>&1 &
+  pids+=($!)
+  llm_url=http://127.0.0.1:8090/v1
+  export MESHCHAT_LLM_MODEL=${MESHCHAT_LLM_MODEL:-fake-model}
+fi
+
+peers="node-0=http://127.0.0.1:8080|0-7;node-1=http://127.0.0.1:8081|8-15;node-2=http://127.0.0.1:8082|16-23"
+parts=(0-7 8-15 16-23)
+for i in 0 1 2; do
+  echo "==> worker node-$i on http://127.0.0.1:808$i (partitions ${parts[$i]})"
+  MESHCHAT_NODE_ID=node-$i MESHCHAT_LISTEN=127.0.0.1:808$i \
+  MESHCHAT_KAFKA_BOOTSTRAP=127.0.0.1:9092 MESHCHAT_LLM_BASE_URL=$llm_url \
+  MESHCHAT_OWNED_PARTITIONS=${parts[$i]} MESHCHAT_PEERS="$peers" \
+    "$bin/meshchat-worker" >"$logs/node-$i.log" 2>&1 &
+  pids+=($!)
+done
+
+for i in 0 1 2; do
+  for _ in $(seq 1 120); do
+    curl -fs "http://127.0.0.1:808$i/readyz" >/dev/null 2>&1 && break
+    kill -0 "${pids[-1]}" 2>/dev/null || { echo "worker exited; see $logs"; exit 1; }
+    sleep 0.5
+  done
+done
+
+cat <<TXT
+
+MeshChat is running.
+  workers:   http://127.0.0.1:8080  http://127.0.0.1:8081  http://127.0.0.1:8082
+  LLM:       $llm_url
+  Kafka:     127.0.0.1:9092
+  logs:      $logs
+
+Try it:
+  curl -s -X POST http://127.0.0.1:8080/api/chat/send -H 'Content-Type: application/json' \\
+    -d '{"conversationId":"conv-123","userId":"user-456","content":"Hello, how are you?"}'
+  curl -s http://127.0.0.1:8081/api/chat/conversation/conv-123
+  curl -N http://127.0.0.1:8082/api/chat/conversation/conv-123/events   # live (SSE)
+  curl -s http://127.0.0.1:8080/api/agent/status
+
+Press Ctrl-C to stop.
+TXT
+wait -n "${pids[@]}" || true
+echo "a process exited; see $logs"
