@@ -84,7 +84,7 @@ LOG
 
 start() {
   fetch; need java
-  if answers "$port"; then echo "kafka.sh: port $port is already in use" >&2; exit 1; fi
+  if answers "$port"; then echo "kafka.sh: port $port is already in use (a broker from another data dir? stop it first)" >&2; exit 1; fi
   write_config
   if [ ! -f "$dir/data/meta.properties" ]; then
     local id; id=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid)

@@ -319,7 +319,10 @@ mod tests {
         let want = crate::crd_yaml().expect("render CRD");
         for path in [
             concat!(env!("CARGO_MANIFEST_DIR"), "/chatagent.crd.yaml"),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/meshchat/crds/chatagent.crd.yaml"),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../charts/meshchat/crds/chatagent.crd.yaml"
+            ),
         ] {
             let have = std::fs::read_to_string(path).unwrap_or_default();
             assert!(have == want, "{path} is stale: run `make crds` and commit it");

@@ -31,7 +31,10 @@ pub fn parse_manifest(yaml: &str) -> Result<ChatAgent, ManifestError> {
         return invalid("replicas", format!("must not be negative, got {}", spec.replicas));
     }
     if !(1..=4096).contains(&spec.kafka.partitions) {
-        return invalid("kafka.partitions", format!("must be 1..4096, got {}", spec.kafka.partitions));
+        return invalid(
+            "kafka.partitions",
+            format!("must be 1..4096, got {}", spec.kafka.partitions),
+        );
     }
     let r = &spec.rebalance;
     if !(0.0..=1.0).contains(&r.low_watermark) || !(0.0..=1.0).contains(&r.high_watermark) {
@@ -40,7 +43,10 @@ pub fn parse_manifest(yaml: &str) -> Result<ChatAgent, ManifestError> {
     if r.low_watermark >= r.high_watermark {
         return invalid(
             "rebalance.lowWatermark",
-            format!("must be below highWatermark ({} >= {})", r.low_watermark, r.high_watermark),
+            format!(
+                "must be below highWatermark ({} >= {})",
+                r.low_watermark, r.high_watermark
+            ),
         );
     }
     if let Some(a) = &spec.autoscaling
@@ -48,7 +54,10 @@ pub fn parse_manifest(yaml: &str) -> Result<ChatAgent, ManifestError> {
     {
         return invalid(
             "autoscaling.minReplicas",
-            format!("must not exceed maxReplicas ({} > {})", a.min_replicas, a.max_replicas),
+            format!(
+                "must not exceed maxReplicas ({} > {})",
+                a.min_replicas, a.max_replicas
+            ),
         );
     }
     Ok(agent)
@@ -71,9 +80,20 @@ mod tests {
     fn bad_manifests_name_the_field() {
         let bad = SAMPLE.replace("lowWatermark: 0.2", "lowWatermark: 0.9");
         let err = parse_manifest(&bad).expect_err("watermark order");
-        assert!(err.to_string().starts_with("spec.rebalance.lowWatermark"), "{err}");
+        assert!(
+            err.to_string().starts_with("spec.rebalance.lowWatermark"),
+            "{err}"
+        );
         let bad = SAMPLE.replace("replicas: 3", "replicas: -1");
-        assert!(parse_manifest(&bad).expect_err("negative").to_string().starts_with("spec.replicas"));
-        assert!(matches!(parse_manifest("kind: [oops"), Err(ManifestError::Parse(_))));
+        assert!(
+            parse_manifest(&bad)
+                .expect_err("negative")
+                .to_string()
+                .starts_with("spec.replicas")
+        );
+        assert!(matches!(
+            parse_manifest("kind: [oops"),
+            Err(ManifestError::Parse(_))
+        ));
     }
 }

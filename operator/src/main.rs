@@ -48,7 +48,10 @@ fn main() -> ExitCode {
             match meshchat_operator::parse_manifest(&text) {
                 Ok(agent) => {
                     let name = agent.metadata.name.unwrap_or_default();
-                    println!("{file}: ChatAgent {name:?} is valid ({} replicas)", agent.spec.replicas);
+                    println!(
+                        "{file}: ChatAgent {name:?} is valid ({} replicas)",
+                        agent.spec.replicas
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
