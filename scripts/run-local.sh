@@ -17,6 +17,7 @@ stop() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   "$root/scripts/kafka.sh" stop 9092 || true
   echo "==> stopped; logs are in $logs"
+  exit 0
 }
 trap stop INT TERM EXIT
 
@@ -72,4 +73,5 @@ Try it:
 Press Ctrl-C to stop.
 TXT
 wait -n "${pids[@]}" || true
-echo "a process exited; see $logs"
+echo "a MeshChat process exited unexpectedly; see $logs"
+exit 1
