@@ -10,6 +10,7 @@ mkdir -p "$logs"
 pids=()
 
 stop() {
+  local status=$?
   trap - INT TERM EXIT
   echo
   echo "==> stopping workers (they drain: in-flight replies finish, offsets are committed)"
@@ -17,9 +18,10 @@ stop() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   "$root/scripts/kafka.sh" stop 9092 || true
   echo "==> stopped; logs are in $logs"
-  exit 0
+  exit "$status"
 }
-trap stop INT TERM EXIT
+trap 'exit 0' INT TERM
+trap stop EXIT
 
 echo "==> Kafka (the first run downloads the broker from Maven Central)"
 "$root/scripts/kafka.sh" ensure 9092

@@ -7,7 +7,7 @@ mod live;
 mod procs;
 
 pub use kafka::{TopicRecord, broker, end_offsets, read_topic};
-pub use live::{LiveClient, connect_sse, connect_ws};
+pub use live::{LiveClient, connect_sse, connect_ws, connect_ws_query};
 pub use procs::{FakeLlm, Worker, WorkerSpec, bin, unique_prefix};
 
 use std::time::Duration;

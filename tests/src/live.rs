@@ -42,10 +42,12 @@ impl Drop for LiveClient {
 
 /// Opens `ws://…/api/chat/ws?conversationId=…`.
 pub async fn connect_ws(base: &str, conversation: &str) -> anyhow::Result<LiveClient> {
-    let url = format!(
-        "{}/api/chat/ws?conversationId={conversation}",
-        base.replacen("http://", "ws://", 1)
-    );
+    connect_ws_query(base, &format!("conversationId={conversation}")).await
+}
+
+/// Opens `ws://…/api/chat/ws?<query>`.
+pub async fn connect_ws_query(base: &str, query: &str) -> anyhow::Result<LiveClient> {
+    let url = format!("{}/api/chat/ws?{query}", base.replacen("http://", "ws://", 1));
     let (socket, _) = tokio_tungstenite::connect_async(&url)
         .await
         .with_context(|| format!("connecting {url}"))?;

@@ -98,6 +98,21 @@ async fn reply_reaches_get_ws_and_sse_on_every_worker() -> anyhow::Result<()> {
         assert!(tokens > 3, "{name} saw the reply stream token by token");
     }
 
+    // presence: a user's live connection shows as online, then offline, to other watchers
+    let user_ws = connect_ws_query(&owner.url, &format!("conversationId={conv}&userId=carol")).await?;
+    let is = |kind: &'static str| {
+        move |e: &Value| e["type"] == "presence" && e["userId"] == "carol" && e["kind"] == kind
+    };
+    ws_front.wait("carol online", T, is("online")).await?;
+    drop(user_ws);
+    ws_front.wait("carol offline", T, is("offline")).await?;
+    assert!(
+        ws_front
+            .events()
+            .iter()
+            .any(|e| e["type"] == "presence" && e["userId"] == "user-456" && e["kind"] == "joined")
+    );
+
     // a second turn carries the first as context
     let id2 = send(&owner.url, conv, "user-456", "And a follow-up").await?;
     let reply2 = wait_reply(&front.url, conv, &id2, T).await?;

@@ -15,6 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::AppError;
 use crate::state::AppState;
 use crate::validate::{FieldError, check_id};
+use meshchat_crds::{PresenceEvent, PresenceKind, SCHEMA_VERSION, encode, partition_for};
 
 /// Upgrades to a WebSocket that receives the conversation's live events as JSON text frames.
 pub async fn websocket(
@@ -28,13 +29,69 @@ pub async fn websocket(
         .ok_or_else(|| FieldError::new("conversationId", "query parameter is required"))?
         .clone();
     check_id("conversationId", &conversation)?;
+    let user = optional_user(&query)?;
     let ws =
         ws.map_err(|e| FieldError::new("upgrade", format!("not a WebSocket handshake: {}", e.body_text())))?;
     // subscribe before the upgrade completes, so nothing sent after the 101 is missed
     let rx = state.0.hub.subscribe(&conversation);
     Ok(ws
-        .on_upgrade(move |socket| serve_socket(state, socket, rx))
+        .on_upgrade(move |socket| async move {
+            let _online = user.map(|u| Online::new(&state, &conversation, u));
+            serve_socket(state, socket, rx).await;
+        })
         .into_response())
+}
+
+fn optional_user(query: &HashMap<String, String>) -> Result<Option<String>, FieldError> {
+    match query.get("userId") {
+        None => Ok(None),
+        Some(u) => {
+            check_id("userId", u)?;
+            Ok(Some(u.clone()))
+        }
+    }
+}
+
+/// Publishes `online` for a user while their live connection lasts, `offline` when it ends.
+struct Online {
+    state: AppState,
+    conversation: String,
+    user: String,
+}
+
+impl Online {
+    fn new(state: &AppState, conversation: &str, user: String) -> Self {
+        let online = Self {
+            state: state.clone(),
+            conversation: conversation.to_string(),
+            user,
+        };
+        online.publish(PresenceKind::Online);
+        online
+    }
+
+    fn publish(&self, kind: PresenceKind) {
+        let s = &self.state.0;
+        let event = PresenceEvent {
+            v: SCHEMA_VERSION,
+            conversation_id: self.conversation.clone(),
+            user_id: self.user.clone(),
+            kind,
+            timestamp: time::OffsetDateTime::now_utc(),
+            node: s.config.node_id.clone(),
+        };
+        if let Ok(bytes) = encode(&event) {
+            let p = partition_for(&self.conversation, s.partitions);
+            s.producer
+                .send_nowait(&s.topics.users, p, &self.conversation, &bytes);
+        }
+    }
+}
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        self.publish(PresenceKind::Offline);
+    }
 }
 
 async fn serve_socket(
@@ -79,11 +136,16 @@ async fn serve_socket(
 pub async fn sse(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     check_id("id", &id)?;
+    let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
+    let user = optional_user(&query)?;
     let mut rx = state.0.hub.subscribe(&id);
     let shutdown = state.0.shutdown.clone();
+    let online = user.map(|u| Online::new(&state, &id, u));
     let stream = async_stream(move |yield_| async move {
+        let _online = online;
         loop {
             let event = tokio::select! {
                 e = rx.recv() => e,
