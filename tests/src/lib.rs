@@ -91,3 +91,55 @@ pub async fn wait_reply(
     })
     .await
 }
+
+/// What a `chat.messages` log says about replies: the ground truth tests count against.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// User message ids per conversation, in log order.
+    pub users: std::collections::BTreeMap<String, Vec<String>>,
+    /// Answered message ids per conversation, in log order.
+    pub reply_order: std::collections::BTreeMap<String, Vec<String>>,
+    /// Replies per answered message id.
+    pub replies: std::collections::HashMap<String, usize>,
+    /// Error replies.
+    pub errors: usize,
+}
+
+impl Tally {
+    /// Counts a log read with [`read_topic`].
+    pub fn of(log: &[TopicRecord]) -> Self {
+        let mut t = Tally::default();
+        for r in log {
+            let id = |field: &str| r.value[field].as_str().unwrap_or_default().to_string();
+            match r.value["type"].as_str() {
+                Some("userMessage") => t.users.entry(r.key.clone()).or_default().push(id("id")),
+                Some("agentReply") => {
+                    *t.replies.entry(id("inReplyTo")).or_default() += 1;
+                    t.reply_order
+                        .entry(r.key.clone())
+                        .or_default()
+                        .push(id("inReplyTo"));
+                    t.errors += usize::from(!r.value["error"].is_null());
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// User messages in the log.
+    pub fn sent(&self) -> usize {
+        self.users.values().map(Vec::len).sum()
+    }
+
+    /// `(replied exactly once, lost, duplicated)` over `ids`.
+    pub fn outcome(&self, ids: &[String]) -> (usize, usize, usize) {
+        let once = ids.iter().filter(|id| self.replies.get(*id) == Some(&1)).count();
+        let lost = ids.iter().filter(|id| !self.replies.contains_key(*id)).count();
+        let dup = ids
+            .iter()
+            .filter(|id| self.replies.get(*id).is_some_and(|n| *n > 1))
+            .count();
+        (once, lost, dup)
+    }
+}

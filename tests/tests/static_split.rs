@@ -1,7 +1,6 @@
 //! 200 messages over 50 conversations on 3 workers with a static split of the partitions:
 //! every user message gets exactly one reply, per-conversation order is kept.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -63,45 +62,16 @@ async fn static_split_answers_every_message_exactly_once_in_order() -> anyhow::R
     tokio::time::sleep(Duration::from_secs(2)).await; // let any duplicate surface
     let log = read_topic(&bootstrap, &topic).await.unwrap_or(log);
 
-    let mut replies_per_message: HashMap<String, usize> = HashMap::new();
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut reply_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in &log {
-        match r.value["type"].as_str() {
-            Some("userMessage") => users
-                .entry(r.key.clone())
-                .or_default()
-                .push(r.value["id"].as_str().unwrap_or_default().to_string()),
-            Some("agentReply") => {
-                let to = r.value["inReplyTo"].as_str().unwrap_or_default().to_string();
-                *replies_per_message.entry(to.clone()).or_default() += 1;
-                reply_order.entry(r.key.clone()).or_default().push(to);
-                assert!(
-                    r.value["error"].is_null(),
-                    "no error replies expected: {}",
-                    r.value
-                );
-            }
-            _ => {}
-        }
-    }
-    let sent = accepted.len();
-    let logged: usize = users.values().map(Vec::len).sum();
-    let replied = accepted
-        .iter()
-        .filter(|id| replies_per_message.get(*id) == Some(&1))
-        .count();
-    let lost = accepted
-        .iter()
-        .filter(|id| !replies_per_message.contains_key(*id))
-        .count();
-    let duplicated = replies_per_message.values().filter(|n| **n > 1).count();
+    let tally = Tally::of(&log);
+    assert_eq!(tally.errors, 0, "no error replies expected");
+    let (replied, lost, duplicated) = tally.outcome(&accepted);
+    let (sent, logged) = (accepted.len(), tally.sent());
     println!("sent={sent} logged={logged} replied={replied} lost={lost} duplicated={duplicated}");
     assert_eq!((logged, replied, lost, duplicated), (200, 200, 0, 0));
-    assert_eq!(users.len(), 50);
-    for (conv, order) in &users {
+    assert_eq!(tally.users.len(), 50);
+    for (conv, order) in &tally.users {
         assert_eq!(
-            reply_order.get(conv),
+            tally.reply_order.get(conv),
             Some(order),
             "replies of {conv} follow its messages' order"
         );
