@@ -251,7 +251,7 @@ fn default_low() -> f64 {
     0.2
 }
 fn default_max_moves() -> u32 {
-    4
+    16
 }
 fn default_cooldown() -> u32 {
     120

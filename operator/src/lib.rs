@@ -3,6 +3,8 @@
 //! are built on top of it.
 #![forbid(unsafe_code)]
 
+pub mod planner;
+
 use meshchat_crds::ChatAgent;
 
 /// A ChatAgent manifest that cannot be used.
