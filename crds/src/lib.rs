@@ -12,10 +12,10 @@ pub use chatagent::{
 };
 pub use partition::{murmur2, partition_for};
 pub use records::{
-    AgentReply, AssignmentTable, ChatRecord, ConversationSnapshot, HandoffEvent, LoadReport, MeshEvent,
-    PartitionAssignment, PartitionLoad, PresenceEvent, PresenceKind, Record, RecordError, ReplyChunk,
-    ReplyError, ReplyErrorKind, SCHEMA_VERSION, SnapshotEntry, SystemEvent, UserMessage, WorkerInfo, decode,
-    encode,
+    AgentReply, AssignmentTable, ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, HandoffEvent,
+    LoadReport, MeshEvent, MigrateRequest, PartitionAssignment, PartitionLoad, PresenceEvent, PresenceKind,
+    Record, RecordError, ReplyChunk, ReplyError, ReplyErrorKind, SCHEMA_VERSION, SnapshotEntry, SystemEvent,
+    UserMessage, WorkerInfo, decode, encode,
 };
 pub use topics::Topics;
 

@@ -60,6 +60,9 @@ pub enum ChatRecord {
     UserMessage(UserMessage),
     /// The agent's final reply (or an explicit error reply) to one user message.
     AgentReply(AgentReply),
+    /// Written by a new owner into the partition it takes over: replies of older epochs that
+    /// come after it in the log are void.
+    EpochFence(EpochFence),
 }
 
 impl Record for ChatRecord {
@@ -67,24 +70,27 @@ impl Record for ChatRecord {
         match self {
             ChatRecord::UserMessage(m) => m.v,
             ChatRecord::AgentReply(r) => r.v,
+            ChatRecord::EpochFence(f) => f.v,
         }
     }
 }
 
 impl ChatRecord {
-    /// The conversation this record belongs to (also its Kafka key).
+    /// The conversation this record belongs to (also its Kafka key); fences belong to none.
     pub fn conversation_id(&self) -> &str {
         match self {
             ChatRecord::UserMessage(m) => &m.conversation_id,
             ChatRecord::AgentReply(r) => &r.conversation_id,
+            ChatRecord::EpochFence(_) => "",
         }
     }
 
-    /// The record's message id.
+    /// The record's message id (empty for fences).
     pub fn id(&self) -> &str {
         match self {
             ChatRecord::UserMessage(m) => &m.id,
             ChatRecord::AgentReply(r) => &r.id,
+            ChatRecord::EpochFence(_) => "",
         }
     }
 }
@@ -154,6 +160,27 @@ pub struct AgentReply {
     /// Number of `chat.stream` chunks that attempt produced, so live readers know when they have all.
     #[serde(default)]
     pub chunks: u32,
+}
+
+/// Kafka key of fence records; readers recognise fences by their type, never by key.
+pub const FENCE_KEY: &str = "__meshchat.fence";
+
+/// A new owner's mark in its partition of `chat.messages`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochFence {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// The partition taken over.
+    pub partition: i32,
+    /// The new owner's epoch.
+    pub epoch: u64,
+    /// The new owner.
+    pub owner: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
 }
 
 /// Why a reply is an error reply.
@@ -304,6 +331,28 @@ pub enum MeshEvent {
     Handoff(HandoffEvent),
     /// Lifecycle and operational events.
     System(SystemEvent),
+    /// A request (from `POST /api/agent/migrate`) for the balancer to move partitions.
+    MigrateRequest(MigrateRequest),
+}
+
+/// Partitions a client asked to move.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateRequest {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Request id (echoed in the balancer's handoff events).
+    pub id: String,
+    /// Current owner.
+    pub source: String,
+    /// Where to move.
+    pub target: String,
+    /// Partitions to move.
+    pub partitions: Vec<i32>,
+    /// When asked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
 }
 
 impl Record for MeshEvent {
@@ -312,6 +361,7 @@ impl Record for MeshEvent {
             MeshEvent::LoadReport(r) => r.v,
             MeshEvent::Handoff(h) => h.v,
             MeshEvent::System(s) => s.v,
+            MeshEvent::MigrateRequest(m) => m.v,
         }
     }
 }
@@ -435,6 +485,12 @@ pub struct PartitionAssignment {
     pub owner: String,
     /// Increases on every owner change (fencing token).
     pub epoch: u64,
+    /// Previous owner, when this generation moved the partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The previous owner is dead: take over without waiting for its release.
+    #[serde(default)]
+    pub failover: bool,
 }
 
 /// A worker as the assignment table knows it.

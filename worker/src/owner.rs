@@ -207,11 +207,11 @@ impl OwnerLoop {
         let tokens = self.tokenizer.count(content_of(&record));
         let user = match &record {
             ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
-            ChatRecord::AgentReply(_) => None,
+            ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) => None,
         };
         let applied = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            store.apply(offset, record, tokens)
+            store.apply(p, offset, record, tokens)
         };
         let live = progress.live.contains(&p);
         match applied {
@@ -228,7 +228,10 @@ impl OwnerLoop {
             Applied::DuplicateReply => {
                 tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a duplicate reply");
             }
-            Applied::Reply | Applied::Stale => {}
+            Applied::Fenced => {
+                tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a fenced (zombie) reply");
+            }
+            Applied::Reply | Applied::Stale | Applied::Fence => {}
         }
         if live {
             self.maybe_answer(p, &conv_id, tasks);

@@ -52,8 +52,12 @@ pub enum Applied {
     Reply,
     /// Already reflected (offset at or below the last applied one).
     Stale,
-    /// A reply to a message that is not pending: a duplicate (e.g. a zombie's), dropped.
+    /// A reply to a message that is not pending: a duplicate, dropped.
     DuplicateReply,
+    /// A reply of an epoch older than the partition's last fence (a zombie's), dropped.
+    Fenced,
+    /// A new owner's fence: replies of older epochs after it are void.
+    Fence,
 }
 
 // === impl Conversation ===
@@ -69,11 +73,24 @@ impl Conversation {
     }
 
     /// Applies the record at `offset`, keeping at most `limit` entries (pending ones are kept).
-    pub fn apply(&mut self, offset: i64, record: ChatRecord, tokens: u32, limit: usize) -> Applied {
+    /// `fence` is the partition's highest fence epoch before `offset`: older replies are void.
+    pub fn apply(
+        &mut self,
+        offset: i64,
+        record: ChatRecord,
+        tokens: u32,
+        limit: usize,
+        fence: u64,
+    ) -> Applied {
         if offset <= self.last_offset {
             return Applied::Stale;
         }
         self.last_offset = offset;
+        if let ChatRecord::AgentReply(r) = &record
+            && r.epoch < fence
+        {
+            return Applied::Fenced;
+        }
         let applied = match &record {
             ChatRecord::UserMessage(m) => {
                 let new_participant = !self.participants.contains(&m.user_id);
@@ -94,6 +111,7 @@ impl Conversation {
                 self.agent_replied = true;
                 Applied::Reply
             }
+            ChatRecord::EpochFence(_) => return Applied::Fence,
         };
         self.entries.push_back(Entry {
             offset,
@@ -145,7 +163,7 @@ impl Conversation {
                     content: r.content.clone(),
                     tokens: e.tokens,
                 }),
-                ChatRecord::AgentReply(_) => None,
+                ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) => None,
             })
             .collect()
     }
@@ -199,6 +217,7 @@ pub fn content_of(record: &ChatRecord) -> &str {
     match record {
         ChatRecord::UserMessage(m) => &m.content,
         ChatRecord::AgentReply(r) => &r.content,
+        ChatRecord::EpochFence(_) => "",
     }
 }
 
@@ -206,6 +225,8 @@ pub fn content_of(record: &ChatRecord) -> &str {
 #[derive(Debug, Default)]
 pub struct Store {
     conversations: HashMap<String, Conversation>,
+    /// Highest fence epoch seen per partition.
+    fences: HashMap<i32, u64>,
     /// Entries kept per conversation.
     pub history_limit: usize,
 }
@@ -217,18 +238,34 @@ impl Store {
     pub fn new(history_limit: usize) -> Self {
         Self {
             conversations: HashMap::new(),
+            fences: HashMap::new(),
             history_limit: history_limit.max(1),
         }
     }
 
-    /// Applies a record of conversation `record.conversation_id()` at `offset`.
-    pub fn apply(&mut self, offset: i64, record: ChatRecord, tokens: u32) -> Applied {
+    /// Applies a record of `partition` at `offset`.
+    pub fn apply(&mut self, partition: i32, offset: i64, record: ChatRecord, tokens: u32) -> Applied {
+        let fence = self.fences.get(&partition).copied().unwrap_or(0);
+        if let ChatRecord::EpochFence(f) = &record {
+            self.fences.insert(partition, fence.max(f.epoch));
+            return Applied::Fence;
+        }
         let limit = self.history_limit;
         let id = record.conversation_id().to_string();
         self.conversations
             .entry(id.clone())
             .or_insert_with(|| Conversation::new(&id))
-            .apply(offset, record, tokens, limit)
+            .apply(offset, record, tokens, limit, fence)
+    }
+
+    /// Highest fence epoch seen in `partition`.
+    pub fn fence(&self, partition: i32) -> u64 {
+        self.fences.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Forgets a partition's fence (it is released; a later owner reads fences again).
+    pub fn forget_fence(&mut self, partition: i32) {
+        self.fences.remove(&partition);
     }
 
     /// Installs a restored conversation, unless a newer state is already held.

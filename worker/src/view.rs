@@ -52,6 +52,18 @@ impl From<&ChatRecord> for MessageView {
                 node: Some(r.node.clone()),
                 error: r.error.clone(),
             },
+            ChatRecord::EpochFence(f) => MessageView {
+                id: format!("fence-{}-{}", f.partition, f.epoch),
+                sender: "system".into(),
+                content: format!(
+                    "{} owns partition {} from epoch {}",
+                    f.owner, f.partition, f.epoch
+                ),
+                timestamp: f.timestamp,
+                in_reply_to: None,
+                node: Some(f.owner.clone()),
+                error: None,
+            },
         }
     }
 }

@@ -117,20 +117,28 @@ pub fn read_conversation(
         }
     })?;
     let mut conv = snapshot.map(|s| Conversation::from_snapshot(s, &count));
+    // fences count from the start of the retained log, so scan it all; apply from `from`
     let from = conv.as_ref().map_or(0, |c| c.last_offset + 1);
-    read_partition(cfg, &topics.messages, p, from, |raw| {
-        if raw.key.as_deref() != Some(id.as_bytes()) {
+    let mut fence = 0u64;
+    read_partition(cfg, &topics.messages, p, 0, |raw| {
+        let Some(payload) = raw.payload else { return };
+        let ours = raw.key.as_deref() == Some(id.as_bytes());
+        if !ours && raw.key.as_deref() != Some(meshchat_crds::FENCE_KEY.as_bytes()) {
             return;
         }
-        let Some(payload) = raw.payload else { return };
-        if let Ok(record) = decode::<ChatRecord>(&payload) {
-            let tokens = count(content_of(&record));
-            conv.get_or_insert_with(|| Conversation::new(id)).apply(
-                raw.offset,
-                record,
-                tokens,
-                history_limit,
-            );
+        match decode::<ChatRecord>(&payload) {
+            Ok(ChatRecord::EpochFence(f)) => fence = fence.max(f.epoch),
+            Ok(record) if ours && raw.offset >= from => {
+                let tokens = count(content_of(&record));
+                conv.get_or_insert_with(|| Conversation::new(id)).apply(
+                    raw.offset,
+                    record,
+                    tokens,
+                    history_limit,
+                    fence,
+                );
+            }
+            _ => {}
         }
     })?;
     Ok(conv)

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshchat_crds::{ChatRecord, PresenceEvent, ReplyChunk, Topics, decode};
+use meshchat_crds::{ChatRecord, FENCE_KEY, PresenceEvent, ReplyChunk, Topics, decode};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,8 @@ pub async fn run_fanout(
     })?;
     consumer.assign(&tpl)?;
     let mut sequencers: HashMap<String, Sequencer> = HashMap::new();
+    // highest epoch fence read per partition: older replies and chunks are a zombie's
+    let mut fences: HashMap<i32, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut prune = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -80,18 +82,29 @@ pub async fn run_fanout(
                     position.insert(p, m.offset() + 1);
                 }
                 let Some(conv) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+                if topic == topics.messages
+                    && conv == FENCE_KEY
+                    && let Some(Ok(ChatRecord::EpochFence(f))) = m.payload().map(decode::<ChatRecord>)
+                {
+                    let e = fences.entry(p).or_default();
+                    *e = (*e).max(f.epoch);
+                    continue;
+                }
                 if !hub.watched(conv) {
                     continue;
                 }
+                let fence = fences.get(&p).copied().unwrap_or(0);
                 let Some(payload) = m.payload() else { continue };
                 let now = Instant::now();
                 let events = if topic == topics.messages {
                     match decode::<ChatRecord>(payload) {
+                        Ok(ChatRecord::AgentReply(r)) if r.epoch < fence => continue,
                         Ok(r) => sequencer(&mut sequencers, conv).on_message(m.offset(), r, now),
                         Err(_) => continue,
                     }
                 } else if topic == topics.stream {
                     match decode::<ReplyChunk>(payload) {
+                        Ok(c) if c.epoch < fence => continue,
                         Ok(c) => {
                             let pos = position.get(&p).copied().unwrap_or(0);
                             sequencer(&mut sequencers, conv).on_chunk(c, pos, now)

@@ -11,7 +11,7 @@ use meshchat_crds::{ChatRecord, ReplyChunk};
 
 use crate::view::{LiveEvent, MessageView};
 
-const FINISHED_MEMORY: usize = 64;
+const FINISHED_MEMORY: usize = 128;
 
 #[derive(Debug, Default)]
 struct Progress {
@@ -26,6 +26,7 @@ pub struct Sequencer {
     /// Chunks whose user message has not been read yet.
     held_chunks: Vec<ReplyChunk>,
     replies: HashMap<String, Progress>,
+    /// Reply ids and answered message ids recently finished (the first reply wins).
     finished: VecDeque<String>,
     /// A final reply waiting for its chunks, and what came after it.
     blocked: Option<(Instant, VecDeque<(i64, ChatRecord)>)>,
@@ -60,7 +61,7 @@ impl Sequencer {
     /// conversation's `chat.messages` partition (so whether the chunk's message was read).
     pub fn on_chunk(&mut self, chunk: ReplyChunk, messages_pos: i64, now: Instant) -> Vec<LiveEvent> {
         let mut out = Vec::new();
-        if self.finished.contains(&chunk.reply_id) {
+        if self.finished.contains(&chunk.reply_id) || self.finished.contains(&chunk.in_reply_to) {
             return out;
         }
         let message_emitted = chunk.user_offset < messages_pos && !self.is_queued(chunk.user_offset);
@@ -105,6 +106,10 @@ impl Sequencer {
                     self.emit_chunk(c, out);
                 }
             }
+            ChatRecord::EpochFence(_) => {}
+            ChatRecord::AgentReply(ref r) if self.finished.contains(&r.in_reply_to) => {
+                // a second reply to the same message (a duplicate): never shown
+            }
             ChatRecord::AgentReply(ref r) => {
                 let complete = r.chunks == 0
                     || self
@@ -137,9 +142,10 @@ impl Sequencer {
     fn finish(&mut self, record: &ChatRecord, out: &mut Vec<LiveEvent>) {
         if let ChatRecord::AgentReply(r) = record {
             self.replies.remove(&r.id);
-            self.held_chunks.retain(|c| c.reply_id != r.id);
+            self.held_chunks.retain(|c| c.in_reply_to != r.in_reply_to);
             self.finished.push_back(r.id.clone());
-            if self.finished.len() > FINISHED_MEMORY {
+            self.finished.push_back(r.in_reply_to.clone());
+            while self.finished.len() > FINISHED_MEMORY {
                 self.finished.pop_front();
             }
         }

@@ -37,41 +37,41 @@ fn reply(to: &str) -> ChatRecord {
 #[test]
 fn answers_one_at_a_time_in_order() {
     let mut c = Conversation::new("c");
-    c.apply(0, user("m1", "u"), 1, 100);
-    c.apply(1, user("m2", "u"), 1, 100);
+    c.apply(0, user("m1", "u"), 1, 100, 0);
+    c.apply(1, user("m2", "u"), 1, 100, 0);
     let (o, m) = c.next_to_answer().expect("m1 pending");
     assert_eq!((o, m.id.as_str()), (0, "m1"));
     c.in_flight = Some("m1".into());
     assert!(c.next_to_answer().is_none());
-    assert_eq!(c.apply(2, reply("m1"), 1, 100), Applied::Reply);
+    assert_eq!(c.apply(2, reply("m1"), 1, 100, 0), Applied::Reply);
     assert_eq!(c.next_to_answer().map(|(_, m)| m.id.clone()), Some("m2".into()));
 }
 
 #[test]
 fn second_reply_is_a_duplicate_and_stale_offsets_are_ignored() {
     let mut c = Conversation::new("c");
-    c.apply(5, user("m1", "u"), 1, 100);
-    assert_eq!(c.apply(6, reply("m1"), 1, 100), Applied::Reply);
-    assert_eq!(c.apply(7, reply("m1"), 1, 100), Applied::DuplicateReply);
-    assert_eq!(c.apply(6, reply("m1"), 1, 100), Applied::Stale);
+    c.apply(5, user("m1", "u"), 1, 100, 0);
+    assert_eq!(c.apply(6, reply("m1"), 1, 100, 0), Applied::Reply);
+    assert_eq!(c.apply(7, reply("m1"), 1, 100, 0), Applied::DuplicateReply);
+    assert_eq!(c.apply(6, reply("m1"), 1, 100, 0), Applied::Stale);
     assert_eq!(c.entries.len(), 2);
 }
 
 #[test]
 fn eviction_keeps_pending_messages() {
     let mut c = Conversation::new("c");
-    c.apply(0, user("m0", "u"), 1, 2);
-    c.apply(1, user("m1", "u"), 1, 2);
-    c.apply(2, user("m2", "u"), 1, 2);
+    c.apply(0, user("m0", "u"), 1, 2, 0);
+    c.apply(1, user("m1", "u"), 1, 2, 0);
+    c.apply(2, user("m2", "u"), 1, 2, 0);
     assert_eq!(c.entries.len(), 3, "all three are pending");
-    c.apply(3, reply("m0"), 1, 2);
+    c.apply(3, reply("m0"), 1, 2, 0);
     assert_eq!(c.entries.front().map(|e| e.offset), Some(1));
 }
 
 #[test]
 fn context_turns_skip_error_replies_and_later_messages() {
     let mut c = Conversation::new("c");
-    c.apply(0, user("m1", "u"), 3, 100);
+    c.apply(0, user("m1", "u"), 3, 100, 0);
     let mut err = reply("m1");
     if let ChatRecord::AgentReply(r) = &mut err {
         r.error = Some(meshchat_crds::ReplyError {
@@ -80,9 +80,9 @@ fn context_turns_skip_error_replies_and_later_messages() {
             attempts: 3,
         });
     }
-    c.apply(1, err, 0, 100);
-    c.apply(2, user("m2", "u"), 3, 100);
-    c.apply(3, user("m3", "u"), 3, 100);
+    c.apply(1, err, 0, 100, 0);
+    c.apply(2, user("m2", "u"), 3, 100, 0);
+    c.apply(3, user("m3", "u"), 3, 100, 0);
     let turns = c.turns_until(2);
     assert_eq!(
         turns.iter().map(|t| t.role).collect::<Vec<_>>(),
@@ -115,16 +115,16 @@ proptest! {
     fn snapshot_plus_replay_equals_full_replay(log in arb_log(), cut in any::<prop::sample::Index>(), back in 0usize..5, limit in 1usize..50) {
         let mut full = Conversation::new("c");
         for (o, r) in log.iter().enumerate() {
-            full.apply(o as i64, r.clone(), 1, limit);
+            full.apply(o as i64, r.clone(), 1, limit, 0);
         }
         let cut = cut.index(log.len() + 1);
         let mut first = Conversation::new("c");
         for (o, r) in log.iter().enumerate().take(cut) {
-            first.apply(o as i64, r.clone(), 1, limit);
+            first.apply(o as i64, r.clone(), 1, limit, 0);
         }
         let mut restored = Conversation::from_snapshot(first.to_snapshot(1), |_| 1);
         for (o, r) in log.iter().enumerate().skip(cut.saturating_sub(back)) {
-            restored.apply(o as i64, r.clone(), 1, limit);
+            restored.apply(o as i64, r.clone(), 1, limit, 0);
         }
         restored.dirty = full.dirty;
         prop_assert_eq!(&restored.pending, &full.pending);
@@ -135,4 +135,39 @@ proptest! {
         let users = log.iter().filter(|r| matches!(r, ChatRecord::UserMessage(_))).count();
         prop_assert!(replies + full.pending.len() <= users);
     }
+}
+
+fn fence(epoch: u64) -> ChatRecord {
+    ChatRecord::EpochFence(meshchat_crds::EpochFence {
+        v: 1,
+        partition: 0,
+        epoch,
+        owner: "b".into(),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    })
+}
+
+fn reply_at(to: &str, epoch: u64) -> ChatRecord {
+    let mut r = reply(to);
+    if let ChatRecord::AgentReply(a) = &mut r {
+        a.epoch = epoch;
+    }
+    r
+}
+
+#[test]
+fn replies_older_than_the_fence_are_void() {
+    let mut s = Store::new(100);
+    s.apply(0, 0, user("m1", "u"), 1);
+    s.apply(0, 1, user("m2", "u"), 1);
+    // the old owner (epoch 1) answered m1 before the new owner fenced: valid
+    assert_eq!(s.apply(0, 2, reply_at("m1", 1), 1), Applied::Reply);
+    assert_eq!(s.apply(0, 3, fence(2), 0), Applied::Fence);
+    // the zombie's late answer to m2 comes after the fence: void, m2 stays pending
+    assert_eq!(s.apply(0, 4, reply_at("m2", 1), 1), Applied::Fenced);
+    assert_eq!(s.get("c").map(|c| c.pending.len()), Some(1));
+    assert_eq!(s.apply(0, 5, reply_at("m2", 2), 1), Applied::Reply);
+    // fences are per partition
+    assert_eq!(s.fence(0), 2);
+    assert_eq!(s.fence(1), 0);
 }

@@ -140,3 +140,20 @@ proptest! {
         prop_assert!(!s.is_waiting());
     }
 }
+
+#[test]
+fn a_second_reply_to_a_message_is_never_shown() {
+    let now = Instant::now();
+    let mut s = Sequencer::new(Duration::from_millis(500));
+    s.on_message(0, user(0), now);
+    assert_eq!(trace(&s.on_message(1, reply(0, 0), now)), ["R0"]);
+    let mut dup = reply(0, 0);
+    if let ChatRecord::AgentReply(r) = &mut dup {
+        r.id = "r0-dup".into();
+    }
+    assert!(s.on_message(2, dup, now).is_empty());
+    assert!(
+        s.on_chunk(chunk(0, 0, 0), 3, now).is_empty(),
+        "chunks of an answered message are dropped"
+    );
+}
