@@ -13,9 +13,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Turn;
+use crate::held::{Held, Phase};
 use crate::kafka::Producer;
 use crate::llm::Llm;
 use crate::load::Load;
+use crate::mesh::PartitionStats;
 use crate::metrics::{KindLabel, Metrics, OutcomeLabel};
 
 /// One message to answer.
@@ -31,6 +33,8 @@ pub struct Job {
     pub context: Vec<Turn>,
     /// Ownership epoch the answer is produced under.
     pub epoch: u64,
+    /// Cancelled when the partition's release grace ends.
+    pub cancel: CancellationToken,
 }
 
 /// Everything an answer needs; shared by all answer tasks.
@@ -57,6 +61,29 @@ pub struct Answerer {
     pub stop_new: CancellationToken,
     /// Set when the shutdown grace ends: in-flight answers are abandoned, unanswered.
     pub abandon: CancellationToken,
+    /// What this worker holds: answers are produced only while it holds the partition.
+    pub held: Arc<Held>,
+    /// Per-partition counters.
+    pub stats: Arc<PartitionStats>,
+}
+
+/// Counts a job as in flight for its partition until dropped.
+struct PartitionJob<'a> {
+    stats: &'a PartitionStats,
+    partition: i32,
+}
+
+impl<'a> PartitionJob<'a> {
+    fn new(stats: &'a PartitionStats, partition: i32) -> Self {
+        stats.in_flight(partition, 1);
+        Self { stats, partition }
+    }
+}
+
+impl Drop for PartitionJob<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight(self.partition, -1);
+    }
 }
 
 /// Decrements a gauge and counter pair when dropped.
@@ -88,13 +115,19 @@ impl Drop for Track<'_> {
 impl Answerer {
     /// Answers `job`. Returns whether a reply was written (false only on shutdown).
     pub async fn answer(self: Arc<Self>, job: Job) -> bool {
+        let _job = PartitionJob::new(&self.stats, job.partition);
         let permit = {
             let _queued = Track::new(&self.load.queued, &self.metrics.llm_queued);
             tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
                 () = self.stop_new.cancelled() => return false,
+                () = job.cancel.cancelled() => return false,
             }
         };
+        // a partition being handed away starts nothing new
+        if self.held.get(job.partition) != Some((job.epoch, Phase::Live)) {
+            return false;
+        }
         let _in_flight = Track::new(&self.load.in_flight, &self.metrics.llm_in_flight);
         let reply_id = format!("rep-{}", uuid::Uuid::now_v7().simple());
         let prompt_tokens: u32 = job.context.iter().map(|t| t.tokens).sum();
@@ -113,6 +146,7 @@ impl Answerer {
             tokio::select! {
                 r = self.llm.stream(&job.context, on_delta) => r,
                 () = self.abandon.cancelled() => return false,
+                () = job.cancel.cancelled() => return false,
             }
         };
         drop(permit);
@@ -152,9 +186,11 @@ impl Answerer {
             attempt,
             chunks,
         });
-        if !self.write_reply(&job, &reply).await {
+        // produce only while this worker still holds the partition at the job's epoch
+        if !self.held.holds_at(job.partition, job.epoch) || !self.write_reply(&job, &reply).await {
             return false;
         }
+        self.stats.tokens(job.partition, u64::from(completion_tokens));
         let outcome = if error.is_some() { "error" } else { "ok" };
         self.metrics
             .replies
@@ -219,10 +255,12 @@ impl Answerer {
                     Err(e) => tracing::warn!(error = %e, "reply not acknowledged; retrying"),
                 },
                 () = self.abandon.cancelled() => return false,
+                () = job.cancel.cancelled() => return false,
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.abandon.cancelled() => return false,
+                () = job.cancel.cancelled() => return false,
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }

@@ -52,6 +52,29 @@ pub struct Config {
     #[arg(long, env = "MESHCHAT_PEERS", default_value = "")]
     pub peers: String,
 
+    /// Where ownership comes from: `static` (--owned-partitions) or `dynamic` (the balancer's
+    /// assignment table on chat.assignments).
+    #[arg(long, env = "MESHCHAT_OWNERSHIP", default_value = "static")]
+    pub ownership: String,
+    /// ChatAgent name: the key of this mesh's assignment table.
+    #[arg(long, env = "MESHCHAT_AGENT", default_value = "meshchat")]
+    pub agent: String,
+    /// Milliseconds between load reports on chat.events.
+    #[arg(long, env = "MESHCHAT_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// Seconds without a load report after which this worker considers a peer gone.
+    #[arg(long, env = "MESHCHAT_HEARTBEAT_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub heartbeat_timeout_secs: f64,
+    /// Seconds in-flight answers of a partition being handed away may take.
+    #[arg(long, env = "MESHCHAT_HANDOFF_GRACE_SECS", default_value_t = 2.0)]
+    pub handoff_grace_secs: f64,
+    /// Seconds a new owner waits for the old owner's release before fencing it out.
+    #[arg(long, env = "MESHCHAT_RELEASE_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub release_timeout_secs: f64,
+    /// Seconds a SIGTERM'd worker (dynamic mode) waits for the balancer to move its partitions.
+    #[arg(long, env = "MESHCHAT_DRAIN_TIMEOUT_SECS", default_value_t = 20.0)]
+    pub drain_timeout_secs: f64,
+
     /// OpenAI-compatible base URL (OpenAI, vLLM, Ollama's /v1).
     #[arg(
         long,
@@ -237,6 +260,11 @@ impl Config {
         })
     }
 
+    /// Whether the balancer assigns partitions.
+    pub fn dynamic(&self) -> bool {
+        self.ownership == "dynamic"
+    }
+
     /// One LLM attempt's time limit.
     pub fn llm_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.llm_timeout_secs)
@@ -267,6 +295,22 @@ fn meshchat_crds_check(c: &Config) -> Result<(), ConfigError> {
     }
     if c.max_content_bytes == 0 {
         return invalid("max-content-bytes", "must be at least 1");
+    }
+    if !matches!(c.ownership.as_str(), "static" | "dynamic") {
+        return invalid("ownership", "must be static or dynamic");
+    }
+    for (option, v) in [
+        ("heartbeat-timeout-secs", c.heartbeat_timeout_secs),
+        ("handoff-grace-secs", c.handoff_grace_secs),
+        ("release-timeout-secs", c.release_timeout_secs),
+        ("drain-timeout-secs", c.drain_timeout_secs),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return invalid(option, "must be a non-negative number of seconds");
+        }
+    }
+    if c.heartbeat_ms == 0 {
+        return invalid("heartbeat-ms", "must be at least 1");
     }
     if !matches!(c.log_format.as_str(), "text" | "json") {
         return invalid("log-format", "must be text or json");

@@ -29,6 +29,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/chat/conversation/{id}", get(chat::conversation))
         .route("/api/agent/status", get(agent::status))
         .route("/api/agent/migrate", post(agent::migrate))
+        .route("/api/mesh", get(agent::mesh))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

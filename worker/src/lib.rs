@@ -5,12 +5,14 @@
 mod answer;
 pub mod config;
 pub mod context;
+pub mod held;
 mod http;
 mod hub;
 pub mod kafka;
 pub mod live;
 pub mod llm;
 pub mod load;
+pub mod mesh;
 mod metrics;
 mod owner;
 pub mod ownership;

@@ -1,29 +1,37 @@
-//! The owner loop: consumes this worker's partitions of `chat.messages` from the committed
-//! offset, keeps their conversations, answers unanswered user messages one at a time per
-//! conversation, snapshots conversations and commits offsets. On start it restores snapshots
-//! and replays the log without calling the LLM; only what is still unanswered at the end of
-//! the replay is answered.
+//! The owner loop: holds this worker's partitions of `chat.messages`. For each partition it
+//! should own it takes over (waits for the old owner's release unless that one died, writes an
+//! epoch fence, restores snapshots, replays the log from the committed offset without calling
+//! the LLM), then answers unanswered user messages one at a time per conversation, snapshots
+//! and commits. For each partition it should no longer own it releases (no new answers, grace
+//! for in-flight ones, snapshots, commit, `released` event). Static ownership is the case where
+//! the wanted set never changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod answering;
+mod handoff;
+mod snapshot;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use meshchat_crds::{
-    ChatRecord, PresenceEvent, PresenceKind, SCHEMA_VERSION, Topics, decode, encode, partition_for,
-};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use meshchat_crds::Topics;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use time::OffsetDateTime;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::answer::{Answerer, Job};
-use crate::context::{Role, Tokenizer, Turn, trim_to_budget};
-use crate::kafka::{KafkaError, META_TIMEOUT, Producer, restore_snapshots};
-use crate::metrics::{Metrics, PartitionLabel};
-use crate::ownership::Ownership;
-use crate::store::{Applied, Conversation, Store, content_of};
+use crate::answer::Answerer;
+use crate::context::Tokenizer;
+use crate::held::{Held, Phase};
+use crate::kafka::{KafkaError, Producer};
+use crate::mesh::{Mesh, PartitionStats};
+use crate::metrics::Metrics;
+use crate::ownership::{Ownership, OwnershipView};
+use crate::store::Store;
+
+use handoff::Acquired;
 
 /// Settings and shared state of the owner loop.
 pub struct OwnerLoop {
@@ -33,15 +41,21 @@ pub struct OwnerLoop {
     pub topics: Topics,
     /// Partitions of chat.messages.
     pub partitions: i32,
+    /// Partitions of chat.events.
+    pub events_partitions: i32,
     /// Consumer group holding committed offsets (shared by all owners of this mesh).
     pub group_id: String,
-    /// Ownership seam.
+    /// What this worker should own.
     pub ownership: Arc<Ownership>,
-    /// Conversations of owned partitions (read by HTTP).
+    /// What it holds.
+    pub held: Arc<Held>,
+    /// Releases seen from other workers.
+    pub mesh: Arc<Mesh>,
+    /// Conversations of held partitions (read by HTTP).
     pub store: Arc<RwLock<Store>>,
     /// Answers messages.
     pub answerer: Arc<Answerer>,
-    /// Producer for snapshots and presence.
+    /// Producer for fences, snapshots, presence and handoff events.
     pub producer: Producer,
     /// Token counter.
     pub tokenizer: Tokenizer,
@@ -53,21 +67,56 @@ pub struct OwnerLoop {
     pub snapshot_interval: Duration,
     /// Time in-flight answers get on shutdown.
     pub grace: Duration,
+    /// Time in-flight answers of a released partition get.
+    pub handoff_grace: Duration,
+    /// Longest wait for the old owner's release before taking over anyway (fences keep it safe).
+    pub release_timeout: Duration,
     /// Metrics.
     pub metrics: Metrics,
-    /// Set when every owned partition is caught up.
+    /// Per-partition counters for load reports.
+    pub stats: Arc<PartitionStats>,
+    /// Set when every wanted partition is live.
     pub caught_up: Arc<AtomicBool>,
     /// This worker's id.
     pub node_id: String,
 }
 
-struct Progress {
-    /// Next offset to consume, per partition.
-    position: BTreeMap<i32, i64>,
-    /// High watermark at assignment; reaching it ends the replay.
-    target: BTreeMap<i32, i64>,
-    /// Partitions whose replay is over (answers may start).
-    live: BTreeSet<i32>,
+/// A partition's state in the loop.
+#[derive(Debug)]
+enum State {
+    /// Waiting for the old owner's release (since when).
+    AwaitRelease(Instant),
+    /// Fencing and restoring (an acquire task runs).
+    Acquiring(Instant),
+    /// Consuming up to `target` without answering.
+    Replaying { target: i64, since: Instant },
+    /// Answering.
+    Live,
+    /// Handing away: no new answers until `deadline`, then snapshot, commit, release.
+    Releasing {
+        deadline: Instant,
+        to_epoch: u64,
+        to: String,
+    },
+}
+
+#[derive(Debug)]
+struct Part {
+    epoch: u64,
+    state: State,
+    /// Next offset to consume (when consuming).
+    position: Option<i64>,
+    /// Cancels this partition's answers.
+    cancel: CancellationToken,
+    /// Assigned back to us while releasing: take over again afterwards.
+    reacquire: bool,
+}
+
+/// The loop's mutable state.
+struct Run {
+    parts: BTreeMap<i32, Part>,
+    tasks: JoinSet<bool>,
+    acquired_tx: mpsc::Sender<Result<Acquired, (i32, u64, KafkaError)>>,
 }
 
 // === impl OwnerLoop ===
@@ -76,14 +125,12 @@ impl OwnerLoop {
     /// Runs until `shutdown`, then drains: stops taking messages, gives in-flight answers the
     /// grace period, writes snapshots, commits offsets.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), KafkaError> {
-        let owned = self.ownership.owned();
         self.caught_up.store(false, Ordering::Relaxed);
         {
             // answers of an earlier (failed) run of this loop are gone; answer again
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
             store.iter_mut().for_each(|c| c.in_flight = None);
         }
-        self.restore(&owned).await?;
         let consumer: StreamConsumer = self
             .kafka
             .clone()
@@ -92,302 +139,193 @@ impl OwnerLoop {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .create()?;
-        let mut progress = self.assign(&consumer, &owned).await?;
-        let mut tasks = JoinSet::new();
-        let ready: Vec<i32> = progress.live.iter().copied().collect();
-        for p in ready {
-            self.start_partition(p, &mut tasks);
-        }
-        self.update_caught_up(&owned, &progress);
-        let mut snapshot_tick = tokio::time::interval(self.snapshot_interval);
-        let mut lag_tick = tokio::time::interval(Duration::from_secs(2));
         let lag_reader: Arc<BaseConsumer> =
             Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);
+        let (acquired_tx, mut acquired_rx) = mpsc::channel(64);
+        let mut run = Run {
+            parts: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            acquired_tx,
+        };
+        let mut wanted = self.ownership.subscribe();
+        let view = wanted.borrow_and_update().clone();
+        self.reconcile(&view, &mut run, &consumer)?;
+        let mut snapshot_tick = tokio::time::interval(self.snapshot_interval);
+        let mut lag_tick = tokio::time::interval(Duration::from_secs(2));
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Ok(()) = wanted.changed() => {
+                    let view = wanted.borrow_and_update().clone();
+                    self.reconcile(&view, &mut run, &consumer)?;
+                }
+                Some(done) = acquired_rx.recv() => self.on_acquired(done, &mut run, &consumer)?,
                 m = consumer.recv() => match m {
                     Ok(m) => {
                         let (p, o) = (m.partition(), m.offset());
                         let payload = m.payload().map(<[u8]>::to_vec);
                         drop(m);
-                        progress.position.insert(p, o + 1);
-                        if let Some(payload) = payload {
-                            self.handle(p, o, &payload, &progress, &mut tasks);
-                        }
-                        if !progress.live.contains(&p) && o + 1 >= progress.target.get(&p).copied().unwrap_or(0) {
-                            progress.live.insert(p);
-                            tracing::info!(partition = p, offset = o, "replay done; answering");
-                            self.start_partition(p, &mut tasks);
-                            self.update_caught_up(&owned, &progress);
-                        }
+                        self.on_record(p, o, payload.as_deref(), &mut run);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "consume error");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
+                _ = tick.tick() => self.on_tick(&mut run, &consumer).await?,
                 _ = snapshot_tick.tick() => {
-                    if let Err(e) = self.snapshot_and_commit(&consumer, &progress, CommitMode::Async).await {
+                    let consuming = self.consuming(&run);
+                    if let Err(e) = self.snapshot_and_commit(&consumer, &consuming).await {
                         tracing::warn!(error = %e, "snapshot round failed; will retry");
                     }
                 }
-                _ = lag_tick.tick() => self.report_lag(&lag_reader, &progress),
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = lag_tick.tick() => self.report_lag(&lag_reader, &self.consuming(&run)),
+                Some(_) = run.tasks.join_next(), if !run.tasks.is_empty() => {}
             }
         }
-        self.drain(&consumer, &progress, tasks).await
+        self.drain(&consumer, run).await
     }
 
-    async fn restore(&self, owned: &[i32]) -> Result<(), KafkaError> {
-        let kafka = self.kafka.clone();
-        let topic = self.topics.conversations.clone();
-        let parts = owned.to_vec();
-        let snapshots = tokio::task::spawn_blocking(move || restore_snapshots(&kafka, &topic, &parts))
-            .await
-            .map_err(|_| KafkaError::Timeout {
-                what: "snapshot restore",
-            })??;
-        let n = snapshots.len();
-        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-        for (_, s) in snapshots {
-            store.restore(Conversation::from_snapshot(s, |t| self.tokenizer.count(t)));
+    /// Starts taking over what is newly wanted and releasing what no longer is.
+    fn reconcile(
+        &self,
+        view: &OwnershipView,
+        run: &mut Run,
+        consumer: &StreamConsumer,
+    ) -> Result<(), KafkaError> {
+        let now = Instant::now();
+        for (&p, &epoch) in &view.owned {
+            match run.parts.get_mut(&p) {
+                Some(part) if matches!(part.state, State::Releasing { .. }) => part.reacquire = true,
+                Some(part) => part.epoch = part.epoch.max(epoch),
+                None => {
+                    let info = view.owners.get(&p);
+                    let wait = info
+                        .is_some_and(|i| !i.failover && i.from.as_deref().is_some_and(|f| f != self.node_id));
+                    let part = Part {
+                        epoch,
+                        state: if wait {
+                            State::AwaitRelease(now)
+                        } else {
+                            State::Acquiring(now)
+                        },
+                        position: None,
+                        cancel: CancellationToken::new(),
+                        reacquire: false,
+                    };
+                    if !wait {
+                        self.spawn_acquire(p, epoch, run);
+                    }
+                    tracing::info!(partition = p, epoch, wait_for_release = wait, "taking over");
+                    run.parts.insert(p, part);
+                }
+            }
         }
-        tracing::info!(conversations = n, "restored snapshots");
+        let mut reassign = false;
+        for (&p, part) in run.parts.iter_mut() {
+            if view.owned.contains_key(&p) || matches!(part.state, State::Releasing { .. }) {
+                continue;
+            }
+            let (to, to_epoch) = view
+                .owners
+                .get(&p)
+                .map_or((String::new(), part.epoch + 1), |o| (o.node_id.clone(), o.epoch));
+            match part.state {
+                State::Live | State::Replaying { .. } => {
+                    tracing::info!(partition = p, to = %to, "releasing");
+                    part.state = State::Releasing {
+                        deadline: now + self.handoff_grace,
+                        to_epoch,
+                        to,
+                    };
+                    self.held.set(p, part.epoch, Phase::Releasing);
+                    reassign = true;
+                }
+                // never served: nothing to hand over (a late acquire result is ignored)
+                State::AwaitRelease(_) | State::Acquiring(_) => {
+                    part.state = State::Releasing {
+                        deadline: now,
+                        to_epoch,
+                        to,
+                    }
+                }
+                State::Releasing { .. } => {}
+            }
+        }
+        if reassign {
+            self.assign(consumer, run)?;
+        }
+        self.update_caught_up(run);
         Ok(())
     }
 
-    async fn assign(&self, consumer: &StreamConsumer, owned: &[i32]) -> Result<Progress, KafkaError> {
-        let mut want = TopicPartitionList::new();
-        for p in owned {
-            want.add_partition(&self.topics.messages, *p);
-        }
-        let committed = consumer.committed_offsets(want, META_TIMEOUT)?;
-        let mut tpl = TopicPartitionList::new();
-        let mut progress = Progress {
-            position: BTreeMap::new(),
-            target: BTreeMap::new(),
-            live: BTreeSet::new(),
-        };
-        for p in owned {
-            let (low, high) = consumer.fetch_watermarks(&self.topics.messages, *p, META_TIMEOUT)?;
-            let start = match committed
-                .find_partition(&self.topics.messages, *p)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
-            };
-            tpl.add_partition_offset(&self.topics.messages, *p, Offset::Offset(start))?;
-            progress.position.insert(*p, start);
-            progress.target.insert(*p, high);
-            if start >= high {
-                progress.live.insert(*p);
-            }
-            tracing::info!(partition = p, start, high, "assigned");
-        }
-        consumer.assign(&tpl)?;
-        Ok(progress)
+    /// Consumer positions of partitions being consumed.
+    fn consuming(&self, run: &Run) -> BTreeMap<i32, i64> {
+        run.parts
+            .iter()
+            .filter(|(_, part)| matches!(part.state, State::Replaying { .. } | State::Live))
+            .filter_map(|(p, part)| part.position.map(|o| (*p, o)))
+            .collect()
     }
 
-    fn update_caught_up(&self, owned: &[i32], progress: &Progress) {
-        let all = owned.iter().all(|p| progress.live.contains(p));
+    /// Assigns the consumer exactly the partitions being consumed, at their positions.
+    fn assign(&self, consumer: &StreamConsumer, run: &Run) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in self.consuming(run) {
+            tpl.add_partition_offset(&self.topics.messages, p, Offset::Offset(o))?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(())
+    }
+
+    fn update_caught_up(&self, run: &Run) {
+        let view = self.ownership.view();
+        let all = view.owned.keys().all(|p| {
+            run.parts
+                .get(p)
+                .is_some_and(|part| matches!(part.state, State::Live))
+        });
         self.caught_up.store(all, Ordering::Relaxed);
     }
 
-    fn handle(&self, p: i32, offset: i64, payload: &[u8], progress: &Progress, tasks: &mut JoinSet<bool>) {
-        let record = match decode::<ChatRecord>(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(partition = p, offset, error = %e, "skipping unreadable record");
-                return;
-            }
-        };
-        let conv_id = record.conversation_id().to_string();
-        let tokens = self.tokenizer.count(content_of(&record));
-        let user = match &record {
-            ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
-            ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) => None,
-        };
-        let applied = {
-            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            store.apply(p, offset, record, tokens)
-        };
-        let live = progress.live.contains(&p);
-        match applied {
-            Applied::UserMessage { new_participant } => {
-                self.metrics.messages_handled.inc();
-                self.answerer.load.handled.fetch_add(1, Ordering::Relaxed);
-                if new_participant
-                    && live
-                    && let Some(user) = user
-                {
-                    self.presence(p, &conv_id, &user);
+    /// Timeouts: releases awaited, releases to finish.
+    async fn on_tick(&self, run: &mut Run, consumer: &StreamConsumer) -> Result<(), KafkaError> {
+        let now = Instant::now();
+        let mut to_acquire = Vec::new();
+        let mut to_release = Vec::new();
+        for (&p, part) in &run.parts {
+            match &part.state {
+                State::AwaitRelease(since) => {
+                    let released = self.mesh.is_released(p, part.epoch);
+                    if released || now.duration_since(*since) >= self.release_timeout {
+                        if !released {
+                            tracing::warn!(
+                                partition = p,
+                                "no release from the old owner in time; fencing it out"
+                            );
+                        }
+                        to_acquire.push((p, part.epoch));
+                    }
                 }
-            }
-            Applied::DuplicateReply => {
-                tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a duplicate reply");
-            }
-            Applied::Fenced => {
-                tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a fenced (zombie) reply");
-            }
-            Applied::Reply | Applied::Stale | Applied::Fence => {}
-        }
-        if live {
-            self.maybe_answer(p, &conv_id, tasks);
-        }
-    }
-
-    fn start_partition(&self, p: i32, tasks: &mut JoinSet<bool>) {
-        let ids: Vec<String> = {
-            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
-            store
-                .iter()
-                .filter(|c| !c.pending.is_empty() && partition_for(&c.id, self.partitions) == p)
-                .map(|c| c.id.clone())
-                .collect()
-        };
-        for id in ids {
-            self.maybe_answer(p, &id, tasks);
-        }
-    }
-
-    /// Starts answering the conversation's oldest unanswered message, if none is in flight.
-    fn maybe_answer(&self, p: i32, conv_id: &str, tasks: &mut JoinSet<bool>) {
-        let Some(epoch) = self.ownership.epoch_of(p) else {
-            return;
-        };
-        let job = {
-            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            let Some(conv) = store.get_mut(conv_id) else {
-                return;
-            };
-            let Some((offset, message)) = conv.next_to_answer() else {
-                return;
-            };
-            let message = message.clone();
-            conv.in_flight = Some(message.id.clone());
-            let system = (!self.system_prompt.is_empty()).then(|| Turn {
-                role: Role::System,
-                content: self.system_prompt.clone(),
-                tokens: self.tokenizer.count(&self.system_prompt),
-            });
-            let context = trim_to_budget(system, &conv.turns_until(offset), self.context_tokens);
-            Job {
-                partition: p,
-                user_offset: offset,
-                message,
-                context,
-                epoch,
-            }
-        };
-        tasks.spawn(self.answerer.clone().answer(job));
-    }
-
-    fn presence(&self, p: i32, conv_id: &str, user: &str) {
-        let event = PresenceEvent {
-            v: SCHEMA_VERSION,
-            conversation_id: conv_id.to_string(),
-            user_id: user.to_string(),
-            kind: PresenceKind::Joined,
-            timestamp: OffsetDateTime::now_utc(),
-            node: self.node_id.clone(),
-        };
-        if let Ok(bytes) = encode(&event) {
-            self.producer.send_nowait(&self.topics.users, p, conv_id, &bytes);
-        }
-    }
-
-    /// Writes snapshots of changed conversations, then commits the positions they cover.
-    async fn snapshot_and_commit(
-        &self,
-        consumer: &StreamConsumer,
-        progress: &Progress,
-        mode: CommitMode,
-    ) -> Result<(), KafkaError> {
-        let epoch_of = |id: &str| {
-            self.ownership
-                .epoch_of(partition_for(id, self.partitions))
-                .unwrap_or(0)
-        };
-        let snapshots: Vec<_> = {
-            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            store
-                .iter_mut()
-                .filter(|c| c.dirty)
-                .map(|c| {
-                    c.dirty = false;
-                    c.to_snapshot(epoch_of(&c.id))
-                })
-                .collect()
-        };
-        let sends = snapshots.iter().map(|s| async {
-            let bytes = encode(s)?;
-            let p = partition_for(&s.conversation_id, self.partitions);
-            self.producer
-                .send(&self.topics.conversations, p, &s.conversation_id, &bytes)
-                .await
-        });
-        let results = futures::future::join_all(sends).await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            for s in &snapshots {
-                if let Some(c) = store.get_mut(&s.conversation_id) {
-                    c.dirty = true;
+                State::Releasing { deadline, .. } => {
+                    let busy = self.in_flight_of(p);
+                    if busy == 0 || now >= *deadline {
+                        to_release.push(p);
+                    }
                 }
+                _ => {}
             }
-            return Err(e);
         }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in &progress.position {
-            tpl.add_partition_offset(&self.topics.messages, *p, Offset::Offset(*o))?;
-        }
-        if tpl.count() > 0 {
-            consumer.commit(&tpl, mode)?;
-        }
-        Ok(())
-    }
-
-    /// Publishes consumer lag per owned partition (watermark queries run off the runtime).
-    fn report_lag(&self, reader: &Arc<BaseConsumer>, progress: &Progress) {
-        let positions = progress.position.clone();
-        let (reader, topic, metrics) = (reader.clone(), self.topics.messages.clone(), self.metrics.clone());
-        tokio::task::spawn_blocking(move || {
-            for (p, pos) in positions {
-                if let Ok((_, high)) = reader.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
-                    metrics
-                        .consumer_lag
-                        .get_or_create(&PartitionLabel { partition: p })
-                        .set((high - pos).max(0));
-                }
+        for (p, epoch) in to_acquire {
+            if let Some(part) = run.parts.get_mut(&p) {
+                part.state = State::Acquiring(now);
             }
-        });
-    }
-
-    async fn drain(
-        &self,
-        consumer: &StreamConsumer,
-        progress: &Progress,
-        mut tasks: JoinSet<bool>,
-    ) -> Result<(), KafkaError> {
-        tracing::info!(
-            in_flight = tasks.len(),
-            "draining: no new answers; finishing in-flight ones"
-        );
-        self.answerer.stop_new.cancel();
-        let finished =
-            tokio::time::timeout(self.grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if finished.is_err() {
-            tracing::warn!(
-                left = tasks.len(),
-                "grace period over; leaving unfinished answers to the next owner"
-            );
-            self.answerer.abandon.cancel();
-            while tasks.join_next().await.is_some() {}
+            self.spawn_acquire(p, epoch, run);
         }
-        self.snapshot_and_commit(consumer, progress, CommitMode::Sync)
-            .await?;
-        tracing::info!("owner loop drained: snapshots written, offsets committed");
+        for p in to_release {
+            self.finish_release(p, run, consumer).await?;
+        }
         Ok(())
     }
 }

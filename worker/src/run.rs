@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::answer::Answerer;
 use crate::config::Config;
 use crate::context::Tokenizer;
+use crate::held::Held;
 use crate::hub::Hub;
 use crate::kafka::{self, Producer};
 use crate::llm::{Llm, LlmSettings};
 use crate::load::Load;
+use crate::mesh::{Heartbeat, Mesh, PartitionStats};
 use crate::metrics::Metrics;
 use crate::owner::OwnerLoop;
 use crate::ownership::Ownership;
@@ -35,10 +37,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "chat.messages already exists; using its partition count"
         );
     }
-    let owned = config.owned(partitions)?;
-    let peers = config.peer_list(partitions)?;
+    let events_partitions = kafka::partition_count(&kafka, &topics.events).await?;
     let url = config.advertise_url();
-    let ownership = Arc::new(Ownership::fixed(&config.node_id, &url, &owned, &peers));
+    let ownership = if config.dynamic() {
+        Arc::new(Ownership::dynamic(&config.node_id))
+    } else {
+        let owned = config.owned(partitions)?;
+        let peers = config.peer_list(partitions)?;
+        Arc::new(Ownership::fixed(&config.node_id, &url, &owned, &peers))
+    };
+    let held = Arc::new(Held::default());
+    let stats = Arc::new(PartitionStats::default());
+    let mesh = Arc::new(Mesh::new(
+        &config.agent,
+        Duration::from_secs_f64(config.heartbeat_timeout_secs),
+    ));
     let tokenizer = Tokenizer::new(&config.tokenizer)?;
     let producer = Producer::new(&kafka)?;
     let (metrics, registry) = Metrics::new();
@@ -68,15 +81,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokenizer: tokenizer.clone(),
         stop_new: CancellationToken::new(),
         abandon: CancellationToken::new(),
+        held: held.clone(),
+        stats: stats.clone(),
     });
     let hub = Arc::new(Hub::default());
     let state = AppState(Arc::new(Shared {
         config: config.clone(),
         topics: topics.clone(),
         partitions,
+        events_partitions,
         kafka: kafka.clone(),
         producer: producer.clone(),
         ownership: ownership.clone(),
+        held: held.clone(),
+        mesh: mesh.clone(),
         store: store.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -97,9 +115,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kafka: kafka.clone(),
         topics: topics.clone(),
         partitions,
+        events_partitions,
         group_id: format!("{}meshchat-owners", config.topic_prefix),
         ownership: ownership.clone(),
-        store,
+        held: held.clone(),
+        mesh: mesh.clone(),
+        store: store.clone(),
         answerer,
         producer: producer.clone(),
         tokenizer,
@@ -107,7 +128,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         context_tokens: config.context_tokens,
         snapshot_interval: Duration::from_secs_f64(config.snapshot_interval_secs),
         grace: Duration::from_secs_f64(config.shutdown_grace_secs),
+        handoff_grace: Duration::from_secs_f64(config.handoff_grace_secs),
+        release_timeout: Duration::from_secs_f64(config.release_timeout_secs),
         metrics,
+        stats: stats.clone(),
         caught_up,
         node_id: config.node_id.clone(),
     };
@@ -128,6 +152,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             stop,
         )
     }));
+    let (mk, mt, mm, mo, dynamic) = (
+        kafka.clone(),
+        topics.clone(),
+        mesh.clone(),
+        ownership.clone(),
+        config.dynamic(),
+    );
+    let mesh_task = tokio::spawn(supervise("mesh watch", shutdown.clone(), move |stop| {
+        crate::mesh::watch_mesh(mk.clone(), mt.clone(), mm.clone(), mo.clone(), dynamic, stop)
+    }));
+    let heartbeat = Heartbeat {
+        producer: producer.clone(),
+        topics: topics.clone(),
+        node_id: config.node_id.clone(),
+        address: url.clone(),
+        held: held.clone(),
+        stats,
+        load: load.clone(),
+        store,
+        ownership: ownership.clone(),
+        draining: state.0.draining.clone(),
+        partitions,
+        events_partitions,
+        interval: Duration::from_millis(config.heartbeat_ms),
+    };
+    // heartbeats go on while draining, so the balancer sees `draining` and moves partitions away
+    let heartbeat_stop = CancellationToken::new();
+    tokio::spawn(heartbeat.run(heartbeat_stop.clone()));
     tokio::spawn(sample_load(load, shutdown.clone()));
     tokio::spawn(probe_kafka(
         kafka.clone(),
@@ -140,18 +192,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &topics,
         &config.node_id,
         "workerStarted",
-        &format!("owns {owned:?} at {url}"),
+        &format!("{} ownership at {url}", config.ownership),
     )
     .await;
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(node = %config.node_id, %url, partitions, owned = ?owned, "serving");
+    tracing::info!(node = %config.node_id, %url, partitions, ownership = %config.ownership, "serving");
     let draining = state.0.draining.clone();
     let stop = shutdown.clone();
+    let (drain_held, drain_wait) = (held.clone(), Duration::from_secs_f64(config.drain_timeout_secs));
+    let dynamic = config.dynamic();
     let server = axum::serve(listener, crate::app(state)).with_graceful_shutdown(async move {
         signal().await;
         tracing::info!("shutdown requested: draining");
         draining.store(true, Ordering::Relaxed);
+        if dynamic {
+            // the balancer sees `draining` in the next heartbeat and moves every partition away
+            let moved = tokio::time::timeout(drain_wait, async {
+                while !drain_held.snapshot().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await;
+            match moved {
+                Ok(()) => tracing::info!("all partitions handed over"),
+                Err(_) => tracing::warn!("drain timeout: stopping with partitions still held"),
+            }
+        }
         stop.cancel();
     });
     let server_result = server.await;
@@ -162,6 +229,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::error!(error = %e, "owner loop panicked");
     }
     let _ = fanout_task.await;
+    let _ = mesh_task.await;
+    heartbeat_stop.cancel();
     producer.flush(Duration::from_secs(10))?;
     tracing::info!("stopped");
     server_result?;

@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::context::Tokenizer;
+use crate::held::Held;
 use crate::hub::Hub;
 use crate::kafka::Producer;
 use crate::load::Load;
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::store::Store;
@@ -30,12 +32,18 @@ pub struct Shared {
     pub topics: Topics,
     /// Partitions of chat.messages.
     pub partitions: i32,
+    /// Partitions of chat.events.
+    pub events_partitions: i32,
     /// Kafka client settings (log reads).
     pub kafka: ClientConfig,
     /// Producer.
     pub producer: Producer,
     /// Ownership seam.
     pub ownership: Arc<Ownership>,
+    /// What the owner loop holds.
+    pub held: Arc<Held>,
+    /// The mesh as this worker sees it.
+    pub mesh: Arc<Mesh>,
     /// Owned conversations.
     pub store: Arc<RwLock<Store>>,
     /// Live subscribers.

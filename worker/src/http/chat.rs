@@ -82,7 +82,7 @@ pub async fn conversation(
     let s = &state.0;
     check_id("id", &id)?;
     let p = partition_for(&id, s.partitions);
-    if s.ownership.epoch_of(p).is_some() {
+    if s.held.is_live(p) {
         let store = s.store.read().unwrap_or_else(|p| p.into_inner());
         let conv = store.get(&id).ok_or_else(|| not_found(&id))?;
         return Ok(Json(view(conv, &s.config.agent_name)).into_response());

@@ -22,9 +22,12 @@ pub enum AppError {
     /// A dependency (Kafka) is unavailable, or the worker is draining.
     #[error("{0}")]
     Unavailable(String),
-    /// The capability is not built yet.
+    /// The capability is not available in this configuration.
     #[error("{0}")]
     NotImplemented(String),
+    /// The request conflicts with the mesh's state (draining, dead target, move in flight).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl IntoResponse for AppError {
@@ -51,6 +54,7 @@ impl IntoResponse for AppError {
                 StatusCode::NOT_IMPLEMENTED,
                 json!({"error": "not_implemented", "message": m}),
             ),
+            AppError::Conflict(m) => (StatusCode::CONFLICT, json!({"error": "conflict", "message": m})),
         };
         (status, Json(body)).into_response()
     }

@@ -1,0 +1,228 @@
+//! Taking partitions over and handing them away.
+
+use std::time::{Duration, Instant};
+
+use meshchat_crds::{
+    ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, HandoffEvent, MeshEvent, SCHEMA_VERSION, encode,
+    partition_for,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use time::OffsetDateTime;
+
+use super::{OwnerLoop, Part, Run, State};
+use crate::held::Phase;
+use crate::kafka::{KafkaError, META_TIMEOUT, restore_snapshots};
+use crate::store::Conversation;
+
+/// A finished acquire: what to restore and where to replay from.
+pub struct Acquired {
+    partition: i32,
+    epoch: u64,
+    snapshots: Vec<ConversationSnapshot>,
+    start: i64,
+    target: i64,
+}
+
+// === impl OwnerLoop ===
+
+impl OwnerLoop {
+    /// Fences the partition and reads what replay needs, off the loop.
+    pub(super) fn spawn_acquire(&self, p: i32, epoch: u64, run: &Run) {
+        self.spawn_acquire_after(p, epoch, run, Duration::ZERO);
+    }
+
+    fn spawn_acquire_after(&self, p: i32, epoch: u64, run: &Run, delay: Duration) {
+        let tx = run.acquired_tx.clone();
+        let (kafka, topics, producer) = (self.kafka.clone(), self.topics.clone(), self.producer.clone());
+        let (group, me) = (self.group_id.clone(), self.node_id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let fence = ChatRecord::EpochFence(EpochFence {
+                v: SCHEMA_VERSION,
+                partition: p,
+                epoch,
+                owner: me,
+                timestamp: OffsetDateTime::now_utc(),
+            });
+            let result = async {
+                producer
+                    .send(&topics.messages, p, FENCE_KEY, &encode(&fence)?)
+                    .await?;
+                tokio::task::spawn_blocking(move || -> Result<Acquired, KafkaError> {
+                    let snapshots = restore_snapshots(&kafka, &topics.conversations, &[p])?;
+                    let c: BaseConsumer = kafka.clone().set("group.id", &group).create()?;
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topics.messages, p);
+                    let committed = c.committed_offsets(tpl, META_TIMEOUT)?;
+                    let (low, high) = c.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
+                    let start = match committed.find_partition(&topics.messages, p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o.max(low),
+                        _ => low,
+                    };
+                    Ok(Acquired {
+                        partition: p,
+                        epoch,
+                        snapshots: snapshots.into_values().collect(),
+                        start,
+                        target: high,
+                    })
+                })
+                .await
+                .map_err(|_| KafkaError::Timeout { what: "acquire" })?
+            }
+            .await;
+            let _ = tx.send(result.map_err(|e| (p, epoch, e))).await;
+        });
+    }
+
+    /// Installs a finished acquire: restore, then replay from the committed offset.
+    pub(super) fn on_acquired(
+        &self,
+        done: Result<Acquired, (i32, u64, KafkaError)>,
+        run: &mut Run,
+        consumer: &StreamConsumer,
+    ) -> Result<(), KafkaError> {
+        let a = match done {
+            Ok(a) => a,
+            Err((p, epoch, e)) => {
+                tracing::warn!(partition = p, error = %e, "take-over failed; retrying");
+                if run
+                    .parts
+                    .get(&p)
+                    .is_some_and(|part| part.epoch == epoch && matches!(part.state, State::Acquiring(_)))
+                {
+                    self.spawn_acquire_after(p, epoch, run, Duration::from_secs(1));
+                }
+                return Ok(());
+            }
+        };
+        let Some(part) = run.parts.get_mut(&a.partition) else {
+            return Ok(());
+        };
+        let State::Acquiring(since) = part.state else {
+            return Ok(());
+        };
+        if part.epoch != a.epoch {
+            return Ok(());
+        }
+        {
+            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+            for s in a.snapshots {
+                store.restore(Conversation::from_snapshot(s, |t| self.tokenizer.count(t)));
+            }
+        }
+        part.position = Some(a.start);
+        tracing::info!(
+            partition = a.partition,
+            epoch = a.epoch,
+            start = a.start,
+            target = a.target,
+            "replaying"
+        );
+        if a.start >= a.target {
+            part.state = State::Live;
+            self.held.set(a.partition, a.epoch, Phase::Live);
+            self.went_live(a.partition, a.epoch, since);
+            self.start_partition(a.partition, run);
+        } else {
+            part.state = State::Replaying {
+                target: a.target,
+                since,
+            };
+            self.held.set(a.partition, a.epoch, Phase::Replaying);
+        }
+        self.assign(consumer, run)?;
+        self.update_caught_up(run);
+        Ok(())
+    }
+
+    /// A partition finished its replay.
+    pub(super) fn went_live(&self, p: i32, epoch: u64, since: Instant) {
+        let took = since.elapsed();
+        self.mesh.record_handoff(took);
+        tracing::info!(
+            partition = p,
+            epoch,
+            took_ms = took.as_millis() as u64,
+            "partition live"
+        );
+        self.handoff_event(p, epoch, "", &self.node_id, "live", None);
+    }
+
+    /// Answers of `p` still running.
+    pub(super) fn in_flight_of(&self, p: i32) -> i64 {
+        self.stats.in_flight_of(p)
+    }
+
+    /// Ends a release: cancel what is left, snapshot, commit, announce, forget.
+    pub(super) async fn finish_release(
+        &self,
+        p: i32,
+        run: &mut Run,
+        consumer: &StreamConsumer,
+    ) -> Result<(), KafkaError> {
+        let Some(part) = run.parts.remove(&p) else {
+            return Ok(());
+        };
+        let Part {
+            epoch,
+            state,
+            position,
+            cancel,
+            reacquire,
+            ..
+        } = part;
+        let State::Releasing { to_epoch, to, .. } = state else {
+            return Ok(());
+        };
+        cancel.cancel();
+        if let Some(pos) = position {
+            let mut positions = std::collections::BTreeMap::new();
+            positions.insert(p, pos);
+            self.snapshot_and_commit(consumer, &positions).await?;
+        }
+        {
+            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+            let partitions = self.partitions;
+            store.retain(|c| partition_for(&c.id, partitions) != p);
+            store.forget_fence(p);
+        }
+        self.held.remove(p);
+        if position.is_some() {
+            self.handoff_event(p, to_epoch, &self.node_id, &to, "released", position);
+            tracing::info!(partition = p, epoch, to = %to, committed = ?position, "released");
+        }
+        if reacquire {
+            self.reconcile(&self.ownership.view(), run, consumer)?;
+        }
+        self.update_caught_up(run);
+        Ok(())
+    }
+
+    pub(super) fn handoff_event(
+        &self,
+        p: i32,
+        epoch: u64,
+        from: &str,
+        to: &str,
+        step: &str,
+        committed: Option<i64>,
+    ) {
+        let ev = MeshEvent::Handoff(HandoffEvent {
+            v: SCHEMA_VERSION,
+            partition: p,
+            epoch,
+            from: from.to_string(),
+            to: to.to_string(),
+            step: step.to_string(),
+            committed_offset: committed,
+            timestamp: OffsetDateTime::now_utc(),
+        });
+        if let Ok(bytes) = encode(&ev) {
+            let key = format!("p{p}");
+            let ep = partition_for(&key, self.events_partitions);
+            self.producer.send_nowait(&self.topics.events, ep, &key, &bytes);
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Snapshots, offset commits, lag, and the final drain.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshchat_crds::{encode, partition_for};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{OwnerLoop, Run};
+use crate::kafka::KafkaError;
+use crate::metrics::PartitionLabel;
+
+// === impl OwnerLoop ===
+
+impl OwnerLoop {
+    /// Writes snapshots of changed conversations of the partitions in `positions`, then
+    /// commits those positions (everything before them is in the snapshots).
+    pub(super) async fn snapshot_and_commit(
+        &self,
+        consumer: &StreamConsumer,
+        positions: &BTreeMap<i32, i64>,
+    ) -> Result<(), KafkaError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let epoch_of = |p: i32| self.held.get(p).map_or(0, |(e, _)| e);
+        let snapshots: Vec<_> = {
+            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+            store
+                .iter_mut()
+                .filter(|c| c.dirty && positions.contains_key(&partition_for(&c.id, self.partitions)))
+                .map(|c| {
+                    c.dirty = false;
+                    c.to_snapshot(epoch_of(partition_for(&c.id, self.partitions)))
+                })
+                .collect()
+        };
+        let sends = snapshots.iter().map(|s| async {
+            let bytes = encode(s)?;
+            let p = partition_for(&s.conversation_id, self.partitions);
+            self.producer
+                .send(&self.topics.conversations, p, &s.conversation_id, &bytes)
+                .await
+        });
+        let results = futures::future::join_all(sends).await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+            for s in &snapshots {
+                if let Some(c) = store.get_mut(&s.conversation_id) {
+                    c.dirty = true;
+                }
+            }
+            return Err(e);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in positions {
+            tpl.add_partition_offset(&self.topics.messages, *p, Offset::Offset(*o))?;
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        Ok(())
+    }
+
+    /// Publishes consumer lag per held partition (watermark queries run off the runtime).
+    pub(super) fn report_lag(&self, reader: &Arc<BaseConsumer>, positions: &BTreeMap<i32, i64>) {
+        let positions = positions.clone();
+        let (reader, topic, metrics) = (reader.clone(), self.topics.messages.clone(), self.metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            for (p, pos) in positions {
+                if let Ok((_, high)) = reader.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
+                    metrics
+                        .consumer_lag
+                        .get_or_create(&PartitionLabel { partition: p })
+                        .set((high - pos).max(0));
+                }
+            }
+        });
+    }
+
+    /// Shutdown: no new answers, grace for in-flight ones, then snapshots and a final commit.
+    pub(super) async fn drain(&self, consumer: &StreamConsumer, mut run: Run) -> Result<(), KafkaError> {
+        tracing::info!(
+            in_flight = run.tasks.len(),
+            "draining: no new answers; finishing in-flight ones"
+        );
+        self.answerer.stop_new.cancel();
+        let finished = tokio::time::timeout(self.grace, async {
+            while run.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                left = run.tasks.len(),
+                "grace period over; leaving unfinished answers to the next owner"
+            );
+            self.answerer.abandon.cancel();
+            while run.tasks.join_next().await.is_some() {}
+        }
+        let positions: BTreeMap<i32, i64> = run
+            .parts
+            .iter()
+            .filter_map(|(p, part)| part.position.map(|o| (*p, o)))
+            .collect();
+        self.snapshot_and_commit(consumer, &positions).await?;
+        tracing::info!("owner loop drained: snapshots written, offsets committed");
+        Ok(())
+    }
+}
