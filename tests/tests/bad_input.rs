@@ -13,11 +13,11 @@ async fn bad_input_is_refused_and_nothing_is_produced() -> anyhow::Result<()> {
     let w =
         Worker::start(WorkerSpec::new("w", &prefix, &bootstrap, &llm.url)?.env("MESHCHAT_PARTITIONS", "4"))
             .await?;
+    // chat.events is left out: heartbeats land there every second whatever the requests
     let topics = [
         "chat.messages",
         "chat.users",
         "chat.conversations",
-        "chat.events",
         "chat.stream",
         "chat.assignments",
     ];
