@@ -3,6 +3,7 @@
 //! are built on top of it.
 #![forbid(unsafe_code)]
 
+pub mod balancer;
 pub mod planner;
 
 use meshchat_crds::ChatAgent;

@@ -1,0 +1,315 @@
+//! The balancer's state: what it heard from workers, the table it published, and the rounds
+//! that turn those into the next table. Pure (time passed in); `balancer/kafka.rs` is the shell.
+
+mod kafka;
+
+pub use kafka::{LocalOptions, run_local};
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshchat_crds::{
+    AssignmentTable, LoadReport, MigrateRequest, PartitionAssignment, SCHEMA_VERSION, WorkerInfo,
+};
+
+use crate::planner::{self, Input, Move, Owner, Policy, Reason, Worker};
+
+/// Balancer timing, from the ChatAgent's `rebalance` spec.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Milliseconds between periodic rounds.
+    pub interval_ms: u64,
+    /// Milliseconds without a heartbeat before a worker is dead.
+    pub heartbeat_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    report: LoadReport,
+    at_ms: u64,
+}
+
+/// Everything the balancer knows.
+#[derive(Debug)]
+pub struct Balancer {
+    agent: String,
+    partitions: i32,
+    policy: Policy,
+    timing: Timing,
+    started_ms: u64,
+    workers: BTreeMap<String, Seen>,
+    table: AssignmentTable,
+    last_moved: BTreeMap<i32, u64>,
+    last_round_ms: u64,
+    membership: BTreeSet<(String, bool, bool)>,
+    /// Partition moves made since start.
+    pub migrations: u64,
+}
+
+/// A table to publish and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The new table.
+    pub table: AssignmentTable,
+    /// The moves it makes.
+    pub moves: Vec<Move>,
+}
+
+// === impl Balancer ===
+
+impl Balancer {
+    /// A balancer for `agent` that continues from `table` (the latest published, if any).
+    pub fn new(
+        agent: &str,
+        partitions: i32,
+        policy: Policy,
+        timing: Timing,
+        table: Option<AssignmentTable>,
+        now_ms: u64,
+    ) -> Self {
+        let table = table.unwrap_or_else(|| AssignmentTable {
+            v: SCHEMA_VERSION,
+            agent: agent.to_string(),
+            ..Default::default()
+        });
+        Self {
+            agent: agent.to_string(),
+            partitions,
+            policy,
+            timing,
+            started_ms: now_ms,
+            workers: BTreeMap::new(),
+            table,
+            last_moved: BTreeMap::new(),
+            last_round_ms: now_ms,
+            membership: BTreeSet::new(),
+            migrations: 0,
+        }
+    }
+
+    /// The latest table.
+    pub fn table(&self) -> &AssignmentTable {
+        &self.table
+    }
+
+    /// A worker's heartbeat.
+    pub fn observe(&mut self, report: LoadReport, now_ms: u64) {
+        self.workers.insert(
+            report.worker_id.clone(),
+            Seen {
+                report,
+                at_ms: now_ms,
+            },
+        );
+    }
+
+    fn alive(&self, id: &str, now_ms: u64) -> bool {
+        self.workers
+            .get(id)
+            .is_some_and(|s| now_ms.saturating_sub(s.at_ms) <= self.timing.heartbeat_timeout_ms)
+    }
+
+    fn warming_up(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.started_ms) < self.timing.heartbeat_timeout_ms
+    }
+
+    /// Runs a round if one is due: periodically, or at once when a worker appeared, died or
+    /// started draining. Returns the table to publish when anything moves.
+    pub fn tick(&mut self, now_ms: u64) -> Option<Outcome> {
+        // after a (re)start, give every worker one heartbeat timeout to be heard from, so
+        // nobody is declared dead for having been unheard by a fresh balancer
+        if self.warming_up(now_ms) {
+            return None;
+        }
+        let membership: BTreeSet<(String, bool, bool)> = self
+            .workers
+            .iter()
+            .map(|(id, s)| (id.clone(), self.alive(id, now_ms), s.report.draining))
+            .collect();
+        let changed = membership != self.membership;
+        let due = now_ms.saturating_sub(self.last_round_ms) >= self.timing.interval_ms;
+        let unassigned = self.table.partitions.len() < self.partitions as usize;
+        if !(changed || due || unassigned) {
+            return None;
+        }
+        self.membership = membership;
+        self.last_round_ms = now_ms;
+        let input = self.input(now_ms);
+        let plan = planner::plan(&input, &self.policy);
+        if plan.moves.is_empty() {
+            return None;
+        }
+        Some(self.publish(plan.next, plan.moves, now_ms))
+    }
+
+    /// Applies a client's migrate request at once (it bypasses the balancing budget: a person
+    /// asked for it). Err explains a refusal.
+    pub fn migrate(&mut self, req: &MigrateRequest, now_ms: u64) -> Result<Option<Outcome>, String> {
+        if !self.alive(&req.target, now_ms) {
+            return Err(format!("target {:?} is not alive", req.target));
+        }
+        if self.workers.get(&req.target).is_some_and(|s| s.report.draining) {
+            return Err(format!("target {:?} is draining", req.target));
+        }
+        let mut next = self.owners();
+        let mut moves = Vec::new();
+        for p in &req.partitions {
+            if !(0..self.partitions).contains(p) {
+                return Err(format!("partition {p} does not exist"));
+            }
+            let prev = next.get(p).cloned();
+            if prev.as_ref().is_some_and(|o| o.worker == req.target) {
+                continue;
+            }
+            let epoch = prev.as_ref().map_or(0, |o| o.epoch) + 1;
+            let from = prev.map(|o| o.worker);
+            let reason = match &from {
+                Some(f) if !self.alive(f, now_ms) => Reason::Failover,
+                _ => Reason::Balance,
+            };
+            next.insert(
+                *p,
+                Owner {
+                    worker: req.target.clone(),
+                    epoch,
+                },
+            );
+            moves.push(Move {
+                partition: *p,
+                from,
+                to: req.target.clone(),
+                epoch,
+                load: 0.0,
+                reason,
+            });
+        }
+        if moves.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.publish(next, moves, now_ms)))
+    }
+
+    fn owners(&self) -> BTreeMap<i32, Owner> {
+        self.table
+            .partitions
+            .iter()
+            .map(|a| {
+                (
+                    a.partition,
+                    Owner {
+                        worker: a.owner.clone(),
+                        epoch: a.epoch,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn input(&self, now_ms: u64) -> Input {
+        let mut workers: BTreeMap<String, Worker> = self
+            .workers
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    Worker {
+                        id: id.clone(),
+                        alive: self.alive(id, now_ms),
+                        draining: s.report.draining,
+                    },
+                )
+            })
+            .collect();
+        // owners never heard from are dead (the warm-up is over)
+        for a in &self.table.partitions {
+            workers.entry(a.owner.clone()).or_insert_with(|| Worker {
+                id: a.owner.clone(),
+                alive: false,
+                draining: false,
+            });
+        }
+        let mut load = BTreeMap::new();
+        for s in self
+            .workers
+            .values()
+            .filter(|s| self.alive(&s.report.worker_id, now_ms))
+        {
+            let weights: Vec<(i32, f64)> = s
+                .report
+                .partitions
+                .iter()
+                .map(|p| (p.partition, p.messages_per_s + f64::from(p.in_flight) + 1e-3))
+                .collect();
+            let sum: f64 = weights.iter().map(|(_, w)| w).sum();
+            for (p, w) in weights {
+                load.insert(p, s.report.load_factor * w / sum.max(f64::MIN_POSITIVE));
+            }
+        }
+        Input {
+            partitions: (0..self.partitions).collect(),
+            current: self.owners(),
+            workers: workers.into_values().collect(),
+            load,
+            last_moved: self.last_moved.clone(),
+            now_ms,
+        }
+    }
+
+    fn publish(&mut self, next: BTreeMap<i32, Owner>, moves: Vec<Move>, now_ms: u64) -> Outcome {
+        let moved: BTreeMap<i32, &Move> = moves.iter().map(|m| (m.partition, m)).collect();
+        let previous: BTreeMap<i32, &PartitionAssignment> =
+            self.table.partitions.iter().map(|a| (a.partition, a)).collect();
+        let partitions = next
+            .iter()
+            .map(|(p, o)| match moved.get(p) {
+                Some(m) => PartitionAssignment {
+                    partition: *p,
+                    owner: o.worker.clone(),
+                    epoch: o.epoch,
+                    from: m.from.clone(),
+                    failover: m.reason == Reason::Failover,
+                },
+                None => previous
+                    .get(p)
+                    .map(|a| (*a).clone())
+                    .unwrap_or(PartitionAssignment {
+                        partition: *p,
+                        owner: o.worker.clone(),
+                        epoch: o.epoch,
+                        from: None,
+                        failover: false,
+                    }),
+            })
+            .collect::<Vec<_>>();
+        let workers = self
+            .workers
+            .iter()
+            .filter(|(id, _)| partitions.iter().any(|a| &a.owner == *id) || self.alive(id, now_ms))
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    WorkerInfo {
+                        address: s.report.address.clone(),
+                    },
+                )
+            })
+            .collect();
+        for m in &moves {
+            self.last_moved.insert(m.partition, now_ms);
+        }
+        self.migrations += moves.len() as u64;
+        self.table = AssignmentTable {
+            v: SCHEMA_VERSION,
+            agent: self.agent.clone(),
+            generation: self.table.generation + 1,
+            partitions,
+            workers,
+        };
+        Outcome {
+            table: self.table.clone(),
+            moves,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

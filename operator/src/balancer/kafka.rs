@@ -1,0 +1,244 @@
+//! The balancer against Kafka: reads heartbeats and migrate requests from `chat.events`,
+//! continues from the latest table on `chat.assignments`, and publishes new tables there.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use meshchat_crds::{
+    AssignmentTable, ChatAgent, HandoffEvent, MeshEvent, SCHEMA_VERSION, Topics, decode, encode,
+    partition_for,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use time::OffsetDateTime;
+
+use super::{Balancer, Outcome, Timing};
+use crate::planner::Policy;
+
+/// How `meshchat-operator local` runs.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// Kafka bootstrap (overrides the manifest's).
+    pub bootstrap: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The balancing policy a ChatAgent asks for.
+pub fn policy_of(agent: &ChatAgent) -> (Policy, Timing) {
+    let r = &agent.spec.rebalance;
+    let policy = Policy {
+        high_watermark: r.high_watermark,
+        low_watermark: r.low_watermark,
+        max_moves: r.max_moves_per_round as usize,
+        cooldown_ms: u64::from(r.cooldown_seconds) * 1000,
+        consolidate: agent.spec.autoscaling.as_ref().is_some_and(|a| a.enabled),
+        ..Policy::default()
+    };
+    let timing = Timing {
+        interval_ms: u64::from(r.interval_seconds) * 1000,
+        heartbeat_timeout_ms: u64::from(r.heartbeat_timeout_seconds) * 1000,
+    };
+    (policy, timing)
+}
+
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    match md.topics().first() {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+        _ => bail!("topic {topic} does not exist yet"),
+    }
+}
+
+/// Reads the latest table of `agent` from the compacted topic.
+fn latest_table(
+    consumer: &BaseConsumer,
+    topic: &str,
+    agent: &str,
+) -> anyhow::Result<Option<AssignmentTable>> {
+    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    if low >= high {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(low))?;
+    consumer.assign(&tpl)?;
+    let mut latest = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m?;
+        if m.key() == Some(agent.as_bytes())
+            && let Some(Ok(t)) = m.payload().map(decode::<AssignmentTable>)
+        {
+            latest = Some(t);
+        }
+        if m.offset() + 1 >= high {
+            return Ok(latest);
+        }
+    }
+    bail!("reading {topic} timed out")
+}
+
+/// Runs the balancer for one ChatAgent until Ctrl-C or SIGTERM.
+pub async fn run_local(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<()> {
+    let name = agent
+        .metadata
+        .name
+        .clone()
+        .context("the ChatAgent has no metadata.name")?;
+    let bootstrap = opts
+        .bootstrap
+        .unwrap_or_else(|| agent.spec.kafka.bootstrap_servers.clone());
+    let topics = Topics::with_prefix(&agent.spec.kafka.topic_prefix);
+    let (policy, timing) = policy_of(&agent);
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", &bootstrap)
+        .set("client.id", "meshchat-balancer");
+    let meta: BaseConsumer = base.clone().set("group.id", "meshchat-balancer-meta").create()?;
+    // the workers create the topics; wait for them
+    let (partitions, events) = loop {
+        match (
+            partitions_of(&meta, &topics.messages),
+            partitions_of(&meta, &topics.events),
+            partitions_of(&meta, &topics.assignments),
+        ) {
+            (Ok(p), Ok(e), Ok(_)) => break (p, e),
+            _ => {
+                tracing::info!(%bootstrap, "waiting for the workers to create the topics");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let table = tokio::task::block_in_place(|| latest_table(&meta, &topics.assignments, &name))?;
+    tracing::info!(agent = %name, partitions, generation = table.as_ref().map_or(0, |t| t.generation), "balancer starting");
+    let mut balancer = Balancer::new(&name, partitions, policy, timing, table, now_ms());
+    let producer: FutureProducer = base
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()?;
+    let consumer: StreamConsumer = base
+        .clone()
+        .set("group.id", "meshchat-balancer")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        for p in 0..events {
+            let (_, high) = meta.fetch_watermarks(&topics.events, p, Duration::from_secs(10))?;
+            tpl.add_partition_offset(&topics.events, p, Offset::Offset(high))?;
+        }
+        Ok(())
+    })?;
+    consumer.assign(&tpl)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => {
+                tracing::info!("balancer stopping; workers keep the last table");
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                if let Some(out) = balancer.tick(now_ms()) {
+                    publish(&producer, &topics, events, &name, &out).await?;
+                }
+            }
+            m = consumer.recv() => {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consume error");
+                        continue;
+                    }
+                };
+                match m.payload().map(decode::<MeshEvent>) {
+                    Some(Ok(MeshEvent::LoadReport(r))) => balancer.observe(r, now_ms()),
+                    Some(Ok(MeshEvent::MigrateRequest(req))) => match balancer.migrate(&req, now_ms()) {
+                        Ok(Some(out)) => {
+                            tracing::info!(request = %req.id, target = %req.target, partitions = ?req.partitions, "migration requested");
+                            publish(&producer, &topics, events, &name, &out).await?;
+                        }
+                        Ok(None) => tracing::info!(request = %req.id, "migration: nothing to move"),
+                        Err(why) => tracing::warn!(request = %req.id, "migration refused: {why}"),
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+async fn publish(
+    producer: &FutureProducer,
+    topics: &Topics,
+    events: i32,
+    agent: &str,
+    out: &Outcome,
+) -> anyhow::Result<()> {
+    let bytes = encode(&out.table)?;
+    let record = FutureRecord::to(&topics.assignments)
+        .partition(0)
+        .key(agent)
+        .payload(&bytes);
+    producer
+        .send(record, Timeout::After(Duration::from_secs(30)))
+        .await
+        .map_err(|(e, _)| e)?;
+    tracing::info!(
+        generation = out.table.generation,
+        moves = out.moves.len(),
+        detail = ?out.moves.iter().map(|m| format!("p{}:{}->{}({:?})", m.partition, m.from.as_deref().unwrap_or("-"), m.to, m.reason)).collect::<Vec<_>>(),
+        "published assignment"
+    );
+    for m in &out.moves {
+        let ev = MeshEvent::Handoff(HandoffEvent {
+            v: SCHEMA_VERSION,
+            partition: m.partition,
+            epoch: m.epoch,
+            from: m.from.clone().unwrap_or_default(),
+            to: m.to.clone(),
+            step: format!("assigned:{:?}", m.reason).to_lowercase(),
+            committed_offset: None,
+            timestamp: OffsetDateTime::now_utc(),
+        });
+        let key = format!("p{}", m.partition);
+        let bytes = encode(&ev)?;
+        let record = FutureRecord::to(&topics.events)
+            .partition(partition_for(&key, events))
+            .key(&key)
+            .payload(&bytes);
+        let _ = producer.send_result(record);
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

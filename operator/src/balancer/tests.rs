@@ -1,0 +1,148 @@
+use super::*;
+use meshchat_crds::PartitionLoad;
+use time::OffsetDateTime;
+
+fn timing() -> Timing {
+    Timing {
+        interval_ms: 30_000,
+        heartbeat_timeout_ms: 5_000,
+    }
+}
+
+fn report(id: &str, parts: &[i32], load: f64, draining: bool) -> LoadReport {
+    LoadReport {
+        v: 1,
+        worker_id: id.into(),
+        address: format!("http://{id}"),
+        generation: 0,
+        partitions: parts
+            .iter()
+            .map(|p| PartitionLoad {
+                partition: *p,
+                epoch: 1,
+                ..Default::default()
+            })
+            .collect(),
+        load_factor: load,
+        draining,
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    }
+}
+
+fn owners(t: &AssignmentTable) -> BTreeMap<String, Vec<i32>> {
+    let mut m: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for a in &t.partitions {
+        m.entry(a.owner.clone()).or_default().push(a.partition);
+    }
+    m
+}
+
+fn started(n: usize) -> Balancer {
+    let mut b = Balancer::new("mesh", 12, Policy::default(), timing(), None, 0);
+    for i in 0..n {
+        b.observe(report(&format!("w{i}"), &[], 0.0, false), 100);
+    }
+    assert!(b.tick(1_000).is_none(), "no round during the warm-up");
+    for i in 0..n {
+        b.observe(report(&format!("w{i}"), &[], 0.0, false), 5_000);
+    }
+    let first = b.tick(5_000).expect("initial assignment");
+    assert_eq!(first.table.generation, 1);
+    assert_eq!(first.moves.len(), 12);
+    b
+}
+
+#[test]
+fn initial_assignment_after_warm_up() {
+    let b = started(3);
+    let o = owners(b.table());
+    assert_eq!(o.values().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 4]);
+    assert_eq!(b.table().workers.len(), 3);
+}
+
+#[test]
+fn a_silent_worker_fails_over_without_release() {
+    let mut b = started(3);
+    for t in [6_000, 8_000, 10_000] {
+        b.observe(report("w0", &[], 0.1, false), t);
+        b.observe(report("w1", &[], 0.1, false), t);
+        assert!(b.tick(t).is_none(), "nothing changes while all are alive");
+    }
+    // w2 last heard at 5_000; dead after 10_000
+    b.observe(report("w0", &[], 0.1, false), 10_500);
+    b.observe(report("w1", &[], 0.1, false), 10_500);
+    let out = b.tick(10_500).expect("failover");
+    assert_eq!(out.moves.len(), 4);
+    assert!(
+        out.table
+            .partitions
+            .iter()
+            .filter(|a| a.from.as_deref() == Some("w2"))
+            .all(|a| a.failover && a.epoch == 2)
+    );
+    assert!(!owners(&out.table).contains_key("w2"));
+}
+
+#[test]
+fn draining_moves_partitions_as_planned_handoffs() {
+    let mut b = started(3);
+    b.observe(report("w1", &[], 0.1, true), 6_000);
+    b.observe(report("w0", &[], 0.1, false), 6_000);
+    b.observe(report("w2", &[], 0.1, false), 6_000);
+    let out = b.tick(6_000).expect("drain");
+    let moved: Vec<_> = out
+        .table
+        .partitions
+        .iter()
+        .filter(|a| a.from.as_deref() == Some("w1"))
+        .collect();
+    assert_eq!(moved.len(), 4);
+    assert!(moved.iter().all(|a| !a.failover));
+}
+
+#[test]
+fn migrate_requests_move_at_once_and_refuse_dead_targets() {
+    let mut b = started(3);
+    let held = owners(b.table())["w0"].clone();
+    let req = MigrateRequest {
+        v: 1,
+        id: "m".into(),
+        source: "w0".into(),
+        target: "w1".into(),
+        partitions: held.clone(),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    };
+    b.observe(report("w1", &[], 0.1, false), 6_000);
+    let out = b.migrate(&req, 6_000).expect("accepted").expect("moves");
+    assert_eq!(out.moves.len(), held.len());
+    assert!(owners(&out.table)["w1"].len() == 8);
+    let dead = MigrateRequest {
+        target: "w9".into(),
+        ..req
+    };
+    assert!(b.migrate(&dead, 6_000).is_err());
+}
+
+#[test]
+fn a_restarted_balancer_continues_the_table() {
+    let b = started(2);
+    let table = b.table().clone();
+    let mut again = Balancer::new(
+        "mesh",
+        12,
+        Policy::default(),
+        timing(),
+        Some(table.clone()),
+        50_000,
+    );
+    again.observe(report("w0", &[], 0.0, false), 50_100);
+    again.observe(report("w1", &[], 0.0, false), 50_100);
+    assert!(
+        again.tick(51_000).is_none(),
+        "warming up: workers keep the last table"
+    );
+    again.observe(report("w0", &[], 0.0, false), 55_000);
+    again.observe(report("w1", &[], 0.0, false), 55_000);
+    assert!(again.tick(55_000).is_none(), "nothing to change");
+    assert_eq!(again.table(), &table);
+}
