@@ -1,0 +1,208 @@
+//! Ownership scenarios on a real broker with worker processes and the balancer process. Each
+//! runs under steady load from many conversations and checks, per accepted user message,
+//! exactly one reply visible through GET and through WebSockets opened before the scenario,
+//! in per-conversation order; it prints sent / replied / lost / duplicated.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshchat_tests::*;
+use serde_json::json;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn urls(mesh: &TestMesh, idx: &[usize]) -> Arc<Mutex<Vec<String>>> {
+    Arc::new(Mutex::new(
+        idx.iter().map(|i| mesh.workers[*i].url.clone()).collect(),
+    ))
+}
+
+fn drop_url(urls: &Arc<Mutex<Vec<String>>>, url: &str) {
+    if let Ok(mut u) = urls.lock() {
+        u.retain(|x| x != url);
+    }
+}
+
+fn watched(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-conv-{i}")).collect()
+}
+
+fn assert_exact(outcome: (usize, usize, usize, usize)) {
+    let (sent, replied, lost, duplicated) = outcome;
+    assert!(sent > 20, "the load ran: {sent}");
+    assert_eq!((replied, lost, duplicated), (sent, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_migration_through_the_api() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mesh = TestMesh::start("migrate", MeshOptions::default()).await?;
+    let live = watch_all(&mesh.workers[2].url, &watched("mig", 8)).await?;
+    let targets = urls(&mesh, &[0, 1, 2]);
+    let load = Load::start(targets, 24, 25, 0, "mig");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = mesh.owned(0).await.unwrap_or_default();
+    let resp = http()
+        .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
+        .json(&json!({"targetNode": "node-1"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await?;
+    assert_eq!(body["message"], "Migration started");
+    assert_eq!(body["sourceNode"], "node-0");
+    assert_eq!(body["partitions"].as_array().map(Vec::len), Some(before.len()));
+    assert!(body["estimatedTime"].as_str().is_some_and(|t| t.ends_with("ms")));
+    let owned = mesh.wait_owned_by(&[1, 2], SETTLE).await?;
+    assert!(
+        before.iter().all(|p| owned[&1].contains(p)),
+        "node-1 took node-0's partitions"
+    );
+    assert_eq!(mesh.owned(0).await, Some(vec![]));
+    // a move of nothing, an unknown target, a bad body
+    let again = http()
+        .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
+        .json(&json!({"targetNode": "node-1"}))
+        .send()
+        .await?;
+    assert_eq!(again.status(), 409);
+    let unknown = http()
+        .post(format!("{}/api/agent/migrate", mesh.workers[1].url))
+        .json(&json!({"targetNode": "node-9"}))
+        .send()
+        .await?;
+    assert_eq!(unknown.status(), 400);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = load.stop().await;
+    assert_exact(verify_exactly_once(&mesh.workers[2].url, &accepted, &live, SETTLE).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_an_owner_fails_over() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mut mesh = TestMesh::start("sigkill", MeshOptions::default()).await?;
+    let live = watch_all(&mesh.workers[0].url, &watched("kill", 8)).await?;
+    let targets = urls(&mesh, &[0, 1, 2]);
+    let load = Load::start(targets.clone(), 24, 25, 0, "kill");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop_url(&targets, &mesh.workers[2].url);
+    mesh.workers[2].kill().await?;
+    let t = std::time::Instant::now();
+    mesh.wait_owned_by(&[0, 1], SETTLE).await?;
+    println!(
+        "failover: serving again {:.1}s after SIGKILL",
+        t.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = load.stop().await;
+    assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_owner_wakes_as_a_zombie_and_is_fenced() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let opts = MeshOptions {
+        token_ms: 40,
+        ..MeshOptions::default()
+    };
+    let mesh = TestMesh::start("zombie", opts).await?;
+    let live = watch_all(&mesh.workers[0].url, &watched("zom", 8)).await?;
+    let targets = urls(&mesh, &[0, 1, 2]);
+    let load = Load::start(targets.clone(), 24, 25, 0, "zom");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop_url(&targets, &mesh.workers[2].url);
+    mesh.workers[2].signal("STOP")?;
+    mesh.wait_owned_by(&[0, 1], SETTLE).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mesh.workers[2].signal("CONT")?;
+    // the zombie learns the new table, releases nothing it still serves, rejoins
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let accepted = load.stop().await;
+    assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
+    let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
+    let fences = log.iter().filter(|r| r.value["type"] == "epochFence").count();
+    println!("fences written: {fences}");
+    assert!(fences >= 12, "every take-over fenced its partition");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_a_worker() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mut mesh = TestMesh::start("drain", MeshOptions::default()).await?;
+    let live = watch_all(&mesh.workers[0].url, &watched("drn", 8)).await?;
+    let targets = urls(&mesh, &[0, 1, 2]);
+    let load = Load::start(targets.clone(), 24, 25, 0, "drn");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop_url(&targets, &mesh.workers[1].url);
+    let t = std::time::Instant::now();
+    let status = mesh.workers[1].stop().await?;
+    assert!(status.success(), "drained worker exits cleanly: {status}");
+    println!("drain took {:.1}s", t.elapsed().as_secs_f64());
+    mesh.wait_owned_by(&[0, 2], SETTLE).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let accepted = load.stop().await;
+    assert_exact(verify_exactly_once(&mesh.workers[2].url, &accepted, &live, SETTLE).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fourth_worker_joins_and_receives_partitions() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    // slow answers and few slots keep the workers busy enough to balance (load >= 0.25)
+    let opts = MeshOptions {
+        token_ms: 40,
+        concurrency: 4,
+        ..MeshOptions::default()
+    };
+    let mut mesh = TestMesh::start("scaleout", opts).await?;
+    let live = watch_all(&mesh.workers[0].url, &watched("out", 8)).await?;
+    let targets = urls(&mesh, &[0, 1, 2]);
+    let load = Load::start(targets.clone(), 36, 30, 0, "out");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mesh.add_worker(3).await?;
+    let got = wait_for("node-3 to receive partitions", SETTLE, || async {
+        let o = mesh.owned(3).await?;
+        (!o.is_empty()).then_some(o)
+    })
+    .await?;
+    println!("node-3 received partitions {got:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = load.stop().await;
+    assert_exact(verify_exactly_once(&mesh.workers[0].url, &accepted, &live, SETTLE).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mesh_keeps_serving_without_a_balancer() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mut mesh = TestMesh::start("nobalancer", MeshOptions::default()).await?;
+    let live = watch_all(&mesh.workers[0].url, &watched("nob", 8)).await?;
+    let targets = urls(&mesh, &[0, 1, 2]);
+    let load = Load::start(targets.clone(), 24, 25, 0, "nob");
+    mesh.balancer.kill().await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // a worker restarts while no balancer runs: it reads the last table and serves it again
+    drop_url(&targets, &mesh.workers[2].url);
+    mesh.workers[2].kill().await?;
+    mesh.workers[2].restart().await?;
+    if let Ok(mut u) = targets.lock() {
+        u.push(mesh.workers[2].url.clone());
+    }
+    mesh.wait_owned_by(&[0, 1, 2], SETTLE).await?;
+    mesh.balancer.restart().await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let accepted = load.stop().await;
+    assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
+    let mesh_view: serde_json::Value = http()
+        .get(format!("{}/api/mesh", mesh.workers[0].url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(mesh_view["partitions"].as_array().map(Vec::len), Some(12));
+    assert_eq!(mesh_view["workers"].as_array().map(Vec::len), Some(3));
+    Ok(())
+}
