@@ -123,7 +123,21 @@ async fn a_paused_owner_wakes_as_a_zombie_and_is_fenced() -> anyhow::Result<()> 
     assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
     let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
     let fences = log.iter().filter(|r| r.value["type"] == "epochFence").count();
-    println!("fences written: {fences}");
+    // replies written after a newer fence of their partition: the zombie's, void for readers
+    let mut fence_of = std::collections::HashMap::new();
+    let mut zombie = 0;
+    for r in &log {
+        match r.value["type"].as_str() {
+            Some("epochFence") => {
+                fence_of.insert(r.partition, r.value["epoch"].as_u64().unwrap_or(0));
+            }
+            Some("agentReply") if r.value["epoch"].as_u64() < fence_of.get(&r.partition).copied() => {
+                zombie += 1
+            }
+            _ => {}
+        }
+    }
+    println!("fences written: {fences}; zombie replies in the log, hidden from clients: {zombie}");
     assert!(fences >= 12, "every take-over fenced its partition");
     Ok(())
 }
@@ -204,5 +218,70 @@ async fn the_mesh_keeps_serving_without_a_balancer() -> anyhow::Result<()> {
         .await?;
     assert_eq!(mesh_view["partitions"].as_array().map(Vec::len), Some(12));
     assert_eq!(mesh_view["workers"].as_array().map(Vec::len), Some(3));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skewed_load_is_balanced_within_the_limits() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let opts = MeshOptions {
+        token_ms: 40,
+        concurrency: 4,
+        interval_secs: 2,
+        cooldown_secs: 6,
+        ..MeshOptions::default()
+    };
+    let mesh = TestMesh::start("skew", opts).await?;
+    let live = watch_all(&mesh.workers[0].url, &watched("skw", 4)).await?;
+    let targets = urls(&mesh, &[0, 1, 2]);
+    // two of every ten messages go to two hot conversations (each ~3.5x a normal one)
+    let load = Load::start(targets, 30, 15, 2, "skw");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let accepted = load.stop().await;
+    assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
+    // every published table: moves per generation within the cap, no partition moved again
+    // within its cooldown
+    let tables = read_topic(&mesh.bootstrap, &format!("{}chat.assignments", mesh.prefix)).await?;
+    let mut last_owner: std::collections::HashMap<i64, (String, i64)> = std::collections::HashMap::new();
+    let mut balance_moves = 0;
+    for (i, t) in tables.iter().enumerate() {
+        let mut moved = 0;
+        for a in t.value["partitions"].as_array().cloned().unwrap_or_default() {
+            let p = a["partition"].as_i64().unwrap_or(-1);
+            let owner = a["owner"].as_str().unwrap_or_default().to_string();
+            if let Some((prev, at)) = last_owner.get(&p)
+                && *prev != owner
+            {
+                moved += 1;
+                assert!(i as i64 - at > 0, "partition {p} moved twice in one generation");
+            }
+            last_owner.insert(p, (owner, i as i64));
+        }
+        assert!(
+            moved <= 16,
+            "generation {} moved {moved} partitions",
+            t.value["generation"]
+        );
+        if i > 0 {
+            balance_moves += moved;
+        }
+    }
+    let view: serde_json::Value = http()
+        .get(format!("{}/api/mesh", mesh.workers[0].url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let loads: Vec<f64> = view["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|w| w["loadFactor"].as_f64())
+        .collect();
+    println!(
+        "tables published: {}, partitions moved after the first: {balance_moves}, worker loads now: {loads:?}",
+        tables.len()
+    );
     Ok(())
 }

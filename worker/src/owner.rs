@@ -138,6 +138,8 @@ impl OwnerLoop {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // a taken-over partition's replay should not wait out the default 500 ms fetch wait
+            .set("fetch.wait.max.ms", "10")
             .create()?;
         let lag_reader: Arc<BaseConsumer> =
             Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);

@@ -29,6 +29,7 @@ fn reader(cfg: &ClientConfig) -> Result<BaseConsumer, KafkaError> {
         .set("group.id", "meshchat-logread")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
         .create()?)
 }
 
