@@ -202,6 +202,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop = shutdown.clone();
     let (drain_held, drain_wait) = (held.clone(), Duration::from_secs_f64(config.drain_timeout_secs));
     let dynamic = config.dynamic();
+    let (drain_mesh, drain_me) = (mesh.clone(), config.node_id.clone());
+    let drain_heartbeat = Duration::from_millis(config.heartbeat_ms * 2);
     let server = axum::serve(listener, crate::app(state)).with_graceful_shutdown(async move {
         signal().await;
         tracing::info!("shutdown requested: draining");
@@ -209,7 +211,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if dynamic {
             // the balancer sees `draining` in the next heartbeat and moves every partition away
             let moved = tokio::time::timeout(drain_wait, async {
+                // give peers a heartbeat to report whether they are draining too
+                tokio::time::sleep(drain_heartbeat).await;
                 while !drain_held.snapshot().is_empty() {
+                    // when every peer is draining too (the whole mesh is stopping), nobody can
+                    // take the partitions: stop waiting
+                    let takers = drain_mesh.reports().iter().any(|(r, age)| {
+                        r.worker_id != drain_me && !r.draining && *age <= drain_mesh.heartbeat_timeout
+                    });
+                    if !takers {
+                        tracing::info!("no peer can take the partitions; stopping with them");
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             })
