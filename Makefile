@@ -5,13 +5,14 @@ CARGO ?= cargo
 TEST_KAFKA_PORT ?= 19092
 TEST_KAFKA_DIR ?= $(HOME)/.cache/meshchat/kafka-test
 
-.PHONY: all build run test lint fmt crds kafka-start kafka-stop clean help
+.PHONY: all build run test bench lint fmt crds kafka-start kafka-stop clean help
 
 all: build
 
 help:
 	@echo "make run    - Kafka + fake (or real) LLM + three workers on :8080 :8081 :8082"
 	@echo "make test   - format, lint, unit, property and integration tests on a real broker"
+	@echo "make bench  - handoff and failover measurements (writes docs/benchmarks.json)"
 	@echo "make crds   - regenerate the ChatAgent CRD YAML"
 	@echo "make lint   - rustfmt --check and clippy -D warnings"
 
@@ -52,6 +53,17 @@ test: lint
 	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); \
 	  scripts/test-summary.sh $(CARGO_TARGET_DIR)/test-output.log; \
 	  exit $$status
+
+# Measurements on a real broker with worker and balancer processes; see docs/benchmarks.md.
+bench:
+	@scripts/kafka.sh fetch
+	$(CARGO) build --workspace --bins
+	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR) 2>/dev/null || true
+	@rm -rf $(TEST_KAFKA_DIR)
+	@scripts/kafka.sh start $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR)
+	@status=0; MESHCHAT_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
+	  $(CARGO_TARGET_DIR)/debug/handoff-bench --json docs/benchmarks.json || status=$$?; \
+	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); exit $$status
 
 clean:
 	$(CARGO) clean

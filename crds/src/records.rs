@@ -428,6 +428,9 @@ pub struct HandoffEvent {
     /// `chat.messages` offset committed by the releasing side.
     #[serde(default)]
     pub committed_offset: Option<i64>,
+    /// Records the new owner replayed before going live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<u64>,
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,

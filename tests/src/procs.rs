@@ -15,11 +15,12 @@ pub fn bin(name: &str) -> PathBuf {
         return PathBuf::from(dir).join(name);
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    exe.parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join(name))
-        .unwrap_or_else(|| PathBuf::from(name))
+    // tests live in target/<profile>/deps/, binaries in target/<profile>/
+    let mut dir = exe.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
 }
 
 /// A topic prefix no other test uses.

@@ -88,8 +88,8 @@ enum State {
     AwaitRelease(Instant),
     /// Fencing and restoring (an acquire task runs).
     Acquiring(Instant),
-    /// Consuming up to `target` without answering.
-    Replaying { target: i64, since: Instant },
+    /// Consuming from `start` up to `target` without answering.
+    Replaying { start: i64, target: i64, since: Instant },
     /// Answering.
     Live,
     /// Handing away: no new answers until `deadline`, then snapshot, commit, release.
@@ -154,7 +154,8 @@ impl OwnerLoop {
         self.reconcile(&view, &mut run, &consumer)?;
         let mut snapshot_tick = tokio::time::interval(self.snapshot_interval);
         let mut lag_tick = tokio::time::interval(Duration::from_secs(2));
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        // release and take-over steps are polled: keep the added pause small
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -236,6 +237,7 @@ impl OwnerLoop {
             match part.state {
                 State::Live | State::Replaying { .. } => {
                     tracing::info!(partition = p, to = %to, "releasing");
+                    self.publish_handoff(self.handoff(p, to_epoch, &self.node_id, &to, "releasing"));
                     part.state = State::Releasing {
                         deadline: now + self.handoff_grace,
                         to_epoch,

@@ -212,6 +212,7 @@ async fn publish(
             to: m.to.clone(),
             step: format!("assigned:{:?}", m.reason).to_lowercase(),
             committed_offset: None,
+            replayed: None,
             timestamp: OffsetDateTime::now_utc(),
         });
         let key = format!("p{}", m.partition);

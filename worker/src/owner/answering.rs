@@ -27,13 +27,13 @@ impl OwnerLoop {
             self.handle(p, offset, payload, live, run);
         }
         let Some(part) = run.parts.get_mut(&p) else { return };
-        if let State::Replaying { target, since } = part.state
+        if let State::Replaying { start, target, since } = part.state
             && offset + 1 >= target
         {
             part.state = State::Live;
             self.held.set(p, part.epoch, Phase::Live);
             let epoch = part.epoch;
-            self.went_live(p, epoch, since);
+            self.went_live(p, epoch, since, u64::try_from(target - start).unwrap_or(0));
             self.start_partition(p, run);
             self.update_caught_up(run);
         }

@@ -123,10 +123,11 @@ impl OwnerLoop {
         if a.start >= a.target {
             part.state = State::Live;
             self.held.set(a.partition, a.epoch, Phase::Live);
-            self.went_live(a.partition, a.epoch, since);
+            self.went_live(a.partition, a.epoch, since, 0);
             self.start_partition(a.partition, run);
         } else {
             part.state = State::Replaying {
+                start: a.start,
                 target: a.target,
                 since,
             };
@@ -138,7 +139,7 @@ impl OwnerLoop {
     }
 
     /// A partition finished its replay.
-    pub(super) fn went_live(&self, p: i32, epoch: u64, since: Instant) {
+    pub(super) fn went_live(&self, p: i32, epoch: u64, since: Instant, replayed: u64) {
         let took = since.elapsed();
         self.mesh.record_handoff(took);
         tracing::info!(
@@ -147,7 +148,10 @@ impl OwnerLoop {
             took_ms = took.as_millis() as u64,
             "partition live"
         );
-        self.handoff_event(p, epoch, "", &self.node_id, "live", None);
+        self.publish_handoff(HandoffEvent {
+            replayed: Some(replayed),
+            ..self.handoff(p, epoch, "", &self.node_id, "live")
+        });
     }
 
     /// Answers of `p` still running.
@@ -190,7 +194,11 @@ impl OwnerLoop {
         }
         self.held.remove(p);
         if position.is_some() {
-            self.handoff_event(p, to_epoch, &self.node_id, &to, "released", position);
+            let ev = self.handoff(p, to_epoch, &self.node_id, &to, "released");
+            self.publish_handoff(HandoffEvent {
+                committed_offset: position,
+                ..ev
+            });
             tracing::info!(partition = p, epoch, to = %to, committed = ?position, "released");
         }
         if reacquire {
@@ -200,27 +208,25 @@ impl OwnerLoop {
         Ok(())
     }
 
-    pub(super) fn handoff_event(
-        &self,
-        p: i32,
-        epoch: u64,
-        from: &str,
-        to: &str,
-        step: &str,
-        committed: Option<i64>,
-    ) {
-        let ev = MeshEvent::Handoff(HandoffEvent {
+    /// A handoff step of `p` at `epoch`.
+    pub(super) fn handoff(&self, p: i32, epoch: u64, from: &str, to: &str, step: &str) -> HandoffEvent {
+        HandoffEvent {
             v: SCHEMA_VERSION,
             partition: p,
             epoch,
             from: from.to_string(),
             to: to.to_string(),
             step: step.to_string(),
-            committed_offset: committed,
+            committed_offset: None,
+            replayed: None,
             timestamp: OffsetDateTime::now_utc(),
-        });
-        if let Ok(bytes) = encode(&ev) {
-            let key = format!("p{p}");
+        }
+    }
+
+    /// Publishes a handoff step on chat.events (for peers, dashboards and measurements).
+    pub(super) fn publish_handoff(&self, ev: HandoffEvent) {
+        let key = format!("p{}", ev.partition);
+        if let Ok(bytes) = encode(&MeshEvent::Handoff(ev)) {
             let ep = partition_for(&key, self.events_partitions);
             self.producer.send_nowait(&self.topics.events, ep, &key, &bytes);
         }
