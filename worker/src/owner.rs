@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use meshchat_crds::Topics;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -179,7 +179,7 @@ impl OwnerLoop {
                 _ = tick.tick() => self.on_tick(&mut run, &consumer).await?,
                 _ = snapshot_tick.tick() => {
                     let consuming = self.consuming(&run);
-                    if let Err(e) = self.snapshot_and_commit(&consumer, &consuming).await {
+                    if let Err(e) = self.snapshot_and_commit(&consumer, &consuming, CommitMode::Async).await {
                         tracing::warn!(error = %e, "snapshot round failed; will retry");
                     }
                 }

@@ -6,7 +6,7 @@ use meshchat_crds::{
     ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, HandoffEvent, MeshEvent, SCHEMA_VERSION, encode,
     partition_for,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
@@ -184,7 +184,8 @@ impl OwnerLoop {
         if let Some(pos) = position {
             let mut positions = std::collections::BTreeMap::new();
             positions.insert(p, pos);
-            self.snapshot_and_commit(consumer, &positions).await?;
+            self.snapshot_and_commit(consumer, &positions, CommitMode::Sync)
+                .await?;
         }
         {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());

@@ -16,11 +16,14 @@ use crate::metrics::PartitionLabel;
 
 impl OwnerLoop {
     /// Writes snapshots of changed conversations of the partitions in `positions`, then
-    /// commits those positions (everything before them is in the snapshots).
+    /// commits those positions (everything before them is in the snapshots). Periodic rounds
+    /// commit asynchronously; releases and the final drain wait for the broker (off the
+    /// runtime's worker threads, so HTTP keeps being served meanwhile).
     pub(super) async fn snapshot_and_commit(
         &self,
         consumer: &StreamConsumer,
         positions: &BTreeMap<i32, i64>,
+        mode: CommitMode,
     ) -> Result<(), KafkaError> {
         if positions.is_empty() {
             return Ok(());
@@ -58,7 +61,10 @@ impl OwnerLoop {
         for (p, o) in positions {
             tpl.add_partition_offset(&self.topics.messages, *p, Offset::Offset(*o))?;
         }
-        consumer.commit(&tpl, CommitMode::Sync)?;
+        match mode {
+            CommitMode::Sync => tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?,
+            CommitMode::Async => consumer.commit(&tpl, CommitMode::Async)?,
+        }
         Ok(())
     }
 
@@ -102,7 +108,8 @@ impl OwnerLoop {
             .iter()
             .filter_map(|(p, part)| part.position.map(|o| (*p, o)))
             .collect();
-        self.snapshot_and_commit(consumer, &positions).await?;
+        self.snapshot_and_commit(consumer, &positions, CommitMode::Sync)
+            .await?;
         tracing::info!("owner loop drained: snapshots written, offsets committed");
         Ok(())
     }
