@@ -27,6 +27,26 @@ fn watched(tag: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{tag}-conv-{i}")).collect()
 }
 
+type Targets = Arc<Mutex<Vec<String>>>;
+
+/// WebSockets on worker `watch_on` for the first `watch` conversations (opened before the
+/// scenario), then a steady load of `rate` messages/s over `conversations` conversations spread
+/// over all three workers (`hot` of every ten to two hot conversations).
+async fn under_load(
+    mesh: &TestMesh,
+    watch_on: usize,
+    tag: &str,
+    watch: usize,
+    conversations: usize,
+    rate: u32,
+    hot: usize,
+) -> anyhow::Result<(std::collections::HashMap<String, LiveClient>, Targets, Load)> {
+    let live = watch_all(&mesh.workers[watch_on].url, &watched(tag, watch)).await?;
+    let targets = urls(mesh, &[0, 1, 2]);
+    let load = Load::start(targets.clone(), conversations, rate, hot, tag);
+    Ok((live, targets, load))
+}
+
 fn assert_exact(outcome: (usize, usize, usize, usize)) {
     let (sent, replied, lost, duplicated) = outcome;
     assert!(sent > 20, "the load ran: {sent}");
@@ -37,9 +57,7 @@ fn assert_exact(outcome: (usize, usize, usize, usize)) {
 async fn planned_migration_through_the_api() -> anyhow::Result<()> {
     let _serial = serial().await;
     let mesh = TestMesh::start("migrate", MeshOptions::default()).await?;
-    let live = watch_all(&mesh.workers[2].url, &watched("mig", 8)).await?;
-    let targets = urls(&mesh, &[0, 1, 2]);
-    let load = Load::start(targets, 24, 25, 0, "mig");
+    let (live, _targets, load) = under_load(&mesh, 2, "mig", 8, 24, 25, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = mesh.owned(0).await.unwrap_or_default();
     let resp = http()
@@ -82,9 +100,7 @@ async fn planned_migration_through_the_api() -> anyhow::Result<()> {
 async fn sigkill_of_an_owner_fails_over() -> anyhow::Result<()> {
     let _serial = serial().await;
     let mut mesh = TestMesh::start("sigkill", MeshOptions::default()).await?;
-    let live = watch_all(&mesh.workers[0].url, &watched("kill", 8)).await?;
-    let targets = urls(&mesh, &[0, 1, 2]);
-    let load = Load::start(targets.clone(), 24, 25, 0, "kill");
+    let (live, targets, load) = under_load(&mesh, 0, "kill", 8, 24, 25, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop_url(&targets, &mesh.workers[2].url);
     mesh.workers[2].kill().await?;
@@ -108,9 +124,7 @@ async fn a_paused_owner_wakes_as_a_zombie_and_is_fenced() -> anyhow::Result<()> 
         ..MeshOptions::default()
     };
     let mesh = TestMesh::start("zombie", opts).await?;
-    let live = watch_all(&mesh.workers[0].url, &watched("zom", 8)).await?;
-    let targets = urls(&mesh, &[0, 1, 2]);
-    let load = Load::start(targets.clone(), 24, 25, 0, "zom");
+    let (live, targets, load) = under_load(&mesh, 0, "zom", 8, 24, 25, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop_url(&targets, &mesh.workers[2].url);
     mesh.workers[2].signal("STOP")?;
@@ -146,9 +160,7 @@ async fn a_paused_owner_wakes_as_a_zombie_and_is_fenced() -> anyhow::Result<()> 
 async fn sigterm_drains_a_worker() -> anyhow::Result<()> {
     let _serial = serial().await;
     let mut mesh = TestMesh::start("drain", MeshOptions::default()).await?;
-    let live = watch_all(&mesh.workers[0].url, &watched("drn", 8)).await?;
-    let targets = urls(&mesh, &[0, 1, 2]);
-    let load = Load::start(targets.clone(), 24, 25, 0, "drn");
+    let (live, targets, load) = under_load(&mesh, 0, "drn", 8, 24, 25, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop_url(&targets, &mesh.workers[1].url);
     let t = std::time::Instant::now();
@@ -172,9 +184,7 @@ async fn a_fourth_worker_joins_and_receives_partitions() -> anyhow::Result<()> {
         ..MeshOptions::default()
     };
     let mut mesh = TestMesh::start("scaleout", opts).await?;
-    let live = watch_all(&mesh.workers[0].url, &watched("out", 8)).await?;
-    let targets = urls(&mesh, &[0, 1, 2]);
-    let load = Load::start(targets.clone(), 36, 30, 0, "out");
+    let (live, _targets, load) = under_load(&mesh, 0, "out", 8, 36, 30, 0).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     mesh.add_worker(3).await?;
     let got = wait_for("node-3 to receive partitions", SETTLE, || async {
@@ -193,9 +203,7 @@ async fn a_fourth_worker_joins_and_receives_partitions() -> anyhow::Result<()> {
 async fn the_mesh_keeps_serving_without_a_balancer() -> anyhow::Result<()> {
     let _serial = serial().await;
     let mut mesh = TestMesh::start("nobalancer", MeshOptions::default()).await?;
-    let live = watch_all(&mesh.workers[0].url, &watched("nob", 8)).await?;
-    let targets = urls(&mesh, &[0, 1, 2]);
-    let load = Load::start(targets.clone(), 24, 25, 0, "nob");
+    let (live, targets, load) = under_load(&mesh, 0, "nob", 8, 24, 25, 0).await?;
     mesh.balancer.kill().await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     // a worker restarts while no balancer runs: it reads the last table and serves it again
@@ -232,10 +240,8 @@ async fn skewed_load_is_balanced_within_the_limits() -> anyhow::Result<()> {
         ..MeshOptions::default()
     };
     let mesh = TestMesh::start("skew", opts).await?;
-    let live = watch_all(&mesh.workers[0].url, &watched("skw", 4)).await?;
-    let targets = urls(&mesh, &[0, 1, 2]);
     // two of every ten messages go to two hot conversations (each ~3.5x a normal one)
-    let load = Load::start(targets, 30, 15, 2, "skw");
+    let (live, _targets, load) = under_load(&mesh, 0, "skw", 4, 30, 15, 2).await?;
     tokio::time::sleep(Duration::from_secs(12)).await;
     let accepted = load.stop().await;
     assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
