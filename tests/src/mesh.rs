@@ -214,8 +214,13 @@ impl TestMesh {
             let mut count = 0;
             let poll = polls.fetch_add(1, Ordering::Relaxed);
             for &i in among {
+                let asked = std::time::Instant::now();
                 let o = self.owned(i).await;
-                if poll % 50 == 49 {
+                let took = asked.elapsed();
+                if took > Duration::from_millis(500) {
+                    eprintln!("status of node-{i} took {took:.1?}");
+                }
+                if poll % 20 == 19 && started.elapsed() > Duration::from_secs(5) {
                     // a slow settle: say what each worker reports
                     let s = self.status(i).await.ok();
                     eprintln!(
