@@ -9,7 +9,8 @@ use std::time::Duration;
 use meshchat_tests::*;
 use serde_json::json;
 
-const SETTLE: Duration = Duration::from_secs(60);
+// generous: under a full `make test` on two cores the workers answer status calls slowly at times
+const SETTLE: Duration = Duration::from_secs(180);
 
 fn urls(mesh: &TestMesh, idx: &[usize]) -> Arc<Mutex<Vec<String>>> {
     Arc::new(Mutex::new(
