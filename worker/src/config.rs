@@ -220,7 +220,7 @@ impl Config {
     }
 
     fn checked(self) -> Result<Self, ConfigError> {
-        meshchat_crds_check(&self)?;
+        check_values(&self)?;
         Ok(self)
     }
 
@@ -271,7 +271,7 @@ impl Config {
     }
 }
 
-fn meshchat_crds_check(c: &Config) -> Result<(), ConfigError> {
+fn check_values(c: &Config) -> Result<(), ConfigError> {
     let invalid = |option, reason: &str| {
         Err(ConfigError::Invalid {
             option,
