@@ -106,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .build()?,
         started: Instant::now(),
         caught_up: caught_up.clone(),
+        live_ready: Arc::new(AtomicBool::new(false)),
         kafka_ok: Arc::new(AtomicBool::new(true)),
         draining: Arc::new(AtomicBool::new(false)),
         shutdown: shutdown.clone(),
@@ -142,6 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         async move { owner.run(stop).await }
     }));
     let (fk, ft, fnode) = (kafka.clone(), topics.clone(), config.node_id.clone());
+    let live_ready = state.0.live_ready.clone();
     let fanout_task = tokio::spawn(supervise("live fan-out", shutdown.clone(), move |stop| {
         crate::live::run_fanout(
             fk.clone(),
@@ -149,6 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             partitions,
             fnode.clone(),
             hub.clone(),
+            live_ready.clone(),
             stop,
         )
     }));

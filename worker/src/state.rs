@@ -62,6 +62,8 @@ pub struct Shared {
     pub started: Instant,
     /// Owned partitions are caught up.
     pub caught_up: Arc<AtomicBool>,
+    /// The live fan-out is assigned (clients connecting now miss nothing).
+    pub live_ready: Arc<AtomicBool>,
     /// Kafka answered the last health probe.
     pub kafka_ok: Arc<AtomicBool>,
     /// Shutting down.
@@ -76,6 +78,7 @@ impl Shared {
     /// Ready to serve: Kafka reachable, owned partitions caught up, not draining.
     pub fn ready(&self) -> bool {
         self.kafka_ok.load(Ordering::Relaxed)
+            && self.live_ready.load(Ordering::Relaxed)
             && self.caught_up.load(Ordering::Relaxed)
             && !self.draining.load(Ordering::Relaxed)
     }

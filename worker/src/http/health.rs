@@ -21,6 +21,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let checks = json!({
         "kafka": s.kafka_ok.load(Ordering::Relaxed),
         "caughtUp": s.caught_up.load(Ordering::Relaxed),
+        "live": s.live_ready.load(Ordering::Relaxed),
         "draining": s.draining.load(Ordering::Relaxed),
     });
     let status = if s.ready() {

@@ -24,6 +24,7 @@ pub async fn run_fanout(
     partitions: i32,
     node_id: String,
     hub: Arc<Hub>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
     let consumer: StreamConsumer = kafka
@@ -50,6 +51,7 @@ pub async fn run_fanout(
         Ok(())
     })?;
     consumer.assign(&tpl)?;
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut sequencers: HashMap<String, Sequencer> = HashMap::new();
     // highest epoch fence read per partition: older replies and chunks are a zombie's
     let mut fences: HashMap<i32, u64> = HashMap::new();
