@@ -91,7 +91,17 @@ async fn bad_input_is_refused_and_nothing_is_produced() -> anyhow::Result<()> {
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
-            .await?;
+            .await;
+        // a body far over the limit may be refused before it is read: the server then closes
+        // the connection instead of answering 413 (either way nothing is produced, checked below)
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) if body.len() > 100_000 => {
+                println!("oversized body refused by closing the connection: {e}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let got = resp.status().as_u16();
         let json: Value = resp.json().await?;
         assert_eq!(
