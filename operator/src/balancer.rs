@@ -22,6 +22,14 @@ pub struct Timing {
     pub heartbeat_timeout_ms: u64,
 }
 
+/// A partition's load averaged over heartbeats: one report's in-flight count is a snapshot, and
+/// balancing on snapshots moves partitions back and forth.
+#[derive(Clone, Copy, Debug)]
+struct Smoothed {
+    load: f64,
+    at_ms: u64,
+}
+
 #[derive(Clone, Debug)]
 struct Seen {
     report: LoadReport,
@@ -41,6 +49,7 @@ pub struct Balancer {
     last_moved: BTreeMap<i32, u64>,
     last_round_ms: u64,
     membership: BTreeSet<(String, bool, bool)>,
+    smoothed: BTreeMap<i32, Smoothed>,
     /// Partition moves made since start.
     pub migrations: u64,
 }
@@ -82,6 +91,7 @@ impl Balancer {
             last_moved: BTreeMap::new(),
             last_round_ms: now_ms,
             membership: BTreeSet::new(),
+            smoothed: BTreeMap::new(),
             migrations: 0,
         }
     }
@@ -93,6 +103,19 @@ impl Balancer {
 
     /// A worker's heartbeat.
     pub fn observe(&mut self, report: LoadReport, now_ms: u64) {
+        // exponential average with the round interval as time constant: a round sees the load
+        // of about the last round, and a burst shorter than that barely moves it
+        let tau = self.timing.interval_ms.max(1000) as f64;
+        for (p, now) in report_loads(&report) {
+            let e = self.smoothed.entry(p).or_insert(Smoothed {
+                load: now,
+                at_ms: now_ms,
+            });
+            let dt = now_ms.saturating_sub(e.at_ms) as f64;
+            let alpha = 1.0 - (-dt / tau).exp();
+            e.load += alpha * (now - e.load);
+            e.at_ms = now_ms;
+        }
         self.workers.insert(
             report.worker_id.clone(),
             Seen {
@@ -227,21 +250,17 @@ impl Balancer {
                 draining: false,
             });
         }
+        // smoothed loads of the partitions live workers report
         let mut load = BTreeMap::new();
         for s in self
             .workers
             .values()
             .filter(|s| self.alive(&s.report.worker_id, now_ms))
         {
-            let weights: Vec<(i32, f64)> = s
-                .report
-                .partitions
-                .iter()
-                .map(|p| (p.partition, p.messages_per_s + f64::from(p.in_flight) + 1e-3))
-                .collect();
-            let sum: f64 = weights.iter().map(|(_, w)| w).sum();
-            for (p, w) in weights {
-                load.insert(p, s.report.load_factor * w / sum.max(f64::MIN_POSITIVE));
+            for p in &s.report.partitions {
+                if let Some(e) = self.smoothed.get(&p.partition) {
+                    load.insert(p.partition, e.load);
+                }
             }
         }
         Input {
@@ -309,6 +328,21 @@ impl Balancer {
             moves,
         }
     }
+}
+
+/// A report's per-partition loads: the worker's load factor shared out by each partition's
+/// messages/s and in-flight calls (a floor keeps idle partitions distinguishable).
+fn report_loads(report: &LoadReport) -> Vec<(i32, f64)> {
+    let weights: Vec<(i32, f64)> = report
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.messages_per_s + f64::from(p.in_flight) + 1e-3))
+        .collect();
+    let sum: f64 = weights.iter().map(|(_, w)| w).sum();
+    weights
+        .into_iter()
+        .map(|(p, w)| (p, report.load_factor * w / sum.max(f64::MIN_POSITIVE)))
+        .collect()
 }
 
 #[cfg(test)]

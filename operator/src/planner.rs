@@ -316,7 +316,13 @@ fn balance(input: &Input, policy: &Policy, st: &mut State<'_>) {
         };
         let (lh, lc) = (st.loads[&hot], st.loads[&cold]);
         let over = lh > policy.high_watermark || lh > policy.imbalance * mean;
-        if !over || count >= policy.max_moves {
+        // a worker that received in this round does not give: passing partitions along a chain
+        // of workers is churn, and the next round sees fresher loads anyway
+        let received = st
+            .moves
+            .iter()
+            .any(|m| m.reason == Reason::Balance && m.to == hot);
+        if !over || received || count >= policy.max_moves {
             return;
         }
         // best fit: the largest partition that moves no more than needed (hot stays at or above

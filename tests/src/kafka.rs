@@ -19,7 +19,8 @@ pub async fn broker() -> anyhow::Result<String> {
             if let Ok(b) = std::env::var("MESHCHAT_TEST_BOOTSTRAP") {
                 return Ok(b);
             }
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+            // `cargo test` runs us from the package root (tests/)
+            let script = "../scripts/kafka.sh";
             let out = tokio::task::spawn_blocking(move || {
                 Command::new("bash")
                     .arg(script)

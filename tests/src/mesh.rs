@@ -322,23 +322,33 @@ pub async fn verify_exactly_once(
     for (c, id) in accepted {
         by_conv.entry(c.clone()).or_default().push(id.clone());
     }
-    wait_for("a reply to every accepted message", timeout, || async {
+    let waiting: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let waited = wait_for("a reply to every accepted message", timeout, || async {
         for (conv, ids) in &by_conv {
             let (status, v) = conversation(url, conv).await.ok()?;
             if status != 200 {
                 return None;
             }
             let msgs = v["messages"].as_array()?;
-            let answered = ids
+            let unanswered: Vec<String> = ids
                 .iter()
-                .all(|id| msgs.iter().any(|m| m["inReplyTo"] == id.as_str()));
-            if !answered {
+                .filter(|id| !msgs.iter().any(|m| m["inReplyTo"] == id.as_str()))
+                .map(|id| format!("{conv}/{id}"))
+                .collect();
+            if !unanswered.is_empty() {
+                if let Ok(mut w) = waiting.lock() {
+                    *w = unanswered;
+                }
                 return None;
             }
         }
         Some(())
     })
-    .await?;
+    .await;
+    if let Err(e) = waited {
+        let w = waiting.lock().map(|w| w.clone()).unwrap_or_default();
+        bail!("{e:#}; still unanswered (first conversation found): {w:?}");
+    }
     tokio::time::sleep(Duration::from_secs(1)).await; // let late duplicates surface
     let (mut replied, mut lost, mut duplicated) = (0, 0, 0);
     for (conv, ids) in &by_conv {

@@ -192,7 +192,13 @@ async fn a_fourth_worker_joins_and_receives_partitions() -> anyhow::Result<()> {
     mesh.add_worker(3).await?;
     // node-3 holds partitions (the balancer may still be moving others at that moment)
     let got = wait_for("node-3 to receive partitions", SETTLE, || async {
-        let status = mesh.status(3).await.ok()?;
+        let status = match mesh.status(3).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("status of node-3: {e:#}");
+                return None;
+            }
+        };
         let owned = status["ownedPartitions"].as_array()?.clone();
         (!owned.is_empty()).then_some(owned)
     })

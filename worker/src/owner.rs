@@ -92,11 +92,14 @@ enum State {
     Replaying { start: i64, target: i64, since: Instant },
     /// Answering.
     Live,
-    /// Handing away: no new answers until `deadline`, then snapshot, commit, release.
+    /// Handing away: no new answers until `deadline`, then snapshot, commit, release. When
+    /// `abandon`, the new owner took over without waiting for us (we were declared dead): our
+    /// answers are void behind its fence, so we only stop and forget.
     Releasing {
         deadline: Instant,
         to_epoch: u64,
         to: String,
+        abandon: bool,
     },
 }
 
@@ -234,7 +237,20 @@ impl OwnerLoop {
                 .owners
                 .get(&p)
                 .map_or((String::new(), part.epoch + 1), |o| (o.node_id.clone(), o.epoch));
+            let abandon = view.owners.get(&p).is_some_and(|o| o.failover);
             match part.state {
+                State::Live | State::Replaying { .. } if abandon => {
+                    tracing::warn!(partition = p, to = %to, "declared dead for this partition; abandoning it");
+                    part.cancel.cancel();
+                    part.state = State::Releasing {
+                        deadline: now,
+                        to_epoch,
+                        to,
+                        abandon,
+                    };
+                    self.held.set(p, part.epoch, Phase::Releasing);
+                    reassign = true;
+                }
                 State::Live | State::Replaying { .. } => {
                     tracing::info!(partition = p, to = %to, "releasing");
                     self.publish_handoff(self.handoff(p, to_epoch, &self.node_id, &to, "releasing"));
@@ -242,6 +258,7 @@ impl OwnerLoop {
                         deadline: now + self.handoff_grace,
                         to_epoch,
                         to,
+                        abandon,
                     };
                     self.held.set(p, part.epoch, Phase::Releasing);
                     reassign = true;
@@ -252,6 +269,7 @@ impl OwnerLoop {
                         deadline: now,
                         to_epoch,
                         to,
+                        abandon: true,
                     }
                 }
                 State::Releasing { .. } => {}

@@ -89,6 +89,30 @@ fn latest_table(
     bail!("reading {topic} timed out")
 }
 
+/// Offsets of the first records at or after `since_ms` in every partition of `topic` (the end
+/// where nothing is that recent).
+fn recent_offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    since_ms: u64,
+) -> anyhow::Result<TopicPartitionList> {
+    let mut query = TopicPartitionList::new();
+    for p in 0..partitions {
+        query.add_partition_offset(topic, p, Offset::Offset(since_ms as i64))?;
+    }
+    let found = consumer.offsets_for_times(query, Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for e in found.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::End,
+        };
+        tpl.add_partition_offset(topic, e.partition(), offset)?;
+    }
+    Ok(tpl)
+}
+
 /// Runs the balancer for one ChatAgent until Ctrl-C or SIGTERM.
 pub async fn run_local(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<()> {
     let name = agent
@@ -120,8 +144,6 @@ pub async fn run_local(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<(
         }
     };
     let table = tokio::task::block_in_place(|| latest_table(&meta, &topics.assignments, &name))?;
-    tracing::info!(agent = %name, partitions, generation = table.as_ref().map_or(0, |t| t.generation), "balancer starting");
-    let mut balancer = Balancer::new(&name, partitions, policy, timing, table, now_ms());
     let producer: FutureProducer = base
         .clone()
         .set("enable.idempotence", "true")
@@ -133,15 +155,14 @@ pub async fn run_local(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "20")
         .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        for p in 0..events {
-            let (_, high) = meta.fetch_watermarks(&topics.events, p, Duration::from_secs(10))?;
-            tpl.add_partition_offset(&topics.events, p, Offset::Offset(high))?;
-        }
-        Ok(())
-    })?;
+    // start one heartbeat timeout back: a restarted balancer hears at once every worker that
+    // was alive a moment ago, instead of declaring dead those whose heartbeats it missed while
+    // it was connecting
+    let since = now_ms().saturating_sub(timing.heartbeat_timeout_ms);
+    let tpl = tokio::task::block_in_place(|| recent_offsets(&meta, &topics.events, events, since))?;
     consumer.assign(&tpl)?;
+    tracing::info!(agent = %name, partitions, generation = table.as_ref().map_or(0, |t| t.generation), "balancer starting");
+    let mut balancer = Balancer::new(&name, partitions, policy, timing, table, now_ms());
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let stop = shutdown_signal();
     tokio::pin!(stop);

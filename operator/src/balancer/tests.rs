@@ -38,7 +38,11 @@ fn owners(t: &AssignmentTable) -> BTreeMap<String, Vec<i32>> {
 }
 
 fn started(n: usize) -> Balancer {
-    let mut b = Balancer::new("mesh", 12, Policy::default(), timing(), None, 0);
+    started_with(n, Policy::default())
+}
+
+fn started_with(n: usize, policy: Policy) -> Balancer {
+    let mut b = Balancer::new("mesh", 12, policy, timing(), None, 0);
     for i in 0..n {
         b.observe(report(&format!("w{i}"), &[], 0.0, false), 100);
     }
@@ -145,4 +149,51 @@ fn a_restarted_balancer_continues_the_table() {
     again.observe(report("w1", &[], 0.0, false), 55_000);
     assert!(again.tick(55_000).is_none(), "nothing to change");
     assert_eq!(again.table(), &table);
+}
+
+/// Heartbeats of all three workers at `t`, each reporting what it holds with its load.
+fn beat(b: &mut Balancer, loads: [f64; 3], t: u64) {
+    let held = owners(b.table());
+    for (i, l) in loads.iter().enumerate() {
+        let id = format!("w{i}");
+        let parts = held.get(&id).cloned().unwrap_or_default();
+        b.observe(report(&id, &parts, *l, false), t);
+    }
+}
+
+#[test]
+fn a_one_heartbeat_spike_moves_nothing_but_a_lasting_skew_does() {
+    // a budget large enough for a whole partition of this small mesh
+    let mut b = started_with(
+        3,
+        Policy {
+            max_move_fraction: 0.5,
+            ..Policy::default()
+        },
+    );
+    let mut t = 5_000;
+    // steady even load, then one heartbeat where w0 looks saturated
+    for _ in 0..30 {
+        t += 1_000;
+        beat(&mut b, [0.5, 0.5, 0.5], t);
+    }
+    t += 1_000;
+    beat(&mut b, [1.0, 0.5, 0.5], t);
+    assert!(b.tick(t).is_none(), "a single spike is smoothed away");
+    t += 1_000;
+    beat(&mut b, [0.5, 0.5, 0.5], t);
+    t += 30_000;
+    beat(&mut b, [0.5, 0.5, 0.5], t);
+    assert!(b.tick(t).is_none(), "even load: nothing to do");
+    // the same skew held for two intervals is real (and the initial cooldown is over)
+    for _ in 0..60 {
+        t += 1_000;
+        beat(&mut b, [1.0, 0.4, 0.4], t);
+    }
+    let out = b.tick(t).expect("a lasting skew is balanced");
+    assert!(
+        out.moves.iter().all(|m| m.from.as_deref() == Some("w0")),
+        "{:?}",
+        out.moves
+    );
 }

@@ -45,31 +45,45 @@ impl OwnerLoop {
                 owner: me,
                 timestamp: OffsetDateTime::now_utc(),
             });
+            // What the old owner committed and snapshotted is read BEFORE the fence: every
+            // reply behind that commit was then written before the fence, so none of them is
+            // void. An old owner still running (a zombie, or one declared dead by mistake)
+            // may commit later, after replies the fence voids; we never read that commit.
             let result = async {
-                producer
-                    .send(&topics.messages, p, FENCE_KEY, &encode(&fence)?)
-                    .await?;
-                tokio::task::spawn_blocking(move || -> Result<Acquired, KafkaError> {
-                    let snapshots = restore_snapshots(&kafka, &topics.conversations, &[p])?;
-                    let c: BaseConsumer = kafka.clone().set("group.id", &group).create()?;
+                let (kafka2, topics2) = (kafka.clone(), topics.clone());
+                let (snapshots, start) = tokio::task::spawn_blocking(move || {
+                    let c: BaseConsumer = kafka2.clone().set("group.id", &group).create()?;
                     let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&topics.messages, p);
+                    tpl.add_partition(&topics2.messages, p);
                     let committed = c.committed_offsets(tpl, META_TIMEOUT)?;
-                    let (low, high) = c.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
-                    let start = match committed.find_partition(&topics.messages, p).map(|e| e.offset()) {
+                    let (low, _) = c.fetch_watermarks(&topics2.messages, p, META_TIMEOUT)?;
+                    let start = match committed.find_partition(&topics2.messages, p).map(|e| e.offset()) {
                         Some(Offset::Offset(o)) => o.max(low),
                         _ => low,
                     };
-                    Ok(Acquired {
-                        partition: p,
-                        epoch,
-                        snapshots: snapshots.into_values().collect(),
-                        start,
-                        target: high,
-                    })
+                    let snapshots = restore_snapshots(&kafka2, &topics2.conversations, &[p])?;
+                    Ok::<_, KafkaError>((snapshots, start))
                 })
                 .await
-                .map_err(|_| KafkaError::Timeout { what: "acquire" })?
+                .map_err(|_| KafkaError::Timeout { what: "acquire" })??;
+                producer
+                    .send(&topics.messages, p, FENCE_KEY, &encode(&fence)?)
+                    .await?;
+                // the replay runs to the end as it is now, the fence included
+                let high = tokio::task::spawn_blocking(move || {
+                    let c: BaseConsumer = kafka.create()?;
+                    let (_, high) = c.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
+                    Ok::<_, KafkaError>(high)
+                })
+                .await
+                .map_err(|_| KafkaError::Timeout { what: "acquire" })??;
+                Ok(Acquired {
+                    partition: p,
+                    epoch,
+                    snapshots: snapshots.into_values().collect(),
+                    start,
+                    target: high,
+                })
             }
             .await;
             let _ = tx.send(result.map_err(|e| (p, epoch, e))).await;
@@ -177,10 +191,17 @@ impl OwnerLoop {
             reacquire,
             ..
         } = part;
-        let State::Releasing { to_epoch, to, .. } = state else {
+        let State::Releasing {
+            to_epoch,
+            to,
+            abandon,
+            ..
+        } = state
+        else {
             return Ok(());
         };
         cancel.cancel();
+        let position = position.filter(|_| !abandon);
         if let Some(pos) = position {
             let mut positions = std::collections::BTreeMap::new();
             positions.insert(p, pos);
