@@ -37,10 +37,18 @@ where
 
 /// A shared HTTP client.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_default()
+    // Built once: building a client loads and parses the system CA store (tens of ms of CPU),
+    // and the load generators call this for every request — per-call clients starved the test
+    // runtime until requests sat unsent for their whole timeout. No idle pooling, so no
+    // connection outlives the test runtime that opened it.
+    static CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_default()
+    });
+    CLIENT.clone()
 }
 
 /// Sends a chat message; returns the message id.

@@ -70,7 +70,7 @@ pub async fn connect_ws_query(base: &str, query: &str) -> anyhow::Result<LiveCli
 /// Opens `GET …/api/chat/conversation/{id}/events` and parses `data:` lines.
 pub async fn connect_sse(base: &str, conversation: &str) -> anyhow::Result<LiveClient> {
     let url = format!("{base}/api/chat/conversation/{conversation}/events");
-    let resp = reqwest::Client::new().get(&url).send().await?;
+    let resp = reqwest::Client::new().get(&url).send().await?; // no overall timeout: a stream
     if resp.status() != 200 {
         bail!("SSE {url} answered {}", resp.status());
     }

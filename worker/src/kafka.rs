@@ -5,7 +5,7 @@ mod logread;
 mod producer;
 
 pub use admin::{ensure_topics, partition_count};
-pub use logread::{read_conversation, read_partition, restore_snapshots};
+pub use logread::{read_conversation, read_partition, restore_snapshots, restore_snapshots_with};
 pub use producer::Producer;
 
 use std::time::Duration;

@@ -40,9 +40,20 @@ pub fn read_partition(
     topic: &str,
     partition: i32,
     from: i64,
+    each: impl FnMut(Raw),
+) -> Result<(), KafkaError> {
+    read_partition_with(&reader(cfg)?, topic, partition, from, each)
+}
+
+/// `read_partition` with a consumer the caller already has (a new client costs a connection
+/// and a metadata round trip; a take-over makes several reads in a row).
+pub fn read_partition_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
     mut each: impl FnMut(Raw),
 ) -> Result<(), KafkaError> {
-    let consumer = reader(cfg)?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, META_TIMEOUT)?;
     let start = from.max(low);
     if start >= high {
@@ -82,9 +93,18 @@ pub fn restore_snapshots(
     topic: &str,
     partitions: &[i32],
 ) -> Result<HashMap<String, ConversationSnapshot>, KafkaError> {
+    restore_snapshots_with(&reader(cfg)?, topic, partitions)
+}
+
+/// `restore_snapshots` with a consumer the caller already has.
+pub fn restore_snapshots_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<String, ConversationSnapshot>, KafkaError> {
     let mut latest = HashMap::new();
     for &p in partitions {
-        read_partition(cfg, topic, p, 0, |raw| {
+        read_partition_with(consumer, topic, p, 0, |raw| {
             let Some(payload) = raw.payload else { return };
             match decode::<ConversationSnapshot>(&payload) {
                 Ok(s) => {

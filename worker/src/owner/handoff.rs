@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::{OwnerLoop, Part, Run, State};
 use crate::held::Phase;
-use crate::kafka::{KafkaError, META_TIMEOUT, restore_snapshots};
+use crate::kafka::{KafkaError, META_TIMEOUT, restore_snapshots_with};
 use crate::store::Conversation;
 
 /// A finished acquire: what to restore and where to replay from.
@@ -50,18 +50,27 @@ impl OwnerLoop {
             // void. An old owner still running (a zombie, or one declared dead by mistake)
             // may commit later, after replies the fence voids; we never read that commit.
             let result = async {
-                let (kafka2, topics2) = (kafka.clone(), topics.clone());
+                // one client for every read of this take-over: each new client costs a
+                // connection and a metadata round trip, i.e. pause time
+                let reader: BaseConsumer = kafka
+                    .clone()
+                    .set("group.id", &group)
+                    .set("enable.auto.commit", "false")
+                    .set("enable.partition.eof", "false")
+                    .set("fetch.wait.max.ms", "10")
+                    .create()?;
+                let reader = std::sync::Arc::new(reader);
+                let (r, t) = (reader.clone(), topics.clone());
                 let (snapshots, start) = tokio::task::spawn_blocking(move || {
-                    let c: BaseConsumer = kafka2.clone().set("group.id", &group).create()?;
                     let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&topics2.messages, p);
-                    let committed = c.committed_offsets(tpl, META_TIMEOUT)?;
-                    let (low, _) = c.fetch_watermarks(&topics2.messages, p, META_TIMEOUT)?;
-                    let start = match committed.find_partition(&topics2.messages, p).map(|e| e.offset()) {
+                    tpl.add_partition(&t.messages, p);
+                    let committed = r.committed_offsets(tpl, META_TIMEOUT)?;
+                    let (low, _) = r.fetch_watermarks(&t.messages, p, META_TIMEOUT)?;
+                    let start = match committed.find_partition(&t.messages, p).map(|e| e.offset()) {
                         Some(Offset::Offset(o)) => o.max(low),
                         _ => low,
                     };
-                    let snapshots = restore_snapshots(&kafka2, &topics2.conversations, &[p])?;
+                    let snapshots = restore_snapshots_with(&r, &t.conversations, &[p])?;
                     Ok::<_, KafkaError>((snapshots, start))
                 })
                 .await
@@ -70,9 +79,9 @@ impl OwnerLoop {
                     .send(&topics.messages, p, FENCE_KEY, &encode(&fence)?)
                     .await?;
                 // the replay runs to the end as it is now, the fence included
+                let t = topics.clone();
                 let high = tokio::task::spawn_blocking(move || {
-                    let c: BaseConsumer = kafka.create()?;
-                    let (_, high) = c.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
+                    let (_, high) = reader.fetch_watermarks(&t.messages, p, META_TIMEOUT)?;
                     Ok::<_, KafkaError>(high)
                 })
                 .await
