@@ -115,11 +115,17 @@ struct Part {
     reacquire: bool,
 }
 
+/// Take-overs that can read at once (a failover hands a worker several partitions together).
+const TAKEOVER_READERS: usize = 3;
+
 /// The loop's mutable state.
 struct Run {
     parts: BTreeMap<i32, Part>,
     tasks: JoinSet<bool>,
     acquired_tx: mpsc::Sender<Result<Acquired, (i32, u64, KafkaError)>>,
+    /// Clients for take-overs' reads, kept connected (group coordinator found) so a take-over
+    /// pays no connection set-up in its pause; partition p uses `readers[p % len]`.
+    readers: Arc<Vec<std::sync::Mutex<BaseConsumer>>>,
 }
 
 // === impl OwnerLoop ===
@@ -147,10 +153,37 @@ impl OwnerLoop {
         let lag_reader: Arc<BaseConsumer> =
             Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);
         let (acquired_tx, mut acquired_rx) = mpsc::channel(64);
+        let mut readers = Vec::new();
+        for _ in 0..TAKEOVER_READERS {
+            let reader: BaseConsumer = self
+                .kafka
+                .clone()
+                .set("group.id", &self.group_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "false")
+                .set("fetch.wait.max.ms", "10")
+                .create()?;
+            readers.push(std::sync::Mutex::new(reader));
+        }
+        let readers = Arc::new(readers);
+        {
+            // connect and find the group coordinator now, not during the first take-over
+            let (r, topic) = (readers.clone(), self.topics.messages.clone());
+            tokio::task::spawn_blocking(move || {
+                for c in r.iter() {
+                    if let Ok(c) = c.lock() {
+                        let mut tpl = rdkafka::TopicPartitionList::new();
+                        tpl.add_partition(&topic, 0);
+                        let _ = c.committed_offsets(tpl, crate::kafka::META_TIMEOUT);
+                    }
+                }
+            });
+        }
         let mut run = Run {
             parts: BTreeMap::new(),
             tasks: JoinSet::new(),
             acquired_tx,
+            readers,
         };
         let mut wanted = self.ownership.subscribe();
         let view = wanted.borrow_and_update().clone();

@@ -59,7 +59,14 @@ async fn main() -> anyhow::Result<()> {
     // balancer itself has no reason to move anything
     for m in 0..args.migrations {
         let target = m % 3;
-        let parts: Vec<i32> = (0..4).map(|k| ((4 * m + 7 * k) % 24) as i32).collect();
+        // four partitions the target does not hold yet, so each migration makes four moves
+        let held = mesh.owned(target).await.unwrap_or_default();
+        let others: Vec<i32> = (0..24).filter(|p| !held.contains(&i64::from(*p))).collect();
+        let parts: Vec<i32> = (0..4)
+            .filter_map(|k| others.get((m * 5 + k * 3) % others.len().max(1)).copied())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let resp = http()
             .post(format!("{}/api/agent/migrate", mesh.workers[(m + 1) % 3].url))
             .json(&json!({"targetNode": format!("node-{target}"), "partitions": parts}))
@@ -108,6 +115,11 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let events = read_topic(&mesh.bootstrap, &format!("{}chat.events", mesh.prefix)).await?;
+    let mut steps: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for e in events.iter().filter(|e| e.value["type"] == "handoff") {
+        let step = e.value["step"].as_str().unwrap_or("?").to_string();
+        *steps.entry(step).or_default() += 1;
+    }
     let mut releasing: HashMap<(i64, u64), f64> = HashMap::new();
     let mut live: Vec<((i64, u64), f64, u64)> = Vec::new();
     for e in events.iter().filter(|e| e.value["type"] == "handoff") {
@@ -139,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
     replayed.sort_by(f64::total_cmp);
     println!("| metric | value |\n|---|---|");
     println!("| planned moves measured | {} |", pauses.len());
+    println!("| handoff events by step | {steps:?} |");
     println!("| handoff pause p50 | {:.0} ms |", pct(&pauses, 0.5));
     println!("| handoff pause p99 | {:.0} ms |", pct(&pauses, 0.99));
     println!(

@@ -72,6 +72,8 @@ pub fn read_partition_with(
         match consumer.poll(Duration::from_millis(200)) {
             None => continue,
             Some(Err(e)) => return Err(e.into()),
+            // a reused client may still hand out a record of its previous assignment
+            Some(Ok(m)) if m.topic() != topic || m.partition() != partition || m.offset() < start => {}
             Some(Ok(m)) => {
                 let offset = m.offset();
                 each(Raw {

@@ -6,7 +6,7 @@ use meshchat_crds::{
     ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, HandoffEvent, MeshEvent, SCHEMA_VERSION, encode,
     partition_for,
 };
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
@@ -34,8 +34,8 @@ impl OwnerLoop {
 
     fn spawn_acquire_after(&self, p: i32, epoch: u64, run: &Run, delay: Duration) {
         let tx = run.acquired_tx.clone();
-        let (kafka, topics, producer) = (self.kafka.clone(), self.topics.clone(), self.producer.clone());
-        let (group, me) = (self.group_id.clone(), self.node_id.clone());
+        let (topics, producer) = (self.topics.clone(), self.producer.clone());
+        let (readers, me) = (run.readers.clone(), self.node_id.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let fence = ChatRecord::EpochFence(EpochFence {
@@ -50,18 +50,18 @@ impl OwnerLoop {
             // void. An old owner still running (a zombie, or one declared dead by mistake)
             // may commit later, after replies the fence voids; we never read that commit.
             let result = async {
-                // one client for every read of this take-over: each new client costs a
-                // connection and a metadata round trip, i.e. pause time
-                let reader: BaseConsumer = kafka
-                    .clone()
-                    .set("group.id", &group)
-                    .set("enable.auto.commit", "false")
-                    .set("enable.partition.eof", "false")
-                    .set("fetch.wait.max.ms", "10")
-                    .create()?;
-                let reader = std::sync::Arc::new(reader);
-                let (r, t) = (reader.clone(), topics.clone());
+                let slot = usize::try_from(p).unwrap_or(0) % readers.len().max(1);
+                let (r, t) = (readers.clone(), topics.clone());
                 let (snapshots, start) = tokio::task::spawn_blocking(move || {
+                    let r = r
+                        .get(slot)
+                        .ok_or(KafkaError::Timeout {
+                            what: "acquire reader",
+                        })?
+                        .lock()
+                        .map_err(|_| KafkaError::Timeout {
+                            what: "acquire reader",
+                        })?;
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&t.messages, p);
                     let committed = r.committed_offsets(tpl, META_TIMEOUT)?;
@@ -81,6 +81,15 @@ impl OwnerLoop {
                 // the replay runs to the end as it is now, the fence included
                 let t = topics.clone();
                 let high = tokio::task::spawn_blocking(move || {
+                    let reader = readers
+                        .get(slot)
+                        .ok_or(KafkaError::Timeout {
+                            what: "acquire reader",
+                        })?
+                        .lock()
+                        .map_err(|_| KafkaError::Timeout {
+                            what: "acquire reader",
+                        })?;
                     let (_, high) = reader.fetch_watermarks(&t.messages, p, META_TIMEOUT)?;
                     Ok::<_, KafkaError>(high)
                 })
