@@ -22,6 +22,9 @@ pub struct Acquired {
     snapshots: Vec<ConversationSnapshot>,
     start: i64,
     target: i64,
+    /// Milliseconds spent reading the commit and snapshots, and writing the fence.
+    reads_ms: u64,
+    fence_ms: u64,
 }
 
 // === impl OwnerLoop ===
@@ -50,6 +53,7 @@ impl OwnerLoop {
             // void. An old owner still running (a zombie, or one declared dead by mistake)
             // may commit later, after replies the fence voids; we never read that commit.
             let result = async {
+                let began = Instant::now();
                 let slot = usize::try_from(p).unwrap_or(0) % readers.len().max(1);
                 let (r, t) = (readers.clone(), topics.clone());
                 let (snapshots, start) = tokio::task::spawn_blocking(move || {
@@ -75,9 +79,11 @@ impl OwnerLoop {
                 })
                 .await
                 .map_err(|_| KafkaError::Timeout { what: "acquire" })??;
+                let reads_ms = began.elapsed().as_millis() as u64;
                 producer
                     .send(&topics.messages, p, FENCE_KEY, &encode(&fence)?)
                     .await?;
+                let fence_ms = began.elapsed().as_millis() as u64 - reads_ms;
                 // the replay runs to the end as it is now, the fence included
                 let t = topics.clone();
                 let high = tokio::task::spawn_blocking(move || {
@@ -101,6 +107,8 @@ impl OwnerLoop {
                     snapshots: snapshots.into_values().collect(),
                     start,
                     target: high,
+                    reads_ms,
+                    fence_ms,
                 })
             }
             .await;
@@ -150,6 +158,8 @@ impl OwnerLoop {
             epoch = a.epoch,
             start = a.start,
             target = a.target,
+            reads_ms = a.reads_ms,
+            fence_ms = a.fence_ms,
             "replaying"
         );
         if a.start >= a.target {
