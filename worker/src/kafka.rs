@@ -2,10 +2,12 @@
 
 mod admin;
 mod logread;
+mod pool;
 mod producer;
 
 pub use admin::{ensure_topics, partition_count};
 pub use logread::{read_conversation, read_partition, restore_snapshots, restore_snapshots_with};
+pub use pool::ReaderPool;
 pub use producer::Producer;
 
 use std::time::Duration;

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::answer::Answerer;
 use crate::context::Tokenizer;
 use crate::held::{Held, Phase};
-use crate::kafka::{KafkaError, Producer};
+use crate::kafka::{KafkaError, Producer, ReaderPool};
 use crate::mesh::{Mesh, PartitionStats};
 use crate::metrics::Metrics;
 use crate::ownership::{Ownership, OwnershipView};
@@ -115,17 +115,16 @@ struct Part {
     reacquire: bool,
 }
 
-/// Take-overs that can read at once (a failover hands a worker several partitions together).
-const TAKEOVER_READERS: usize = 3;
+/// Take-over readers connected at start (the pool grows if more take-overs run at once).
+const WARM_READERS: usize = 3;
 
 /// The loop's mutable state.
 struct Run {
     parts: BTreeMap<i32, Part>,
     tasks: JoinSet<bool>,
     acquired_tx: mpsc::Sender<Result<Acquired, (i32, u64, KafkaError)>>,
-    /// Clients for take-overs' reads, kept connected (group coordinator found) so a take-over
-    /// pays no connection set-up in its pause; partition p uses `readers[p % len]`.
-    readers: Arc<Vec<std::sync::Mutex<BaseConsumer>>>,
+    /// Connected clients for take-overs' reads.
+    readers: Arc<ReaderPool>,
 }
 
 // === impl OwnerLoop ===
@@ -153,29 +152,15 @@ impl OwnerLoop {
         let lag_reader: Arc<BaseConsumer> =
             Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);
         let (acquired_tx, mut acquired_rx) = mpsc::channel(64);
-        let mut readers = Vec::new();
-        for _ in 0..TAKEOVER_READERS {
-            let reader: BaseConsumer = self
-                .kafka
-                .clone()
-                .set("group.id", &self.group_id)
-                .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", "false")
-                .set("fetch.wait.max.ms", "10")
-                .create()?;
-            readers.push(std::sync::Mutex::new(reader));
-        }
-        let readers = Arc::new(readers);
+        let readers = Arc::new(ReaderPool::new(
+            self.kafka.clone().set("group.id", &self.group_id),
+        ));
         {
             // connect and find the group coordinator now, not during the first take-over
             let (r, topic) = (readers.clone(), self.topics.messages.clone());
             tokio::task::spawn_blocking(move || {
-                for c in r.iter() {
-                    if let Ok(c) = c.lock() {
-                        let mut tpl = rdkafka::TopicPartitionList::new();
-                        tpl.add_partition(&topic, 0);
-                        let _ = c.committed_offsets(tpl, crate::kafka::META_TIMEOUT);
-                    }
+                if let Err(e) = r.warm(WARM_READERS, &topic) {
+                    tracing::warn!(error = %e, "could not prepare take-over readers");
                 }
             });
         }

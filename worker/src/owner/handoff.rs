@@ -54,18 +54,10 @@ impl OwnerLoop {
             // may commit later, after replies the fence voids; we never read that commit.
             let result = async {
                 let began = Instant::now();
-                let slot = usize::try_from(p).unwrap_or(0) % readers.len().max(1);
-                let (r, t) = (readers.clone(), topics.clone());
-                let (snapshots, start) = tokio::task::spawn_blocking(move || {
-                    let r = r
-                        .get(slot)
-                        .ok_or(KafkaError::Timeout {
-                            what: "acquire reader",
-                        })?
-                        .lock()
-                        .map_err(|_| KafkaError::Timeout {
-                            what: "acquire reader",
-                        })?;
+                let t = topics.clone();
+                let pool = readers.clone();
+                let (snapshots, start, r) = tokio::task::spawn_blocking(move || {
+                    let r = pool.take()?;
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&t.messages, p);
                     let committed = r.committed_offsets(tpl, META_TIMEOUT)?;
@@ -75,7 +67,7 @@ impl OwnerLoop {
                         _ => low,
                     };
                     let snapshots = restore_snapshots_with(&r, &t.conversations, &[p])?;
-                    Ok::<_, KafkaError>((snapshots, start))
+                    Ok::<_, KafkaError>((snapshots, start, r))
                 })
                 .await
                 .map_err(|_| KafkaError::Timeout { what: "acquire" })??;
@@ -87,16 +79,8 @@ impl OwnerLoop {
                 // the replay runs to the end as it is now, the fence included
                 let t = topics.clone();
                 let high = tokio::task::spawn_blocking(move || {
-                    let reader = readers
-                        .get(slot)
-                        .ok_or(KafkaError::Timeout {
-                            what: "acquire reader",
-                        })?
-                        .lock()
-                        .map_err(|_| KafkaError::Timeout {
-                            what: "acquire reader",
-                        })?;
-                    let (_, high) = reader.fetch_watermarks(&t.messages, p, META_TIMEOUT)?;
+                    let (_, high) = r.fetch_watermarks(&t.messages, p, META_TIMEOUT)?;
+                    readers.give(r);
                     Ok::<_, KafkaError>(high)
                 })
                 .await
