@@ -207,30 +207,11 @@ impl TestMesh {
         timeout: Duration,
     ) -> anyhow::Result<BTreeMap<usize, Vec<i64>>> {
         let n = self.opts.partitions as usize;
-        let started = std::time::Instant::now();
-        let polls = std::sync::atomic::AtomicU64::new(0);
         wait_for("partitions held by the expected workers", timeout, || async {
             let mut all = BTreeMap::new();
             let mut count = 0;
-            let poll = polls.fetch_add(1, Ordering::Relaxed);
             for &i in among {
-                let asked = std::time::Instant::now();
-                let o = self.owned(i).await;
-                let took = asked.elapsed();
-                if took > Duration::from_millis(500) {
-                    eprintln!("status of node-{i} took {took:.1?}");
-                }
-                if poll % 20 == 19 && started.elapsed() > Duration::from_secs(5) {
-                    // a slow settle: say what each worker reports
-                    let s = self.status(i).await.ok();
-                    eprintln!(
-                        "after {:.0?}: node-{i} owned {:?} handoffs {:?}",
-                        started.elapsed(),
-                        s.as_ref().map(|s| s["ownedPartitions"].clone()),
-                        s.as_ref().map(|s| s["handoffs"].clone())
-                    );
-                }
-                let o = o?;
+                let o = self.owned(i).await?;
                 count += o.len();
                 all.insert(i, o);
             }

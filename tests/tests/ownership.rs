@@ -9,7 +9,7 @@ use std::time::Duration;
 use meshchat_tests::*;
 use serde_json::json;
 
-// generous: under a full `make test` on two cores the workers answer status calls slowly at times
+// an upper bound for slow machines, not a measurement: scenarios settle in seconds here
 const SETTLE: Duration = Duration::from_secs(180);
 
 fn urls(mesh: &TestMesh, idx: &[usize]) -> Arc<Mutex<Vec<String>>> {

@@ -6,7 +6,7 @@ mod pool;
 mod producer;
 
 pub use admin::{ensure_topics, partition_count};
-pub use logread::{read_conversation, read_partition, restore_snapshots, restore_snapshots_with};
+pub use logread::{read_conversation, read_partition, restore_snapshots};
 pub use pool::ReaderPool;
 pub use producer::Producer;
 

@@ -257,23 +257,19 @@ impl OwnerLoop {
                 .map_or((String::new(), part.epoch + 1), |o| (o.node_id.clone(), o.epoch));
             let abandon = view.owners.get(&p).is_some_and(|o| o.failover);
             match part.state {
-                State::Live | State::Replaying { .. } if abandon => {
-                    tracing::warn!(partition = p, to = %to, "declared dead for this partition; abandoning it");
-                    part.cancel.cancel();
-                    part.state = State::Releasing {
-                        deadline: now,
-                        to_epoch,
-                        to,
-                        abandon,
-                    };
-                    self.held.set(p, part.epoch, Phase::Releasing);
-                    reassign = true;
-                }
                 State::Live | State::Replaying { .. } => {
-                    tracing::info!(partition = p, to = %to, "releasing");
-                    self.publish_handoff(self.handoff(p, to_epoch, &self.node_id, &to, "releasing"));
+                    let deadline = if abandon {
+                        // our answers are void behind the new owner's fence: stop them now
+                        tracing::warn!(partition = p, to = %to, "declared dead for this partition; abandoning it");
+                        part.cancel.cancel();
+                        now
+                    } else {
+                        tracing::info!(partition = p, to = %to, "releasing");
+                        self.publish_handoff(self.handoff(p, to_epoch, &self.node_id, &to, "releasing"));
+                        now + self.handoff_grace
+                    };
                     part.state = State::Releasing {
-                        deadline: now + self.handoff_grace,
+                        deadline,
                         to_epoch,
                         to,
                         abandon,

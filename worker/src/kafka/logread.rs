@@ -91,15 +91,6 @@ pub fn read_partition_with(
 
 /// Latest snapshot of every conversation in `partitions` of the snapshot topic.
 pub fn restore_snapshots(
-    cfg: &ClientConfig,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<String, ConversationSnapshot>, KafkaError> {
-    restore_snapshots_with(&reader(cfg)?, topic, partitions)
-}
-
-/// `restore_snapshots` with a consumer the caller already has.
-pub fn restore_snapshots_with(
     consumer: &BaseConsumer,
     topic: &str,
     partitions: &[i32],

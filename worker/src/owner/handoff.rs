@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::{OwnerLoop, Part, Run, State};
 use crate::held::Phase;
-use crate::kafka::{KafkaError, META_TIMEOUT, restore_snapshots_with};
+use crate::kafka::{KafkaError, META_TIMEOUT, restore_snapshots};
 use crate::store::Conversation;
 
 /// A finished acquire: what to restore and where to replay from.
@@ -66,7 +66,7 @@ impl OwnerLoop {
                         Some(Offset::Offset(o)) => o.max(low),
                         _ => low,
                     };
-                    let snapshots = restore_snapshots_with(&r, &t.conversations, &[p])?;
+                    let snapshots = restore_snapshots(&r, &t.conversations, &[p])?;
                     Ok::<_, KafkaError>((snapshots, start, r))
                 })
                 .await
