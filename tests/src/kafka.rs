@@ -134,3 +134,51 @@ pub async fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Topi
     })
     .await?
 }
+
+/// Writes one record to `topic` partition `partition` (a test playing a misbehaving worker);
+/// returns its offset.
+pub async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<i64> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.timeout.ms", "10000")
+        .create()?;
+    let record = FutureRecord::to(topic)
+        .partition(partition)
+        .key(key)
+        .payload(payload);
+    match producer.send(record, Duration::from_secs(10)).await {
+        Ok(d) => Ok(d.offset),
+        Err((e, _)) => Err(e.into()),
+    }
+}
+
+/// Offset and metadata committed by consumer group `group` for `topic` partition `partition`.
+pub async fn committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<Option<(i64, String)>> {
+    let (b, g, t) = (bootstrap.to_string(), group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", &g)
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&t, partition);
+        let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+        Ok(got.find_partition(&t, partition).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some((o, e.metadata().to_string())),
+            _ => None,
+        }))
+    })
+    .await?
+}

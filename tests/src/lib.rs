@@ -7,7 +7,7 @@ mod live;
 mod mesh;
 mod procs;
 
-pub use kafka::{TopicRecord, broker, end_offsets, read_topic};
+pub use kafka::{TopicRecord, broker, committed, end_offsets, produce, read_topic};
 pub use live::{LiveClient, connect_sse, connect_ws, connect_ws_query};
 pub use mesh::{BalancerProc, Load, MeshOptions, TestMesh, serial, verify_exactly_once, watch_all};
 pub use procs::{FakeLlm, Worker, WorkerSpec, bin, unique_prefix};

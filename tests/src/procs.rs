@@ -124,7 +124,8 @@ pub struct Worker {
     pub url: String,
     /// How it was started.
     pub spec: WorkerSpec,
-    log: PathBuf,
+    /// Its log file (stdout and stderr).
+    pub log: PathBuf,
 }
 
 impl Worker {

@@ -154,6 +154,14 @@ async fn a_paused_owner_wakes_as_a_zombie_and_is_fenced() -> anyhow::Result<()> 
     }
     println!("fences written: {fences}; zombie replies in the log, hidden from clients: {zombie}");
     assert!(fences >= 12, "every take-over fenced its partition");
+    // on waking, the zombie found its heartbeat lease lapsed and dropped every partition
+    // before writing a snapshot or commit
+    let zlog = std::fs::read_to_string(&mesh.workers[2].log)?;
+    assert!(
+        zlog.contains("heartbeat lease lapsed"),
+        "{}",
+        mesh.workers[2].log_tail()
+    );
     Ok(())
 }
 
@@ -299,6 +307,98 @@ async fn skewed_load_is_balanced_within_the_limits() -> anyhow::Result<()> {
     println!(
         "tables published: {}, partitions moved after the first: {balance_moves}, worker loads now: {loads:?}",
         tables.len()
+    );
+    Ok(())
+}
+
+/// A live stream opened on a worker that started after a partition's fence still hides a
+/// zombie's reply: the fan-out learns the fence from the owners' commit metadata and the log
+/// after the commit, not only from the tail it serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_stream_started_after_a_fence_hides_a_zombie_reply() -> anyhow::Result<()> {
+    use meshchat_crds::{AgentReply, ChatRecord, SCHEMA_VERSION, encode, partition_for};
+    let _serial = serial().await;
+    let opts = MeshOptions {
+        token_ms: 60,
+        ..MeshOptions::default()
+    };
+    let mut mesh = TestMesh::start("fanseed", opts).await?;
+    let conv = "seed-conv-0";
+    let p = partition_for(conv, 12);
+    let first = send(&mesh.workers[0].url, conv, "u", "hello").await?;
+    wait_reply(&mesh.workers[0].url, conv, &first, SETTLE).await?;
+    // the owner's commit passes the partition's fence and records its epoch
+    let messages = format!("{}chat.messages", mesh.prefix);
+    let log = read_topic(&mesh.bootstrap, &messages).await?;
+    let (fence_at, fence) = log
+        .iter()
+        .filter(|r| r.partition == p && r.value["type"] == "epochFence")
+        .map(|r| (r.offset, r.value["epoch"].as_u64().unwrap_or(0)))
+        .next_back()
+        .ok_or_else(|| anyhow::anyhow!("partition {p} has no fence"))?;
+    let group = format!("{}meshchat-owners", mesh.prefix);
+    let meta = wait_for("a commit past the fence", SETTLE, || async {
+        let (offset, meta) = committed(&mesh.bootstrap, &group, &messages, p).await.ok()??;
+        (offset > fence_at).then_some(meta)
+    })
+    .await?;
+    assert!(fence >= 1, "epochs start at 1");
+    assert_eq!(
+        meta,
+        format!("fence={fence}"),
+        "the commit carries the fence before it"
+    );
+    // a worker that starts now owns nothing (no balancer) and only serves live streams
+    mesh.balancer.kill().await?;
+    mesh.add_worker(3).await?;
+    let ws = connect_ws(&mesh.workers[3].url, conv).await?;
+    let second = send(&mesh.workers[3].url, conv, "u", "still there?").await?;
+    // a zombie of an older epoch answers first
+    let zombie = ChatRecord::AgentReply(AgentReply {
+        v: SCHEMA_VERSION,
+        id: "rep-zombie".into(),
+        conversation_id: conv.into(),
+        in_reply_to: second.clone(),
+        sender: "agent".into(),
+        content: "a reply from a worker declared dead".into(),
+        timestamp: time::OffsetDateTime::now_utc(),
+        node: "node-zombie".into(),
+        epoch: fence.saturating_sub(1),
+        error: None,
+        completion_tokens: 0,
+        attempt: 0,
+        chunks: 0,
+    });
+    let zombie_at = produce(&mesh.bootstrap, &messages, p, conv, &encode(&zombie)?).await?;
+    let real = wait_reply(&mesh.workers[3].url, conv, &second, SETTLE).await?;
+    assert_ne!(real["id"], "rep-zombie", "GET hides the zombie reply");
+    ws.wait("the live reply", SETTLE, |e| {
+        e["type"] == "reply" && e["message"]["inReplyTo"] == second.as_str()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let live: Vec<_> = ws
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "reply" && e["message"]["inReplyTo"] == second.as_str())
+        .map(|e| e["message"]["id"].clone())
+        .collect();
+    let log = read_topic(&mesh.bootstrap, &messages).await?;
+    let real_at = log
+        .iter()
+        .find(|r| r.partition == p && r.value["id"] == real["id"])
+        .map(|r| r.offset);
+    println!(
+        "fence {fence} at {fence_at}; zombie reply at {zombie_at}; real reply at {real_at:?}; live replies {live:?}"
+    );
+    assert!(
+        real_at.is_some_and(|o| o > zombie_at),
+        "the zombie's reply came first in the log"
+    );
+    assert_eq!(
+        live,
+        vec![real["id"].clone()],
+        "live clients see exactly the real reply"
     );
     Ok(())
 }

@@ -63,6 +63,8 @@ pub struct Answerer {
     pub abandon: CancellationToken,
     /// What this worker holds: answers are produced only while it holds the partition.
     pub held: Arc<Held>,
+    /// This worker's heartbeat lease.
+    pub lease: Arc<crate::lease::Lease>,
     /// Per-partition counters.
     pub stats: Arc<PartitionStats>,
 }
@@ -186,8 +188,12 @@ impl Answerer {
             attempt,
             chunks,
         });
-        // produce only while this worker still holds the partition at the job's epoch
-        if !self.held.holds_at(job.partition, job.epoch) || !self.write_reply(&job, &reply).await {
+        // produce only while this worker still holds the partition at the job's epoch, and
+        // its lease (it may have been declared dead while paused)
+        if !self.held.holds_at(job.partition, job.epoch)
+            || !self.lease.holds_now()
+            || !self.write_reply(&job, &reply).await
+        {
             return false;
         }
         self.stats.tokens(job.partition, u64::from(completion_tokens));

@@ -8,6 +8,9 @@ mod producer;
 pub use admin::{ensure_topics, partition_count};
 pub use logread::{read_conversation, read_partition, restore_snapshots};
 pub use pool::ReaderPool;
+
+#[cfg(test)]
+mod tests;
 pub use producer::Producer;
 
 use std::time::Duration;
@@ -51,6 +54,21 @@ pub fn client_config(bootstrap: &str, extra: &str) -> ClientConfig {
         }
     }
     cfg
+}
+
+/// Metadata an owner stores with its offset commit: the highest epoch fence in the log before
+/// the committed offset. A reader that starts at the commit (a take-over, a starting fan-out)
+/// then knows which replies after it are void without rereading the log before it.
+pub fn commit_metadata(fence: u64) -> String {
+    format!("fence={fence}")
+}
+
+/// The fence epoch stored by [`commit_metadata`] (0 for commits without one).
+pub fn fence_of_commit(metadata: &str) -> u64 {
+    metadata
+        .strip_prefix("fence=")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Timeout for metadata and watermark queries.

@@ -9,6 +9,7 @@ pub mod held;
 mod http;
 mod hub;
 pub mod kafka;
+pub mod lease;
 pub mod live;
 pub mod llm;
 pub mod load;

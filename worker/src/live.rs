@@ -4,5 +4,5 @@
 mod fanout;
 mod sequencer;
 
-pub use fanout::run_fanout;
+pub use fanout::{FanoutSource, run_fanout};
 pub use sequencer::Sequencer;

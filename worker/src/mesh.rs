@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::held::Held;
 use crate::kafka::{KafkaError, META_TIMEOUT, Producer};
+use crate::lease::Lease;
 use crate::load::{Ewma, Load};
 use crate::ownership::Ownership;
 use crate::store::Store;
@@ -269,6 +270,8 @@ pub struct Heartbeat {
     pub events_partitions: i32,
     /// Period.
     pub interval: Duration,
+    /// Renewed by every acknowledged heartbeat.
+    pub lease: Arc<Lease>,
 }
 
 // === impl Heartbeat ===
@@ -287,8 +290,18 @@ impl Heartbeat {
             let report = self.report(&mut last, secs);
             if let Ok(bytes) = encode(&MeshEvent::LoadReport(report)) {
                 let p = partition_for(&self.node_id, self.events_partitions);
-                self.producer
-                    .send_nowait(&self.topics.events, p, &self.node_id, &bytes);
+                let (producer, topic, key) = (
+                    self.producer.clone(),
+                    self.topics.events.clone(),
+                    self.node_id.clone(),
+                );
+                let (lease, sent) = (self.lease.clone(), Instant::now());
+                // the lease counts from when an acknowledged heartbeat was sent
+                tokio::spawn(async move {
+                    if producer.send(&topic, p, &key, &bytes).await.is_ok() {
+                        lease.renew(sent);
+                    }
+                });
             }
         }
     }

@@ -10,7 +10,7 @@ mod answering;
 mod handoff;
 mod snapshot;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use crate::answer::Answerer;
 use crate::context::Tokenizer;
 use crate::held::{Held, Phase};
 use crate::kafka::{KafkaError, Producer, ReaderPool};
+use crate::lease::Lease;
 use crate::mesh::{Mesh, PartitionStats};
 use crate::metrics::Metrics;
 use crate::ownership::{Ownership, OwnershipView};
@@ -77,6 +78,8 @@ pub struct OwnerLoop {
     pub stats: Arc<PartitionStats>,
     /// Set when every wanted partition is live.
     pub caught_up: Arc<AtomicBool>,
+    /// This worker's heartbeat lease: nothing is written for any partition while it lapsed.
+    pub lease: Arc<Lease>,
     /// This worker's id.
     pub node_id: String,
 }
@@ -125,6 +128,10 @@ struct Run {
     acquired_tx: mpsc::Sender<Result<Acquired, (i32, u64, KafkaError)>>,
     /// Connected clients for take-overs' reads.
     readers: Arc<ReaderPool>,
+    /// The lease lapsed: every partition was abandoned; no take-over starts until it holds.
+    suspended: bool,
+    /// Partitions abandoned by a lapse, taken over again (without awaiting a release) after it.
+    resume: BTreeSet<i32>,
 }
 
 // === impl OwnerLoop ===
@@ -169,6 +176,8 @@ impl OwnerLoop {
             tasks: JoinSet::new(),
             acquired_tx,
             readers,
+            suspended: false,
+            resume: BTreeSet::new(),
         };
         let mut wanted = self.ownership.subscribe();
         let view = wanted.borrow_and_update().clone();
@@ -219,14 +228,21 @@ impl OwnerLoop {
         consumer: &StreamConsumer,
     ) -> Result<(), KafkaError> {
         let now = Instant::now();
-        for (&p, &epoch) in &view.owned {
+        let owned = if run.suspended {
+            BTreeMap::new()
+        } else {
+            view.owned.clone()
+        };
+        for (&p, &epoch) in &owned {
             match run.parts.get_mut(&p) {
                 Some(part) if matches!(part.state, State::Releasing { .. }) => part.reacquire = true,
                 Some(part) => part.epoch = part.epoch.max(epoch),
                 None => {
                     let info = view.owners.get(&p);
-                    let wait = info
-                        .is_some_and(|i| !i.failover && i.from.as_deref().is_some_and(|f| f != self.node_id));
+                    let wait = !run.resume.contains(&p)
+                        && info.is_some_and(|i| {
+                            !i.failover && i.from.as_deref().is_some_and(|f| f != self.node_id)
+                        });
                     let part = Part {
                         epoch,
                         state: if wait {
@@ -296,6 +312,67 @@ impl OwnerLoop {
         Ok(())
     }
 
+    /// The lease lapsed: this worker may have been declared dead and its partitions fenced by
+    /// new owners. Abandon everything (answers cancelled; no snapshot, commit or release) and
+    /// take the partitions still ours over again once heartbeats get through.
+    fn suspend(&self, run: &mut Run, consumer: &StreamConsumer) -> Result<(), KafkaError> {
+        tracing::warn!(
+            partitions = run.parts.len(),
+            "heartbeat lease lapsed (paused or cut off from Kafka); abandoning every partition"
+        );
+        run.suspended = true;
+        let now = Instant::now();
+        for (&p, part) in run.parts.iter_mut() {
+            part.cancel.cancel();
+            match &mut part.state {
+                State::Releasing {
+                    abandon, deadline, ..
+                } => {
+                    *abandon = true;
+                    *deadline = now;
+                }
+                _ => {
+                    run.resume.insert(p);
+                    part.state = State::Releasing {
+                        deadline: now,
+                        to_epoch: part.epoch,
+                        to: String::new(),
+                        abandon: true,
+                    };
+                    self.held.set(p, part.epoch, Phase::Releasing);
+                }
+            }
+            part.reacquire = false;
+        }
+        self.assign(consumer, run)?;
+        self.update_caught_up(run);
+        Ok(())
+    }
+
+    /// A newer owner's fence was read in `p`: this worker is a zombie for `p`. Its answers are
+    /// void and its snapshots and commits must stop; drop the partition at once.
+    fn fenced_out(&self, p: i32, fence: u64, run: &mut Run) {
+        let Some(part) = run.parts.get_mut(&p) else { return };
+        if fence <= part.epoch || matches!(part.state, State::Releasing { abandon: true, .. }) {
+            return;
+        }
+        tracing::warn!(
+            partition = p,
+            epoch = part.epoch,
+            fence,
+            "fenced by a newer owner; abandoning the partition"
+        );
+        part.cancel.cancel();
+        part.reacquire = false;
+        part.state = State::Releasing {
+            deadline: Instant::now(),
+            to_epoch: fence,
+            to: String::new(),
+            abandon: true,
+        };
+        self.held.set(p, part.epoch, Phase::Releasing);
+    }
+
     /// Consumer positions of partitions being consumed.
     fn consuming(&self, run: &Run) -> BTreeMap<i32, i64> {
         run.parts
@@ -325,9 +402,18 @@ impl OwnerLoop {
         self.caught_up.store(all, Ordering::Relaxed);
     }
 
-    /// Timeouts: releases awaited, releases to finish.
+    /// Timeouts: releases awaited, releases to finish, the lease.
     async fn on_tick(&self, run: &mut Run, consumer: &StreamConsumer) -> Result<(), KafkaError> {
         let now = Instant::now();
+        let holds = self.lease.holds(now);
+        if !holds && !run.suspended {
+            self.suspend(run, consumer)?;
+        } else if holds && run.suspended && run.parts.is_empty() {
+            tracing::info!(partitions = ?run.resume, "heartbeats get through again; taking partitions over afresh");
+            run.suspended = false;
+            self.reconcile(&self.ownership.view(), run, consumer)?;
+            run.resume.clear();
+        }
         let mut to_acquire = Vec::new();
         let mut to_release = Vec::new();
         for (&p, part) in &run.parts {

@@ -16,6 +16,7 @@ use crate::context::Tokenizer;
 use crate::held::Held;
 use crate::hub::Hub;
 use crate::kafka::{self, Producer};
+use crate::lease::Lease;
 use crate::llm::{Llm, LlmSettings};
 use crate::load::Load;
 use crate::mesh::{Heartbeat, Mesh, PartitionStats};
@@ -47,6 +48,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(Ownership::fixed(&config.node_id, &url, &owned, &peers))
     };
     let held = Arc::new(Held::default());
+    // only a balancer declares workers dead; a static mesh's lease never lapses
+    let lease = Arc::new(if config.dynamic() {
+        Lease::for_heartbeats(
+            Duration::from_secs_f64(config.heartbeat_timeout_secs),
+            Duration::from_millis(config.heartbeat_ms),
+            Instant::now(),
+        )
+    } else {
+        Lease::new(None, Instant::now())
+    });
     let stats = Arc::new(PartitionStats::default());
     let mesh = Arc::new(Mesh::new(
         &config.agent,
@@ -82,6 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stop_new: CancellationToken::new(),
         abandon: CancellationToken::new(),
         held: held.clone(),
+        lease: lease.clone(),
         stats: stats.clone(),
     });
     let hub = Arc::new(Hub::default());
@@ -112,12 +124,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     }));
 
+    let owner_group = format!("{}meshchat-owners", config.topic_prefix);
     let owner = OwnerLoop {
         kafka: kafka.clone(),
         topics: topics.clone(),
         partitions,
         events_partitions,
-        group_id: format!("{}meshchat-owners", config.topic_prefix),
+        group_id: owner_group.clone(),
         ownership: ownership.clone(),
         held: held.clone(),
         mesh: mesh.clone(),
@@ -134,6 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         stats: stats.clone(),
         caught_up,
+        lease: lease.clone(),
         node_id: config.node_id.clone(),
     };
     let owner_stop = CancellationToken::new();
@@ -142,18 +156,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let owner = owner.clone();
         async move { owner.run(stop).await }
     }));
-    let (fk, ft, fnode) = (kafka.clone(), topics.clone(), config.node_id.clone());
+    let source = crate::live::FanoutSource {
+        kafka: kafka.clone(),
+        topics: topics.clone(),
+        partitions,
+        node_id: config.node_id.clone(),
+        owner_group,
+    };
     let live_ready = state.0.live_ready.clone();
     let fanout_task = tokio::spawn(supervise("live fan-out", shutdown.clone(), move |stop| {
-        crate::live::run_fanout(
-            fk.clone(),
-            ft.clone(),
-            partitions,
-            fnode.clone(),
-            hub.clone(),
-            live_ready.clone(),
-            stop,
-        )
+        crate::live::run_fanout(source.clone(), hub.clone(), live_ready.clone(), stop)
     }));
     let (mk, mt, mm, mo, dynamic) = (
         kafka.clone(),
@@ -179,6 +191,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         partitions,
         events_partitions,
         interval: Duration::from_millis(config.heartbeat_ms),
+        lease,
     };
     // heartbeats go on while draining, so the balancer sees `draining` and moves partitions away
     let heartbeat_stop = CancellationToken::new();

@@ -263,6 +263,13 @@ impl Store {
         self.fences.get(&partition).copied().unwrap_or(0)
     }
 
+    /// Starts `partition` knowing `epoch` was fenced before where reading begins (from the
+    /// commit's metadata): a replay from there drops that fence's older replies too.
+    pub fn seed_fence(&mut self, partition: i32, epoch: u64) {
+        let e = self.fences.entry(partition).or_default();
+        *e = (*e).max(epoch);
+    }
+
     /// Forgets a partition's fence (it is released; a later owner reads fences again).
     pub fn forget_fence(&mut self, partition: i32) {
         self.fences.remove(&partition);

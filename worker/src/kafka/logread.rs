@@ -100,14 +100,23 @@ pub fn restore_snapshots(
         read_partition_with(consumer, topic, p, 0, |raw| {
             let Some(payload) = raw.payload else { return };
             match decode::<ConversationSnapshot>(&payload) {
-                Ok(s) => {
-                    latest.insert(s.conversation_id.clone(), s);
-                }
+                Ok(s) => keep_newest(&mut latest, s),
                 Err(e) => tracing::warn!(offset = raw.offset, error = %e, "skipping unreadable snapshot"),
             }
         })?;
     }
     Ok(latest)
+}
+
+/// Keeps the snapshot that covers more of the log. Usually the later one in the topic; but a
+/// paused old owner may write a snapshot after the new owner's, of an older state.
+fn keep_newest(latest: &mut HashMap<String, ConversationSnapshot>, s: ConversationSnapshot) {
+    match latest.get(&s.conversation_id) {
+        Some(have) if have.last_offset > s.last_offset => {}
+        _ => {
+            latest.insert(s.conversation_id.clone(), s);
+        }
+    }
 }
 
 /// One conversation rebuilt from its latest snapshot and the log after it; `None` when the
@@ -126,6 +135,9 @@ pub fn read_conversation(
         if raw.key.as_deref() == Some(id.as_bytes())
             && let Some(payload) = raw.payload
             && let Ok(s) = decode::<ConversationSnapshot>(&payload)
+            && snapshot
+                .as_ref()
+                .is_none_or(|have: &ConversationSnapshot| s.last_offset >= have.last_offset)
         {
             snapshot = Some(s);
         }

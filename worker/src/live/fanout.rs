@@ -1,32 +1,56 @@
-//! The fan-out consumer: no consumer group membership, no commits — it starts at the tail.
+//! The fan-out consumer: no consumer group membership, no commits — it serves from the tail.
+//!
+//! It must know every partition's latest epoch fence before it serves anything, or a zombie's
+//! reply written after a fence it never read would reach live clients. So it reads
+//! `chat.messages` from the owners' committed offsets (whose metadata carries the highest fence
+//! before them) up to the tail silently, learning fences only, then serves from the tail.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshchat_crds::{ChatRecord, FENCE_KEY, PresenceEvent, ReplyChunk, Topics, decode};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::Sequencer;
 use crate::hub::Hub;
-use crate::kafka::{KafkaError, META_TIMEOUT};
+use crate::kafka::{KafkaError, META_TIMEOUT, fence_of_commit};
 use crate::view::LiveEvent;
 
 /// How long a final reply waits for chunks that have not arrived.
 const HOLD: Duration = Duration::from_millis(500);
 
+/// Where the fan-out reads.
+#[derive(Clone)]
+pub struct FanoutSource {
+    /// Kafka client settings.
+    pub kafka: ClientConfig,
+    /// Topic names.
+    pub topics: Topics,
+    /// Partitions of chat.messages.
+    pub partitions: i32,
+    /// This worker (names the fan-out's client group).
+    pub node_id: String,
+    /// The owners' consumer group (its commits carry the fences before them).
+    pub owner_group: String,
+}
+
 /// Runs the fan-out until `shutdown`.
 pub async fn run_fanout(
-    kafka: ClientConfig,
-    topics: Topics,
-    partitions: i32,
-    node_id: String,
+    source: FanoutSource,
     hub: Arc<Hub>,
     ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
+    let FanoutSource {
+        kafka,
+        topics,
+        partitions,
+        node_id,
+        owner_group,
+    } = source;
     let consumer: StreamConsumer = kafka
         .clone()
         .set("group.id", format!("meshchat-fanout-{node_id}"))
@@ -34,27 +58,45 @@ pub async fn run_fanout(
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    // Start exactly at the high watermarks (not `Offset::End`, which librdkafka resolves
+    // Serve exactly from the high watermarks (not `Offset::End`, which librdkafka resolves
     // lazily and may miss records of topics created moments ago), so `position` is exact.
     let mut tpl = TopicPartitionList::new();
     let mut position: HashMap<i32, i64> = HashMap::new();
+    // highest epoch fence read per partition: older replies and chunks are a zombie's
+    let mut fences: HashMap<i32, u64> = HashMap::new();
+    let commits: BaseConsumer = kafka.clone().set("group.id", &owner_group).create()?;
     tokio::task::block_in_place(|| -> Result<(), KafkaError> {
+        // commits first: a commit read now lies before the high watermarks read next
+        let mut owned = TopicPartitionList::new();
+        for p in 0..partitions {
+            owned.add_partition(&topics.messages, p);
+        }
+        let committed = commits.committed_offsets(owned, META_TIMEOUT)?;
         for p in 0..partitions {
             for topic in [&topics.messages, &topics.stream, &topics.users] {
-                let (_, high) = consumer.fetch_watermarks(topic, p, META_TIMEOUT)?;
-                if topic == &topics.messages {
-                    position.insert(p, high);
+                let (low, high) = consumer.fetch_watermarks(topic, p, META_TIMEOUT)?;
+                if topic != &topics.messages {
+                    tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+                    continue;
                 }
-                tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+                position.insert(p, high);
+                let commit = committed.find_partition(topic, p).and_then(|e| match e.offset() {
+                    Offset::Offset(o) if o >= low => Some((o.min(high), fence_of_commit(e.metadata()))),
+                    _ => None,
+                });
+                let (from, fence) = commit.unwrap_or((low, 0));
+                fences.insert(p, fence);
+                tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
             }
         }
         Ok(())
     })?;
+    drop(commits);
     consumer.assign(&tpl)?;
+    // records of chat.messages below these offsets were written before we started: fences only
+    let silent_until = position.clone();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut sequencers: HashMap<String, Sequencer> = HashMap::new();
-    // highest epoch fence read per partition: older replies and chunks are a zombie's
-    let mut fences: HashMap<i32, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut prune = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -80,7 +122,8 @@ pub async fn run_fanout(
                 };
                 let p = m.partition();
                 let topic = m.topic();
-                if topic == topics.messages {
+                let silent = topic == topics.messages && silent_until.get(&p).is_some_and(|h| m.offset() < *h);
+                if topic == topics.messages && !silent {
                     position.insert(p, m.offset() + 1);
                 }
                 let Some(conv) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
@@ -92,7 +135,7 @@ pub async fn run_fanout(
                     *e = (*e).max(f.epoch);
                     continue;
                 }
-                if !hub.watched(conv) {
+                if silent || !hub.watched(conv) {
                     continue;
                 }
                 let fence = fences.get(&p).copied().unwrap_or(0);

@@ -78,7 +78,12 @@ impl OwnerLoop {
             Applied::Fenced => {
                 tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a fenced (zombie) reply");
             }
-            Applied::Reply | Applied::Stale | Applied::Fence => {}
+            Applied::Fence => {
+                let fence = self.store.read().unwrap_or_else(|p| p.into_inner()).fence(p);
+                self.fenced_out(p, fence, run);
+                return;
+            }
+            Applied::Reply | Applied::Stale => {}
         }
         if live && !conv_id.is_empty() {
             self.maybe_answer(p, &conv_id, run);

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::{OwnerLoop, Part, Run, State};
 use crate::held::Phase;
-use crate::kafka::{KafkaError, META_TIMEOUT, restore_snapshots};
+use crate::kafka::{KafkaError, META_TIMEOUT, fence_of_commit, restore_snapshots};
 use crate::store::Conversation;
 
 /// A finished acquire: what to restore and where to replay from.
@@ -21,6 +21,8 @@ pub struct Acquired {
     epoch: u64,
     snapshots: Vec<ConversationSnapshot>,
     start: i64,
+    /// Highest fence before `start`, from the commit's metadata.
+    fence: u64,
     target: i64,
     /// Milliseconds spent reading the commit and snapshots, and writing the fence.
     reads_ms: u64,
@@ -56,18 +58,21 @@ impl OwnerLoop {
                 let began = Instant::now();
                 let t = topics.clone();
                 let pool = readers.clone();
-                let (snapshots, start, r) = tokio::task::spawn_blocking(move || {
+                let (snapshots, start, fence_before, r) = tokio::task::spawn_blocking(move || {
                     let r = pool.take()?;
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&t.messages, p);
                     let committed = r.committed_offsets(tpl, META_TIMEOUT)?;
                     let (low, _) = r.fetch_watermarks(&t.messages, p, META_TIMEOUT)?;
-                    let start = match committed.find_partition(&t.messages, p).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => o.max(low),
-                        _ => low,
-                    };
+                    let commit = committed
+                        .find_partition(&t.messages, p)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) if o >= low => Some((o, fence_of_commit(e.metadata()))),
+                            _ => None,
+                        });
+                    let (start, fence_before) = commit.unwrap_or((low, 0));
                     let snapshots = restore_snapshots(&r, &t.conversations, &[p])?;
-                    Ok::<_, KafkaError>((snapshots, start, r))
+                    Ok::<_, KafkaError>((snapshots, start, fence_before, r))
                 })
                 .await
                 .map_err(|_| KafkaError::Timeout { what: "acquire" })??;
@@ -90,6 +95,7 @@ impl OwnerLoop {
                     epoch,
                     snapshots: snapshots.into_values().collect(),
                     start,
+                    fence: fence_before,
                     target: high,
                     reads_ms,
                     fence_ms,
@@ -132,6 +138,7 @@ impl OwnerLoop {
         }
         {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+            store.seed_fence(a.partition, a.fence);
             for s in a.snapshots {
                 store.restore(Conversation::from_snapshot(s, |t| self.tokenizer.count(t)));
             }
@@ -213,7 +220,7 @@ impl OwnerLoop {
             return Ok(());
         };
         cancel.cancel();
-        let position = position.filter(|_| !abandon);
+        let position = position.filter(|_| !abandon && self.lease.holds_now());
         if let Some(pos) = position {
             let mut positions = std::collections::BTreeMap::new();
             positions.insert(p, pos);

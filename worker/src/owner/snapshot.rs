@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{OwnerLoop, Run};
-use crate::kafka::KafkaError;
+use crate::kafka::{KafkaError, commit_metadata};
 use crate::metrics::PartitionLabel;
 
 // === impl OwnerLoop ===
@@ -28,17 +28,24 @@ impl OwnerLoop {
         if positions.is_empty() {
             return Ok(());
         }
+        if !self.lease.holds_now() {
+            // maybe declared dead: a commit now could land after a new owner's fence
+            tracing::warn!("heartbeat lease lapsed; skipping this snapshot round");
+            return Ok(());
+        }
         let epoch_of = |p: i32| self.held.get(p).map_or(0, |(e, _)| e);
-        let snapshots: Vec<_> = {
+        let (snapshots, fences): (Vec<_>, BTreeMap<i32, u64>) = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            store
+            let fences = positions.keys().map(|p| (*p, store.fence(*p))).collect();
+            let snapshots = store
                 .iter_mut()
                 .filter(|c| c.dirty && positions.contains_key(&partition_for(&c.id, self.partitions)))
                 .map(|c| {
                     c.dirty = false;
                     c.to_snapshot(epoch_of(partition_for(&c.id, self.partitions)))
                 })
-                .collect()
+                .collect();
+            (snapshots, fences)
         };
         let sends = snapshots.iter().map(|s| async {
             let bytes = encode(s)?;
@@ -59,7 +66,9 @@ impl OwnerLoop {
         }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in positions {
-            tpl.add_partition_offset(&self.topics.messages, *p, Offset::Offset(*o))?;
+            let mut e = tpl.add_partition(&self.topics.messages, *p);
+            e.set_offset(Offset::Offset(*o))?;
+            e.set_metadata(commit_metadata(fences.get(p).copied().unwrap_or(0)));
         }
         match mode {
             CommitMode::Sync => tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?,
