@@ -1,14 +1,17 @@
 //! The `ChatAgent` custom resource: one mesh of chat workers and its balancer.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Desired state of a MeshChat mesh.
 // several `printcolumn(type_ = ...)` entries look like duplicates to clippy
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "meshchat.io",
     version = "v1alpha1",
@@ -39,9 +42,36 @@ pub struct ChatAgentSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
-    /// Worker container image.
+    /// Worker container image (default: the operator's own version of the worker image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+    /// When the kubelet pulls the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// CPU and memory of each worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the worker pods must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the worker pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Scheduling affinity of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra environment variables of the worker container (`MESHCHAT_*` override settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    /// Extra annotations on the worker pods (e.g. for a metrics scraper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// Seconds a stopping worker gets to hand its partitions away (default: enough for the
+    /// drain timeout plus the handoff grace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub termination_grace_period_seconds: Option<i64>,
     /// Name the agent replies under.
     #[serde(default = "default_agent_name")]
     pub agent_name: String,
@@ -53,27 +83,120 @@ pub struct ChatAgentSpec {
     pub llm: LlmSpec,
     /// Balancer policy.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self.lowWatermark < self.highWatermark").message("lowWatermark must be below highWatermark"))]
     pub rebalance: RebalanceSpec,
     /// Load-driven replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
     pub autoscaling: Option<AutoscalingSpec>,
 }
 
+/// When the kubelet pulls the worker image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Every start.
+    Always,
+    /// Only when missing on the node.
+    IfNotPresent,
+    /// Never (the image must be on the node).
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
 /// Kafka settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
     /// Comma-separated `host:port` list.
     #[serde(default = "default_bootstrap")]
+    #[schemars(regex(pattern = r"^[^,\s]+:[0-9]{1,5}(,[^,\s]+:[0-9]{1,5})*$"))]
     pub bootstrap_servers: String,
     /// Prefix for every topic name (e.g. `team-a.`).
     #[serde(default)]
     #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{0,64}$"))]
     pub topic_prefix: String,
-    /// Partitions of `chat.messages` (and of `chat.conversations`, `chat.stream`).
+    /// Partitions of `chat.messages` (and of `chat.conversations`, `chat.stream`). Kafka
+    /// cannot remove partitions, and conversations are placed by partition: it can only grow.
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("partitions cannot shrink (Kafka cannot remove partitions)"))]
     pub partitions: i32,
+    /// SASL authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslSpec>,
+    /// TLS to the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// SASL authentication to Kafka.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SaslSpec {
+    /// Mechanism.
+    pub mechanism: SaslMechanism,
+    /// Secret with the username and password.
+    pub credentials_secret_ref: CredentialsSecretRef,
+}
+
+/// SASL mechanisms librdkafka supports with a username and password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SaslMechanism {
+    /// Plain text (use with TLS).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// librdkafka's `sasl.mechanism` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A Secret holding a username and a password.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Secret name (same namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the username.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key of the password.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+/// TLS to Kafka.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Secret key holding the CA bundle (PEM) that signed the brokers' certificates; the
+    /// system trust store when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// LLM settings.
@@ -173,6 +296,10 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_target_load")]
     #[schemars(range(min = 0.05, max = 1.0))]
     pub target_load: f64,
+    /// Seconds the load must stay low before replicas go down (scale-ups are immediate).
+    #[serde(default = "default_scale_down_window")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: u32,
 }
 
 /// Observed state of a mesh.
@@ -268,6 +395,15 @@ fn default_max_replicas() -> i32 {
 fn default_target_load() -> f64 {
     0.6
 }
+fn default_scale_down_window() -> u32 {
+    300
+}
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
 
 impl Default for KafkaSpec {
     fn default() -> Self {
@@ -275,6 +411,8 @@ impl Default for KafkaSpec {
             bootstrap_servers: default_bootstrap(),
             topic_prefix: String::new(),
             partitions: default_partitions(),
+            sasl: None,
+            tls: None,
         }
     }
 }

@@ -7,8 +7,8 @@ mod records;
 mod topics;
 
 pub use chatagent::{
-    AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, KafkaSpec, LlmSpec, RebalanceSpec,
-    SecretKeyRef, WorkerLoadStatus,
+    AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, CredentialsSecretRef, ImagePullPolicy,
+    KafkaSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec, SecretKeyRef, TlsSpec, WorkerLoadStatus,
 };
 pub use partition::{murmur2, partition_for};
 pub use records::{

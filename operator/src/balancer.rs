@@ -3,7 +3,7 @@
 
 mod kafka;
 
-pub use kafka::{LocalOptions, run_local};
+pub use kafka::{BalancerSettings, LocalOptions, Report, policy_of, run, run_local, shutdown_signal};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +14,7 @@ use meshchat_crds::{
 use crate::planner::{self, Input, Move, Owner, Policy, Reason, Worker};
 
 /// Balancer timing, from the ChatAgent's `rebalance` spec.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timing {
     /// Milliseconds between periodic rounds.
     pub interval_ms: u64,
@@ -52,6 +52,43 @@ pub struct Balancer {
     smoothed: BTreeMap<i32, Smoothed>,
     /// Partition moves made since start.
     pub migrations: u64,
+    last_published_ms: Option<u64>,
+}
+
+/// What the balancer knows of one worker, for status and dashboards.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerSummary {
+    /// Worker id (pod name).
+    pub id: String,
+    /// Partitions the published table gives it.
+    pub partitions: Vec<i32>,
+    /// Its last reported load factor.
+    pub load: f64,
+    /// Heard from within the heartbeat timeout.
+    pub alive: bool,
+    /// Reported draining.
+    pub draining: bool,
+}
+
+/// The balancer's state for a ChatAgent's status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Generation of the latest table.
+    pub generation: u64,
+    /// Workers heard from or owning partitions.
+    pub workers: Vec<WorkerSummary>,
+    /// Partition moves since the balancer started.
+    pub migrations: u64,
+    /// When it last published a table (unix ms).
+    pub last_rebalance_ms: Option<u64>,
+}
+
+impl Summary {
+    /// Mean load factor over live workers.
+    pub fn mean_load(&self) -> Option<f64> {
+        let live: Vec<f64> = self.workers.iter().filter(|w| w.alive).map(|w| w.load).collect();
+        (!live.is_empty()).then(|| live.iter().sum::<f64>() / live.len() as f64)
+    }
 }
 
 /// A table to publish and why.
@@ -93,12 +130,52 @@ impl Balancer {
             membership: BTreeSet::new(),
             smoothed: BTreeMap::new(),
             migrations: 0,
+            last_published_ms: None,
         }
     }
 
     /// The latest table.
     pub fn table(&self) -> &AssignmentTable {
         &self.table
+    }
+
+    /// What status shows.
+    pub fn summary(&self, now_ms: u64) -> Summary {
+        let mut workers: BTreeMap<String, WorkerSummary> = self
+            .workers
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    WorkerSummary {
+                        id: id.clone(),
+                        partitions: Vec::new(),
+                        load: s.report.load_factor,
+                        alive: self.alive(id, now_ms),
+                        draining: s.report.draining,
+                    },
+                )
+            })
+            .collect();
+        for a in &self.table.partitions {
+            workers
+                .entry(a.owner.clone())
+                .or_insert_with(|| WorkerSummary {
+                    id: a.owner.clone(),
+                    partitions: Vec::new(),
+                    load: 0.0,
+                    alive: false,
+                    draining: false,
+                })
+                .partitions
+                .push(a.partition);
+        }
+        Summary {
+            generation: self.table.generation,
+            workers: workers.into_values().collect(),
+            migrations: self.migrations,
+            last_rebalance_ms: self.last_published_ms,
+        }
     }
 
     /// A worker's heartbeat.
@@ -316,6 +393,7 @@ impl Balancer {
             self.last_moved.insert(m.partition, now_ms);
         }
         self.migrations += moves.len() as u64;
+        self.last_published_ms = Some(now_ms);
         self.table = AssignmentTable {
             v: SCHEMA_VERSION,
             agent: self.agent.clone(),

@@ -1,10 +1,18 @@
-//! MeshChat operator: reconciles `ChatAgent` resources and balances conversation partitions
-//! across workers. This build holds the manifest tooling; the controller and the balancer
-//! are built on top of it.
+//! MeshChat operator: reconciles `ChatAgent` resources (children, status, /scale, autoscaling)
+//! and balances conversation partitions across workers. `meshchat-operator run` runs it on
+//! Kubernetes with leader election; `meshchat-operator local -f` runs one balancer without it.
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod balancer;
+pub mod balancers;
+pub mod children;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod planner;
+pub mod serve;
+pub mod status;
 
 use meshchat_crds::ChatAgent;
 

@@ -22,6 +22,28 @@ enum Command {
         #[arg(short = 'f', long)]
         file: String,
     },
+    /// Run the operator on Kubernetes (in a pod, or with KUBECONFIG): reconcile ChatAgents and
+    /// balance their workers; replicas elect a leader through a Lease.
+    Run {
+        /// Metrics and probes address.
+        #[arg(long, env = "MESHCHAT_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Identity in the leader Lease (default: the pod name, else host name and process id).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Namespace of the leader Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "meshchat-operator")]
+        lease_name: String,
+        /// Seconds the Lease holds without renewal.
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
+        /// Worker image for ChatAgents that name none.
+        #[arg(long, env = "MESHCHAT_WORKER_IMAGE")]
+        worker_image: Option<String>,
+    },
     /// Run the balancer for one ChatAgent against Kafka, without Kubernetes.
     Local {
         /// The ChatAgent manifest a user would `kubectl apply`.
@@ -43,6 +65,63 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Run {
+            listen,
+            identity,
+            lease_namespace,
+            lease_name,
+            lease_seconds,
+            worker_image,
+        } => {
+            let identity = identity.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+            let mut settings = meshchat_operator::children::Settings::default();
+            if let Some(image) = worker_image {
+                settings.default_image = image;
+            }
+            let lease = std::time::Duration::from_secs(lease_seconds.max(3));
+            let opts = meshchat_operator::serve::Options {
+                listen,
+                identity,
+                lease_namespace,
+                lease_name,
+                settings,
+                timing: meshchat_operator::leader::Timing {
+                    lease,
+                    renew_deadline: lease * 2 / 3,
+                    retry: (lease / 7).max(std::time::Duration::from_millis(500)),
+                },
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("meshchat-operator: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("no Kubernetes API (in-cluster or KUBECONFIG): {e}"))?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    meshchat_operator::balancer::shutdown_signal().await;
+                    tracing::info!("stopping: handing the lease over");
+                    on_signal.cancel();
+                });
+                meshchat_operator::serve::run(client, opts, stop).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshchat-operator: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Local { file, bootstrap } => {
             let agent = match std::fs::read_to_string(&file)
                 .map_err(|e| e.to_string())

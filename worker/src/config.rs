@@ -43,6 +43,12 @@ pub struct Config {
     /// Extra librdkafka settings, `key=value` comma-separated (e.g. security.protocol=SASL_SSL).
     #[arg(long, env = "MESHCHAT_KAFKA_PROPERTIES", default_value = "")]
     pub kafka_properties: String,
+    /// SASL username (the mechanism and `security.protocol` go in kafka-properties).
+    #[arg(long, env = "MESHCHAT_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// SASL password.
+    #[arg(long, env = "MESHCHAT_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
 
     /// Partitions this worker owns: `all`, or a list like `0-7,12`.
     #[arg(long, env = "MESHCHAT_OWNED_PARTITIONS", default_value = "all")]

@@ -32,6 +32,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/mesh", get(agent::mesh))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/drain", get(health::drain).post(health::drain))
         .route("/metrics", get(health::metrics))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,

@@ -5,6 +5,7 @@
 mod answer;
 pub mod config;
 pub mod context;
+pub mod drain;
 pub mod held;
 mod http;
 mod hub;

@@ -29,7 +29,14 @@ use crate::store::Store;
 /// Runs the worker to completion.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(&config.topic_prefix);
-    let kafka = kafka::client_config(&config.kafka_bootstrap, &config.kafka_properties);
+    let mut kafka = kafka::client_config(&config.kafka_bootstrap, &config.kafka_properties);
+    // credentials come from the environment (a Secret), never from the config file
+    if let Some(u) = &config.kafka_sasl_username {
+        kafka.set("sasl.username", u);
+    }
+    if let Some(p) = &config.kafka_sasl_password {
+        kafka.set("sasl.password", p);
+    }
     let partitions = ensure_topics_with_retry(&kafka, &topics, &config).await?;
     if partitions != config.partitions {
         tracing::warn!(
@@ -214,40 +221,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(node = %config.node_id, %url, partitions, ownership = %config.ownership, "serving");
-    let draining = state.0.draining.clone();
     let stop = shutdown.clone();
-    let (drain_held, drain_wait) = (held.clone(), Duration::from_secs_f64(config.drain_timeout_secs));
-    let dynamic = config.dynamic();
-    let (drain_mesh, drain_me) = (mesh.clone(), config.node_id.clone());
-    let drain_heartbeat = Duration::from_millis(config.heartbeat_ms * 2);
+    let shared = state.0.clone();
     let server = axum::serve(listener, crate::app(state)).with_graceful_shutdown(async move {
         signal().await;
         tracing::info!("shutdown requested: draining");
-        draining.store(true, Ordering::Relaxed);
-        if dynamic {
-            // the balancer sees `draining` in the next heartbeat and moves every partition away
-            let moved = tokio::time::timeout(drain_wait, async {
-                // give peers a heartbeat to report whether they are draining too
-                tokio::time::sleep(drain_heartbeat).await;
-                while !drain_held.snapshot().is_empty() {
-                    // when every peer is draining too (the whole mesh is stopping), nobody can
-                    // take the partitions: stop waiting
-                    let takers = drain_mesh.reports().iter().any(|(r, age)| {
-                        r.worker_id != drain_me && !r.draining && *age <= drain_mesh.heartbeat_timeout
-                    });
-                    if !takers {
-                        tracing::info!("no peer can take the partitions; stopping with them");
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-            .await;
-            match moved {
-                Ok(()) => tracing::info!("all partitions handed over"),
-                Err(_) => tracing::warn!("drain timeout: stopping with partitions still held"),
-            }
-        }
+        // the balancer sees `draining` in the next heartbeat and moves every partition away
+        crate::drain::drain(&shared).await;
         stop.cancel();
     });
     let server_result = server.await;

@@ -14,7 +14,10 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
-use super::{Balancer, Outcome, Timing};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Balancer, Outcome, Summary, Timing};
 use crate::planner::Policy;
 
 /// How `meshchat-operator local` runs.
@@ -113,33 +116,108 @@ fn recent_offsets(
     Ok(tpl)
 }
 
-/// Runs the balancer for one ChatAgent until Ctrl-C or SIGTERM.
+/// Everything one balancer needs (from a ChatAgent, plus how to reach Kafka).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BalancerSettings {
+    /// Key of the assignment table (`name` locally, `namespace/name` on Kubernetes).
+    pub agent: String,
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Extra librdkafka settings (SASL, TLS).
+    pub client: Vec<(String, String)>,
+    /// Topic names.
+    pub topics: Topics,
+    /// Placement policy.
+    pub policy: Policy,
+    /// Round interval and heartbeat timeout.
+    pub timing: Timing,
+}
+
+/// Runs the balancer for `name` from a manifest, without Kubernetes, until SIGINT/SIGTERM.
 pub async fn run_local(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<()> {
     let name = agent
         .metadata
         .name
         .clone()
         .context("the ChatAgent has no metadata.name")?;
-    let bootstrap = opts
-        .bootstrap
-        .unwrap_or_else(|| agent.spec.kafka.bootstrap_servers.clone());
-    let topics = Topics::with_prefix(&agent.spec.kafka.topic_prefix);
     let (policy, timing) = policy_of(&agent);
+    let settings = BalancerSettings {
+        agent: name,
+        bootstrap: opts
+            .bootstrap
+            .unwrap_or_else(|| agent.spec.kafka.bootstrap_servers.clone()),
+        client: Vec::new(),
+        topics: Topics::with_prefix(&agent.spec.kafka.topic_prefix),
+        policy,
+        timing,
+    };
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let (tx, _rx) = watch::channel(Report::default());
+    run(settings, stop, tx).await
+}
+
+/// What a running balancer tells its host (the operator's status).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    /// Kafka answered the last metadata request.
+    pub kafka_reachable: Option<bool>,
+    /// The workers have not created the topics yet.
+    pub waiting_for_topics: bool,
+    /// The balancer's state.
+    pub summary: Summary,
+}
+
+/// Runs one balancer until `stop`: reads heartbeats and migrate requests, publishes tables,
+/// and reports its state on `report` (about once a second).
+pub async fn run(
+    settings: BalancerSettings,
+    stop: CancellationToken,
+    report: watch::Sender<Report>,
+) -> anyhow::Result<()> {
+    let BalancerSettings {
+        agent: name,
+        bootstrap,
+        client,
+        topics,
+        policy,
+        timing,
+    } = settings;
     let mut base = ClientConfig::new();
     base.set("bootstrap.servers", &bootstrap)
         .set("client.id", "meshchat-balancer");
+    for (k, v) in &client {
+        base.set(k, v);
+    }
     let meta: BaseConsumer = base.clone().set("group.id", "meshchat-balancer-meta").create()?;
     // the workers create the topics; wait for them
     let (partitions, events) = loop {
-        match (
-            partitions_of(&meta, &topics.messages),
-            partitions_of(&meta, &topics.events),
-            partitions_of(&meta, &topics.assignments),
-        ) {
+        let found = tokio::task::block_in_place(|| {
+            (
+                partitions_of(&meta, &topics.messages),
+                partitions_of(&meta, &topics.events),
+                partitions_of(&meta, &topics.assignments),
+            )
+        });
+        match found {
             (Ok(p), Ok(e), Ok(_)) => break (p, e),
-            _ => {
-                tracing::info!(%bootstrap, "waiting for the workers to create the topics");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            (m, _, _) => {
+                // a client error means no broker answered; otherwise a topic is missing
+                let reachable =
+                    !matches!(&m, Err(e) if e.downcast_ref::<rdkafka::error::KafkaError>().is_some());
+                report.send_modify(|r| {
+                    r.kafka_reachable = Some(reachable);
+                    r.waiting_for_topics = true;
+                });
+                tracing::info!(%bootstrap, agent = %name, "waiting for the workers to create the topics");
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     };
@@ -164,13 +242,21 @@ pub async fn run_local(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<(
     tracing::info!(agent = %name, partitions, generation = table.as_ref().map_or(0, |t| t.generation), "balancer starting");
     let mut balancer = Balancer::new(&name, partitions, policy, timing, table, now_ms());
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            () = &mut stop => {
-                tracing::info!("balancer stopping; workers keep the last table");
+            () = stop.cancelled() => {
+                tracing::info!(agent = %name, "balancer stopping; workers keep the last table");
                 return Ok(());
+            }
+            _ = status_tick.tick() => {
+                let reachable = tokio::task::block_in_place(|| partitions_of(&meta, &topics.assignments).is_ok());
+                let summary = balancer.summary(now_ms());
+                report.send_modify(|r| {
+                    r.kafka_reachable = Some(reachable);
+                    r.waiting_for_topics = false;
+                    r.summary = summary;
+                });
             }
             _ = tick.tick() => {
                 if let Some(out) = balancer.tick(now_ms()) {
@@ -247,7 +333,8 @@ async fn publish(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

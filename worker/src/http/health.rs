@@ -32,6 +32,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(json!({"ready": s.ready(), "checks": checks})))
 }
 
+/// `GET|POST /drain`: the kubelet's preStop hook (which can only GET). Starts draining and
+/// answers once every partition is handed over, or the drain timeout passed; SIGTERM then finds
+/// nothing left to move.
+pub async fn drain(State(state): State<AppState>) -> impl IntoResponse {
+    let outcome = crate::drain::drain(&state.0).await;
+    let held = state.0.held.snapshot().len();
+    Json(json!({"drained": outcome.as_str(), "partitionsHeld": held}))
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = String::new();

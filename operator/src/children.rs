@@ -1,0 +1,492 @@
+//! What a ChatAgent owns, as pure functions of the resource: a StatefulSet of workers (stable
+//! pod names are stable worker ids, so a restarted pod takes its own partitions back), a
+//! headless Service for peer addresses, a client Service, a ConfigMap with the rendered worker
+//! configuration, a PodDisruptionBudget and a ServiceAccount. The controller applies them with
+//! server-side apply; nothing here talks to the API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use meshchat_crds::{ChatAgent, murmur2};
+
+/// Settings of the operator that shape children (not part of any ChatAgent).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Worker image when a ChatAgent names none.
+    pub default_image: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_image: format!("ghcr.io/meshchat/worker:{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// The one field manager of every object the operator applies.
+pub const MANAGER: &str = "meshchat-operator";
+/// Port workers serve HTTP on.
+pub const HTTP_PORT: i32 = 8080;
+/// Where the rendered worker configuration is mounted.
+const CONFIG_DIR: &str = "/etc/meshchat";
+/// Where the Kafka CA bundle is mounted.
+const KAFKA_CA_DIR: &str = "/etc/meshchat/kafka-ca";
+/// Pod template annotation that changes with the configuration, so pods roll when it does.
+pub const CONFIG_HASH: &str = "meshchat.io/config-hash";
+/// Seconds the worker waits for its partitions to move away on SIGTERM.
+const DRAIN_TIMEOUT_SECS: i64 = 20;
+/// In-flight answers' grace once drained, plus slack for the final commit.
+const SHUTDOWN_SLACK_SECS: i64 = 15;
+
+/// A child could not be built from the spec.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// The ChatAgent has no name or namespace (not read from the API server).
+    #[error("ChatAgent has no {0}")]
+    Missing(&'static str),
+    /// The rendered configuration could not be written.
+    #[error("rendering the worker configuration: {0}")]
+    Render(String),
+}
+
+/// Every child of one ChatAgent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    /// Workers.
+    pub stateful_set: StatefulSet,
+    /// Headless Service giving each worker a stable DNS name.
+    pub peers: Service,
+    /// Client Service over the ready workers.
+    pub service: Service,
+    /// Rendered worker configuration.
+    pub config: ConfigMap,
+    /// At most one worker down at a time from voluntary disruptions.
+    pub pdb: PodDisruptionBudget,
+    /// The workers' identity.
+    pub service_account: ServiceAccount,
+}
+
+/// Names of the children of ChatAgent `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// StatefulSet, client Service and PDB.
+    pub workers: String,
+    /// Headless Service.
+    pub peers: String,
+    /// ConfigMap.
+    pub config: String,
+    /// ServiceAccount.
+    pub service_account: String,
+}
+
+impl Names {
+    /// The names for ChatAgent `name`.
+    pub fn of(name: &str) -> Self {
+        Self {
+            workers: name.to_string(),
+            peers: format!("{name}-peers"),
+            config: format!("{name}-config"),
+            service_account: format!("{name}-worker"),
+        }
+    }
+}
+
+/// Labels that select the workers of ChatAgent `name` (also the /scale selector).
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "meshchat-worker".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), name.to_string()),
+    ])
+}
+
+/// The selector as a string (`status.selector`, for the scale subresource).
+pub fn selector_string(name: &str) -> String {
+    selector_labels(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn labels(name: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(name);
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    l.insert("app.kubernetes.io/part-of".into(), "meshchat".into());
+    l
+}
+
+/// The key of this ChatAgent's assignment table in Kafka (unique across namespaces).
+pub fn agent_key(agent: &ChatAgent) -> Result<String, ChildError> {
+    let (ns, name) = id(agent)?;
+    Ok(format!("{ns}/{name}"))
+}
+
+fn id(agent: &ChatAgent) -> Result<(String, String), ChildError> {
+    let ns = agent
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(ChildError::Missing("namespace"))?;
+    let name = agent.metadata.name.clone().ok_or(ChildError::Missing("name"))?;
+    Ok((ns, name))
+}
+
+fn meta(agent: &ChatAgent, name: &str, owner: &OwnerReference) -> Result<ObjectMeta, ChildError> {
+    let (ns, agent_name) = id(agent)?;
+    Ok(ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(ns),
+        labels: Some(labels(&agent_name)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// Builds every child of `agent`.
+pub fn desired(agent: &ChatAgent, settings: &Settings) -> Result<Children, ChildError> {
+    let (ns, name) = id(agent)?;
+    let owner = agent
+        .controller_owner_ref(&())
+        .ok_or(ChildError::Missing("uid"))?;
+    let names = Names::of(&name);
+    let rendered = worker_config(agent)?;
+    let config = ConfigMap {
+        metadata: meta(agent, &names.config, &owner)?,
+        data: Some(BTreeMap::from([("worker.yaml".to_string(), rendered.clone())])),
+        ..ConfigMap::default()
+    };
+    let service_account = ServiceAccount {
+        metadata: meta(agent, &names.service_account, &owner)?,
+        // workers never call the Kubernetes API
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
+    let http_port = ServicePort {
+        name: Some("http".into()),
+        port: HTTP_PORT,
+        target_port: Some(IntOrString::String("http".into())),
+        ..ServicePort::default()
+    };
+    let peers = Service {
+        metadata: meta(agent, &names.peers, &owner)?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // peers forward reads to owners that may not be ready yet (replaying)
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![http_port.clone()]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let service = Service {
+        metadata: meta(agent, &names.workers, &owner)?,
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![http_port]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: meta(agent, &names.workers, &owner)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
+    let stateful_set = StatefulSet {
+        metadata: meta(agent, &names.workers, &owner)?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(agent.spec.replicas),
+            service_name: Some(names.peers.clone()),
+            // worker ids are stable; start and stop them in parallel (handoffs order themselves)
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            template: pod_template(agent, &ns, &name, &names, &rendered, settings),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+    Ok(Children {
+        stateful_set,
+        peers,
+        service,
+        config,
+        pdb,
+        service_account,
+    })
+}
+
+fn pod_template(
+    agent: &ChatAgent,
+    ns: &str,
+    name: &str,
+    names: &Names,
+    rendered: &str,
+    settings: &Settings,
+) -> PodTemplateSpec {
+    let spec = &agent.spec;
+    let mut annotations = spec.pod_annotations.clone().unwrap_or_default();
+    annotations.insert(
+        CONFIG_HASH.into(),
+        format!("{:08x}", murmur2(rendered.as_bytes())),
+    );
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names.config.clone(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "config".into(),
+        mount_path: CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    if let Some(ca) = spec.kafka.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
+        volumes.push(Volume {
+            name: "kafka-ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: "ca.crt".into(),
+                    ..KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "kafka-ca".into(),
+            mount_path: KAFKA_CA_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "worker".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| settings.default_image.clone()),
+        ),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/worker.yaml")]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            ..ContainerPort::default()
+        }]),
+        env: Some(env(agent, ns, &names.peers)),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(mounts),
+        readiness_probe: Some(probe("/readyz", 2, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        // hand partitions away before SIGTERM: the kubelet waits for this GET to return
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/drain".into()),
+                    port: IntOrString::String("http".into()),
+                    ..HTTPGetAction::default()
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        ..Container::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(name)),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(names.service_account.clone()),
+            automount_service_account_token: Some(false),
+            termination_grace_period_seconds: Some(
+                spec.termination_grace_period_seconds
+                    .unwrap_or(DRAIN_TIMEOUT_SECS + SHUTDOWN_SLACK_SECS),
+            ),
+            containers: vec![container],
+            volumes: Some(volumes),
+            node_selector: spec.node_selector.clone(),
+            tolerations: spec.tolerations.clone(),
+            affinity: spec.affinity.clone(),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn plain(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// The worker's environment: identity from the pod, secrets by reference, then the user's
+/// variables (a user variable of the same name replaces ours).
+fn env(agent: &ChatAgent, ns: &str, peers: &str) -> Vec<EnvVar> {
+    let mut env = vec![
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        plain("MESHCHAT_NODE_ID", "$(POD_NAME)"),
+        plain(
+            "MESHCHAT_ADVERTISE_URL",
+            format!("http://$(POD_NAME).{peers}.{ns}.svc:{HTTP_PORT}"),
+        ),
+        plain("MESHCHAT_LOG_FORMAT", "json"),
+    ];
+    if let Some(k) = &agent.spec.llm.api_key_secret_ref {
+        env.push(from_secret("MESHCHAT_LLM_API_KEY", &k.name, &k.key));
+    }
+    if let Some(sasl) = &agent.spec.kafka.sasl {
+        let c = &sasl.credentials_secret_ref;
+        env.push(from_secret(
+            "MESHCHAT_KAFKA_SASL_USERNAME",
+            &c.name,
+            &c.username_key,
+        ));
+        env.push(from_secret(
+            "MESHCHAT_KAFKA_SASL_PASSWORD",
+            &c.name,
+            &c.password_key,
+        ));
+    }
+    for user in agent.spec.env.iter().flatten() {
+        env.retain(|e| e.name != user.name);
+        env.push(user.clone());
+    }
+    env
+}
+
+/// librdkafka settings for the ChatAgent's SASL/TLS choices (`ca_file`: where the CA bundle is).
+pub fn kafka_properties(agent: &ChatAgent, ca_file: Option<&str>) -> Vec<(String, String)> {
+    let k = &agent.spec.kafka;
+    let protocol = match (k.sasl.is_some(), k.tls.is_some()) {
+        (false, false) => return Vec::new(),
+        (true, true) => "SASL_SSL",
+        (true, false) => "SASL_PLAINTEXT",
+        (false, true) => "SSL",
+    };
+    let mut props = vec![("security.protocol".to_string(), protocol.to_string())];
+    if let Some(s) = &k.sasl {
+        props.push(("sasl.mechanism".into(), s.mechanism.as_str().into()));
+    }
+    if let (Some(tls), Some(file)) = (&k.tls, ca_file)
+        && tls.ca_secret_ref.is_some()
+    {
+        props.push(("ssl.ca.location".into(), file.into()));
+    }
+    props
+}
+
+/// The worker configuration file (keys are the worker's long option names).
+pub fn worker_config(agent: &ChatAgent) -> Result<String, ChildError> {
+    let spec = &agent.spec;
+    let mut c: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
+    c.insert("ownership", "dynamic".into());
+    c.insert("agent", agent_key(agent)?.into());
+    c.insert("agent-name", spec.agent_name.clone().into());
+    c.insert("kafka-bootstrap", spec.kafka.bootstrap_servers.clone().into());
+    c.insert("topic-prefix", spec.kafka.topic_prefix.clone().into());
+    c.insert("partitions", spec.kafka.partitions.into());
+    let ca_file = format!("{KAFKA_CA_DIR}/ca.crt");
+    let props = kafka_properties(agent, Some(&ca_file));
+    if !props.is_empty() {
+        let joined = props.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
+        c.insert("kafka-properties", joined.join(",").into());
+    }
+    c.insert(
+        "heartbeat-timeout-secs",
+        spec.rebalance.heartbeat_timeout_seconds.into(),
+    );
+    c.insert("drain-timeout-secs", DRAIN_TIMEOUT_SECS.into());
+    c.insert("llm-base-url", spec.llm.base_url.clone().into());
+    c.insert("llm-model", spec.llm.model.clone().into());
+    if let Some(p) = &spec.llm.system_prompt {
+        c.insert("system-prompt", p.clone().into());
+    }
+    if let Some(t) = spec.llm.temperature {
+        c.insert("llm-temperature", f64::from(t).into());
+    }
+    if let Some(n) = spec.llm.max_tokens {
+        c.insert("llm-max-tokens", n.into());
+    }
+    if let Some(n) = spec.llm.context_tokens {
+        c.insert("context-tokens", n.into());
+    }
+    if let Some(n) = spec.llm.concurrency {
+        c.insert("llm-concurrency", n.into());
+    }
+    if let Some(n) = spec.llm.timeout_seconds {
+        c.insert("llm-timeout-secs", n.into());
+    }
+    serde_saphyr::to_string(&c).map_err(|e| ChildError::Render(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use super::*;
+use meshchat_crds::{ChatAgentSpec, CredentialsSecretRef, SaslMechanism, SaslSpec, SecretKeyRef, TlsSpec};
+
+fn agent(spec: ChatAgentSpec) -> ChatAgent {
+    let mut a = ChatAgent::new("support", spec);
+    a.metadata.namespace = Some("team-a".into());
+    a.metadata.uid = Some("uid-1".into());
+    a
+}
+
+fn sample() -> ChatAgent {
+    let mut spec: ChatAgentSpec = serde_json::from_str("{}").expect("defaults");
+    spec.replicas = 4;
+    spec.kafka.bootstrap_servers = "kafka.team-a:9092".into();
+    spec.kafka.topic_prefix = "support.".into();
+    spec.llm.api_key_secret_ref = Some(SecretKeyRef {
+        name: "llm-credentials".into(),
+        key: "api-token-key".into(),
+    });
+    spec.llm.system_prompt = Some("You are helpful.\nBe brief: always.".into());
+    agent(spec)
+}
+
+#[test]
+fn every_child_is_owned_labelled_and_named_after_the_agent() {
+    let c = desired(&sample(), &Settings::default()).expect("children");
+    let metas = [
+        &c.stateful_set.metadata,
+        &c.peers.metadata,
+        &c.service.metadata,
+        &c.config.metadata,
+        &c.pdb.metadata,
+        &c.service_account.metadata,
+    ];
+    for m in metas {
+        assert_eq!(m.namespace.as_deref(), Some("team-a"));
+        let owner = &m.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("ChatAgent", "support", "uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let labels = m.labels.as_ref().expect("labels");
+        assert_eq!(labels["app.kubernetes.io/instance"], "support");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], MANAGER);
+    }
+    let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap_or_default()).collect();
+    assert_eq!(
+        names,
+        [
+            "support",
+            "support-peers",
+            "support",
+            "support-config",
+            "support",
+            "support-worker"
+        ]
+    );
+}
+
+#[test]
+fn the_stateful_set_runs_workers_that_drain_before_stopping() {
+    let c = desired(&sample(), &Settings::default()).expect("children");
+    let spec = c.stateful_set.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(4));
+    assert_eq!(spec.service_name.as_deref(), Some("support-peers"));
+    assert_eq!(spec.selector.match_labels, Some(selector_labels("support")));
+    let pod = spec.template.spec.expect("pod");
+    assert_eq!(pod.termination_grace_period_seconds, Some(35));
+    assert_eq!(pod.service_account_name.as_deref(), Some("support-worker"));
+    let w = &pod.containers[0];
+    assert_eq!(
+        w.image.as_deref(),
+        Some(Settings::default().default_image.as_str())
+    );
+    let get = |p: &Option<Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|g| g.path.clone())
+    };
+    assert_eq!(get(&w.readiness_probe).as_deref(), Some("/readyz"));
+    assert_eq!(get(&w.liveness_probe).as_deref(), Some("/healthz"));
+    let pre_stop = w
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.http_get.as_ref());
+    assert_eq!(pre_stop.and_then(|g| g.path.as_deref()), Some("/drain"));
+    let env: BTreeMap<_, _> = w.env.iter().flatten().map(|e| (e.name.as_str(), e)).collect();
+    assert_eq!(env["MESHCHAT_NODE_ID"].value.as_deref(), Some("$(POD_NAME)"));
+    assert_eq!(
+        env["MESHCHAT_ADVERTISE_URL"].value.as_deref(),
+        Some("http://$(POD_NAME).support-peers.team-a.svc:8080")
+    );
+    let key = env["MESHCHAT_LLM_API_KEY"]
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref());
+    assert_eq!(
+        key.map(|k| (k.name.as_str(), k.key.as_str())),
+        Some(("llm-credentials", "api-token-key"))
+    );
+    // the secret never lands in the ConfigMap
+    let rendered = &c.config.data.as_ref().expect("data")["worker.yaml"];
+    assert!(!rendered.contains("llm-credentials") && !rendered.contains("api-token-key"));
+}
+
+#[test]
+fn the_rendered_config_is_what_the_worker_reads() {
+    let agent = sample();
+    let text = worker_config(&agent).expect("render");
+    let map: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(&text).expect("yaml");
+    assert_eq!(map["ownership"], "dynamic");
+    assert_eq!(map["agent"], "team-a/support");
+    assert_eq!(map["kafka-bootstrap"], "kafka.team-a:9092");
+    assert_eq!(map["topic-prefix"], "support.");
+    assert_eq!(map["partitions"], 24);
+    assert_eq!(map["system-prompt"], "You are helpful.\nBe brief: always.");
+    assert_eq!(map["heartbeat-timeout-secs"], 5);
+    // the worker's own parser accepts every key
+    let dir = std::env::temp_dir().join(format!("meshchat-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("worker.yaml");
+    std::fs::write(&file, &text).expect("write");
+    let cfg = meshchat_worker::Config::load_from(vec![
+        "meshchat-worker".into(),
+        "--config".into(),
+        file.display().to_string(),
+    ])
+    .expect("the worker accepts the rendered config");
+    assert_eq!(cfg.agent, "team-a/support");
+    assert_eq!(cfg.system_prompt, "You are helpful.\nBe brief: always.");
+    assert!(cfg.dynamic());
+}
+
+#[test]
+fn a_config_change_rolls_the_pods_and_user_env_wins() {
+    let a = sample();
+    let mut b = sample();
+    b.spec.llm.model = "gpt-4.1".into();
+    let hash = |a: &ChatAgent| {
+        desired(a, &Settings::default())
+            .expect("children")
+            .stateful_set
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .map(|a| a[CONFIG_HASH].clone())
+    };
+    assert_ne!(hash(&a), hash(&b));
+    assert_eq!(hash(&a), hash(&sample()), "deterministic");
+    b.spec.env = Some(vec![plain("MESHCHAT_LOG_FORMAT", "text"), plain("EXTRA", "1")]);
+    let c = desired(&b, &Settings::default()).expect("children");
+    let env = c
+        .stateful_set
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    let formats: Vec<_> = env.iter().filter(|e| e.name == "MESHCHAT_LOG_FORMAT").collect();
+    assert_eq!(
+        formats.len(),
+        1,
+        "one entry per name (server-side apply keys env by name)"
+    );
+    assert_eq!(formats[0].value.as_deref(), Some("text"));
+}
+
+#[test]
+fn sasl_and_tls_become_client_settings_and_secret_references() {
+    let mut a = sample();
+    a.spec.kafka.sasl = Some(SaslSpec {
+        mechanism: SaslMechanism::ScramSha512,
+        credentials_secret_ref: CredentialsSecretRef {
+            name: "kafka-user".into(),
+            username_key: "user".into(),
+            password_key: "pass".into(),
+        },
+    });
+    a.spec.kafka.tls = Some(TlsSpec {
+        ca_secret_ref: Some(SecretKeyRef {
+            name: "kafka-ca".into(),
+            key: "ca.pem".into(),
+        }),
+    });
+    let text = worker_config(&a).expect("render");
+    assert!(text.contains(
+        "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,ssl.ca.location=/etc/meshchat/kafka-ca/ca.crt"
+    ));
+    let c = desired(&a, &Settings::default()).expect("children");
+    let pod = c.stateful_set.spec.expect("spec").template.spec.expect("pod");
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    let pw = env
+        .iter()
+        .find(|e| e.name == "MESHCHAT_KAFKA_SASL_PASSWORD")
+        .and_then(|e| e.value_from.clone());
+    assert_eq!(
+        pw.and_then(|v| v.secret_key_ref).map(|s| (s.name, s.key)),
+        Some(("kafka-user".into(), "pass".into()))
+    );
+    let ca = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "kafka-ca")
+        .and_then(|v| v.secret);
+    assert_eq!(ca.and_then(|s| s.secret_name).as_deref(), Some("kafka-ca"));
+    assert!(
+        kafka_properties(&sample(), None).is_empty(),
+        "plaintext needs no settings"
+    );
+}
+
+#[test]
+fn an_agent_not_from_the_api_server_is_refused() {
+    let mut a = sample();
+    a.metadata.uid = None;
+    assert!(matches!(
+        desired(&a, &Settings::default()),
+        Err(ChildError::Missing("uid"))
+    ));
+    a.metadata.namespace = None;
+    assert!(matches!(
+        desired(&a, &Settings::default()),
+        Err(ChildError::Missing("namespace"))
+    ));
+}

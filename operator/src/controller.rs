@@ -1,0 +1,414 @@
+//! The ChatAgent controller: a thin shell that applies the children from `children.rs`
+//! (server-side apply, one field manager), keeps a balancer running per ChatAgent, scales from
+//! load when asked to, and writes the status from `status.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use meshchat_crds::{ChatAgent, ChatAgentStatus, Topics};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::autoscale::Autoscaler;
+use crate::balancer::{BalancerSettings, Report, policy_of};
+use crate::balancers::Balancers;
+use crate::children::{self, ChildError, MANAGER, Settings, agent_key};
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::status::{Observed, kinds, status};
+
+/// A reconcile that did not finish; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The children could not be built.
+    #[error(transparent)]
+    Child(#[from] ChildError),
+}
+
+impl Error {
+    /// Short kind for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Child(_) => "spec",
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Operator-wide settings for children.
+    pub settings: Settings,
+    /// Running balancers.
+    pub balancers: Balancers,
+    /// Autoscaler state per ChatAgent key.
+    pub autoscalers: Mutex<BTreeMap<String, Autoscaler>>,
+    /// Consecutive failures per ChatAgent key (backoff).
+    pub failures: Mutex<BTreeMap<String, u32>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context for `client`; events are reported as `reporter`.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        balancers: Balancers,
+        metrics: Metrics,
+        reporter: Reporter,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            balancers,
+            autoscalers: Mutex::default(),
+            failures: Mutex::default(),
+            metrics,
+        }
+    }
+}
+
+/// How often a settled ChatAgent is looked at again (status follows the balancer's reports).
+pub const RESYNC: Duration = Duration::from_secs(5);
+
+/// Runs the controller until `stop`.
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let client = ctx.client.clone();
+    let agents: Api<ChatAgent> = Api::all(client.clone());
+    let controller = Controller::new(agents, watcher::Config::default())
+        .owns(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Service>::all(client), watcher::Config::default());
+    let store = controller.store();
+    let sweeper = {
+        // ChatAgents deleted: stop their balancers (no finalizer: nothing outside the cluster
+        // to clean, and owner references delete the children)
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                if store.wait_until_ready().await.is_err() {
+                    continue;
+                }
+                let keep: BTreeSet<String> = store.state().iter().filter_map(|a| agent_key(a).ok()).collect();
+                ctx.balancers.retain(&keep);
+                ctx.metrics.balancers.set(ctx.balancers.len() as i64);
+            }
+        })
+    };
+    let shutdown = stop.clone();
+    controller
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(agent = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    sweeper.abort();
+    ctx.balancers.stop_all();
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Ok(api
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await?)
+}
+
+/// One reconcile of one ChatAgent.
+pub async fn reconcile(agent: Arc<ChatAgent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = std::time::Instant::now();
+    let result = reconcile_inner(&agent, &ctx).await;
+    ctx.metrics.duration.observe(timer.elapsed().as_secs_f64());
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.kind().to_string(),
+    };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+    if result.is_ok()
+        && let Ok(key) = agent_key(&agent)
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&key);
+    }
+    result
+}
+
+async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Error> {
+    let ns = agent.namespace().ok_or(ChildError::Missing("namespace"))?;
+    let key = agent_key(agent)?;
+    let c = children::desired(agent, &ctx.settings)?;
+    apply(&ctx.client, &ns, &c.service_account).await?;
+    apply(&ctx.client, &ns, &c.config).await?;
+    apply(&ctx.client, &ns, &c.peers).await?;
+    apply(&ctx.client, &ns, &c.service).await?;
+    apply(&ctx.client, &ns, &c.pdb).await?;
+    let sts = apply(&ctx.client, &ns, &c.stateful_set).await?;
+
+    let previous = agent.status.clone().unwrap_or_default();
+    let (report, base, problem) = match balancer_settings(agent, &ctx.client, &ns).await {
+        Ok(settings) => {
+            let (r, b) = ctx.balancers.ensure(&key, settings, previous.migrations);
+            (r, b, None)
+        }
+        Err(problem) => (Report::default(), previous.migrations, Some(problem)),
+    };
+    ctx.metrics.balancers.set(ctx.balancers.len() as i64);
+
+    if let Some(auto) = agent.spec.autoscaling.as_ref().filter(|a| a.enabled) {
+        let now_ms = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
+        let want = {
+            let mut scalers = ctx.autoscalers.lock().unwrap_or_else(|p| p.into_inner());
+            scalers.entry(key.clone()).or_default().desired(
+                auto,
+                agent.spec.replicas,
+                report.summary.mean_load(),
+                now_ms,
+            )
+        };
+        if want != agent.spec.replicas {
+            scale(agent, ctx, &ns, want, report.summary.mean_load()).await?;
+        }
+    }
+
+    let mut next = status(&Observed {
+        agent,
+        stateful_set: Some(&sts),
+        balancer: &report,
+        migrations_base: base,
+        now: Timestamp::now(),
+    });
+    if let Some(problem) = problem {
+        degrade(&mut next, &problem);
+    }
+    if Some(&next) != agent.status.as_ref() {
+        notable_changes(agent, ctx, &previous, &next).await;
+        let api: Api<ChatAgent> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = json!({
+            "apiVersion": "meshchat.io/v1alpha1",
+            "kind": "ChatAgent",
+            "status": next,
+        });
+        api.patch_status(
+            &agent.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// A Secret the ChatAgent names cannot be read: the balancer cannot connect.
+fn degrade(status: &mut ChatAgentStatus, problem: &str) {
+    for c in status
+        .conditions
+        .iter_mut()
+        .filter(|c| c.type_ == kinds::DEGRADED)
+    {
+        if c.status != "True" {
+            c.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+        }
+        c.status = "True".into();
+        c.reason = "SecretUnavailable".into();
+        c.message = problem.to_string();
+    }
+}
+
+/// The balancer settings of `agent`, with SASL credentials and the CA read from its Secrets.
+async fn balancer_settings(agent: &ChatAgent, client: &Client, ns: &str) -> Result<BalancerSettings, String> {
+    let (policy, timing) = policy_of(agent);
+    let mut client_props = children::kafka_properties(agent, None);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let read = |name: String, key: String| {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("reading Secret {name}: {e}"))?
+                .ok_or_else(|| format!("Secret {name} not found"))?;
+            let v = s
+                .data
+                .and_then(|d| d.get(&key).cloned())
+                .ok_or_else(|| format!("Secret {name} has no key {key}"))?;
+            String::from_utf8(v.0).map_err(|_| format!("Secret {name} key {key} is not UTF-8"))
+        }
+    };
+    if let Some(sasl) = &agent.spec.kafka.sasl {
+        let c = &sasl.credentials_secret_ref;
+        client_props.push((
+            "sasl.username".into(),
+            read(c.name.clone(), c.username_key.clone()).await?,
+        ));
+        client_props.push((
+            "sasl.password".into(),
+            read(c.name.clone(), c.password_key.clone()).await?,
+        ));
+    }
+    if let Some(ca) = agent
+        .spec
+        .kafka
+        .tls
+        .as_ref()
+        .and_then(|t| t.ca_secret_ref.as_ref())
+    {
+        client_props.push(("ssl.ca.pem".into(), read(ca.name.clone(), ca.key.clone()).await?));
+    }
+    Ok(BalancerSettings {
+        agent: agent_key(agent).map_err(|e| e.to_string())?,
+        bootstrap: agent.spec.kafka.bootstrap_servers.clone(),
+        client: client_props,
+        topics: Topics::with_prefix(&agent.spec.kafka.topic_prefix),
+        policy,
+        timing,
+    })
+}
+
+/// Sets `spec.replicas` through the scale subresource (as an HPA would).
+async fn scale(
+    agent: &ChatAgent,
+    ctx: &Context,
+    ns: &str,
+    replicas: i32,
+    load: Option<f64>,
+) -> Result<(), Error> {
+    let api: Api<ChatAgent> = Api::namespaced(ctx.client.clone(), ns);
+    let body = json!({"spec": {"replicas": replicas}});
+    api.patch_scale(&agent.name_any(), &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    ctx.metrics.scalings.inc();
+    let note = format!(
+        "replicas {} -> {replicas} (mean load {}, target {})",
+        agent.spec.replicas,
+        load.map_or("unknown".into(), |l| format!("{l:.2}")),
+        agent.spec.autoscaling.as_ref().map_or(0.0, |a| a.target_load)
+    );
+    tracing::info!(agent = %agent.name_any(), %note, "autoscaled");
+    publish(ctx, agent, EventType::Normal, "Scaled", "Autoscale", note).await;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    agent: &ChatAgent,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &agent.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish an event");
+    }
+}
+
+/// Events for what changed between two statuses.
+async fn notable_changes(
+    agent: &ChatAgent,
+    ctx: &Context,
+    before: &ChatAgentStatus,
+    after: &ChatAgentStatus,
+) {
+    if before.replicas != after.replicas && agent.status.is_some() {
+        let note = format!("workers {} -> {}", before.replicas, after.replicas);
+        publish(ctx, agent, EventType::Normal, "Scaled", "Reconcile", note).await;
+    }
+    if after.assignment_generation > before.assignment_generation && before.assignment_generation > 0 {
+        let note = format!(
+            "assignment generation {} -> {} ({} moves so far)",
+            before.assignment_generation, after.assignment_generation, after.migrations
+        );
+        publish(ctx, agent, EventType::Normal, "Rebalanced", "Balance", note).await;
+    }
+    let reason_of = |s: &ChatAgentStatus, kind: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    if let Some((status, reason, message)) = reason_of(after, kinds::DEGRADED)
+        && status == "True"
+        && reason_of(before, kinds::DEGRADED).map(|(_, r, _)| r) != Some(reason.clone())
+    {
+        publish(ctx, agent, EventType::Warning, &reason, "Observe", message).await;
+    }
+}
+
+/// Retries a failed reconcile with exponential backoff per ChatAgent (1 s doubling to 5 min).
+pub fn error_policy(agent: Arc<ChatAgent>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = agent_key(&agent).unwrap_or_default();
+    let n = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(key.clone()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(n);
+    tracing::warn!(agent = %key, error = %error, attempt = n, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The delay before retry `n` (1-based).
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+/// The reporter for Events: the operator's pod name when known.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,354 @@
+//! Reconcile scenarios against a mocked API server (kube-rs controller-rs style): every
+//! request the controller makes is checked for method, URI and body, and answered.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use meshchat_crds::{
+    AutoscalingSpec, ChatAgent, ChatAgentSpec, CredentialsSecretRef, SaslMechanism, SaslSpec,
+};
+use serde_json::{Value, json};
+
+use super::*;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Plays the API server: each call checks one expected request and answers it.
+struct ApiServerVerifier(Handle);
+
+impl ApiServerVerifier {
+    /// Expects `method` on `path` (the URI without its query) whose query contains `query`;
+    /// answers `status` with `reply(body)`. Returns the request body.
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+        query: &str,
+        status: StatusCode,
+        reply: impl FnOnce(&Value) -> Value,
+    ) -> Value {
+        let (request, send) = self
+            .0
+            .next_request()
+            .await
+            .expect("the controller made a request");
+        assert_eq!(request.method(), method, "{}", request.uri());
+        assert_eq!(request.uri().path(), path);
+        let q = request.uri().query().unwrap_or_default().to_string();
+        assert!(q.contains(query), "query {q:?} lacks {query:?}");
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("json body")
+        };
+        let answer = serde_json::to_vec(&reply(&body)).expect("reply");
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(answer))
+                .expect("response"),
+        );
+        body
+    }
+
+    /// Expects the server-side apply of one child; answers with the applied object.
+    async fn apply(&mut self, path: &str, kind: &str, name: &str) -> Value {
+        let body = self
+            .expect(
+                Method::PATCH,
+                path,
+                "fieldManager=meshchat-operator",
+                StatusCode::OK,
+                |b| b.clone(),
+            )
+            .await;
+        assert_eq!(
+            (body["kind"].as_str(), body["metadata"]["name"].as_str()),
+            (Some(kind), Some(name))
+        );
+        assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "ChatAgent");
+        body
+    }
+
+    /// The six children of ChatAgent `support` in `team-a`, in order.
+    async fn children(&mut self) -> Value {
+        let ns = "/api/v1/namespaces/team-a";
+        self.apply(
+            &format!("{ns}/serviceaccounts/support-worker"),
+            "ServiceAccount",
+            "support-worker",
+        )
+        .await;
+        self.apply(
+            &format!("{ns}/configmaps/support-config"),
+            "ConfigMap",
+            "support-config",
+        )
+        .await;
+        self.apply(
+            &format!("{ns}/services/support-peers"),
+            "Service",
+            "support-peers",
+        )
+        .await;
+        self.apply(&format!("{ns}/services/support"), "Service", "support")
+            .await;
+        self.apply(
+            "/apis/policy/v1/namespaces/team-a/poddisruptionbudgets/support",
+            "PodDisruptionBudget",
+            "support",
+        )
+        .await;
+        self.apply(
+            "/apis/apps/v1/namespaces/team-a/statefulsets/support",
+            "StatefulSet",
+            "support",
+        )
+        .await
+    }
+
+    async fn status(&mut self) -> Value {
+        let body = self
+            .expect(
+                Method::PATCH,
+                "/apis/meshchat.io/v1alpha1/namespaces/team-a/chatagents/support/status",
+                "fieldManager=meshchat-operator",
+                StatusCode::OK,
+                |b| json!({"apiVersion": "meshchat.io/v1alpha1", "kind": "ChatAgent", "metadata": {"name": "support", "namespace": "team-a"}, "spec": {}, "status": b["status"].clone()}),
+            )
+            .await;
+        body["status"].clone()
+    }
+
+    async fn event(&mut self) -> Value {
+        self.expect(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/team-a/events",
+            "",
+            StatusCode::CREATED,
+            |b| b.clone(),
+        )
+        .await
+    }
+}
+
+fn agent() -> ChatAgent {
+    let mut spec: ChatAgentSpec = serde_json::from_str("{}").expect("defaults");
+    spec.kafka.partitions = 4;
+    let mut a = ChatAgent::new("support", spec);
+    a.metadata.namespace = Some("team-a".into());
+    a.metadata.uid = Some("uid-1".into());
+    a.metadata.generation = Some(1);
+    a
+}
+
+fn context() -> (Arc<Context>, ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Context::new(
+        client,
+        Settings::default(),
+        Balancers::dry(),
+        Metrics::default(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        },
+    );
+    (Arc::new(ctx), ApiServerVerifier(handle))
+}
+
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .expect("condition")
+}
+
+#[tokio::test]
+async fn a_new_agent_gets_its_children_a_balancer_and_a_status() {
+    let (ctx, mut api) = context();
+    let a = Arc::new(agent());
+    let verifier = tokio::spawn(async move {
+        let sts = api.children().await;
+        assert_eq!(sts["spec"]["replicas"], 3);
+        assert_eq!(sts["spec"]["serviceName"], "support-peers");
+        api.status().await
+    });
+    let action = reconcile(a, ctx.clone()).await.expect("reconciled");
+    assert_eq!(action, Action::requeue(RESYNC));
+    let status = verifier.await.expect("verifier");
+    assert_eq!(
+        status["selector"],
+        "app.kubernetes.io/instance=support,app.kubernetes.io/name=meshchat-worker"
+    );
+    assert_eq!(condition(&status, "Ready")["reason"], "WorkersNotReady");
+    assert_eq!(condition(&status, "KafkaReachable")["status"], "Unknown");
+    let settings = ctx
+        .balancers
+        .settings("team-a/support")
+        .expect("a balancer for the agent");
+    assert_eq!(settings.bootstrap, "kafka:9092");
+    assert_eq!(settings.topics.messages, "chat.messages");
+    assert!(settings.client.is_empty());
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_written_again() {
+    let (ctx, mut api) = context();
+    let first = tokio::spawn(async move {
+        api.children().await;
+        let s = api.status().await;
+        (api, s)
+    });
+    reconcile(Arc::new(agent()), ctx.clone()).await.expect("first");
+    let (mut api, status) = first.await.expect("verifier");
+    let mut settled = agent();
+    settled.status = Some(serde_json::from_value(status).expect("status"));
+    let second = tokio::spawn(async move {
+        api.children().await;
+        api
+    });
+    reconcile(Arc::new(settled), ctx.clone()).await.expect("second");
+    let mut api = second.await.expect("verifier");
+    drop(ctx);
+    assert!(
+        api.0.next_request().await.is_none(),
+        "no status write when nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_api_server_backs_off_per_agent() {
+    let (ctx, mut api) = context();
+    let verifier = tokio::spawn(async move {
+        let ns = "/api/v1/namespaces/team-a";
+        api.apply(
+            &format!("{ns}/serviceaccounts/support-worker"),
+            "ServiceAccount",
+            "support-worker",
+        )
+        .await;
+        api.expect(Method::PATCH, &format!("{ns}/configmaps/support-config"), "", StatusCode::INTERNAL_SERVER_ERROR, |_| {
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd is sad", "reason": "InternalError", "code": 500})
+        })
+        .await;
+    });
+    let a = Arc::new(agent());
+    let err = reconcile(a.clone(), ctx.clone())
+        .await
+        .expect_err("the ConfigMap failed");
+    verifier.await.expect("verifier");
+    assert!(
+        matches!(err, Error::Kube(kube::Error::Api(ref s)) if s.code == 500),
+        "{err}"
+    );
+    assert_eq!(
+        error_policy(a.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert_eq!(
+        error_policy(a.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(2))
+    );
+    assert_eq!(
+        error_policy(a, &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(4))
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("meshchat_operator_reconciles_total{outcome=\"kube\"} 1")
+    );
+    assert_eq!(backoff(30), Duration::from_secs(300));
+}
+
+#[tokio::test]
+async fn autoscaling_sets_replicas_through_the_scale_subresource() {
+    let (ctx, mut api) = context();
+    let mut a = agent();
+    a.spec.autoscaling = Some(AutoscalingSpec {
+        enabled: true,
+        min_replicas: 4,
+        max_replicas: 8,
+        target_load: 0.6,
+        scale_down_stabilization_seconds: 300,
+    });
+    let verifier = tokio::spawn(async move {
+        api.children().await;
+        let scale = api
+            .expect(Method::PATCH, "/apis/meshchat.io/v1alpha1/namespaces/team-a/chatagents/support/scale", "", StatusCode::OK, |b| {
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "support", "namespace": "team-a"}, "spec": {"replicas": b["spec"]["replicas"].clone()}})
+            })
+            .await;
+        let event = api.event().await;
+        api.status().await;
+        (scale, event)
+    });
+    reconcile(Arc::new(a), ctx.clone()).await.expect("reconciled");
+    let (scale, event) = verifier.await.expect("verifier");
+    assert_eq!(
+        scale,
+        json!({"spec": {"replicas": 4}}),
+        "below minReplicas: raised to it"
+    );
+    assert_eq!(
+        (event["reason"].as_str(), event["type"].as_str()),
+        (Some("Scaled"), Some("Normal"))
+    );
+    assert!(
+        event["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("replicas 3 -> 4")),
+        "{event}"
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("meshchat_operator_scalings_total 1")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_credentials_secret_degrades_the_agent_with_an_event() {
+    let (ctx, mut api) = context();
+    let mut a = agent();
+    a.spec.kafka.sasl = Some(SaslSpec {
+        mechanism: SaslMechanism::ScramSha256,
+        credentials_secret_ref: CredentialsSecretRef {
+            name: "kafka-user".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        },
+    });
+    let verifier = tokio::spawn(async move {
+        api.children().await;
+        api.expect(Method::GET, "/api/v1/namespaces/team-a/secrets/kafka-user", "", StatusCode::NOT_FOUND, |_| {
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "secrets \"kafka-user\" not found", "reason": "NotFound", "code": 404})
+        })
+        .await;
+        let event = api.event().await;
+        (event, api.status().await)
+    });
+    reconcile(Arc::new(a), ctx.clone())
+        .await
+        .expect("reconciled: a status says what is wrong");
+    let (event, status) = verifier.await.expect("verifier");
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("SecretUnavailable"))
+    );
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("SecretUnavailable"))
+    );
+    assert_eq!(degraded["message"], "Secret kafka-user not found");
+    assert!(
+        ctx.balancers.settings("team-a/support").is_none(),
+        "no balancer without credentials"
+    );
+}

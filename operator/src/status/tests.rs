@@ -1,0 +1,218 @@
+use super::*;
+use crate::balancer::{Summary, WorkerSummary};
+use k8s_openapi::api::apps::v1::StatefulSetStatus;
+use meshchat_crds::ChatAgentSpec;
+
+fn agent(replicas: i32) -> ChatAgent {
+    let mut spec: ChatAgentSpec = serde_json::from_str("{}").expect("defaults");
+    spec.replicas = replicas;
+    spec.kafka.partitions = 4;
+    let mut a = ChatAgent::new("support", spec);
+    a.metadata.namespace = Some("team-a".into());
+    a.metadata.generation = Some(3);
+    a
+}
+
+fn sts(replicas: i32, ready: i32, updated: i32) -> StatefulSet {
+    let mut s = StatefulSet::default();
+    s.metadata.generation = Some(2);
+    s.status = Some(StatefulSetStatus {
+        replicas,
+        ready_replicas: Some(ready),
+        updated_replicas: Some(updated),
+        observed_generation: Some(2),
+        ..StatefulSetStatus::default()
+    });
+    s
+}
+
+fn worker(id: &str, partitions: &[i32], load: f64, alive: bool) -> WorkerSummary {
+    WorkerSummary {
+        id: id.into(),
+        partitions: partitions.to_vec(),
+        load,
+        alive,
+        draining: false,
+    }
+}
+
+fn healthy() -> Report {
+    Report {
+        kafka_reachable: Some(true),
+        waiting_for_topics: false,
+        summary: Summary {
+            generation: 7,
+            workers: vec![
+                worker("support-0", &[0, 1], 0.5, true),
+                worker("support-1", &[2, 3], 0.3, true),
+            ],
+            migrations: 2,
+            last_rebalance_ms: Some(1_700_000_000_000),
+        },
+    }
+}
+
+fn cond<'a>(s: &'a ChatAgentStatus, kind: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == kind).expect("condition")
+}
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).expect("time")
+}
+
+#[test]
+fn a_settled_mesh_is_ready_and_not_progressing() {
+    let a = agent(2);
+    let s = sts(2, 2, 2);
+    let r = healthy();
+    let st = status(&Observed {
+        agent: &a,
+        stateful_set: Some(&s),
+        balancer: &r,
+        migrations_base: 5,
+        now: at(100),
+    });
+    assert_eq!((st.replicas, st.ready_replicas), (2, 2));
+    assert_eq!(st.observed_generation, Some(3));
+    assert_eq!(
+        st.selector.as_deref(),
+        Some("app.kubernetes.io/instance=support,app.kubernetes.io/name=meshchat-worker")
+    );
+    assert_eq!(st.assignment_generation, 7);
+    assert_eq!(st.load, Some(0.4));
+    assert_eq!(st.migrations, 7);
+    assert_eq!(st.workers.len(), 2);
+    assert_eq!(st.last_rebalance_time.as_deref(), Some("2023-11-14T22:13:20Z"));
+    let kinds: Vec<_> = st
+        .conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Ready", "True", "AllWorkersReady"),
+            ("Progressing", "False", "Stable"),
+            ("Degraded", "False", "AsExpected"),
+            ("KafkaReachable", "True", "Connected"),
+        ]
+    );
+    assert!(st.conditions.iter().all(|c| c.observed_generation == Some(3)));
+}
+
+#[test]
+fn scaling_and_unready_workers_show_as_progressing_and_not_ready() {
+    let a = agent(5);
+    let s = sts(2, 2, 2);
+    let r = healthy();
+    let st = status(&Observed {
+        agent: &a,
+        stateful_set: Some(&s),
+        balancer: &r,
+        migrations_base: 0,
+        now: at(100),
+    });
+    assert_eq!(cond(&st, "Ready").reason, "WorkersNotReady");
+    assert_eq!(cond(&st, "Ready").message, "2/5 workers ready");
+    assert_eq!(
+        (
+            cond(&st, "Progressing").status.as_str(),
+            cond(&st, "Progressing").reason.as_str()
+        ),
+        ("True", "Scaling")
+    );
+    let none = status(&Observed {
+        agent: &a,
+        stateful_set: None,
+        balancer: &r,
+        migrations_base: 0,
+        now: at(100),
+    });
+    assert_eq!(cond(&none, "Progressing").reason, "Creating");
+    let zero = agent(0);
+    let st = status(&Observed {
+        agent: &zero,
+        stateful_set: Some(&sts(0, 0, 0)),
+        balancer: &r,
+        migrations_base: 0,
+        now: at(100),
+    });
+    assert_eq!(cond(&st, "Ready").reason, "ScaledToZero");
+}
+
+#[test]
+fn a_lost_worker_or_kafka_degrades_the_mesh() {
+    let a = agent(2);
+    let s = sts(2, 2, 2);
+    let mut r = healthy();
+    r.summary.workers[1].alive = false;
+    let st = status(&Observed {
+        agent: &a,
+        stateful_set: Some(&s),
+        balancer: &r,
+        migrations_base: 0,
+        now: at(100),
+    });
+    assert_eq!(
+        (
+            cond(&st, "Degraded").status.as_str(),
+            cond(&st, "Degraded").reason.as_str()
+        ),
+        ("True", "WorkerLost")
+    );
+    assert!(cond(&st, "Degraded").message.contains("support-1"));
+    assert_eq!(st.load, Some(0.5), "load averages live workers only");
+    r.kafka_reachable = Some(false);
+    let st = status(&Observed {
+        agent: &a,
+        stateful_set: Some(&s),
+        balancer: &r,
+        migrations_base: 0,
+        now: at(100),
+    });
+    assert_eq!(cond(&st, "Degraded").reason, "KafkaUnreachable");
+    assert_eq!(cond(&st, "KafkaReachable").status, "False");
+    let unknown = Report::default();
+    let st = status(&Observed {
+        agent: &a,
+        stateful_set: Some(&s),
+        balancer: &unknown,
+        migrations_base: 0,
+        now: at(100),
+    });
+    assert_eq!(cond(&st, "KafkaReachable").status, "Unknown");
+    assert_eq!(cond(&st, "Ready").reason, "PartitionsUnassigned");
+}
+
+#[test]
+fn transition_times_move_only_when_a_condition_flips() {
+    let mut a = agent(2);
+    let s = sts(2, 2, 2);
+    let r = healthy();
+    let first = status(&Observed {
+        agent: &a,
+        stateful_set: Some(&s),
+        balancer: &r,
+        migrations_base: 0,
+        now: at(100),
+    });
+    a.status = Some(first);
+    let unready = sts(2, 1, 2);
+    let second = status(&Observed {
+        agent: &a,
+        stateful_set: Some(&unready),
+        balancer: &r,
+        migrations_base: 0,
+        now: at(200),
+    });
+    assert_eq!(
+        cond(&second, "Ready").last_transition_time,
+        Time(at(200)),
+        "flipped"
+    );
+    assert_eq!(
+        cond(&second, "Degraded").last_transition_time,
+        Time(at(100)),
+        "unchanged"
+    );
+}

@@ -1,0 +1,355 @@
+//! The operator against a real kube-apiserver (with etcd, kube-controller-manager,
+//! kube-scheduler and kwok), driven with kubectl as a user would: install the CRD, apply a
+//! ChatAgent, watch its children and status, scale it, have bad specs refused, edit it, lose
+//! the leading operator, delete it. Real worker processes named after the StatefulSet's pods
+//! run with the ConfigMap the operator rendered, so the operator's balancer assigns real
+//! partitions and the status reports real load.
+
+use std::time::Duration;
+
+use meshchat_tests::k8s::{ControlPlane, Operator};
+use meshchat_tests::*;
+use serde_json::Value;
+
+// bounds for slow machines, not measurements
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn sample(name: &str, bootstrap: &str, prefix: &str, replicas: i32) -> String {
+    format!(
+        "apiVersion: meshchat.io/v1alpha1
+kind: ChatAgent
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  replicas: {replicas}
+  image: ghcr.io/meshchat/worker:test
+  kafka:
+    bootstrapServers: \"{bootstrap}\"
+    topicPrefix: \"{prefix}\"
+    partitions: 6
+  llm:
+    model: fake-model
+    systemPrompt: You are a test.
+  rebalance:
+    intervalSeconds: 2
+    heartbeatTimeoutSeconds: 3
+    cooldownSeconds: 5
+"
+    )
+}
+
+async fn agent(cp: &ControlPlane, name: &str) -> anyhow::Result<Value> {
+    cp.get("chatagent", name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("chatagent {name} is gone"))
+}
+
+fn condition<'a>(agent: &'a Value, kind: &str) -> Option<&'a Value> {
+    agent["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+async fn ready_pods(cp: &ControlPlane, name: &str) -> anyhow::Result<usize> {
+    let pods: Value = serde_json::from_str(
+        &cp.ok(&[
+            "get",
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/instance={name}"),
+            "-o",
+            "json",
+        ])
+        .await?,
+    )?;
+    Ok(pods["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|p| {
+                    p["metadata"]["deletionTimestamp"].is_null()
+                        && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                            cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                })
+                .count()
+        })
+        .unwrap_or(0))
+}
+
+async fn lease_holder(cp: &ControlPlane) -> Option<String> {
+    let lease = cp.get("lease", "meshchat-operator").await.ok()??;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let dir = std::env::temp_dir().join("meshchat-tests").join("k8s");
+    let cp = ControlPlane::start(&dir).await?;
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("k8s");
+    let llm = FakeLlm::start(&["--token-latency-ms", "2"]).await?;
+
+    // 1. the CRD installs and two operator replicas elect a leader
+    cp.ok(&["apply", "--server-side", "-f", "../crds/chatagent.crd.yaml"])
+        .await?;
+    cp.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/chatagents.meshchat.io",
+        "--timeout=60s",
+    ])
+    .await?;
+    let mut ops = [
+        Operator::start(&cp, "operator-a", &dir).await?,
+        Operator::start(&cp, "operator-b", &dir).await?,
+    ];
+    let leader = wait_for("an operator to lead", SETTLE, || lease_holder(&cp)).await?;
+    println!("leader: {leader}");
+
+    // 2. a sample ChatAgent applies; its children appear with the right specs; pods get Ready
+    let name = "support";
+    let manifest = sample(name, &bootstrap, &prefix, 3);
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sts = wait_for("the StatefulSet", SETTLE, || async {
+        cp.get("statefulset", name).await.ok()?
+    })
+    .await?;
+    let uid = agent(&cp, name).await?["metadata"]["uid"].clone();
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["serviceName"], "support-peers");
+    let pod = &sts["spec"]["template"]["spec"];
+    let worker = &pod["containers"][0];
+    assert_eq!(worker["image"], "ghcr.io/meshchat/worker:test");
+    assert_eq!(worker["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(worker["lifecycle"]["preStop"]["httpGet"]["path"], "/drain");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 35);
+    for (kind, child) in [
+        ("statefulset", "support"),
+        ("service", "support"),
+        ("service", "support-peers"),
+        ("configmap", "support-config"),
+        ("poddisruptionbudget", "support"),
+        ("serviceaccount", "support-worker"),
+    ] {
+        let obj: Value = serde_json::from_str(
+            &cp.ok(&["get", kind, child, "-o", "json", "--show-managed-fields"])
+                .await?,
+        )?;
+        let owner = &obj["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].clone()),
+            (Some("ChatAgent"), uid.clone()),
+            "{kind}/{child}"
+        );
+        let applied = obj["metadata"]["managedFields"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|f| f["manager"] == "meshchat-operator" && f["operation"] == "Apply")
+        });
+        assert!(
+            applied,
+            "{kind}/{child} is server-side applied by meshchat-operator"
+        );
+    }
+    let peers = cp.get("service", "support-peers").await?.unwrap_or_default();
+    assert_eq!(peers["spec"]["clusterIP"], "None");
+    wait_for("3 ready pods", SETTLE, || async {
+        (ready_pods(&cp, name).await.ok()? == 3).then_some(())
+    })
+    .await?;
+    let a = wait_for("status.readyReplicas = 3", SETTLE, || async {
+        let a = agent(&cp, name).await.ok()?;
+        (a["status"]["readyReplicas"] == 3).then_some(a)
+    })
+    .await?;
+    assert_eq!(
+        a["status"]["selector"],
+        "app.kubernetes.io/instance=support,app.kubernetes.io/name=meshchat-worker"
+    );
+    assert_eq!(
+        condition(&a, "KafkaReachable").map(|c| c["status"].clone()),
+        Some("True".into())
+    );
+
+    // 3. workers named after the pods, configured from the rendered ConfigMap, join the mesh:
+    //    the operator's balancer assigns all partitions; the status shows them and their load
+    let cm = cp.get("configmap", "support-config").await?.unwrap_or_default();
+    let config = dir.join("worker.yaml");
+    std::fs::write(&config, cm["data"]["worker.yaml"].as_str().unwrap_or_default())?;
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        let spec = WorkerSpec::new(&format!("{name}-{i}"), &prefix, &bootstrap, &llm.url)?
+            .env("MESHCHAT_CONFIG", config.display().to_string())
+            .env("MESHCHAT_HEARTBEAT_MS", "500");
+        workers.push(Worker::start(spec).await?);
+    }
+    let a = wait_for("Ready with every partition assigned", SETTLE, || async {
+        let a = agent(&cp, name).await.ok()?;
+        let ready = condition(&a, "Ready")?["status"] == "True";
+        let assigned: usize = a["status"]["workers"]
+            .as_array()?
+            .iter()
+            .filter_map(|w| w["partitions"].as_array().map(Vec::len))
+            .sum();
+        (ready && assigned == 6).then_some(a)
+    })
+    .await?;
+    assert!(a["status"]["assignmentGeneration"].as_u64() >= Some(1));
+    let reply_id = send(&workers[0].url, "k8s-conv", "user", "hello from kubectl land").await?;
+    wait_reply(&workers[1].url, "k8s-conv", &reply_id, SETTLE).await?;
+    let table = cp.ok(&["get", "chatagents"]).await?;
+    println!("{table}");
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "REPLICAS", "READY", "LOAD", "GENERATION", "AGE"]);
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..3], ["support", "3", "3"]);
+    assert!(
+        row[4].parse::<u64>().is_ok_and(|g| g >= 1),
+        "generation column: {row:?}"
+    );
+
+    // 4. kubectl scale goes through /scale to the StatefulSet
+    cp.ok(&["scale", "chatagent/support", "--replicas=5"]).await?;
+    wait_for("5 ready pods", SETTLE, || async {
+        (ready_pods(&cp, name).await.ok()? == 5).then_some(())
+    })
+    .await?;
+    let sts = cp.get("statefulset", name).await?.unwrap_or_default();
+    assert_eq!(sts["spec"]["replicas"], 5);
+    wait_for("status.replicas = 5", SETTLE, || async {
+        (agent(&cp, name).await.ok()?["status"]["replicas"] == 5).then_some(())
+    })
+    .await?;
+
+    // 5. invalid specs are refused by the API server, naming the field
+    let invalid = [
+        (
+            "lowWatermark: 0.9",
+            "spec.rebalance: Invalid value",
+            "lowWatermark must be below highWatermark",
+        ),
+        ("replicas: -1", "spec.replicas", "greater than or equal to 0"),
+        (
+            "imagePullPolicy: Sometimes",
+            "spec.imagePullPolicy: Unsupported value: \"Sometimes\"",
+            "\"IfNotPresent\"",
+        ),
+        (
+            "partitions: 3",
+            "spec.kafka.partitions",
+            "partitions cannot shrink",
+        ),
+    ];
+    for (edit, field, message) in invalid {
+        let bad = match edit {
+            "lowWatermark: 0.9" => {
+                manifest.replace("cooldownSeconds: 5", "cooldownSeconds: 5\n    lowWatermark: 0.9")
+            }
+            "replicas: -1" => manifest.replace("replicas: 3", "replicas: -1"),
+            "imagePullPolicy: Sometimes" => {
+                manifest.replace("  image: ", "  imagePullPolicy: Sometimes\n  image: ")
+            }
+            _ => manifest.replace("partitions: 6", "partitions: 3"),
+        };
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&bad)).await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{edit}: {}", err.trim());
+        assert!(!out.status.success(), "{edit} was accepted");
+        assert!(err.contains(field) && err.contains(message), "{edit}: {err}");
+    }
+    let a = agent(&cp, name).await?;
+    assert_eq!(a["spec"]["replicas"], 5, "nothing stored from the refused specs");
+    assert_eq!(a["spec"]["kafka"]["partitions"], 6);
+
+    // 6. editing the spec rolls the children
+    let before = sts["spec"]["template"]["metadata"]["annotations"]["meshchat.io/config-hash"].clone();
+    let edited = manifest
+        .replace("replicas: 3", "replicas: 5")
+        .replace("model: fake-model", "model: fake-model-2");
+    cp.kubectl_stdin(&["apply", "-f", "-"], Some(&edited)).await?;
+    let cm = wait_for("the ConfigMap to follow", SETTLE, || async {
+        let cm = cp.get("configmap", "support-config").await.ok()??;
+        cm["data"]["worker.yaml"]
+            .as_str()?
+            .contains("fake-model-2")
+            .then_some(cm)
+    })
+    .await?;
+    assert!(
+        cm["data"]["worker.yaml"]
+            .as_str()
+            .is_some_and(|t| t.contains("llm-model: fake-model-2"))
+    );
+    let sts = wait_for("the pods to roll", SETTLE, || async {
+        let s = cp.get("statefulset", name).await.ok()??;
+        let hash = &s["spec"]["template"]["metadata"]["annotations"]["meshchat.io/config-hash"];
+        let st = &s["status"];
+        let rolled = st["updatedReplicas"] == 5
+            && st["currentRevision"] == st["updateRevision"]
+            && st["readyReplicas"] == 5;
+        (*hash != before && rolled).then_some(s)
+    })
+    .await?;
+    println!("rolled to revision {}", sts["status"]["updateRevision"]);
+
+    // 7. the leading operator dies: the other one takes the lease and keeps reconciling
+    let leader_idx = ops.iter().position(|o| o.identity == leader).unwrap_or(0);
+    ops[leader_idx].kill().await?;
+    let t = std::time::Instant::now();
+    let next = wait_for("the other operator to lead", SETTLE, || async {
+        lease_holder(&cp).await.filter(|h| *h != leader)
+    })
+    .await?;
+    println!(
+        "{next} took over {:.1}s after {leader} was killed",
+        t.elapsed().as_secs_f64()
+    );
+    cp.ok(&["scale", "chatagent/support", "--replicas=2"]).await?;
+    wait_for("the new leader to scale the StatefulSet", SETTLE, || async {
+        let s = cp.get("statefulset", name).await.ok()??;
+        (s["spec"]["replicas"] == 2).then_some(())
+    })
+    .await?;
+    wait_for("2 ready pods", SETTLE, || async {
+        (ready_pods(&cp, name).await.ok()? == 2).then_some(())
+    })
+    .await?;
+
+    // 8. deleting the ChatAgent removes its children (owner references, garbage collector)
+    cp.ok(&["delete", "chatagent", name, "--wait=true"]).await?;
+    wait_for("children to be garbage collected", SETTLE, || async {
+        for (kind, child) in [
+            ("statefulset", "support"),
+            ("service", "support"),
+            ("service", "support-peers"),
+            ("configmap", "support-config"),
+            ("poddisruptionbudget", "support"),
+            ("serviceaccount", "support-worker"),
+        ] {
+            if cp.get(kind, child).await.ok()?.is_some() {
+                return None;
+            }
+        }
+        (ready_pods(&cp, name).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    for w in &mut workers {
+        w.kill().await?;
+    }
+    Ok(())
+}
