@@ -5,7 +5,7 @@ CARGO ?= cargo
 TEST_KAFKA_PORT ?= 19092
 TEST_KAFKA_DIR ?= $(HOME)/.cache/meshchat/kafka-test
 
-.PHONY: all build run test bench lint fmt crds kafka-start kafka-stop clean help
+.PHONY: all build run test e2e bench lint fmt crds kafka-start kafka-stop clean help
 
 all: build
 
@@ -14,6 +14,7 @@ help:
 	@echo "make test   - format, lint, unit, property and integration tests on a real broker"
 	@echo "make bench  - handoff and failover measurements (writes docs/benchmarks.json)"
 	@echo "make crds   - regenerate the ChatAgent CRD YAML"
+	@echo "make e2e    - the operator against a real cluster (KUBECONFIG: kind, k3d...), see docs/kubernetes.md"
 	@echo "make lint   - rustfmt --check and clippy -D warnings"
 
 build:
@@ -42,6 +43,8 @@ kafka-stop:
 # Tests get their own broker with a fresh data dir; it is stopped however the tests end.
 test: lint
 	@scripts/kafka.sh fetch
+	@echo "==> Kubernetes control plane for the operator tests (first time: built from the Go module proxy, 5-30 min)"
+	@tests/k8s/build.sh >/dev/null
 	@echo "==> cargo build --workspace --bins --tests"
 	$(CARGO) build --workspace --bins --tests
 	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR) 2>/dev/null || true
@@ -53,6 +56,10 @@ test: lint
 	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); \
 	  scripts/test-summary.sh $(CARGO_TARGET_DIR)/test-output.log; \
 	  exit $$status
+
+# The operator against the cluster KUBECONFIG names (kind, k3d, a real one); docs/kubernetes.md.
+e2e: build
+	@scripts/e2e.sh
 
 # Measurements on a real broker with worker and balancer processes; see docs/benchmarks.md.
 bench:

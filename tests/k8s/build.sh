@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # build.sh — builds the local control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd, etcdctl, kwok) from the Go module proxy into a versioned cache dir and
+# kube-scheduler, kubectl, etcd, etcdctl, kwok, and helm) from the Go module proxy into a versioned cache dir and
 # prints that dir. Binaries already there are kept, so reruns take a second.
 #
 #   BIN=$(tests/k8s/build.sh)      # progress goes to stderr
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-KV=v1.33.13 ETCDV=v3.5.21 KWOKV=v0.8.0
+KV=v1.33.13 ETCDV=v3.5.21 KWOKV=v0.8.0 HELMV=v3.22.0
 BIN="${K8S_BIN:-$HOME/.cache/meshchat/k8s/$KV-etcd$ETCDV-kwok$KWOKV}"
 mkdir -p "$BIN"
 export CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS="${GOFLAGS:--buildvcs=false}"
+# downloads and compiled packages stay under ~/.cache, so a rebuild (new version) is quick
+export GOMODCACHE="${GOMODCACHE_MESHCHAT:-$HOME/.cache/meshchat/go/mod}"
 say() { echo "k8s: $*" >&2; }
 command -v go >/dev/null || { say "go is not installed (needed to build the control plane)"; exit 1; }
 
@@ -35,5 +37,9 @@ fi
 if need kwok; then
   say "building kwok $KWOKV"
   (cd "$HERE/kwok" && nice -n 10 go build -p 2 -trimpath -ldflags="-s -w" -o "$BIN/kwok" sigs.k8s.io/kwok/cmd/kwok)
+fi
+if need helm; then
+  say "building helm $HELMV (renders charts/meshchat in the tests)"
+  GOBIN="$BIN" nice -n 10 go install -trimpath -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@$HELMV"
 fi
 echo "$BIN"

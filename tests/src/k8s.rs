@@ -112,6 +112,43 @@ impl ControlPlane {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// A kubeconfig like the admin one but authenticating with `token` (a ServiceAccount's), so
+    /// a process using it has exactly that account's RBAC.
+    pub fn kubeconfig_with_token(&self, token: &str, path: &Path) -> anyhow::Result<PathBuf> {
+        let admin = std::fs::read_to_string(&self.kubeconfig)?;
+        let text: Vec<String> = admin
+            .lines()
+            .map(|l| match l.split_once("token:") {
+                Some((indent, _)) if indent.trim().is_empty() => format!("{indent}token: {}", token.trim()),
+                _ => l.to_string(),
+            })
+            .collect();
+        if !text.iter().any(|l| l.contains(token.trim())) {
+            bail!("no token line in {}", self.kubeconfig.display());
+        }
+        std::fs::write(path, text.join("\n"))?;
+        Ok(path.to_path_buf())
+    }
+
+    /// Renders the chart with helm.
+    pub async fn helm_template(
+        &self,
+        release: &str,
+        chart: &Path,
+        namespace: &str,
+    ) -> anyhow::Result<String> {
+        let out = tokio::process::Command::new(self.bin.join("helm"))
+            .args(["template", release])
+            .arg(chart)
+            .args(["--namespace", namespace])
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("helm template: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// `kubectl get … -o json`, or None when it does not exist.
     pub async fn get(&self, kind: &str, name: &str) -> anyhow::Result<Option<Value>> {
         let out = self.kubectl(&["get", kind, name, "-o", "json"]).await?;
@@ -147,14 +184,20 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts an operator replica against `cp`.
-    pub async fn start(cp: &ControlPlane, identity: &str, dir: &Path) -> anyhow::Result<Self> {
+    /// Starts an operator replica with `kubeconfig`, its Lease in `namespace`.
+    pub async fn start(
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{identity}.log"));
         let out = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new(bin("meshchat-operator"))
             .args(["run", "--identity", identity, "--lease-seconds", "6"])
+            .args(["--lease-namespace", namespace])
             .args(["--listen", &format!("127.0.0.1:{}", free_port()?)])
-            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("MESHCHAT_LOG", "info,rdkafka=warn,kube=warn")
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -80,8 +80,14 @@ async fn ready_pods(cp: &ControlPlane, name: &str) -> anyhow::Result<usize> {
         .unwrap_or(0))
 }
 
+const SYSTEM: &str = "meshchat-system";
+
 async fn lease_holder(cp: &ControlPlane) -> Option<String> {
-    let lease = cp.get("lease", "meshchat-operator").await.ok()??;
+    let out = cp
+        .ok(&["get", "lease", "meshchat-operator", "-n", SYSTEM, "-o", "json"])
+        .await
+        .ok()?;
+    let lease: Value = serde_json::from_str(&out).ok()?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_string)
 }
 
@@ -94,7 +100,9 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     let prefix = unique_prefix("k8s");
     let llm = FakeLlm::start(&["--token-latency-ms", "2"]).await?;
 
-    // 1. the CRD installs and two operator replicas elect a leader
+    // 1. the CRD installs; the chart renders and applies (RBAC, ServiceAccount, Deployment);
+    //    two operator replicas run with the chart's ServiceAccount token (so exactly its RBAC)
+    //    and elect a leader
     cp.ok(&["apply", "--server-side", "-f", "../crds/chatagent.crd.yaml"])
         .await?;
     cp.ok(&[
@@ -104,9 +112,34 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         "--timeout=60s",
     ])
     .await?;
+    cp.ok(&["create", "namespace", SYSTEM]).await?;
+    let chart = cp
+        .helm_template("meshchat", std::path::Path::new("../charts/meshchat"), SYSTEM)
+        .await?;
+    let out = cp
+        .kubectl_stdin(&["apply", "-n", SYSTEM, "-f", "-"], Some(&chart))
+        .await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = cp
+        .ok(&["create", "token", "meshchat", "-n", SYSTEM, "--duration=2h"])
+        .await?;
+    let kubeconfig = cp.kubeconfig_with_token(&token, &dir.join("operator.kubeconfig"))?;
+    let denied = cp
+        .kubectl(&[
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "get",
+            "pods",
+            "-A",
+        ])
+        .await?;
+    assert!(
+        !denied.status.success(),
+        "the operator's account cannot list pods"
+    );
     let mut ops = [
-        Operator::start(&cp, "operator-a", &dir).await?,
-        Operator::start(&cp, "operator-b", &dir).await?,
+        Operator::start(&kubeconfig, SYSTEM, "operator-a", &dir).await?,
+        Operator::start(&kubeconfig, SYSTEM, "operator-b", &dir).await?,
     ];
     let leader = wait_for("an operator to lead", SETTLE, || lease_holder(&cp)).await?;
     println!("leader: {leader}");

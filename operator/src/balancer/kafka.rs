@@ -195,6 +195,7 @@ pub async fn run(
     }
     let meta: BaseConsumer = base.clone().set("group.id", "meshchat-balancer-meta").create()?;
     // the workers create the topics; wait for them
+    let mut waited = false;
     let (partitions, events) = loop {
         let found = tokio::task::block_in_place(|| {
             (
@@ -213,7 +214,10 @@ pub async fn run(
                     r.kafka_reachable = Some(reachable);
                     r.waiting_for_topics = true;
                 });
-                tracing::info!(%bootstrap, agent = %name, "waiting for the workers to create the topics");
+                if !waited {
+                    tracing::info!(%bootstrap, agent = %name, reachable, "waiting for the workers to create the topics");
+                    waited = true;
+                }
                 tokio::select! {
                     () = stop.cancelled() => return Ok(()),
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
