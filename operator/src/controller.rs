@@ -155,6 +155,7 @@ where
 }
 
 /// One reconcile of one ChatAgent.
+#[tracing::instrument(skip_all, fields(agent = %agent_key(&agent).unwrap_or_default()))]
 pub async fn reconcile(agent: Arc<ChatAgent>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = std::time::Instant::now();
     let result = reconcile_inner(&agent, &ctx).await;

@@ -340,7 +340,47 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     .await?;
     println!("rolled to revision {}", sts["status"]["updateRevision"]);
 
-    // 7. the leading operator dies: the other one takes the lease and keeps reconciling
+    // 7. autoscaling: idle workers (load 0 against a 0.6 target) bring replicas down to the
+    //    minimum through /scale, with an Event saying why
+    let patch = r#"{"spec":{"autoscaling":{"enabled":true,"minReplicas":2,"maxReplicas":4,"targetLoad":0.6,"scaleDownStabilizationSeconds":0}}}"#;
+    cp.ok(&["patch", "chatagent", name, "--type", "merge", "-p", patch])
+        .await?;
+    wait_for("the autoscaler to set 2 replicas", SETTLE, || async {
+        let a = agent(&cp, name).await.ok()?;
+        let s = cp.get("statefulset", name).await.ok()??;
+        (a["spec"]["replicas"] == 2 && s["spec"]["replicas"] == 2).then_some(())
+    })
+    .await?;
+    let events = cp
+        .ok(&[
+            "get",
+            "events.events.k8s.io",
+            "--field-selector",
+            "regarding.name=support",
+            "-o",
+            "json",
+        ])
+        .await?;
+    let events: Value = serde_json::from_str(&events)?;
+    // (first clamped to maxReplicas while the restarted balancer has no load yet, then to 2;
+    // the API server keeps repeats of one reason and action as a series of the first note)
+    let scaled: Vec<String> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == "Scaled" && e["action"] == "Autoscale")
+        .filter_map(|e| e["note"].as_str().map(str::to_string))
+        .collect();
+    println!("autoscale events: {scaled:?}");
+    assert!(
+        scaled.iter().any(|n| n.starts_with("replicas 5 -> ")),
+        "an Autoscale event"
+    );
+    let off = r#"{"spec":{"autoscaling":{"enabled":false}}}"#;
+    cp.ok(&["patch", "chatagent", name, "--type", "merge", "-p", off])
+        .await?;
+
+    // 8. the leading operator dies: the other one takes the lease and keeps reconciling
     let leader_idx = ops.iter().position(|o| o.identity == leader).unwrap_or(0);
     ops[leader_idx].kill().await?;
     let t = std::time::Instant::now();
@@ -352,18 +392,18 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         "{next} took over {:.1}s after {leader} was killed",
         t.elapsed().as_secs_f64()
     );
-    cp.ok(&["scale", "chatagent/support", "--replicas=2"]).await?;
+    cp.ok(&["scale", "chatagent/support", "--replicas=3"]).await?;
     wait_for("the new leader to scale the StatefulSet", SETTLE, || async {
         let s = cp.get("statefulset", name).await.ok()??;
-        (s["spec"]["replicas"] == 2).then_some(())
+        (s["spec"]["replicas"] == 3).then_some(())
     })
     .await?;
-    wait_for("2 ready pods", SETTLE, || async {
-        (ready_pods(&cp, name).await.ok()? == 2).then_some(())
+    wait_for("3 ready pods", SETTLE, || async {
+        (ready_pods(&cp, name).await.ok()? == 3).then_some(())
     })
     .await?;
 
-    // 8. deleting the ChatAgent removes its children (owner references, garbage collector)
+    // 9. deleting the ChatAgent removes its children (owner references, garbage collector)
     cp.ok(&["delete", "chatagent", name, "--wait=true"]).await?;
     wait_for("children to be garbage collected", SETTLE, || async {
         for (kind, child) in [
