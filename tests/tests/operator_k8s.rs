@@ -82,6 +82,16 @@ async fn ready_pods(cp: &ControlPlane, name: &str) -> anyhow::Result<usize> {
 
 const SYSTEM: &str = "meshchat-system";
 
+/// What ChatAgent `support` owns.
+const CHILDREN: [(&str, &str); 6] = [
+    ("statefulset", "support"),
+    ("service", "support"),
+    ("service", "support-peers"),
+    ("configmap", "support-config"),
+    ("poddisruptionbudget", "support"),
+    ("serviceaccount", "support-worker"),
+];
+
 async fn lease_holder(cp: &ControlPlane) -> Option<String> {
     let out = cp
         .ok(&["get", "lease", "meshchat-operator", "-n", SYSTEM, "-o", "json"])
@@ -162,14 +172,7 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     assert_eq!(worker["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(worker["lifecycle"]["preStop"]["httpGet"]["path"], "/drain");
     assert_eq!(pod["terminationGracePeriodSeconds"], 35);
-    for (kind, child) in [
-        ("statefulset", "support"),
-        ("service", "support"),
-        ("service", "support-peers"),
-        ("configmap", "support-config"),
-        ("poddisruptionbudget", "support"),
-        ("serviceaccount", "support-worker"),
-    ] {
+    for (kind, child) in CHILDREN {
         let obj: Value = serde_json::from_str(
             &cp.ok(&["get", kind, child, "-o", "json", "--show-managed-fields"])
                 .await?,
@@ -406,14 +409,7 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     // 9. deleting the ChatAgent removes its children (owner references, garbage collector)
     cp.ok(&["delete", "chatagent", name, "--wait=true"]).await?;
     wait_for("children to be garbage collected", SETTLE, || async {
-        for (kind, child) in [
-            ("statefulset", "support"),
-            ("service", "support"),
-            ("service", "support-peers"),
-            ("configmap", "support-config"),
-            ("poddisruptionbudget", "support"),
-            ("serviceaccount", "support-worker"),
-        ] {
+        for (kind, child) in CHILDREN {
             if cp.get(kind, child).await.ok()?.is_some() {
                 return None;
             }

@@ -60,18 +60,28 @@ fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).expect("time")
 }
 
+fn observe(
+    agent: &ChatAgent,
+    sts: Option<&StatefulSet>,
+    report: &Report,
+    base: u64,
+    secs: i64,
+) -> ChatAgentStatus {
+    status(&Observed {
+        agent,
+        stateful_set: sts,
+        balancer: report,
+        migrations_base: base,
+        now: at(secs),
+    })
+}
+
 #[test]
 fn a_settled_mesh_is_ready_and_not_progressing() {
     let a = agent(2);
     let s = sts(2, 2, 2);
     let r = healthy();
-    let st = status(&Observed {
-        agent: &a,
-        stateful_set: Some(&s),
-        balancer: &r,
-        migrations_base: 5,
-        now: at(100),
-    });
+    let st = observe(&a, Some(&s), &r, 5, 100);
     assert_eq!((st.replicas, st.ready_replicas), (2, 2));
     assert_eq!(st.observed_generation, Some(3));
     assert_eq!(
@@ -105,13 +115,7 @@ fn scaling_and_unready_workers_show_as_progressing_and_not_ready() {
     let a = agent(5);
     let s = sts(2, 2, 2);
     let r = healthy();
-    let st = status(&Observed {
-        agent: &a,
-        stateful_set: Some(&s),
-        balancer: &r,
-        migrations_base: 0,
-        now: at(100),
-    });
+    let st = observe(&a, Some(&s), &r, 0, 100);
     assert_eq!(cond(&st, "Ready").reason, "WorkersNotReady");
     assert_eq!(cond(&st, "Ready").message, "2/5 workers ready");
     assert_eq!(
@@ -121,13 +125,7 @@ fn scaling_and_unready_workers_show_as_progressing_and_not_ready() {
         ),
         ("True", "Scaling")
     );
-    let none = status(&Observed {
-        agent: &a,
-        stateful_set: None,
-        balancer: &r,
-        migrations_base: 0,
-        now: at(100),
-    });
+    let none = observe(&a, None, &r, 0, 100);
     assert_eq!(cond(&none, "Progressing").reason, "Creating");
     let zero = agent(0);
     let st = status(&Observed {
@@ -146,13 +144,7 @@ fn a_lost_worker_or_kafka_degrades_the_mesh() {
     let s = sts(2, 2, 2);
     let mut r = healthy();
     r.summary.workers[1].alive = false;
-    let st = status(&Observed {
-        agent: &a,
-        stateful_set: Some(&s),
-        balancer: &r,
-        migrations_base: 0,
-        now: at(100),
-    });
+    let st = observe(&a, Some(&s), &r, 0, 100);
     assert_eq!(
         (
             cond(&st, "Degraded").status.as_str(),
@@ -163,23 +155,11 @@ fn a_lost_worker_or_kafka_degrades_the_mesh() {
     assert!(cond(&st, "Degraded").message.contains("support-1"));
     assert_eq!(st.load, Some(0.5), "load averages live workers only");
     r.kafka_reachable = Some(false);
-    let st = status(&Observed {
-        agent: &a,
-        stateful_set: Some(&s),
-        balancer: &r,
-        migrations_base: 0,
-        now: at(100),
-    });
+    let st = observe(&a, Some(&s), &r, 0, 100);
     assert_eq!(cond(&st, "Degraded").reason, "KafkaUnreachable");
     assert_eq!(cond(&st, "KafkaReachable").status, "False");
     let unknown = Report::default();
-    let st = status(&Observed {
-        agent: &a,
-        stateful_set: Some(&s),
-        balancer: &unknown,
-        migrations_base: 0,
-        now: at(100),
-    });
+    let st = observe(&a, Some(&s), &unknown, 0, 100);
     assert_eq!(cond(&st, "KafkaReachable").status, "Unknown");
     assert_eq!(cond(&st, "Ready").reason, "PartitionsUnassigned");
 }
@@ -189,22 +169,10 @@ fn transition_times_move_only_when_a_condition_flips() {
     let mut a = agent(2);
     let s = sts(2, 2, 2);
     let r = healthy();
-    let first = status(&Observed {
-        agent: &a,
-        stateful_set: Some(&s),
-        balancer: &r,
-        migrations_base: 0,
-        now: at(100),
-    });
+    let first = observe(&a, Some(&s), &r, 0, 100);
     a.status = Some(first);
     let unready = sts(2, 1, 2);
-    let second = status(&Observed {
-        agent: &a,
-        stateful_set: Some(&unready),
-        balancer: &r,
-        migrations_base: 0,
-        now: at(200),
-    });
+    let second = observe(&a, Some(&unready), &r, 0, 200);
     assert_eq!(
         cond(&second, "Ready").last_transition_time,
         Time(at(200)),
