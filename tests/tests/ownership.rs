@@ -177,9 +177,31 @@ async fn sigterm_drains_a_worker() -> anyhow::Result<()> {
     assert!(status.success(), "drained worker exits cleanly: {status}");
     println!("drain took {:.1}s", t.elapsed().as_secs_f64());
     mesh.wait_owned_by(&[0, 2], SETTLE).await?;
+    // the Kubernetes way: the kubelet's preStop hook GETs /drain, which returns once every
+    // partition is handed over; the SIGTERM that follows finds nothing left to move
+    drop_url(&targets, &mesh.workers[2].url);
+    let drained: serde_json::Value = http()
+        .get(format!("{}/drain", mesh.workers[2].url))
+        .timeout(SETTLE)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(drained, json!({"drained": "handedOver", "partitionsHeld": 0}));
+    let ready = http()
+        .get(format!("{}/readyz", mesh.workers[2].url))
+        .send()
+        .await?;
+    assert_eq!(ready.status(), 503, "a draining worker is not ready");
+    mesh.wait_owned_by(&[0], SETTLE).await?;
+    let status = mesh.workers[2].stop().await?;
+    assert!(
+        status.success(),
+        "exits cleanly after the preStop drain: {status}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let accepted = load.stop().await;
-    assert_exact(verify_exactly_once(&mesh.workers[2].url, &accepted, &live, SETTLE).await?);
+    assert_exact(verify_exactly_once(&mesh.workers[0].url, &accepted, &live, SETTLE).await?);
     Ok(())
 }
 
