@@ -12,7 +12,7 @@ all: build
 help:
 	@echo "make run    - Kafka + fake (or real) LLM + three workers on :8080 :8081 :8082"
 	@echo "make test   - format, lint, unit, property and integration tests on a real broker"
-	@echo "make bench  - handoff and failover measurements (writes docs/benchmarks.json)"
+	@echo "make bench  - raw broker, placement, handoff and failover measurements (docs/benchmarks.md, .json, PNGs)"
 	@echo "make crds   - regenerate the ChatAgent CRD YAML"
 	@echo "make e2e    - the operator against a real cluster (KUBECONFIG: kind, k3d...), see docs/kubernetes.md"
 	@echo "make lint   - rustfmt --check and clippy -D warnings"
@@ -48,6 +48,8 @@ test: lint
 	@echo "==> cargo build --workspace --bins --tests"
 	$(CARGO) build --workspace --bins --tests
 	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR) 2>/dev/null || true
+	@# and one a standalone `cargo test` started on the same port (its default data dir)
+	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) 2>/dev/null || true
 	@rm -rf $(TEST_KAFKA_DIR)
 	@scripts/kafka.sh start $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR)
 	@set -o pipefail; status=0; \
@@ -66,10 +68,12 @@ bench:
 	@scripts/kafka.sh fetch
 	$(CARGO) build --workspace --bins
 	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR) 2>/dev/null || true
+	@# and one a standalone `cargo test` started on the same port (its default data dir)
+	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) 2>/dev/null || true
 	@rm -rf $(TEST_KAFKA_DIR)
 	@scripts/kafka.sh start $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR)
 	@status=0; MESHCHAT_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
-	  $(CARGO_TARGET_DIR)/debug/handoff-bench --json docs/benchmarks.json || status=$$?; \
+	  $(CARGO_TARGET_DIR)/debug/meshchat-bench --out docs || status=$$?; \
 	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); exit $$status
 
 clean:

@@ -310,44 +310,60 @@ fn balance(input: &Input, policy: &Policy, st: &mut State<'_>) {
     let mut moved = 0.0;
     let mut count = 0usize;
     loop {
-        let order = st.coldest_first();
-        let (Some(cold), Some(hot)) = (order.first().cloned(), order.last().cloned()) else {
-            return;
-        };
-        let (lh, lc) = (st.loads[&hot], st.loads[&cold]);
-        let over = lh > policy.high_watermark || lh > policy.imbalance * mean;
-        // a worker that received in this round does not give: passing partitions along a chain
-        // of workers is churn, and the next round sees fresher loads anyway
-        let received = st
-            .moves
-            .iter()
-            .any(|m| m.reason == Reason::Balance && m.to == hot);
-        if !over || received || count >= policy.max_moves {
+        if count >= policy.max_moves {
             return;
         }
-        // best fit: the largest partition that moves no more than needed (hot stays at or above
-        // the mean, cold at or below it); failing that, the smallest one that still lowers
-        // max(hot, cold). Moving no more than needed keeps the round's budget for other moves.
-        let gap = lh - lc;
-        let want = (lh - mean).min(mean - lc);
-        let movable: Vec<(Partition, f64)> = st
-            .owned_by(&hot)
-            .into_iter()
-            .filter(|p| !in_cooldown(input, policy, *p, st))
-            .map(|p| (p, st.part_load(p)))
-            .filter(|(_, l)| *l > 0.0 && *l < gap && moved + l <= budget)
-            .collect();
-        let candidate = movable
-            .iter()
-            .filter(|(_, l)| *l <= want)
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
-            .or_else(|| {
-                movable
-                    .iter()
-                    .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
-            })
-            .copied();
-        let Some((p, l)) = candidate else { return };
+        let order = st.coldest_first();
+        let Some(cold) = order.first().cloned() else {
+            return;
+        };
+        let lc = st.loads[&cold];
+        // donors hottest first: the hottest may be unable to give (its one partition is bigger
+        // than the gap), and the next one over the threshold still should
+        let mut gave = None;
+        for hot in order.iter().rev().filter(|w| **w != cold) {
+            let lh = st.loads[hot];
+            if !(lh > policy.high_watermark || lh > policy.imbalance * mean) {
+                break; // the rest are cooler
+            }
+            // a worker that received in this round does not give: passing partitions along a
+            // chain of workers is churn, and the next round sees fresher loads anyway
+            let received = st
+                .moves
+                .iter()
+                .any(|m| m.reason == Reason::Balance && &m.to == hot);
+            if received {
+                continue;
+            }
+            // best fit: the largest partition that moves no more than needed (hot stays at or
+            // above the mean, cold at or below it); failing that, the smallest one that still
+            // lowers max(hot, cold). Moving no more than needed keeps the round's budget for
+            // other moves.
+            let gap = lh - lc;
+            let want = (lh - mean).min(mean - lc);
+            let movable: Vec<(Partition, f64)> = st
+                .owned_by(hot)
+                .into_iter()
+                .filter(|p| !in_cooldown(input, policy, *p, st))
+                .map(|p| (p, st.part_load(p)))
+                .filter(|(_, l)| *l > 0.0 && *l < gap && moved + l <= budget)
+                .collect();
+            let candidate = movable
+                .iter()
+                .filter(|(_, l)| *l <= want)
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+                .or_else(|| {
+                    movable
+                        .iter()
+                        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+                })
+                .copied();
+            if let Some(c) = candidate {
+                gave = Some(c);
+                break;
+            }
+        }
+        let Some((p, l)) = gave else { return };
         st.assign(p, &cold, Reason::Balance);
         moved += l;
         count += 1;

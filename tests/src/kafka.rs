@@ -19,8 +19,11 @@ pub async fn broker() -> anyhow::Result<String> {
             if let Ok(b) = std::env::var("MESHCHAT_TEST_BOOTSTRAP") {
                 return Ok(b);
             }
-            // `cargo test` runs us from the package root (tests/)
-            let script = "../scripts/kafka.sh";
+            // `cargo test` runs us from the package root (tests/), `make bench` from the repo's
+            let script = ["../scripts/kafka.sh", "scripts/kafka.sh"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .context("scripts/kafka.sh not found (run from the repository or tests/)")?;
             let out = tokio::task::spawn_blocking(move || {
                 Command::new("bash")
                     .arg(script)

@@ -2,6 +2,7 @@
 //! and gives tests small clients for REST, WebSocket, SSE and the topics themselves.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod k8s;
 mod kafka;
 mod live;

@@ -1,0 +1,58 @@
+//! `meshchat-bench`: the measurements behind docs/benchmarks.md, each in its own module, and
+//! what they share (percentiles, plots).
+
+pub mod planner;
+pub mod plot;
+pub mod raw;
+
+use serde::Serialize;
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub n: usize,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Percentiles of `v` (sorted in place); NaN when empty.
+pub fn percentiles(v: &mut [f64]) -> Percentiles {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[((v.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    Percentiles {
+        n: v.len(),
+        p50: at(0.5),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: at(1.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_sample() {
+        let mut v: Vec<f64> = (1..=1000).rev().map(f64::from).collect();
+        let p = percentiles(&mut v);
+        assert_eq!(
+            (p.n, p.p50, p.p99, p.p999, p.max),
+            (1000, 501.0, 990.0, 999.0, 1000.0)
+        );
+        assert!(percentiles(&mut []).p50.is_nan());
+    }
+}
