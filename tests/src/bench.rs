@@ -7,6 +7,21 @@ pub mod raw;
 
 use serde::Serialize;
 
+/// The numeric keys of `docs/benchmarks.json` meant for comparing runs.
+pub const SUMMARY_KEYS: [&str; 11] = [
+    "raw_msgs_per_s",
+    "chat_msgs_per_s",
+    "chat_over_raw",
+    "p99_overhead_ms",
+    "rss_idle_mb",
+    "bytes_per_conversation",
+    "handoff_pause_p99_ms",
+    "failover_s",
+    "planner_max_over_mean",
+    "planner_moved_fraction",
+    "planner_decision_ms",
+];
+
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Percentiles {

@@ -24,19 +24,7 @@ async fn the_benchmark_runs_in_smoke_mode_and_writes_its_report() -> anyhow::Res
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    for key in [
-        "raw_msgs_per_s",
-        "chat_msgs_per_s",
-        "chat_over_raw",
-        "p99_overhead_ms",
-        "rss_idle_mb",
-        "bytes_per_conversation",
-        "handoff_pause_p99_ms",
-        "failover_s",
-        "planner_max_over_mean",
-        "planner_moved_fraction",
-        "planner_decision_ms",
-    ] {
+    for key in meshchat_tests::bench::SUMMARY_KEYS {
         let measured = json[key].as_f64().is_some_and(f64::is_finite);
         assert!(measured || not_yet.contains(&key), "{key}: {}", json[key]);
     }

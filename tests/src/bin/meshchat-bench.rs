@@ -10,7 +10,7 @@ use std::process::Stdio;
 use anyhow::Context;
 use clap::Parser;
 use meshchat_tests::bench::plot::{self, Series};
-use meshchat_tests::bench::{planner, raw};
+use meshchat_tests::bench::{SUMMARY_KEYS, planner, raw};
 use meshchat_tests::{bin, broker};
 use serde_json::{Value, json};
 
@@ -124,51 +124,40 @@ fn markdown(
             "| case | round | max/mean | load moved | moves | decision |\n|---|---|---|---|---|---|\n",
         );
         for r in &planner.rounds {
-            md.push_str(&format!(
-                "| balance | {} | {:.3} | {:.1} % | {} | {:.1} ms |\n",
-                r.round,
-                r.max_over_mean,
-                r.moved_fraction * 100.0,
-                r.moves,
-                r.decision_ms
-            ));
+            md.push_str(&row("balance", r));
         }
-        let so = &planner.scale_out;
-        md.push_str(&format!(
-        "| scale-out {} → {} workers (minimum to move: {:.1} %) | 1 | {:.3} | {:.1} % | {} | {:.1} ms |\n",
-        s.workers,
-        s.workers + 1,
-        planner.scale_out_minimum_fraction * 100.0,
-        so.max_over_mean,
-        so.moved_fraction * 100.0,
-        so.moves,
-        so.decision_ms
-    ));
-        let fo = &planner.failover;
-        md.push_str(&format!(
-        "| failover of the worker with the most partitions ({} survivors received them) | 1 | {:.3} | {:.1} % | {} | {:.1} ms |\n\n",
-        planner.failover_receivers, fo.max_over_mean, fo.moved_fraction * 100.0, fo.moves, fo.decision_ms
-    ));
+        let scale_out = format!(
+            "scale-out {} → {} workers (minimum to move: {:.1} %)",
+            s.workers,
+            s.workers + 1,
+            planner.scale_out_minimum_fraction * 100.0
+        );
+        md.push_str(&row(&scale_out, &planner.scale_out));
+        let failover = format!(
+            "failover of the worker with the most partitions ({} survivors received them)",
+            planner.failover_receivers
+        );
+        md.push_str(&row(&failover, &planner.failover));
+        md.push('\n');
     }
     md.push_str("![balance vs rounds](bench-planner.png)\n\n");
     md.push_str("### Summary (`docs/benchmarks.json`)\n\n| key | value |\n|---|---|\n");
-    for k in [
-        "raw_msgs_per_s",
-        "chat_msgs_per_s",
-        "chat_over_raw",
-        "p99_overhead_ms",
-        "rss_idle_mb",
-        "bytes_per_conversation",
-        "handoff_pause_p99_ms",
-        "failover_s",
-        "planner_max_over_mean",
-        "planner_moved_fraction",
-        "planner_decision_ms",
-    ] {
+    for k in SUMMARY_KEYS {
         md.push_str(&format!("| `{k}` | {} |\n", f(k)));
     }
     md.push_str(&format!("\n{END}\n"));
     md
+}
+
+fn row(case: &str, r: &planner::Round) -> String {
+    format!(
+        "| {case} | {} | {:.3} | {:.1} % | {} | {:.1} ms |\n",
+        r.round,
+        r.max_over_mean,
+        r.moved_fraction * 100.0,
+        r.moves,
+        r.decision_ms
+    )
 }
 
 /// Replaces the generated section of `file` (or appends it).
