@@ -1,6 +1,7 @@
 //! `meshchat-bench`: the measurements behind docs/benchmarks.md, each in its own module, and
 //! what they share (percentiles, plots).
 
+pub mod chat;
 pub mod planner;
 pub mod plot;
 pub mod raw;

@@ -183,7 +183,8 @@ impl Worker {
         Ok(())
     }
 
-    fn pid(&self) -> Option<u32> {
+    /// Process id while running.
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
     }
 

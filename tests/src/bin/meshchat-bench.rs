@@ -10,8 +10,8 @@ use std::process::Stdio;
 use anyhow::Context;
 use clap::Parser;
 use meshchat_tests::bench::plot::{self, Series};
-use meshchat_tests::bench::{SUMMARY_KEYS, planner, raw};
-use meshchat_tests::{bin, broker};
+use meshchat_tests::bench::{SUMMARY_KEYS, chat, planner, raw};
+use meshchat_tests::{MeshOptions, TestMesh, bin, broker};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -25,6 +25,9 @@ struct Args {
     /// Skip the handoff/failover phase (it starts a mesh of processes).
     #[arg(long)]
     no_handoff: bool,
+    /// Skip the chat-path and memory phase (it starts a mesh of processes).
+    #[arg(long)]
+    no_chat: bool,
     /// Seconds per raw-broker phase.
     #[arg(long, default_value_t = 10.0)]
     raw_secs: f64,
@@ -73,10 +76,65 @@ async fn handoff(out: &Path, smoke: bool) -> anyhow::Result<Value> {
     Ok(v)
 }
 
+fn chat_section(c: &chat::ChatReport, m: &chat::MemoryReport, raw: &raw::RawReport) -> String {
+    let mut md = format!(
+        "### Chat path (HTTP send → reply on a WebSocket; fake LLM at {} ms/token)\n\n{} workers, {} conversations \
+         (one WebSocket each), open-loop load stepped ×1.5; a step is kept up when ≥ 99 % of its messages are answered \
+         within 10 s of its end and p99 < 2 s.\n\n| offered/s | sent | replied | replied/s | p50 | p99 | p999 | kept up |\n|---|---|---|---|---|---|---|---|\n",
+        c.token_ms, c.workers, c.conversations
+    );
+    let line = |label: String, s: &chat::Step| {
+        format!(
+            "| {label} | {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {} |\n",
+            s.sent,
+            s.replied,
+            s.replied_per_s,
+            s.latency_ms.p50,
+            s.latency_ms.p99,
+            s.latency_ms.p999,
+            if s.kept_up { "yes" } else { "no" }
+        )
+    };
+    for s in &c.steps {
+        md.push_str(&line(format!("{:.0}", s.rate), s));
+    }
+    if let Some(s) = &c.at_half {
+        md.push_str(&line(format!("{:.0} (50 % of max)", s.rate), s));
+    }
+    if let Some(s) = &c.at_90 {
+        md.push_str(&line(format!("{:.0} (90 % of max)", s.rate), s));
+    }
+    md.push_str(&format!(
+        "\nMax sustained: **{:.0} msgs/s**; raw broker flat out: {:.0} msgs/s; chat / raw = {:.4}.\n\n",
+        c.max_sustained,
+        raw.max_msgs_per_s,
+        c.max_sustained / raw.max_msgs_per_s.max(1.0)
+    ));
+    md.push_str("![latency vs load](bench-chat-latency.png)\n\n");
+    md.push_str(&format!(
+        "### Worker memory\n\nRSS idle: {} MiB; after {} resident conversations (one exchange each): {} MiB; \
+         growth / conversations = **{:.0} bytes per conversation**.\n\n",
+        m.idle_mb
+            .iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        m.conversations,
+        m.loaded_mb
+            .iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        m.bytes_per_conversation
+    ));
+    md
+}
+
 fn markdown(
     results: &Value,
     planners: &[planner::PlannerReport],
     raw: &raw::RawReport,
+    chat: Option<&(chat::ChatReport, chat::MemoryReport)>,
     command: &str,
 ) -> String {
     let f = |k: &str| {
@@ -104,6 +162,9 @@ fn markdown(
         raw.half_latency_ms.p99,
         raw.half_latency_ms.p999
     ));
+    if let Some((c, m)) = chat {
+        md.push_str(&chat_section(c, m, raw));
+    }
     md.push_str("### Placement quality (planner alone)\n\n");
     for planner in planners {
         let s = &planner.sizes;
@@ -227,6 +288,51 @@ async fn main() -> anyhow::Result<()> {
     let secs = if args.smoke { 1.0 } else { args.raw_secs };
     let rw = raw::run(&bootstrap, 24, 256, secs).await?;
 
+    let chat = if args.no_chat {
+        None
+    } else {
+        eprintln!("==> chat path and memory");
+        let token_ms = 0;
+        let opts = MeshOptions {
+            partitions: 24,
+            token_ms,
+            concurrency: 64,
+            ..MeshOptions::default()
+        };
+        let mesh = TestMesh::start("bench-chat", opts).await?;
+        let (resident, convs, start, steps, step_secs) = if args.smoke {
+            (200, 20, 20.0, 2, 1.0)
+        } else {
+            (10_000, 200, 50.0, 10, 10.0)
+        };
+        let memory = chat::memory(&mesh, resident).await?;
+        let report = chat::run(&mesh, convs, start, steps, step_secs, token_ms).await?;
+        drop(mesh);
+        let mut points = Vec::new();
+        let mut p99 = Vec::new();
+        for st in report.steps.iter().filter(|s| s.replied > 0) {
+            points.push((st.replied_per_s, st.latency_ms.p50));
+            p99.push((st.replied_per_s, st.latency_ms.p99));
+        }
+        plot::lines(
+            &args.out.join("bench-chat-latency.png"),
+            "Chat path: latency vs load (send → reply on a WebSocket)",
+            "replies per second",
+            "latency (ms)",
+            &[
+                Series {
+                    name: "p50".into(),
+                    points,
+                },
+                Series {
+                    name: "p99".into(),
+                    points: p99,
+                },
+            ],
+        )?;
+        Some((report, memory))
+    };
+
     let ho = if args.no_handoff {
         Value::Null
     } else {
@@ -255,12 +361,15 @@ async fn main() -> anyhow::Result<()> {
         "smoke": args.smoke,
         "raw_msgs_per_s": rw.max_msgs_per_s,
         "raw_p99_ms_at_half": rw.half_latency_ms.p99,
-        "chat_msgs_per_s": null,
-        "chat_over_raw": null,
-        "p99_overhead_ms": null,
-        "rss_idle_mb": null,
-        "bytes_per_conversation": null,
-        "not_measured_yet": ["chat_msgs_per_s", "chat_over_raw", "p99_overhead_ms", "rss_idle_mb", "bytes_per_conversation"],
+        "chat_msgs_per_s": chat.as_ref().map(|(c, _)| c.max_sustained),
+        "chat_over_raw": chat.as_ref().map(|(c, _)| c.max_sustained / rw.max_msgs_per_s.max(1.0)),
+        // the fake LLM answers in 0 ms: everything at half load is overhead
+        "p99_overhead_ms": chat.as_ref().and_then(|(c, _)| c.at_half.as_ref()).map(|s| s.latency_ms.p99),
+        "rss_idle_mb": chat.as_ref().map(|(_, m)| m.idle_mb.iter().sum::<f64>() / m.idle_mb.len().max(1) as f64),
+        "bytes_per_conversation": chat.as_ref().map(|(_, m)| m.bytes_per_conversation),
+        "not_measured_yet": if chat.is_some() { json!([]) } else { json!(["chat_msgs_per_s", "chat_over_raw", "p99_overhead_ms", "rss_idle_mb", "bytes_per_conversation"]) },
+        "chat": chat.as_ref().map(|(c, _)| c),
+        "memory": chat.as_ref().map(|(_, m)| m),
         "handoff_pause_p50_ms": ho["handoff_pause_p50_ms"],
         "handoff_pause_p99_ms": ho["handoff_pause_p99_ms"],
         "failover_s": ho["failover_s"],
@@ -275,7 +384,7 @@ async fn main() -> anyhow::Result<()> {
         args.out.join("benchmarks.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let md = markdown(&results, &planners, &rw, command);
+    let md = markdown(&results, &planners, &rw, chat.as_ref(), command);
     splice(&args.out.join("benchmarks.md"), &md)?;
     println!("{md}");
     Ok(())
