@@ -191,6 +191,8 @@ pub async fn run(
         .build()?;
     let urls: Vec<String> = mesh.workers.iter().map(|w| w.url.clone()).collect();
     let grace = Duration::from_secs(10);
+    // warm-up, not recorded: connection pools and first-touch allocations of a fresh mesh
+    step(&client, &urls, &convs, &seen, start, secs.min(3.0), grace).await;
     let mut steps = Vec::new();
     let mut rate = start;
     for _ in 0..max_steps {
@@ -217,7 +219,11 @@ pub async fn run(
         .map(|s| s.rate)
         .fold(0.0, f64::max);
     let (at_half, at_90) = if max_sustained > 0.0 {
+        // the last step overloaded the mesh: let it drain its backlog (lag, snapshot rounds)
+        // before measuring below the maximum
+        tokio::time::sleep(Duration::from_secs_f64(secs.max(1.0) * 2.0)).await;
         let half = step(&client, &urls, &convs, &seen, max_sustained * 0.5, secs, grace).await;
+        tokio::time::sleep(Duration::from_secs_f64(secs.max(1.0))).await;
         let ninety = step(&client, &urls, &convs, &seen, max_sustained * 0.9, secs, grace).await;
         (Some(half), Some(ninety))
     } else {

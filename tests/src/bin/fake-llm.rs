@@ -62,6 +62,7 @@ type Shared = Arc<AppState>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // like real LLM servers: stream tokens without Nagle's delay
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(AppState {
@@ -81,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
         .with_state(state);
     // the harness and `make run` read this line to learn the port
     println!("fake-llm listening on http://{addr}/v1");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }

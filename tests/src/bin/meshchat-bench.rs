@@ -28,6 +28,18 @@ struct Args {
     /// Skip the chat-path and memory phase (it starts a mesh of processes).
     #[arg(long)]
     no_chat: bool,
+    /// First offered rate of the chat path (messages/s); later steps ×1.5.
+    #[arg(long)]
+    chat_start: Option<f64>,
+    /// Most chat-path steps.
+    #[arg(long)]
+    chat_steps: Option<usize>,
+    /// Seconds per chat-path step.
+    #[arg(long)]
+    chat_secs: Option<f64>,
+    /// Resident conversations for the memory figure.
+    #[arg(long)]
+    memory_conversations: Option<usize>,
     /// Seconds per raw-broker phase.
     #[arg(long, default_value_t = 10.0)]
     raw_secs: f64,
@@ -305,6 +317,10 @@ async fn main() -> anyhow::Result<()> {
         } else {
             (10_000, 200, 50.0, 10, 10.0)
         };
+        let resident = args.memory_conversations.unwrap_or(resident);
+        let start = args.chat_start.unwrap_or(start);
+        let steps = args.chat_steps.unwrap_or(steps);
+        let step_secs = args.chat_secs.unwrap_or(step_secs);
         let memory = chat::memory(&mesh, resident).await?;
         let report = chat::run(&mesh, convs, start, steps, step_secs, token_ms).await?;
         drop(mesh);
