@@ -8,14 +8,14 @@ mod producer;
 pub use admin::{ensure_topics, partition_count};
 pub use logread::{read_conversation, read_partition, restore_snapshots};
 pub use pool::ReaderPool;
+pub use producer::Producer;
 
 #[cfg(test)]
 mod tests;
-pub use producer::Producer;
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// A Kafka failure.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,19 @@ pub fn client_config(bootstrap: &str, extra: &str) -> ClientConfig {
 /// then knows which replies after it are void without rereading the log before it.
 pub fn commit_metadata(fence: u64) -> String {
     format!("fence={fence}")
+}
+
+/// Where reading `topic` partition `p` starts, from `committed` offsets: the committed offset
+/// and the fence before it, or the log start (`low`, no fence known) when nothing is committed
+/// or the commit fell out of retention.
+pub fn commit_start(committed: &TopicPartitionList, topic: &str, p: i32, low: i64) -> (i64, u64) {
+    committed
+        .find_partition(topic, p)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) if o >= low => Some((o, fence_of_commit(e.metadata()))),
+            _ => None,
+        })
+        .unwrap_or((low, 0))
 }
 
 /// The fence epoch stored by [`commit_metadata`] (0 for commits without one).

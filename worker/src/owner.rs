@@ -228,12 +228,9 @@ impl OwnerLoop {
         consumer: &StreamConsumer,
     ) -> Result<(), KafkaError> {
         let now = Instant::now();
-        let owned = if run.suspended {
-            BTreeMap::new()
-        } else {
-            view.owned.clone()
-        };
-        for (&p, &epoch) in &owned {
+        // while suspended nothing new is taken over (releases below still proceed)
+        let suspended = run.suspended;
+        for (&p, &epoch) in view.owned.iter().filter(|_| !suspended) {
             match run.parts.get_mut(&p) {
                 Some(part) if matches!(part.state, State::Releasing { .. }) => part.reacquire = true,
                 Some(part) => part.epoch = part.epoch.max(epoch),
@@ -333,13 +330,8 @@ impl OwnerLoop {
                 }
                 _ => {
                     run.resume.insert(p);
-                    part.state = State::Releasing {
-                        deadline: now,
-                        to_epoch: part.epoch,
-                        to: String::new(),
-                        abandon: true,
-                    };
-                    self.held.set(p, part.epoch, Phase::Releasing);
+                    let epoch = part.epoch;
+                    self.abandon(p, part, epoch, now);
                 }
             }
             part.reacquire = false;
@@ -362,11 +354,16 @@ impl OwnerLoop {
             fence,
             "fenced by a newer owner; abandoning the partition"
         );
+        self.abandon(p, part, fence, Instant::now());
+    }
+
+    /// Drops `p` without a word: answers cancelled; no snapshot, commit or release follows.
+    fn abandon(&self, p: i32, part: &mut Part, to_epoch: u64, now: Instant) {
         part.cancel.cancel();
         part.reacquire = false;
         part.state = State::Releasing {
-            deadline: Instant::now(),
-            to_epoch: fence,
+            deadline: now,
+            to_epoch,
             to: String::new(),
             abandon: true,
         };

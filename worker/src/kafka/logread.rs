@@ -108,14 +108,16 @@ pub fn restore_snapshots(
     Ok(latest)
 }
 
-/// Keeps the snapshot that covers more of the log. Usually the later one in the topic; but a
-/// paused old owner may write a snapshot after the new owner's, of an older state.
+/// Whether snapshot `s`, read after `have`, replaces it: the one covering more of the log wins
+/// (ties: the later). Usually the later one in the topic; but a paused old owner may write a
+/// snapshot after the new owner's, of an older state.
+fn supersedes(s: &ConversationSnapshot, have: Option<&ConversationSnapshot>) -> bool {
+    have.is_none_or(|have| s.last_offset >= have.last_offset)
+}
+
 fn keep_newest(latest: &mut HashMap<String, ConversationSnapshot>, s: ConversationSnapshot) {
-    match latest.get(&s.conversation_id) {
-        Some(have) if have.last_offset > s.last_offset => {}
-        _ => {
-            latest.insert(s.conversation_id.clone(), s);
-        }
+    if supersedes(&s, latest.get(&s.conversation_id)) {
+        latest.insert(s.conversation_id.clone(), s);
     }
 }
 
@@ -135,9 +137,7 @@ pub fn read_conversation(
         if raw.key.as_deref() == Some(id.as_bytes())
             && let Some(payload) = raw.payload
             && let Ok(s) = decode::<ConversationSnapshot>(&payload)
-            && snapshot
-                .as_ref()
-                .is_none_or(|have: &ConversationSnapshot| s.last_offset >= have.last_offset)
+            && supersedes(&s, snapshot.as_ref())
         {
             snapshot = Some(s);
         }

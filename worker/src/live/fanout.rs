@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Sequencer;
 use crate::hub::Hub;
-use crate::kafka::{KafkaError, META_TIMEOUT, fence_of_commit};
+use crate::kafka::{KafkaError, META_TIMEOUT, commit_start};
 use crate::view::LiveEvent;
 
 /// How long a final reply waits for chunks that have not arrived.
@@ -80,13 +80,9 @@ pub async fn run_fanout(
                     continue;
                 }
                 position.insert(p, high);
-                let commit = committed.find_partition(topic, p).and_then(|e| match e.offset() {
-                    Offset::Offset(o) if o >= low => Some((o.min(high), fence_of_commit(e.metadata()))),
-                    _ => None,
-                });
-                let (from, fence) = commit.unwrap_or((low, 0));
+                let (from, fence) = commit_start(&committed, topic, p, low);
                 fences.insert(p, fence);
-                tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
+                tpl.add_partition_offset(topic, p, Offset::Offset(from.min(high)))?;
             }
         }
         Ok(())

@@ -6,13 +6,13 @@ use meshchat_crds::{
     ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, HandoffEvent, MeshEvent, SCHEMA_VERSION, encode,
     partition_for,
 };
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
 use super::{OwnerLoop, Part, Run, State};
 use crate::held::Phase;
-use crate::kafka::{KafkaError, META_TIMEOUT, fence_of_commit, restore_snapshots};
+use crate::kafka::{KafkaError, META_TIMEOUT, commit_start, restore_snapshots};
 use crate::store::Conversation;
 
 /// A finished acquire: what to restore and where to replay from.
@@ -64,13 +64,7 @@ impl OwnerLoop {
                     tpl.add_partition(&t.messages, p);
                     let committed = r.committed_offsets(tpl, META_TIMEOUT)?;
                     let (low, _) = r.fetch_watermarks(&t.messages, p, META_TIMEOUT)?;
-                    let commit = committed
-                        .find_partition(&t.messages, p)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) if o >= low => Some((o, fence_of_commit(e.metadata()))),
-                            _ => None,
-                        });
-                    let (start, fence_before) = commit.unwrap_or((low, 0));
+                    let (start, fence_before) = commit_start(&committed, &t.messages, p, low);
                     let snapshots = restore_snapshots(&r, &t.conversations, &[p])?;
                     Ok::<_, KafkaError>((snapshots, start, fence_before, r))
                 })
