@@ -56,24 +56,22 @@ impl Balancers {
             }
             let stop = CancellationToken::new();
             let (tx, rx) = watch::channel(Report::default());
-            let (s, st, k) = (settings.clone(), stop.clone(), key.to_string());
-            let dry = self.dry;
-            tokio::spawn(async move {
-                if dry {
-                    return;
-                }
-                // a failed balancer (Kafka gone mid-run) starts again after a pause
-                while !st.is_cancelled() {
-                    if let Err(e) = balancer::run(s.clone(), st.clone(), tx.clone()).await {
-                        tracing::warn!(agent = %k, error = %e, "balancer failed; restarting");
-                        tx.send_modify(|r| r.kafka_reachable = Some(false));
-                        tokio::select! {
-                            () = st.cancelled() => {}
-                            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            if !self.dry {
+                let (s, st, k) = (settings.clone(), stop.clone(), key.to_string());
+                tokio::spawn(async move {
+                    // a failed balancer (Kafka gone mid-run) starts again after a pause
+                    while !st.is_cancelled() {
+                        if let Err(e) = balancer::run(s.clone(), st.clone(), tx.clone()).await {
+                            tracing::warn!(agent = %k, error = %e, "balancer failed; restarting");
+                            tx.send_modify(|r| r.kafka_reachable = Some(false));
+                            tokio::select! {
+                                () = st.cancelled() => {}
+                                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            }
                         }
                     }
-                }
-            });
+                });
+            }
             running.insert(
                 key.to_string(),
                 Running {

@@ -214,16 +214,14 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
         }
     }
 
-    let mut next = status(&Observed {
+    let next = status(&Observed {
         agent,
         stateful_set: Some(&sts),
         balancer: &report,
         migrations_base: base,
+        config_problem: problem.as_deref(),
         now: Timestamp::now(),
     });
-    if let Some(problem) = problem {
-        degrade(&mut next, &problem);
-    }
     if Some(&next) != agent.status.as_ref() {
         notable_changes(agent, ctx, &previous, &next).await;
         let api: Api<ChatAgent> = Api::namespaced(ctx.client.clone(), &ns);
@@ -240,22 +238,6 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
         .await?;
     }
     Ok(Action::requeue(RESYNC))
-}
-
-/// A Secret the ChatAgent names cannot be read: the balancer cannot connect.
-fn degrade(status: &mut ChatAgentStatus, problem: &str) {
-    for c in status
-        .conditions
-        .iter_mut()
-        .filter(|c| c.type_ == kinds::DEGRADED)
-    {
-        if c.status != "True" {
-            c.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
-        }
-        c.status = "True".into();
-        c.reason = "SecretUnavailable".into();
-        c.message = problem.to_string();
-    }
 }
 
 /// The balancer settings of `agent`, with SASL credentials and the CA read from its Secrets.

@@ -31,6 +31,8 @@ pub struct Observed<'a> {
     pub balancer: &'a Report,
     /// `status.migrations` when this balancer started (its own count starts at 0).
     pub migrations_base: u64,
+    /// Why the balancer cannot run (a named Secret cannot be read), if so.
+    pub config_problem: Option<&'a str>,
     /// Now.
     pub now: Timestamp,
 }
@@ -128,7 +130,9 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
     set(kinds::PROGRESSING, Some(rolling), reason, msg);
 
     let kafka = o.balancer.kafka_reachable;
-    let (bad, reason, msg) = if kafka == Some(false) {
+    let (bad, reason, msg) = if let Some(problem) = o.config_problem {
+        (true, "SecretUnavailable", problem.to_string())
+    } else if kafka == Some(false) {
         (
             true,
             "KafkaUnreachable",

@@ -72,6 +72,7 @@ fn observe(
         stateful_set: sts,
         balancer: report,
         migrations_base: base,
+        config_problem: None,
         now: at(secs),
     })
 }
@@ -128,13 +129,7 @@ fn scaling_and_unready_workers_show_as_progressing_and_not_ready() {
     let none = observe(&a, None, &r, 0, 100);
     assert_eq!(cond(&none, "Progressing").reason, "Creating");
     let zero = agent(0);
-    let st = status(&Observed {
-        agent: &zero,
-        stateful_set: Some(&sts(0, 0, 0)),
-        balancer: &r,
-        migrations_base: 0,
-        now: at(100),
-    });
+    let st = observe(&zero, Some(&sts(0, 0, 0)), &r, 0, 100);
     assert_eq!(cond(&st, "Ready").reason, "ScaledToZero");
 }
 
@@ -183,4 +178,32 @@ fn transition_times_move_only_when_a_condition_flips() {
         Time(at(100)),
         "unchanged"
     );
+}
+
+#[test]
+fn an_unreadable_secret_degrades_and_stays_put_across_reconciles() {
+    let mut a = agent(2);
+    let s = sts(2, 2, 2);
+    let r = Report::default();
+    let problem = Some("Secret kafka-user not found");
+    let seen = |a: &ChatAgent, secs| {
+        status(&Observed {
+            agent: a,
+            stateful_set: Some(&s),
+            balancer: &r,
+            migrations_base: 0,
+            config_problem: problem,
+            now: at(secs),
+        })
+    };
+    let first = seen(&a, 100);
+    let d = cond(&first, "Degraded");
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("True", "SecretUnavailable")
+    );
+    assert_eq!(d.message, "Secret kafka-user not found");
+    a.status = Some(first.clone());
+    // the next reconcile computes the same status: nothing to write
+    assert_eq!(seen(&a, 105), first);
 }
