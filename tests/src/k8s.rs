@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::process::Child;
 
-use crate::procs::bin;
+use crate::procs::{bin, free_port};
 
 /// A running control plane; stopped on drop.
 pub struct ControlPlane {
@@ -20,10 +20,6 @@ pub struct ControlPlane {
     pub bin: PathBuf,
     script: PathBuf,
     env: Vec<(String, String)>,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl ControlPlane {

@@ -28,7 +28,8 @@ pub fn unique_prefix(test: &str) -> String {
     format!("t-{test}-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A free loopback port.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use meshchat_tests::bench::percentiles;
 use meshchat_tests::*;
 use serde_json::{Value, json};
 
@@ -22,14 +23,6 @@ struct Args {
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<String>,
-}
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i]
 }
 
 fn ts(v: &Value) -> Option<f64> {
@@ -142,34 +135,28 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter_map(|(k, t, _)| releasing.get(k).map(|r| t - r))
         .collect();
-    pauses.sort_by(f64::total_cmp);
+    let pause = percentiles(&mut pauses);
     let mut replayed: Vec<f64> = live
         .iter()
         .filter(|(k, _, _)| releasing.contains_key(k))
         .map(|(_, _, n)| *n as f64)
         .collect();
-    replayed.sort_by(f64::total_cmp);
+    let replay = percentiles(&mut replayed);
     println!("| metric | value |\n|---|---|");
-    println!("| planned moves measured | {} |", pauses.len());
+    println!("| planned moves measured | {} |", pause.n);
     println!("| handoff events by step | {steps:?} |");
-    println!("| handoff pause p50 | {:.0} ms |", pct(&pauses, 0.5));
-    println!("| handoff pause p99 | {:.0} ms |", pct(&pauses, 0.99));
-    println!(
-        "| handoff pause max | {:.0} ms |",
-        pauses.last().copied().unwrap_or(f64::NAN)
-    );
-    println!(
-        "| records replayed per handoff (median) | {:.0} |",
-        pct(&replayed, 0.5)
-    );
+    println!("| handoff pause p50 | {:.0} ms |", pause.p50);
+    println!("| handoff pause p99 | {:.0} ms |", pause.p99);
+    println!("| handoff pause max | {:.0} ms |", pause.max);
+    println!("| records replayed per handoff (median) | {:.0} |", replay.p50);
     println!("| failover: SIGKILL → all partitions served | {failover_s:.2} s |");
     println!("| messages sent / replied / lost / duplicated | {sent} / {replied} / {lost} / {duplicated} |");
     if let Some(path) = args.json {
         let out = json!({
-            "handoff_moves": pauses.len(),
-            "handoff_pause_p50_ms": pct(&pauses, 0.5),
-            "handoff_pause_p99_ms": pct(&pauses, 0.99),
-            "replayed_per_handoff_median": pct(&replayed, 0.5),
+            "handoff_moves": pause.n,
+            "handoff_pause_p50_ms": pause.p50,
+            "handoff_pause_p99_ms": pause.p99,
+            "replayed_per_handoff_median": replay.p50,
             "failover_s": failover_s,
             "sent": sent, "replied": replied, "lost": lost, "duplicated": duplicated,
         });
