@@ -41,13 +41,6 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// A record of `size` bytes whose first 8 bytes are the scheduled send time (ns).
-fn record(scheduled_ns: u64, size: usize) -> Vec<u8> {
-    let mut v = vec![b'x'; size.max(8)];
-    v[..8].copy_from_slice(&scheduled_ns.to_le_bytes());
-    v
-}
-
 async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
@@ -56,6 +49,22 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
     Ok(())
+}
+
+/// High watermark of a partition of a just-created topic: on a fresh broker the first
+/// answers are "unknown partition" or "not leader" for a few seconds.
+fn high_watermark(c: &BaseConsumer, topic: &str, p: i32) -> anyhow::Result<i64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match c.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+            Ok((_, high)) => return Ok(high),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, topic, p, "partition not ready yet");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => bail!("{topic}/{p} not ready after 60 s: {e}"),
+        }
+    }
 }
 
 /// Consumes `topic` from its end in a thread until `stop`, timing every record.
@@ -74,8 +83,7 @@ fn consume(
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(high_watermark(&c, topic, p)?))?;
     }
     c.assign(&tpl)?;
     Ok(std::thread::spawn(move || {
@@ -123,6 +131,7 @@ fn send(
     let start_ns = now_ns();
     let mut n: u64 = 0;
     let keys: Vec<String> = (0..partitions * 8).map(|i| format!("conv-{i}")).collect();
+    let mut payload = vec![b'x'; size.max(8)];
     loop {
         let elapsed = began.elapsed().as_secs_f64();
         if elapsed >= secs {
@@ -140,7 +149,8 @@ fn send(
             None => now_ns(),
         };
         let key = &keys[(n as usize) % keys.len()];
-        let payload = record(scheduled_ns, size);
+        // the first 8 bytes carry the scheduled send time (the producer copies the payload)
+        payload[..8].copy_from_slice(&scheduled_ns.to_le_bytes());
         let rec = BaseRecord::to(topic)
             .partition((n % partitions as u64) as i32)
             .key(key.as_str())
@@ -159,7 +169,6 @@ fn send(
 pub async fn run(bootstrap: &str, partitions: i32, size: usize, secs: f64) -> anyhow::Result<RawReport> {
     let topic = format!("bench-raw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     create_topic(bootstrap, &topic, partitions).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let (b, t) = (bootstrap.to_string(), topic.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<RawReport> {
         let p = producer(&b)?;
