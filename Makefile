@@ -66,14 +66,15 @@ e2e: build
 # Measurements on a real broker with worker and balancer processes; see docs/benchmarks.md.
 bench:
 	@scripts/kafka.sh fetch
-	$(CARGO) build --workspace --bins
+	@echo "==> cargo build --release (optimized binaries: the first build takes several minutes)"
+	$(CARGO) build --release --workspace --bins
 	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR) 2>/dev/null || true
 	@# and one a standalone `cargo test` started on the same port (its default data dir)
 	@scripts/kafka.sh stop $(TEST_KAFKA_PORT) 2>/dev/null || true
 	@rm -rf $(TEST_KAFKA_DIR)
 	@scripts/kafka.sh start $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR)
 	@status=0; MESHCHAT_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
-	  $(CARGO_TARGET_DIR)/debug/meshchat-bench --out docs || status=$$?; \
+	  $(CARGO_TARGET_DIR)/release/meshchat-bench --out docs $(BENCH_ARGS) || status=$$?; \
 	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); exit $$status
 
 clean:

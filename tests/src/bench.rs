@@ -2,6 +2,7 @@
 //! what they share (percentiles, plots).
 
 pub mod chat;
+pub mod cpu;
 pub mod planner;
 pub mod plot;
 pub mod raw;
@@ -9,11 +10,14 @@ pub mod raw;
 use serde::Serialize;
 
 /// The numeric keys of `docs/benchmarks.json` meant for comparing runs.
-pub const SUMMARY_KEYS: [&str; 11] = [
+pub const SUMMARY_KEYS: [&str; 14] = [
     "raw_msgs_per_s",
     "chat_msgs_per_s",
     "chat_over_raw",
+    "chat_paced_msgs_per_s",
+    "cpu_us_per_message",
     "p99_overhead_ms",
+    "p99_overhead_ms_llm0",
     "rss_idle_mb",
     "bytes_per_conversation",
     "handoff_pause_p99_ms",

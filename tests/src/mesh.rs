@@ -57,6 +57,11 @@ impl BalancerProc {
         Ok(())
     }
 
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// SIGKILL.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
@@ -75,6 +80,8 @@ pub struct MeshOptions {
     pub partitions: i32,
     /// Fake LLM per-token latency.
     pub token_ms: u64,
+    /// Fake LLM latency before the first token.
+    pub first_token_ms: u64,
     /// LLM concurrency per worker.
     pub concurrency: u32,
     /// Balancer heartbeat timeout.
@@ -91,6 +98,7 @@ impl Default for MeshOptions {
             workers: 3,
             partitions: 12,
             token_ms: 10,
+            first_token_ms: 0,
             concurrency: 16,
             heartbeat_timeout_secs: 2,
             interval_secs: 3,
@@ -122,7 +130,13 @@ impl TestMesh {
         let bootstrap = broker().await?;
         let prefix = unique_prefix(test);
         let agent = format!("mesh-{test}");
-        let llm = FakeLlm::start(&["--token-latency-ms", &opts.token_ms.to_string()]).await?;
+        let llm = FakeLlm::start(&[
+            "--token-latency-ms",
+            &opts.token_ms.to_string(),
+            "--first-token-ms",
+            &opts.first_token_ms.to_string(),
+        ])
+        .await?;
         let dir = std::env::temp_dir()
             .join("meshchat-tests")
             .join(prefix.trim_end_matches('.'));

@@ -35,7 +35,7 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 
 /// The fake LLM process.
 pub struct FakeLlm {
-    _child: Child,
+    child: Child,
     /// Base URL (`http://127.0.0.1:port/v1`).
     pub url: String,
 }
@@ -61,7 +61,12 @@ impl FakeLlm {
             .next()
             .context("no url in fake-llm banner")?
             .to_string();
-        Ok(Self { _child: child, url })
+        Ok(Self { child, url })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// `GET /stats`.

@@ -10,8 +10,9 @@ use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestUserMessage, CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+    CreateChatCompletionStreamResponse,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use meshchat_crds::ReplyErrorKind;
 
 use crate::context::{Role, Turn};
@@ -175,14 +176,48 @@ impl Llm {
                 None => return Ok(content),
                 Some(Err(e)) => return Err(classify(e)),
                 Some(Ok(chunk)) => {
-                    for choice in chunk.choices {
-                        if let Some(delta) = choice.delta.content.filter(|d| !d.is_empty()) {
-                            on_delta(attempt, &delta);
-                            content.push_str(&delta);
+                    // tokens that have already arrived go out as one piece: a fast model's
+                    // burst becomes one chunk record instead of one per token, and no token
+                    // ever waits for a later one
+                    let mut batch = String::new();
+                    append_deltas(&mut batch, chunk);
+                    let mut end = None;
+                    while batch.len() < MAX_BATCH_BYTES {
+                        match stream.next().now_or_never() {
+                            None => break,
+                            Some(Some(Ok(chunk))) => append_deltas(&mut batch, chunk),
+                            Some(Some(Err(e))) => {
+                                end = Some(Err(classify(e)));
+                                break;
+                            }
+                            Some(None) => {
+                                end = Some(Ok(()));
+                                break;
+                            }
                         }
+                    }
+                    if !batch.is_empty() {
+                        on_delta(attempt, &batch);
+                        content.push_str(&batch);
+                    }
+                    match end {
+                        Some(Ok(())) => return Ok(content),
+                        Some(Err(e)) => return Err(e),
+                        None => {}
                     }
                 }
             }
+        }
+    }
+}
+
+/// Most text gathered into one piece from tokens that arrived together.
+const MAX_BATCH_BYTES: usize = 4096;
+
+fn append_deltas(batch: &mut String, chunk: CreateChatCompletionStreamResponse) {
+    for choice in chunk.choices {
+        if let Some(delta) = choice.delta.content {
+            batch.push_str(&delta);
         }
     }
 }

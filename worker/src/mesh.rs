@@ -193,7 +193,8 @@ pub async fn watch_mesh(
         .clone()
         .set("group.id", "meshchat-mesh-watch")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        // fixed partitions: see the fan-out consumer
+        .set("fetch.wait.max.ms", "500")
         .create()?;
     let events = crate::kafka::partition_count(&kafka, &topics.events).await?;
     let mut tpl = TopicPartitionList::new();

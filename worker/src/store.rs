@@ -67,6 +67,9 @@ impl Conversation {
     pub fn new(id: &str) -> Self {
         Self {
             id: id.to_string(),
+            // most conversations are short: room for one exchange (a deque's first growth
+            // would reserve four ~300-byte entries)
+            entries: VecDeque::with_capacity(2),
             last_offset: -1,
             ..Default::default()
         }
@@ -105,6 +108,11 @@ impl Conversation {
                     return Applied::DuplicateReply;
                 };
                 self.pending.remove(&at);
+                if self.pending.is_empty() {
+                    // an emptied map keeps its ~2 KB leaf node: most conversations sit idle with
+                    // nothing pending, so give it back
+                    self.pending = BTreeMap::new();
+                }
                 if self.in_flight.as_deref() == Some(r.in_reply_to.as_str()) {
                     self.in_flight = None;
                 }

@@ -235,7 +235,9 @@ pub async fn run(
         .clone()
         .set("group.id", "meshchat-balancer")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
+        // fixed partitions, and a waiting fetch returns as soon as a record arrives: a long
+        // wait costs no latency, a short one an empty fetch every few milliseconds
+        .set("fetch.wait.max.ms", "500")
         .create()?;
     // start one heartbeat timeout back: a restarted balancer hears at once every worker that
     // was alive a moment ago, instead of declaring dead those whose heartbeats it missed while

@@ -4,7 +4,7 @@
 //! until the mesh stops keeping up; then the latency at 50 % and 90 % of the highest rate it kept
 //! up with. Also worker memory: RSS idle and after many resident conversations.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
+use super::cpu::{RoleUse, Roles};
 use super::{Percentiles, percentiles};
 use crate::TestMesh;
 
@@ -29,8 +30,12 @@ pub struct Step {
     pub replied_per_s: f64,
     /// Send (scheduled) → reply on the WebSocket.
     pub latency_ms: Percentiles,
+    /// The same less the fake LLM's own time for that reply (first token + tokens × per token).
+    pub overhead_ms: Percentiles,
     /// The mesh kept up: ≥ 99 % replied and p99 under the bound.
     pub kept_up: bool,
+    /// CPU per role (and `total`) from the step's start until its replies were in.
+    pub cpu: BTreeMap<String, RoleUse>,
 }
 
 /// What the chat phase measured.
@@ -40,8 +45,8 @@ pub struct ChatReport {
     pub workers: usize,
     /// Conversations the load spreads over (one WebSocket each).
     pub conversations: usize,
-    /// Fake LLM delay per token.
-    pub token_ms: u64,
+    /// The fake LLM's pace.
+    pub llm: LlmPace,
     /// The rate steps, lowest first.
     pub steps: Vec<Step>,
     /// Highest offered rate the mesh kept up with.
@@ -57,20 +62,38 @@ pub struct ChatReport {
 pub struct MemoryReport {
     /// RSS of each worker before any conversation (MiB).
     pub idle_mb: Vec<f64>,
-    /// Conversations made resident (one message and its reply each).
+    /// RSS of each worker with that many resident conversations (one exchange each).
+    pub points: Vec<MemoryPoint>,
+    /// Bytes per resident conversation: the marginal figure when there are two points, else
+    /// growth since idle / conversations.
+    pub bytes_per_conversation: f64,
+    /// (RSS at the last point − RSS at the one before) / conversations added between them.
+    pub marginal_bytes_per_conversation: Option<f64>,
+}
+
+/// Worker RSS with some number of resident conversations.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryPoint {
+    /// Resident conversations (over all workers).
     pub conversations: usize,
-    /// RSS of each worker after (MiB).
-    pub loaded_mb: Vec<f64>,
-    /// (sum of RSS growth) / conversations.
+    /// RSS of each worker (MiB).
+    pub rss_mb: Vec<f64>,
+    /// (sum of RSS growth since idle) / conversations.
     pub bytes_per_conversation: f64,
 }
 
+/// Longest wait for an overloaded step's backlog.
+const DRAIN_LIMIT: Duration = Duration::from_secs(180);
+
 /// Kept up = at least this share of the step's messages answered within the grace...
 const KEPT_UP_SHARE: f64 = 0.99;
-/// ...and p99 below this.
-const KEPT_UP_P99_MS: f64 = 2_000.0;
+/// ...and the p99 of the time beyond the LLM's own below this: a chat whose replies lag by
+/// seconds is not being served, however many replies eventually arrive.
+const KEPT_UP_OVERHEAD_P99_MS: f64 = 500.0;
 
-type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+/// By the message a reply answers: when the reply arrived and how many tokens it had (the fake
+/// LLM streams one token per word, so its time for the reply is known).
+type Seen = Arc<Mutex<HashMap<String, (Instant, u32)>>>;
 
 /// Opens one WebSocket per conversation (spread over the workers) recording when each reply
 /// arrives, by the message it answers.
@@ -94,7 +117,11 @@ async fn watch(mesh: &TestMesh, conversations: &[String], seen: &Seen) -> anyhow
                     && let Some(id) = v["message"]["inReplyTo"].as_str()
                     && let Ok(mut s) = seen.lock()
                 {
-                    s.entry(id.to_string()).or_insert_with(Instant::now);
+                    let tokens = v["message"]["content"]
+                        .as_str()
+                        .map_or(0, |c| c.split_inclusive(' ').count() as u32);
+                    s.entry(id.to_string())
+                        .or_insert_with(|| (Instant::now(), tokens));
                 }
             }
         });
@@ -102,16 +129,61 @@ async fn watch(mesh: &TestMesh, conversations: &[String], seen: &Seen) -> anyhow
     Ok(set)
 }
 
+/// Where a step's load goes and what it watches.
+struct Target<'a> {
+    client: reqwest::Client,
+    urls: Vec<String>,
+    conversations: &'a [String],
+    seen: Seen,
+    roles: &'a Roles,
+    llm: LlmPace,
+    /// Messages accepted by every step so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Waits until every message accepted so far has its reply (at most `limit`), then `settle`:
+/// a step after an overloaded one must not measure that one's backlog.
+async fn drain(t: &Target<'_>, limit: Duration, settle: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let accepted = t.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        let replied = t.seen.lock().map_or(0, |s| s.len());
+        if replied >= accepted || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(settle).await;
+}
+
+/// The fake LLM's pace.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LlmPace {
+    /// Before the first token.
+    pub first_token_ms: u64,
+    /// Per token.
+    pub token_ms: u64,
+}
+
+impl LlmPace {
+    /// How long the fake LLM takes to stream a reply of `tokens` tokens.
+    pub fn time_ms(&self, tokens: u32) -> f64 {
+        (self.first_token_ms + u64::from(tokens) * self.token_ms) as f64
+    }
+}
+
 /// Offers `rate` messages/s for `secs`, then waits up to `grace` for the replies.
-async fn step(
-    client: &reqwest::Client,
-    urls: &[String],
-    conversations: &[String],
-    seen: &Seen,
-    rate: f64,
-    secs: f64,
-    grace: Duration,
-) -> Step {
+async fn step(t: &Target<'_>, rate: f64, secs: f64, grace: Duration) -> Step {
+    let Target {
+        client,
+        urls,
+        conversations,
+        seen,
+        roles,
+        llm,
+        accepted,
+    } = t;
+    let cpu = roles.start();
     let sent: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let began = Instant::now();
     let n = (rate * secs).round().max(1.0) as usize;
@@ -136,6 +208,7 @@ async fn step(
     }
     while tasks.join_next().await.is_some() {}
     let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();
+    accepted.fetch_add(sent.len(), std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + grace;
     loop {
         let replied = seen
@@ -147,40 +220,64 @@ async fn step(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut lat: Vec<f64> = seen
+    let cpu = cpu.finish(sent.len());
+    let (mut lat, mut over): (Vec<f64>, Vec<f64>) = seen
         .lock()
         .map(|s| {
             sent.iter()
                 .filter_map(|(id, at)| {
-                    s.get(id)
-                        .map(|r| r.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+                    s.get(id).map(|(r, tokens)| {
+                        let ms = r.saturating_duration_since(*at).as_secs_f64() * 1000.0;
+                        (ms, ms - llm.time_ms(*tokens))
+                    })
                 })
-                .collect()
+                .unzip()
         })
         .unwrap_or_default();
     let replied = lat.len();
     let latency_ms = percentiles(&mut lat);
-    let kept_up =
-        !sent.is_empty() && replied as f64 >= KEPT_UP_SHARE * n as f64 && latency_ms.p99 < KEPT_UP_P99_MS;
+    let overhead_ms = percentiles(&mut over);
+    let kept_up = !sent.is_empty()
+        && replied as f64 >= KEPT_UP_SHARE * n as f64
+        && overhead_ms.p99 < KEPT_UP_OVERHEAD_P99_MS;
     Step {
         rate,
         sent: sent.len(),
         replied,
         replied_per_s: replied as f64 / secs,
         latency_ms,
+        overhead_ms,
         kept_up,
+        cpu,
     }
 }
 
+fn log_step(s: &Step) {
+    eprintln!(
+        "chat: {:.0}/s offered, {} sent, {} replied, p50 {:.1} ms, p99 {:.1} ms, overhead p99 {:.1} ms, \
+         {:.0} µs CPU/msg{}",
+        s.rate,
+        s.sent,
+        s.replied,
+        s.latency_ms.p50,
+        s.latency_ms.p99,
+        s.overhead_ms.p99,
+        s.cpu.get("total").map_or(f64::NAN, |u| u.us_per_message),
+        if s.kept_up { "" } else { " (not kept up)" }
+    );
+}
+
 /// Steps the rate up from `start` by ×1.5 until the mesh no longer keeps up (at most `max_steps`),
-/// then measures at 50 % and 90 % of the highest rate it kept up with.
+/// tries once between the last kept and the missed rate, then measures at 50 % and 90 % of the
+/// highest rate it kept up with.
 pub async fn run(
     mesh: &TestMesh,
     conversations: usize,
     start: f64,
     max_steps: usize,
     secs: f64,
-    token_ms: u64,
+    llm: LlmPace,
+    roles: &Roles,
 ) -> anyhow::Result<ChatReport> {
     let convs: Vec<String> = (0..conversations).map(|i| format!("bench-{i}")).collect();
     let seen: Seen = Arc::default();
@@ -190,28 +287,42 @@ pub async fn run(
         .pool_max_idle_per_host(64)
         .build()?;
     let urls: Vec<String> = mesh.workers.iter().map(|w| w.url.clone()).collect();
+    let target = Target {
+        client,
+        urls,
+        conversations: &convs,
+        seen,
+        roles,
+        llm,
+        accepted: Arc::default(),
+    };
     let grace = Duration::from_secs(10);
     // warm-up, not recorded: connection pools and first-touch allocations of a fresh mesh
-    step(&client, &urls, &convs, &seen, start, secs.min(3.0), grace).await;
+    step(&target, start, secs.min(3.0), grace).await;
     let mut steps = Vec::new();
     let mut rate = start;
+    let settle = Duration::from_secs_f64(secs.clamp(1.0, 5.0));
+    let mut last_kept = None;
     for _ in 0..max_steps {
-        let s = step(&client, &urls, &convs, &seen, rate, secs, grace).await;
-        eprintln!(
-            "chat: {:.0}/s offered, {} sent, {} replied, p50 {:.1} ms, p99 {:.1} ms{}",
-            s.rate,
-            s.sent,
-            s.replied,
-            s.latency_ms.p50,
-            s.latency_ms.p99,
-            if s.kept_up { "" } else { " (not kept up)" }
-        );
+        let s = step(&target, rate, secs, grace).await;
+        log_step(&s);
         let kept_up = s.kept_up;
         steps.push(s);
         if !kept_up {
             break;
         }
+        last_kept = Some(rate);
         rate *= 1.5;
+    }
+    // ×1.5 is coarse: one more step halfway (geometrically) between the last kept and the first
+    // missed rate, after the overload's backlog has drained
+    if let Some(ok) = last_kept
+        && steps.last().is_some_and(|s| !s.kept_up)
+    {
+        drain(&target, DRAIN_LIMIT, settle).await;
+        let s = step(&target, (ok * rate).sqrt(), secs, grace).await;
+        log_step(&s);
+        steps.push(s);
     }
     let max_sustained = steps
         .iter()
@@ -219,12 +330,12 @@ pub async fn run(
         .map(|s| s.rate)
         .fold(0.0, f64::max);
     let (at_half, at_90) = if max_sustained > 0.0 {
-        // the last step overloaded the mesh: let it drain its backlog (lag, snapshot rounds)
-        // before measuring below the maximum
-        tokio::time::sleep(Duration::from_secs_f64(secs.max(1.0) * 2.0)).await;
-        let half = step(&client, &urls, &convs, &seen, max_sustained * 0.5, secs, grace).await;
-        tokio::time::sleep(Duration::from_secs_f64(secs.max(1.0))).await;
-        let ninety = step(&client, &urls, &convs, &seen, max_sustained * 0.9, secs, grace).await;
+        // the last step overloaded the mesh: let it drain its backlog before measuring below
+        // the maximum
+        drain(&target, DRAIN_LIMIT, settle).await;
+        let half = step(&target, max_sustained * 0.5, secs, grace).await;
+        drain(&target, DRAIN_LIMIT, settle).await;
+        let ninety = step(&target, max_sustained * 0.9, secs, grace).await;
         (Some(half), Some(ninety))
     } else {
         (None, None)
@@ -233,7 +344,7 @@ pub async fn run(
     Ok(ChatReport {
         workers: mesh.workers.len(),
         conversations,
-        token_ms,
+        llm,
         steps,
         max_sustained,
         at_half,
@@ -253,8 +364,9 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// Worker RSS idle, then after `conversations` new conversations of one exchange each.
-pub async fn memory(mesh: &TestMesh, conversations: usize) -> anyhow::Result<MemoryReport> {
+/// Worker RSS idle, then with each of `targets` (ascending) resident conversations of one
+/// exchange each.
+pub async fn memory(mesh: &TestMesh, targets: &[usize]) -> anyhow::Result<MemoryReport> {
     let pids: Vec<u32> = mesh.workers.iter().filter_map(|w| w.pid()).collect();
     let idle_mb: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect();
     let baseline = mesh.llm.stats().await?["requests"].as_u64().unwrap_or(0);
@@ -263,43 +375,66 @@ pub async fn memory(mesh: &TestMesh, conversations: usize) -> anyhow::Result<Mem
         .pool_max_idle_per_host(64)
         .build()?;
     let urls: Vec<String> = mesh.workers.iter().map(|w| w.url.clone()).collect();
-    let mut tasks = JoinSet::new();
-    let sem = Arc::new(tokio::sync::Semaphore::new(64));
-    for i in 0..conversations {
-        let (client, url, sem) = (
-            client.clone(),
-            format!("{}/api/chat/send", urls[i % urls.len()]),
-            sem.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let body = json!({"conversationId": format!("resident-{i}"), "userId": "bench", "content": "remember me"});
-            client.post(&url).json(&body).send().await.is_ok()
+    let mut points = Vec::new();
+    let mut made = 0;
+    for &target in targets {
+        let mut tasks = JoinSet::new();
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        for i in made..target {
+            let (client, url, sem) = (
+                client.clone(),
+                format!("{}/api/chat/send", urls[i % urls.len()]),
+                sem.clone(),
+            );
+            tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let body = json!({"conversationId": format!("resident-{i}"), "userId": "bench", "content": "remember me"});
+                client.post(&url).json(&body).send().await.is_ok()
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        made = made.max(target);
+        // every conversation is resident once its message was answered: count LLM calls
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while Instant::now() < deadline {
+            let calls = mesh
+                .llm
+                .stats()
+                .await
+                .ok()
+                .and_then(|v| v["requests"].as_u64())
+                .unwrap_or(0);
+            if calls >= baseline + made as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // a snapshot round after the last reply, so its buffers are counted too
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect();
+        let growth: f64 = rss.iter().zip(&idle_mb).map(|(a, b)| (a - b).max(0.0)).sum();
+        eprintln!("memory: {made} resident conversations, RSS {rss:.1?} MiB");
+        points.push(MemoryPoint {
+            conversations: made,
+            rss_mb: rss,
+            bytes_per_conversation: growth * 1024.0 * 1024.0 / made.max(1) as f64,
         });
     }
-    while tasks.join_next().await.is_some() {}
-    // every conversation is resident once its message was answered: count LLM calls
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while Instant::now() < deadline {
-        let calls = mesh
-            .llm
-            .stats()
-            .await
-            .ok()
-            .and_then(|v| v["requests"].as_u64())
-            .unwrap_or(0);
-        if calls >= baseline + conversations as u64 {
-            break;
+    // between the last two points: what one more resident conversation costs, without the
+    // one-off growth of the first burst (connection pools, client queues, allocator arenas)
+    let marginal = match points.as_slice() {
+        [.., a, b] if b.conversations > a.conversations => {
+            let (sa, sb): (f64, f64) = (a.rss_mb.iter().sum(), b.rss_mb.iter().sum());
+            Some((sb - sa) * 1024.0 * 1024.0 / (b.conversations - a.conversations) as f64)
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let last: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect();
-    let growth: f64 = last.iter().zip(&idle_mb).map(|(a, b)| (a - b).max(0.0)).sum();
+        _ => None,
+    };
     Ok(MemoryReport {
         idle_mb,
-        conversations,
-        loaded_mb: last,
-        bytes_per_conversation: growth * 1024.0 * 1024.0 / conversations.max(1) as f64,
+        bytes_per_conversation: marginal
+            .or_else(|| points.last().map(|p| p.bytes_per_conversation))
+            .unwrap_or(f64::NAN),
+        marginal_bytes_per_conversation: marginal,
+        points,
     })
 }

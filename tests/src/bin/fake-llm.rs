@@ -245,14 +245,19 @@ fn sse(
     per_token: Duration,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let stream = async_stream::stream! {
-        tokio::time::sleep(first).await;
+        // token i is due at start + first + (i + 1) * per_token, however late the previous
+        // one left: a model's pace, without the timer's rounding piling up per token
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep_until(start + first).await;
         yield Ok(chunk(&model, json!({"role": "assistant", "content": ""}), None));
+        let mut due = start + first;
         for (i, t) in tokens.into_iter().enumerate() {
             if stall_mid && i == 2 {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             if !per_token.is_zero() {
-                tokio::time::sleep(per_token).await;
+                due += per_token;
+                tokio::time::sleep_until(due).await;
             }
             yield Ok(chunk(&model, json!({"content": t}), None));
         }

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use anyhow::Context;
 use clap::Parser;
 use meshchat_tests::bench::plot::{self, Series};
-use meshchat_tests::bench::{SUMMARY_KEYS, chat, planner, raw};
+use meshchat_tests::bench::{SUMMARY_KEYS, chat, cpu, planner, raw};
 use meshchat_tests::{MeshOptions, TestMesh, bin, broker};
 use serde_json::{Value, json};
 
@@ -40,6 +40,13 @@ struct Args {
     /// Resident conversations for the memory figure.
     #[arg(long)]
     memory_conversations: Option<usize>,
+    /// Which chat-path runs: `memory` (resident conversations), `base` (fake LLM 0 ms),
+    /// `paced` (a hosted model's pace), `scaling` (1 and 2 workers).
+    #[arg(long, value_delimiter = ',', default_value = "memory,base,paced,scaling")]
+    chat_runs: Vec<String>,
+    /// Only redraw the latency chart from this results file (e.g. docs/benchmarks.json).
+    #[arg(long)]
+    replot: Option<PathBuf>,
     /// Seconds per raw-broker phase.
     #[arg(long, default_value_t = 10.0)]
     raw_secs: f64,
@@ -68,7 +75,14 @@ fn machine() -> String {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB; Kafka 4.1.1 (KRaft, one node) on loopback; debug build")
+    format!(
+        "{cores} cores ({cpu}), {mem_gib:.0} GiB; Kafka 4.1.1 (KRaft, one node) on loopback; {} build",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    )
 }
 
 async fn handoff(out: &Path, smoke: bool) -> anyhow::Result<Value> {
@@ -88,33 +102,47 @@ async fn handoff(out: &Path, smoke: bool) -> anyhow::Result<Value> {
     Ok(v)
 }
 
-fn chat_section(c: &chat::ChatReport, m: &chat::MemoryReport, raw: &raw::RawReport) -> String {
+/// One chat-path ramp on its own mesh.
+struct ChatRun {
+    /// What it shows.
+    title: String,
+    report: chat::ChatReport,
+}
+
+fn step_row(label: String, s: &chat::Step) -> String {
+    format!(
+        "| {label} | {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} µs | {} |\n",
+        s.sent,
+        s.replied,
+        s.replied_per_s,
+        s.latency_ms.p50,
+        s.latency_ms.p99,
+        s.latency_ms.p999,
+        s.overhead_ms.p99,
+        s.cpu.get("total").map_or(f64::NAN, |u| u.us_per_message),
+        if s.kept_up { "yes" } else { "no" }
+    )
+}
+
+fn chat_section(run: &ChatRun, raw: &raw::RawReport) -> String {
+    let c = &run.report;
     let mut md = format!(
-        "### Chat path (HTTP send → reply on a WebSocket; fake LLM at {} ms/token)\n\n{} workers, {} conversations \
-         (one WebSocket each), open-loop load stepped ×1.5; a step is kept up when ≥ 99 % of its messages are answered \
-         within 10 s of its end and p99 < 2 s.\n\n| offered/s | sent | replied | replied/s | p50 | p99 | p999 | kept up |\n|---|---|---|---|---|---|---|---|\n",
-        c.token_ms, c.workers, c.conversations
+        "### {} — {} workers, fake LLM first token {} ms, {} ms/token\n\n{} conversations (one WebSocket each), \
+         open-loop load stepped ×1.5, then one step between the last kept and the first missed rate; a step is kept \
+         up when ≥ 99 % of its messages are answered within 10 s of its end and the overhead's p99 is < 500 ms. Overhead = latency − the fake LLM's own time for that reply. CPU = all processes \
+         (broker, workers, fake LLM, balancer, load generator) per message.\n\n\
+         | offered/s | sent | replied | replied/s | p50 | p99 | p999 | overhead p99 | CPU/msg | kept up |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        run.title, c.workers, c.llm.first_token_ms, c.llm.token_ms, c.conversations
     );
-    let line = |label: String, s: &chat::Step| {
-        format!(
-            "| {label} | {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {} |\n",
-            s.sent,
-            s.replied,
-            s.replied_per_s,
-            s.latency_ms.p50,
-            s.latency_ms.p99,
-            s.latency_ms.p999,
-            if s.kept_up { "yes" } else { "no" }
-        )
-    };
     for s in &c.steps {
-        md.push_str(&line(format!("{:.0}", s.rate), s));
+        md.push_str(&step_row(format!("{:.0}", s.rate), s));
     }
     if let Some(s) = &c.at_half {
-        md.push_str(&line(format!("{:.0} (50 % of max)", s.rate), s));
+        md.push_str(&step_row(format!("{:.0} (50 % of max)", s.rate), s));
     }
     if let Some(s) = &c.at_90 {
-        md.push_str(&line(format!("{:.0} (90 % of max)", s.rate), s));
+        md.push_str(&step_row(format!("{:.0} (90 % of max)", s.rate), s));
     }
     md.push_str(&format!(
         "\nMax sustained: **{:.0} msgs/s**; raw broker flat out: {:.0} msgs/s; chat / raw = {:.4}.\n\n",
@@ -122,23 +150,91 @@ fn chat_section(c: &chat::ChatReport, m: &chat::MemoryReport, raw: &raw::RawRepo
         raw.max_msgs_per_s,
         c.max_sustained / raw.max_msgs_per_s.max(1.0)
     ));
-    md.push_str("![latency vs load](bench-chat-latency.png)\n\n");
-    md.push_str(&format!(
-        "### Worker memory\n\nRSS idle: {} MiB; after {} resident conversations (one exchange each): {} MiB; \
-         growth / conversations = **{:.0} bytes per conversation**.\n\n",
+    md
+}
+
+/// Where the CPU of a message goes, at the highest rate kept up with.
+fn cpu_section(run: &ChatRun) -> String {
+    let Some(top) = run
+        .report
+        .steps
+        .iter()
+        .filter(|s| s.kept_up)
+        .max_by(|a, b| a.rate.total_cmp(&b.rate))
+    else {
+        return String::new();
+    };
+    let mut md = format!(
+        "### Where a message's CPU goes ({}, at {:.0} msgs/s)\n\n| process | cores busy | CPU per message |\n|---|---|---|\n",
+        run.title, top.rate
+    );
+    for (role, u) in &top.cpu {
+        md.push_str(&format!(
+            "| {role} | {:.2} | {:.0} µs |\n",
+            u.cores, u.us_per_message
+        ));
+    }
+    md.push('\n');
+    md
+}
+
+fn scaling_section(runs: &[&ChatRun], cores: usize) -> String {
+    let mut md = format!(
+        "### Scaling over workers (fake LLM 0 ms; this machine has {cores} cores shared by every process)\n\n\
+         | workers | max sustained msgs/s | per core | CPU per message at max | p99 at 50 % |\n|---|---|---|---|---|\n"
+    );
+    for r in runs {
+        let c = &r.report;
+        let cpu = c
+            .steps
+            .iter()
+            .filter(|s| s.kept_up)
+            .max_by(|a, b| a.rate.total_cmp(&b.rate))
+            .and_then(|s| s.cpu.get("total"))
+            .map_or(f64::NAN, |u| u.us_per_message);
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} µs | {} |\n",
+            c.workers,
+            c.max_sustained,
+            c.max_sustained / cores.max(1) as f64,
+            cpu,
+            c.at_half
+                .as_ref()
+                .map_or("—".to_string(), |s| format!("{:.1} ms", s.latency_ms.p99))
+        ));
+    }
+    md.push('\n');
+    md
+}
+
+fn memory_section(m: &chat::MemoryReport) -> String {
+    let mut md = format!(
+        "### Worker memory\n\nRSS idle: {} MiB.\n\n| resident conversations | RSS per worker | bytes per conversation |\n|---|---|---|\n",
         m.idle_mb
             .iter()
             .map(|x| format!("{x:.1}"))
             .collect::<Vec<_>>()
-            .join(" / "),
-        m.conversations,
-        m.loaded_mb
-            .iter()
-            .map(|x| format!("{x:.1}"))
-            .collect::<Vec<_>>()
-            .join(" / "),
-        m.bytes_per_conversation
-    ));
+            .join(" / ")
+    );
+    for p in &m.points {
+        md.push_str(&format!(
+            "| {} | {} MiB | {:.0} |\n",
+            p.conversations,
+            p.rss_mb
+                .iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            p.bytes_per_conversation
+        ));
+    }
+    if let Some(b) = m.marginal_bytes_per_conversation {
+        md.push_str(&format!(
+            "\nEach conversation added between the last two points cost **{b:.0} bytes** (the column above also \
+             counts the one-off growth of the first burst: connection pools, client queues, allocator arenas).\n"
+        ));
+    }
+    md.push('\n');
     md
 }
 
@@ -146,7 +242,8 @@ fn markdown(
     results: &Value,
     planners: &[planner::PlannerReport],
     raw: &raw::RawReport,
-    chat: Option<&(chat::ChatReport, chat::MemoryReport)>,
+    chat: &[ChatRun],
+    memory: Option<&chat::MemoryReport>,
     command: &str,
 ) -> String {
     let f = |k: &str| {
@@ -174,8 +271,26 @@ fn markdown(
         raw.half_latency_ms.p99,
         raw.half_latency_ms.p999
     ));
-    if let Some((c, m)) = chat {
-        md.push_str(&chat_section(c, m, raw));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    for run in chat.iter().filter(|r| !r.title.starts_with("scaling")) {
+        md.push_str(&chat_section(run, raw));
+    }
+    if !chat.is_empty() {
+        md.push_str("![latency vs load](bench-chat-latency.png)\n\n");
+    }
+    if let Some(first) = chat.first() {
+        md.push_str(&cpu_section(first));
+    }
+    let mut scaling: Vec<&ChatRun> = chat
+        .iter()
+        .filter(|r| r.title.starts_with("scaling") || r.title == BASE_RUN)
+        .collect();
+    scaling.sort_by_key(|r| r.report.workers);
+    if scaling.len() > 1 {
+        md.push_str(&scaling_section(&scaling, cores));
+    }
+    if let Some(m) = memory {
+        md.push_str(&memory_section(m));
     }
     md.push_str("### Placement quality (planner alone)\n\n");
     for planner in planners {
@@ -244,10 +359,120 @@ fn splice(file: &Path, section: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Latency vs load of the chat runs (`chat` of `docs/benchmarks.json`): the steps each run kept
+/// up with, by rate, p50 and p99.
+fn chat_chart(file: &Path, runs: &[Value]) -> anyhow::Result<()> {
+    let mut series = Vec::new();
+    for run in runs {
+        let title = run["title"].as_str().unwrap_or_default();
+        if title.starts_with("scaling") {
+            continue;
+        }
+        let pace = if run["report"]["llm"]["token_ms"].as_u64() == Some(0) {
+            "LLM 0 ms"
+        } else {
+            "LLM paced"
+        };
+        let steps = run["report"]["steps"].as_array().cloned().unwrap_or_default();
+        for what in ["p50", "p99"] {
+            let mut points: Vec<(f64, f64)> = steps
+                .iter()
+                .filter(|s| s["kept_up"] == true)
+                .filter_map(|s| Some((s["replied_per_s"].as_f64()?, s["latency_ms"][what].as_f64()?)))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            series.push(Series {
+                name: format!("{what}, {pace}"),
+                points,
+            });
+        }
+    }
+    plot::lines(
+        file,
+        "Chat path: send → reply on a WebSocket, steps kept up with",
+        "replies per second",
+        "latency (ms)",
+        &series,
+    )
+}
+
+/// The chat run the headline figures come from.
+const BASE_RUN: &str = "Chat path, fake LLM 0 ms (everything is overhead)";
+
+/// How a chat ramp steps its load.
+#[derive(Clone, Copy)]
+struct Ramp {
+    conversations: usize,
+    start: f64,
+    steps: usize,
+    secs: f64,
+}
+
+fn mesh_options(workers: usize, llm: chat::LlmPace, concurrency: u32) -> MeshOptions {
+    MeshOptions {
+        workers,
+        partitions: 24,
+        token_ms: llm.token_ms,
+        first_token_ms: llm.first_token_ms,
+        concurrency,
+        ..MeshOptions::default()
+    }
+}
+
+/// Worker memory on a mesh of its own (the chat runs must not carry its resident conversations).
+async fn memory_run(resident: &[usize]) -> anyhow::Result<chat::MemoryReport> {
+    let fast = chat::LlmPace {
+        first_token_ms: 0,
+        token_ms: 0,
+    };
+    let mesh = TestMesh::start("bench-memory", mesh_options(3, fast, 64)).await?;
+    chat::memory(&mesh, resident).await
+}
+
+/// Starts a mesh of `workers` and ramps the chat load; every process's CPU is accounted per
+/// message.
+async fn chat_run(
+    title: &str,
+    workers: usize,
+    llm: chat::LlmPace,
+    concurrency: u32,
+    ramp: &Ramp,
+) -> anyhow::Result<ChatRun> {
+    let mesh = TestMesh::start("bench-chat", mesh_options(workers, llm, concurrency)).await?;
+    let mut roles = cpu::Roles::default();
+    let port = mesh.bootstrap.rsplit(':').next().and_then(|p| p.parse().ok());
+    roles.add("broker", port.and_then(cpu::listener_pid));
+    for w in &mesh.workers {
+        roles.add("workers", w.pid());
+    }
+    roles.add("fake LLM", mesh.llm.pid());
+    roles.add("balancer", mesh.balancer.pid());
+    roles.add("load generator", Some(std::process::id()));
+    let report = chat::run(
+        &mesh,
+        ramp.conversations,
+        ramp.start,
+        ramp.steps,
+        ramp.secs,
+        llm,
+        &roles,
+    )
+    .await?;
+    Ok(ChatRun {
+        title: title.to_string(),
+        report,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
+    if let Some(file) = &args.replot {
+        let results: Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+        let runs = results["chat"].as_array().cloned().unwrap_or_default();
+        return chat_chart(&args.out.join("bench-chat-latency.png"), &runs);
+    }
     let command = if args.smoke {
         "meshchat-bench --smoke"
     } else {
@@ -300,54 +525,67 @@ async fn main() -> anyhow::Result<()> {
     let secs = if args.smoke { 1.0 } else { args.raw_secs };
     let rw = raw::run(&bootstrap, 24, 256, secs).await?;
 
-    let chat = if args.no_chat {
-        None
-    } else {
-        eprintln!("==> chat path and memory");
-        let token_ms = 0;
-        let opts = MeshOptions {
-            partitions: 24,
-            token_ms,
-            concurrency: 64,
-            ..MeshOptions::default()
-        };
-        let mesh = TestMesh::start("bench-chat", opts).await?;
-        let (resident, convs, start, steps, step_secs) = if args.smoke {
-            (200, 20, 20.0, 2, 1.0)
+    let mut runs: Vec<ChatRun> = Vec::new();
+    let mut memory = None;
+    if !args.no_chat {
+        let (convs, start, steps, step_secs) = if args.smoke {
+            (20, 20.0, 2, 1.0)
         } else {
-            (10_000, 200, 50.0, 10, 10.0)
+            (200, 100.0, 10, 10.0)
         };
-        let resident = args.memory_conversations.unwrap_or(resident);
-        let start = args.chat_start.unwrap_or(start);
-        let steps = args.chat_steps.unwrap_or(steps);
-        let step_secs = args.chat_secs.unwrap_or(step_secs);
-        let memory = chat::memory(&mesh, resident).await?;
-        let report = chat::run(&mesh, convs, start, steps, step_secs, token_ms).await?;
-        drop(mesh);
-        let mut points = Vec::new();
-        let mut p99 = Vec::new();
-        for st in report.steps.iter().filter(|s| s.replied > 0) {
-            points.push((st.replied_per_s, st.latency_ms.p50));
-            p99.push((st.replied_per_s, st.latency_ms.p99));
+        let ramp = Ramp {
+            conversations: convs,
+            start: args.chat_start.unwrap_or(start),
+            steps: args.chat_steps.unwrap_or(steps),
+            secs: args.chat_secs.unwrap_or(step_secs),
+        };
+        let resident = match args.memory_conversations {
+            Some(n) => vec![n],
+            None if args.smoke => vec![200],
+            None => vec![10_000, 100_000],
+        };
+        let fast = chat::LlmPace {
+            first_token_ms: 0,
+            token_ms: 0,
+        };
+        let wants = |r: &str| args.chat_runs.iter().any(|x| x == r);
+        if wants("memory") {
+            eprintln!("==> worker memory");
+            memory = Some(memory_run(&resident).await?);
         }
-        plot::lines(
-            &args.out.join("bench-chat-latency.png"),
-            "Chat path: latency vs load (send → reply on a WebSocket)",
-            "replies per second",
-            "latency (ms)",
-            &[
-                Series {
-                    name: "p50".into(),
-                    points,
-                },
-                Series {
-                    name: "p99".into(),
-                    points: p99,
-                },
-            ],
-        )?;
-        Some((report, memory))
-    };
+        if wants("base") {
+            eprintln!("==> chat path (fake LLM 0 ms)");
+            runs.push(chat_run(BASE_RUN, 3, fast, 64, &ramp).await?);
+        }
+        // a hosted model's pace: time to first token, then ~50 tokens/s; answers take
+        // ~0.4 s, so more conversations and LLM slots keep the rate up
+        let paced = chat::LlmPace {
+            first_token_ms: 200,
+            token_ms: 20,
+        };
+        let paced_ramp = Ramp {
+            conversations: ramp.conversations * 10,
+            ..ramp
+        };
+        if wants("paced") {
+            eprintln!("==> chat path (fake LLM 200 ms + 20 ms/token)");
+            runs.push(chat_run("Chat path, realistic LLM pace", 3, paced, 256, &paced_ramp).await?);
+        }
+        let scale_to: &[usize] = match (wants("scaling"), args.smoke) {
+            (false, _) => &[],
+            (true, true) => &[1],
+            (true, false) => &[1, 2],
+        };
+        for &workers in scale_to {
+            eprintln!("==> scaling: {workers} worker(s)");
+            runs.push(chat_run(&format!("scaling, {workers} worker(s)"), workers, fast, 64, &ramp).await?);
+        }
+        let as_json: Vec<Value> = runs
+            .iter()
+            .map(|r| json!({"title": r.title, "report": r.report}))
+            .collect();
+        chat_chart(&args.out.join("bench-chat-latency.png"), &as_json)?;
+    }
 
     let ho = if args.no_handoff {
         Value::Null
@@ -371,21 +609,38 @@ async fn main() -> anyhow::Result<()> {
         .map(|r| r.moved_fraction)
         .fold(0.0, f64::max);
     let decision = all_rounds.map(|r| r.decision_ms).fold(0.0, f64::max);
+    let base = runs.iter().find(|r| r.title == BASE_RUN).map(|r| &r.report);
+    let paced = runs
+        .iter()
+        .find(|r| r.title.contains("realistic"))
+        .map(|r| &r.report);
     let results = json!({
         "machine": machine(),
         "date": time::OffsetDateTime::now_utc().date().to_string(),
         "smoke": args.smoke,
         "raw_msgs_per_s": rw.max_msgs_per_s,
         "raw_p99_ms_at_half": rw.half_latency_ms.p99,
-        "chat_msgs_per_s": chat.as_ref().map(|(c, _)| c.max_sustained),
-        "chat_over_raw": chat.as_ref().map(|(c, _)| c.max_sustained / rw.max_msgs_per_s.max(1.0)),
-        // the fake LLM answers in 0 ms: everything at half load is overhead
-        "p99_overhead_ms": chat.as_ref().and_then(|(c, _)| c.at_half.as_ref()).map(|s| s.latency_ms.p99),
-        "rss_idle_mb": chat.as_ref().map(|(_, m)| m.idle_mb.iter().sum::<f64>() / m.idle_mb.len().max(1) as f64),
-        "bytes_per_conversation": chat.as_ref().map(|(_, m)| m.bytes_per_conversation),
-        "not_measured_yet": if chat.is_some() { json!([]) } else { json!(["chat_msgs_per_s", "chat_over_raw", "p99_overhead_ms", "rss_idle_mb", "bytes_per_conversation"]) },
-        "chat": chat.as_ref().map(|(c, _)| c),
-        "memory": chat.as_ref().map(|(_, m)| m),
+        "chat_msgs_per_s": base.map(|c| c.max_sustained),
+        "chat_over_raw": base.map(|c| c.max_sustained / rw.max_msgs_per_s.max(1.0)),
+        // beyond the LLM's own time, at half of the realistic pace's maximum
+        "p99_overhead_ms": paced.and_then(|c| c.at_half.as_ref()).map(|s| s.overhead_ms.p99),
+        // with a 0 ms LLM everything is overhead: the same at half of that maximum
+        "p99_overhead_ms_llm0": base.and_then(|c| c.at_half.as_ref()).map(|s| s.overhead_ms.p99),
+        "chat_paced_msgs_per_s": paced.map(|c| c.max_sustained),
+        "cpu_us_per_message": base
+            .and_then(|c| c.steps.iter().filter(|s| s.kept_up).max_by(|a, b| a.rate.total_cmp(&b.rate)))
+            .and_then(|s| s.cpu.get("total"))
+            .map(|u| u.us_per_message),
+        "rss_idle_mb": memory.as_ref().map(|m| m.idle_mb.iter().sum::<f64>() / m.idle_mb.len().max(1) as f64),
+        "bytes_per_conversation": memory.as_ref().map(|m| m.bytes_per_conversation),
+        "scaling": runs
+            .iter()
+            .filter(|r| r.title.starts_with("scaling") || r.title == BASE_RUN)
+            .map(|r| json!({"workers": r.report.workers, "msgs_per_s": r.report.max_sustained}))
+            .collect::<Vec<_>>(),
+        "not_measured_yet": if runs.is_empty() { json!(["chat_msgs_per_s", "chat_over_raw", "p99_overhead_ms", "rss_idle_mb", "bytes_per_conversation"]) } else { json!([]) },
+        "chat": runs.iter().map(|r| json!({"title": r.title, "report": r.report})).collect::<Vec<_>>(),
+        "memory": memory,
         "handoff_pause_p50_ms": ho["handoff_pause_p50_ms"],
         "handoff_pause_p99_ms": ho["handoff_pause_p99_ms"],
         "failover_s": ho["failover_s"],
@@ -400,7 +655,7 @@ async fn main() -> anyhow::Result<()> {
         args.out.join("benchmarks.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let md = markdown(&results, &planners, &rw, chat.as_ref(), command);
+    let md = markdown(&results, &planners, &rw, &runs, memory.as_ref(), command);
     splice(&args.out.join("benchmarks.md"), &md)?;
     println!("{md}");
     Ok(())
