@@ -135,6 +135,11 @@ pub struct Config {
     /// Seconds between snapshot + offset-commit rounds.
     #[arg(long, env = "MESHCHAT_SNAPSHOT_INTERVAL_SECS", default_value_t = 5.0)]
     pub snapshot_interval_secs: f64,
+    /// Milliseconds the owner's and the fan-out's fetches may wait to gather records (0: a
+    /// fetch returns with the first record). Trades up to this much latency per hop for less
+    /// broker and worker CPU per message; docs/benchmarks.md has the measurements.
+    #[arg(long, env = "MESHCHAT_FETCH_BATCH_MS", default_value_t = 0)]
+    pub fetch_batch_ms: u32,
     /// Seconds in-flight replies may take to finish on shutdown before they are left to the
     /// next owner.
     #[arg(long, env = "MESHCHAT_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
@@ -295,6 +300,9 @@ fn check_values(c: &Config) -> Result<(), ConfigError> {
     }
     if !c.snapshot_interval_secs.is_finite() || c.snapshot_interval_secs <= 0.0 {
         return invalid("snapshot-interval-secs", "must be positive");
+    }
+    if c.fetch_batch_ms > 1000 {
+        return invalid("fetch-batch-ms", "must be between 0 and 1000");
     }
     if !c.shutdown_grace_secs.is_finite() || c.shutdown_grace_secs < 0.0 {
         return invalid("shutdown-grace-secs", "must not be negative");
@@ -471,5 +479,9 @@ mod tests {
         assert!(err.to_string().starts_with("--owned-partitions"), "{err}");
         let err = Config::load_from(args(&["--llm-concurrency", "0"])).expect_err("zero");
         assert!(err.to_string().starts_with("--llm-concurrency"), "{err}");
+        let err = Config::load_from(args(&["--fetch-batch-ms", "5000"])).expect_err("too long");
+        assert!(err.to_string().starts_with("--fetch-batch-ms"), "{err}");
+        let ok = Config::load_from(args(&["--fetch-batch-ms", "5"])).expect("in range");
+        assert_eq!(ok.fetch_batch_ms, 5);
     }
 }

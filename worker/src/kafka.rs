@@ -56,6 +56,20 @@ pub fn client_config(bootstrap: &str, extra: &str) -> ClientConfig {
     cfg
 }
 
+/// Fetch settings of the consumers on a message's path (the owner's, the fan-out's). With
+/// `batch_ms` 0 a fetch returns with the first record and an idle one is renewed every 10 ms
+/// (a taken-over partition joins the next fetch, so the wait bounds a take-over's replay
+/// start). Otherwise a fetch waits up to `batch_ms` for records to gather: fewer, fuller fetches
+/// for the broker and the worker, at up to `batch_ms` more latency per hop.
+pub fn fetch_batching(cfg: &mut ClientConfig, batch_ms: u32) {
+    if batch_ms == 0 {
+        cfg.set("fetch.wait.max.ms", "10").set("fetch.min.bytes", "1");
+    } else {
+        cfg.set("fetch.wait.max.ms", batch_ms.to_string())
+            .set("fetch.min.bytes", "1048576");
+    }
+}
+
 /// Metadata an owner stores with its offset commit: the highest epoch fence in the log before
 /// the committed offset. A reader that starts at the commit (a take-over, a starting fan-out)
 /// then knows which replies after it are void without rereading the log before it.

@@ -66,6 +66,8 @@ pub struct OwnerLoop {
     pub context_tokens: u32,
     /// Time between snapshot rounds.
     pub snapshot_interval: Duration,
+    /// See [`crate::kafka::fetch_batching`].
+    pub fetch_batch_ms: u32,
     /// Time in-flight answers get on shutdown.
     pub grace: Duration,
     /// Time in-flight answers of a released partition get.
@@ -146,16 +148,14 @@ impl OwnerLoop {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
             store.iter_mut().for_each(|c| c.in_flight = None);
         }
-        let consumer: StreamConsumer = self
-            .kafka
-            .clone()
-            .set("group.id", &self.group_id)
+        let mut cfg = self.kafka.clone();
+        cfg.set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            // a taken-over partition's replay should not wait out the default 500 ms fetch wait
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
+            .set("enable.partition.eof", "false");
+        // a taken-over partition's replay should not wait out the default 500 ms fetch wait
+        crate::kafka::fetch_batching(&mut cfg, self.fetch_batch_ms);
+        let consumer: StreamConsumer = cfg.create()?;
         let lag_reader: Arc<BaseConsumer> =
             Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);
         let (acquired_tx, mut acquired_rx) = mpsc::channel(64);

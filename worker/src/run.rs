@@ -149,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         system_prompt: config.system_prompt.clone(),
         context_tokens: config.context_tokens,
         snapshot_interval: Duration::from_secs_f64(config.snapshot_interval_secs),
+        fetch_batch_ms: config.fetch_batch_ms,
         grace: Duration::from_secs_f64(config.shutdown_grace_secs),
         handoff_grace: Duration::from_secs_f64(config.handoff_grace_secs),
         release_timeout: Duration::from_secs_f64(config.release_timeout_secs),
@@ -170,6 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         partitions,
         node_id: config.node_id.clone(),
         owner_group,
+        fetch_batch_ms: config.fetch_batch_ms,
     };
     let live_ready = state.0.live_ready.clone();
     let fanout_task = tokio::spawn(supervise("live fan-out", shutdown.clone(), move |stop| {

@@ -35,6 +35,8 @@ pub struct FanoutSource {
     pub node_id: String,
     /// The owners' consumer group (its commits carry the fences before them).
     pub owner_group: String,
+    /// See [`crate::kafka::fetch_batching`].
+    pub fetch_batch_ms: u32,
 }
 
 /// Runs the fan-out until `shutdown`.
@@ -50,14 +52,14 @@ pub async fn run_fanout(
         partitions,
         node_id,
         owner_group,
+        fetch_batch_ms,
     } = source;
-    let consumer: StreamConsumer = kafka
-        .clone()
-        .set("group.id", format!("meshchat-fanout-{node_id}"))
+    let mut cfg = kafka.clone();
+    cfg.set("group.id", format!("meshchat-fanout-{node_id}"))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
+        .set("enable.partition.eof", "false");
+    crate::kafka::fetch_batching(&mut cfg, fetch_batch_ms);
+    let consumer: StreamConsumer = cfg.create()?;
     // Serve exactly from the high watermarks (not `Offset::End`, which librdkafka resolves
     // lazily and may miss records of topics created moments ago), so `position` is exact.
     let mut tpl = TopicPartitionList::new();
