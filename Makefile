@@ -4,6 +4,8 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/meshchat/target
 CARGO ?= cargo
 TEST_KAFKA_PORT ?= 19092
 TEST_KAFKA_DIR ?= $(HOME)/.cache/meshchat/kafka-test
+# where `make bench` writes its JSON, charts and report section
+BENCH_OUT ?= docs
 
 .PHONY: all build run test e2e bench lint fmt crds kafka-start kafka-stop clean help
 
@@ -74,7 +76,7 @@ bench:
 	@rm -rf $(TEST_KAFKA_DIR)
 	@scripts/kafka.sh start $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR)
 	@status=0; MESHCHAT_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
-	  $(CARGO_TARGET_DIR)/release/meshchat-bench --out docs $(BENCH_ARGS) || status=$$?; \
+	  $(CARGO_TARGET_DIR)/release/meshchat-bench --out $(BENCH_OUT) $(BENCH_ARGS) || status=$$?; \
 	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); exit $$status
 
 clean:
