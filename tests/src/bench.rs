@@ -27,6 +27,18 @@ pub const SUMMARY_KEYS: [&str; 14] = [
     "planner_decision_ms",
 ];
 
+/// A `Key:   <n> kB` line of a `/proc` file (`/proc/meminfo`, `/proc/<pid>/status`), in KiB.
+pub fn proc_kb(file: &str, key: &str) -> Option<f64> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find(|l| l.split(':').next() == Some(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Percentiles {
@@ -74,5 +86,14 @@ mod tests {
             (1000, 501.0, 990.0, 999.0, 1000.0)
         );
         assert!(percentiles(&mut []).p50.is_nan());
+    }
+
+    #[test]
+    fn proc_kb_reads_a_named_line() {
+        assert!(proc_kb("/proc/self/status", "VmRSS").is_some_and(|kb| kb > 0.0));
+        assert!(proc_kb("/proc/meminfo", "MemTotal").is_some_and(|kb| kb > 0.0));
+        // the key is the whole name before the colon, not a prefix
+        assert_eq!(proc_kb("/proc/meminfo", "Mem"), None);
+        assert_eq!(proc_kb("/proc/no-such-file", "VmRSS"), None);
     }
 }

@@ -63,7 +63,7 @@ pub fn client_config(bootstrap: &str, extra: &str) -> ClientConfig {
 /// for the broker and the worker, at up to `batch_ms` more latency per hop.
 pub fn fetch_batching(cfg: &mut ClientConfig, batch_ms: u32) {
     if batch_ms == 0 {
-        cfg.set("fetch.wait.max.ms", "10").set("fetch.min.bytes", "1");
+        cfg.set("fetch.wait.max.ms", "10");
     } else {
         cfg.set("fetch.wait.max.ms", batch_ms.to_string())
             .set("fetch.min.bytes", "1048576");

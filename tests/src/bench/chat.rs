@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use super::cpu::{RoleUse, Roles};
-use super::{Percentiles, percentiles};
+use super::{Percentiles, percentiles, proc_kb};
 use crate::TestMesh;
 
 /// One step of offered load.
@@ -32,7 +32,7 @@ pub struct Step {
     pub latency_ms: Percentiles,
     /// The same less the fake LLM's own time for that reply (first token + tokens × per token).
     pub overhead_ms: Percentiles,
-    /// The mesh kept up: ≥ 99 % replied and p99 under the bound.
+    /// The mesh kept up: ≥ 99 % replied and the overhead's p99 under the bound.
     pub kept_up: bool,
     /// CPU per role (and `total`) from the step's start until its replies were in.
     pub cpu: BTreeMap<String, RoleUse>,
@@ -353,15 +353,7 @@ pub async fn run(
 }
 
 fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    proc_kb(&format!("/proc/{pid}/status"), "VmRSS").map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Worker RSS idle, then with each of `targets` (ascending) resident conversations of one

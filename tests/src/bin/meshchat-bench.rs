@@ -10,7 +10,7 @@ use std::process::Stdio;
 use anyhow::Context;
 use clap::Parser;
 use meshchat_tests::bench::plot::{self, Series};
-use meshchat_tests::bench::{SUMMARY_KEYS, chat, cpu, planner, raw};
+use meshchat_tests::bench::{self, SUMMARY_KEYS, chat, cpu, planner, raw};
 use meshchat_tests::{MeshOptions, TestMesh, bin, broker};
 use serde_json::{Value, json};
 
@@ -66,15 +66,7 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let mem_gib = bench::proc_kb("/proc/meminfo", "MemTotal").map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     format!(
         "{cores} cores ({cpu}), {mem_gib:.0} GiB; Kafka 4.1.1 (KRaft, one node) on loopback; {} build",
         if cfg!(debug_assertions) {
@@ -107,6 +99,18 @@ struct ChatRun {
     /// What it shows.
     title: String,
     report: chat::ChatReport,
+}
+
+impl ChatRun {
+    /// A run on fewer workers, for the scaling table only.
+    fn is_scaling(&self) -> bool {
+        self.title.starts_with("scaling")
+    }
+
+    /// A point of the scaling table: the scaling runs and the 3-worker base run.
+    fn in_scaling_table(&self) -> bool {
+        self.is_scaling() || self.title == BASE_RUN
+    }
 }
 
 fn step_row(label: String, s: &chat::Step) -> String {
@@ -272,7 +276,7 @@ fn markdown(
         raw.half_latency_ms.p999
     ));
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    for run in chat.iter().filter(|r| !r.title.starts_with("scaling")) {
+    for run in chat.iter().filter(|r| !r.is_scaling()) {
         md.push_str(&chat_section(run, raw));
     }
     if !chat.is_empty() {
@@ -281,10 +285,7 @@ fn markdown(
     if let Some(first) = chat.first() {
         md.push_str(&cpu_section(first));
     }
-    let mut scaling: Vec<&ChatRun> = chat
-        .iter()
-        .filter(|r| r.title.starts_with("scaling") || r.title == BASE_RUN)
-        .collect();
+    let mut scaling: Vec<&ChatRun> = chat.iter().filter(|r| r.in_scaling_table()).collect();
     scaling.sort_by_key(|r| r.report.workers);
     if scaling.len() > 1 {
         md.push_str(&scaling_section(&scaling, cores));
@@ -635,7 +636,7 @@ async fn main() -> anyhow::Result<()> {
         "bytes_per_conversation": memory.as_ref().map(|m| m.bytes_per_conversation),
         "scaling": runs
             .iter()
-            .filter(|r| r.title.starts_with("scaling") || r.title == BASE_RUN)
+            .filter(|r| r.in_scaling_table())
             .map(|r| json!({"workers": r.report.workers, "msgs_per_s": r.report.max_sustained}))
             .collect::<Vec<_>>(),
         "not_measured_yet": if runs.is_empty() { json!(["chat_msgs_per_s", "chat_over_raw", "p99_overhead_ms", "rss_idle_mb", "bytes_per_conversation"]) } else { json!([]) },
