@@ -56,7 +56,7 @@ pub struct Answerer {
     /// Metrics.
     pub metrics: Metrics,
     /// Counts completion tokens.
-    pub tokenizer: crate::context::Tokenizer,
+    pub tokenizer: crate::tokenizer::Tokenizer,
     /// Set on shutdown: answers not yet started are left for the next owner.
     pub stop_new: CancellationToken,
     /// Set when the shutdown grace ends: in-flight answers are abandoned, unanswered.

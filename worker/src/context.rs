@@ -51,56 +51,6 @@ pub fn trim_to_budget(system: Option<Turn>, history: &[Turn], budget: u32) -> Ve
         .collect()
 }
 
-/// Counts tokens with a real BPE tokenizer (tiktoken's encodings).
-#[derive(Clone)]
-pub struct Tokenizer {
-    bpe: std::sync::Arc<tiktoken_rs::CoreBPE>,
-}
-
-/// The tokenizer could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[error("tokenizer {name:?}: {reason}")]
-pub struct TokenizerError {
-    name: String,
-    reason: String,
-}
-
-// === impl Tokenizer ===
-
-impl Tokenizer {
-    /// Loads `cl100k_base` or `o200k_base`.
-    pub fn new(name: &str) -> Result<Self, TokenizerError> {
-        let bpe = match name {
-            "cl100k_base" => tiktoken_rs::cl100k_base(),
-            "o200k_base" => tiktoken_rs::o200k_base(),
-            other => {
-                return Err(TokenizerError {
-                    name: other.into(),
-                    reason: "unknown; use cl100k_base or o200k_base".into(),
-                });
-            }
-        }
-        .map_err(|e| TokenizerError {
-            name: name.into(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            bpe: std::sync::Arc::new(bpe),
-        })
-    }
-
-    /// Tokens in `text`.
-    pub fn count(&self, text: &str) -> u32 {
-        u32::try_from(self.bpe.encode_with_special_tokens(text).len()).unwrap_or(u32::MAX)
-    }
-}
-
-impl std::fmt::Debug for Tokenizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Tokenizer")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,14 +81,6 @@ mod tests {
         let hist = vec![turn(Role::User, 5), turn(Role::User, 500)];
         let out = trim_to_budget(None, &hist, 10);
         assert_eq!(out, vec![hist[1].clone()]);
-    }
-
-    #[test]
-    fn real_tokenizer_counts() {
-        let t = Tokenizer::new("cl100k_base").expect("bundled encoding");
-        assert_eq!(t.count("hello world"), 2);
-        assert_eq!(t.count(""), 0);
-        assert!(Tokenizer::new("nope").is_err());
     }
 
     fn arb_history() -> impl Strategy<Value = Vec<Turn>> {

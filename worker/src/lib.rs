@@ -1,6 +1,6 @@
 //! MeshChat worker: serves chat over REST, WebSocket and SSE, consumes Kafka, keeps
 //! conversation context and answers with an OpenAI-compatible LLM.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod answer;
 pub mod config;
@@ -21,6 +21,7 @@ pub mod ownership;
 mod run;
 mod state;
 pub mod store;
+pub mod tokenizer;
 pub mod validate;
 pub mod view;
 

@@ -23,7 +23,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::Answerer;
-use crate::context::Tokenizer;
 use crate::held::{Held, Phase};
 use crate::kafka::{KafkaError, Producer, ReaderPool};
 use crate::lease::Lease;
@@ -31,6 +30,7 @@ use crate::mesh::{Mesh, PartitionStats};
 use crate::metrics::Metrics;
 use crate::ownership::{Ownership, OwnershipView};
 use crate::store::Store;
+use crate::tokenizer::Tokenizer;
 
 use handoff::Acquired;
 
@@ -120,7 +120,8 @@ struct Part {
     reacquire: bool,
 }
 
-/// Take-over readers connected at start (the pool grows if more take-overs run at once).
+/// Take-over readers connected at start and kept idle (the pool grows while more take-overs
+/// run at once, and closes the surplus after).
 const WARM_READERS: usize = 3;
 
 /// The loop's mutable state.
@@ -161,6 +162,7 @@ impl OwnerLoop {
         let (acquired_tx, mut acquired_rx) = mpsc::channel(64);
         let readers = Arc::new(ReaderPool::new(
             self.kafka.clone().set("group.id", &self.group_id),
+            WARM_READERS,
         ));
         {
             // connect and find the group coordinator now, not during the first take-over

@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::answer::Answerer;
 use crate::config::Config;
-use crate::context::Tokenizer;
 use crate::held::Held;
 use crate::hub::Hub;
 use crate::kafka::{self, Producer};
@@ -26,6 +25,7 @@ use crate::owner::OwnerLoop;
 use crate::ownership::Ownership;
 use crate::state::{AppState, Shared};
 use crate::store::Store;
+use crate::tokenizer::Tokenizer;
 
 /// Runs the worker to completion.
 pub async fn run(config: Config) -> anyhow::Result<()> {

@@ -10,7 +10,6 @@ use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::context::Tokenizer;
 use crate::held::Held;
 use crate::hub::Hub;
 use crate::kafka::Producer;
@@ -19,6 +18,7 @@ use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::store::Store;
+use crate::tokenizer::Tokenizer;
 
 /// Everything the HTTP layer needs; cheap to clone.
 #[derive(Clone)]

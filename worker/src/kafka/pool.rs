@@ -1,7 +1,9 @@
 //! Connected blocking consumers for take-overs. A new client costs a connection, a metadata
 //! round trip and a group-coordinator lookup — tens of milliseconds inside a handoff's pause —
 //! so take-overs borrow one from here and give it back. The pool grows to the number of
-//! take-overs that ran at once (bounded by the partitions a worker can receive together).
+//! take-overs that ran at once (bounded by the partitions a worker can receive together) and
+//! keeps `keep` of them afterwards: an idle client still costs three threads, two broker
+//! connections and ~0.5 MiB.
 
 use std::sync::Mutex;
 
@@ -15,11 +17,13 @@ use super::{KafkaError, META_TIMEOUT};
 pub struct ReaderPool {
     cfg: ClientConfig,
     free: Mutex<Vec<BaseConsumer>>,
+    keep: usize,
 }
 
 impl ReaderPool {
-    /// A pool of readers made from `cfg` (which carries the worker's `group.id`).
-    pub fn new(cfg: &ClientConfig) -> Self {
+    /// A pool of readers made from `cfg` (which carries the worker's `group.id`) that keeps
+    /// at most `keep` idle readers.
+    pub fn new(cfg: &ClientConfig, keep: usize) -> Self {
         let mut cfg = cfg.clone();
         cfg.set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
@@ -27,6 +31,7 @@ impl ReaderPool {
         Self {
             cfg,
             free: Mutex::new(Vec::new()),
+            keep,
         }
     }
 
@@ -52,10 +57,53 @@ impl ReaderPool {
         }
     }
 
-    /// Returns a reader for the next take-over.
+    /// Returns a reader for the next take-over, or closes it when `keep` are idle already.
     pub fn give(&self, c: BaseConsumer) {
-        if let Ok(mut f) = self.free.lock() {
-            f.push(c);
+        let surplus = match self.free.lock() {
+            Ok(mut f) if f.len() < self.keep => {
+                f.push(c);
+                None
+            }
+            _ => Some(c),
+        };
+        if let Some(c) = surplus {
+            // closing a client joins its threads: not on the take-over's path
+            let spawned = std::thread::Builder::new()
+                .name("reader-close".into())
+                .spawn(move || drop(c));
+            if let Err(e) = spawned {
+                tracing::debug!(error = %e, "closing a surplus reader inline");
+            }
         }
+    }
+
+    /// Idle readers kept for the next take-overs.
+    pub fn idle(&self) -> usize {
+        self.free.lock().map_or(0, |f| f.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_at_most_keep_idle_readers() {
+        let mut cfg = ClientConfig::new();
+        // creating a client does not need its broker
+        cfg.set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "pool-test");
+        let pool = ReaderPool::new(&cfg, 2);
+        let taken: Vec<BaseConsumer> = (0..4).map(|_| pool.take().expect("client")).collect();
+        assert_eq!(pool.idle(), 0);
+        for c in taken {
+            pool.give(c);
+        }
+        assert_eq!(pool.idle(), 2);
+        // a kept reader is reused, not re-created
+        let again = pool.take().expect("client");
+        assert_eq!(pool.idle(), 1);
+        pool.give(again);
+        assert_eq!(pool.idle(), 2);
     }
 }
