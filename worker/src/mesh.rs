@@ -193,7 +193,7 @@ pub async fn watch_mesh(
         .clone()
         .set("group.id", "meshchat-mesh-watch")
         .set("enable.auto.commit", "false")
-        // fixed partitions: see the fan-out consumer
+        // fixed partitions: see `kafka::fetch_tail`
         .set("fetch.wait.max.ms", "500")
         .create()?;
     let events = crate::kafka::partition_count(&kafka, &topics.events).await?;

@@ -58,8 +58,13 @@ pub async fn run_fanout(
     cfg.set("group.id", format!("meshchat-fanout-{node_id}"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
-    crate::kafka::fetch_batching(&mut cfg, fetch_batch_ms);
+    // presence events are rare and need no order with the rest: a consumer of their own keeps
+    // chat.users' partitions out of every fetch of the busy topics (each partition listed in a
+    // fetch costs the broker and librdkafka, which sends full fetch requests)
+    let presence: StreamConsumer = cfg.clone().set("fetch.wait.max.ms", "500").create()?;
+    crate::kafka::fetch_tail(&mut cfg, fetch_batch_ms);
     let consumer: StreamConsumer = cfg.create()?;
+    let mut presence_tpl = TopicPartitionList::new();
     // Serve exactly from the high watermarks (not `Offset::End`, which librdkafka resolves
     // lazily and may miss records of topics created moments ago), so `position` is exact.
     let mut tpl = TopicPartitionList::new();
@@ -75,7 +80,9 @@ pub async fn run_fanout(
         }
         let committed = commits.committed_offsets(owned, META_TIMEOUT)?;
         for p in 0..partitions {
-            for topic in [&topics.messages, &topics.stream, &topics.users] {
+            let (_, high) = presence.fetch_watermarks(&topics.users, p, META_TIMEOUT)?;
+            presence_tpl.add_partition_offset(&topics.users, p, Offset::Offset(high))?;
+            for topic in [&topics.messages, &topics.stream] {
                 let (low, high) = consumer.fetch_watermarks(topic, p, META_TIMEOUT)?;
                 if topic != &topics.messages {
                     tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
@@ -91,6 +98,7 @@ pub async fn run_fanout(
     })?;
     drop(commits);
     consumer.assign(&tpl)?;
+    presence.assign(&presence_tpl)?;
     // records of chat.messages below these offsets were written before we started: fences only
     let silent_until = position.clone();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -110,6 +118,17 @@ pub async fn run_fanout(
                 hub.prune();
                 sequencers.retain(|conv, _| hub.watched(conv));
             }
+            m = presence.recv() => match m {
+                Ok(m) => {
+                    let Some(conv) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+                    if hub.watched(conv)
+                        && let Some(Ok(e)) = m.payload().map(decode::<PresenceEvent>)
+                    {
+                        hub.publish(conv, LiveEvent::Presence { user_id: e.user_id, kind: e.kind });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "fan-out presence consume error"),
+            },
             m = consumer.recv() => {
                 let m = match m {
                     Ok(m) => m,
@@ -145,18 +164,13 @@ pub async fn run_fanout(
                         Ok(r) => sequencer(&mut sequencers, conv).on_message(m.offset(), r, now),
                         Err(_) => continue,
                     }
-                } else if topic == topics.stream {
+                } else {
                     match decode::<ReplyChunk>(payload) {
                         Ok(c) if c.epoch < fence => continue,
                         Ok(c) => {
                             let pos = position.get(&p).copied().unwrap_or(0);
                             sequencer(&mut sequencers, conv).on_chunk(c, pos, now)
                         }
-                        Err(_) => continue,
-                    }
-                } else {
-                    match decode::<PresenceEvent>(payload) {
-                        Ok(e) => vec![LiveEvent::Presence { user_id: e.user_id, kind: e.kind }],
                         Err(_) => continue,
                     }
                 };
