@@ -154,3 +154,34 @@ async fn a_worker_without_owner_or_peers_reads_the_log() -> anyhow::Result<()> {
     assert_eq!(missing, 404, "{body}");
     Ok(())
 }
+
+/// `--chunk-interval-ms`: tokens of one reply leave at most once per interval, together, and
+/// still add up to the reply on the live stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_interval_gathers_tokens_into_fewer_pieces() -> anyhow::Result<()> {
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("pace");
+    // the fake LLM's reply is ~16 words, one token each, 30 ms apart: ~480 ms of streaming
+    let llm = FakeLlm::start(&["--token-latency-ms", "30"]).await?;
+    let worker = Worker::start(
+        WorkerSpec::new("paced", &prefix, &bootstrap, &llm.url)?
+            .env("MESHCHAT_PARTITIONS", "4")
+            .env("MESHCHAT_CHUNK_INTERVAL_MS", "150"),
+    )
+    .await?;
+    let conv = "paced-conv";
+    let ws = connect_ws(&worker.url, conv).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = send(&worker.url, conv, "dana", "please answer with a dozen words or so").await?;
+    ws.wait("ws", T, |e| e["type"] == "reply" && e["message"]["inReplyTo"] == id.as_str())
+        .await?;
+    let pieces = assert_live_order(&ws.events(), &id);
+    let reply = wait_reply(&worker.url, conv, &id, T).await?;
+    let words = reply["content"].as_str().unwrap_or_default().split(' ').count();
+    println!("{words} tokens streamed as {pieces} pieces");
+    assert!(words >= 8, "a reply long enough to pace: {reply}");
+    // ~480 ms / 150 ms: the first piece, about three more and the rest at the end; every token
+    // as it arrives would be one piece per token
+    assert!(pieces >= 2 && pieces * 2 <= words, "{pieces} pieces for {words} tokens");
+    Ok(())
+}

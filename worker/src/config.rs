@@ -140,6 +140,11 @@ pub struct Config {
     /// broker and worker CPU per message; docs/benchmarks.md has the measurements.
     #[arg(long, env = "MESHCHAT_FETCH_BATCH_MS", default_value_t = 0)]
     pub fetch_batch_ms: u32,
+    /// Least milliseconds between two streamed pieces of one reply (0: every token as it
+    /// arrives). Tokens arriving meanwhile leave together, so a reply costs fewer chunk
+    /// records; no token waits longer than this.
+    #[arg(long, env = "MESHCHAT_CHUNK_INTERVAL_MS", default_value_t = 0)]
+    pub chunk_interval_ms: u32,
     /// Seconds in-flight replies may take to finish on shutdown before they are left to the
     /// next owner.
     #[arg(long, env = "MESHCHAT_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
@@ -303,6 +308,9 @@ fn check_values(c: &Config) -> Result<(), ConfigError> {
     }
     if c.fetch_batch_ms > 1000 {
         return invalid("fetch-batch-ms", "must be between 0 and 1000");
+    }
+    if c.chunk_interval_ms > 1000 {
+        return invalid("chunk-interval-ms", "must be between 0 and 1000");
     }
     if !c.shutdown_grace_secs.is_finite() || c.shutdown_grace_secs < 0.0 {
         return invalid("shutdown-grace-secs", "must not be negative");
@@ -483,5 +491,7 @@ mod tests {
         assert!(err.to_string().starts_with("--fetch-batch-ms"), "{err}");
         let ok = Config::load_from(args(&["--fetch-batch-ms", "5"])).expect("in range");
         assert_eq!(ok.fetch_batch_ms, 5);
+        let err = Config::load_from(args(&["--chunk-interval-ms", "1001"])).expect_err("too long");
+        assert!(err.to_string().starts_with("--chunk-interval-ms"), "{err}");
     }
 }

@@ -17,6 +17,9 @@ use meshchat_crds::ReplyErrorKind;
 
 use crate::context::{Role, Turn};
 
+mod pacing;
+use pacing::Pacer;
+
 /// LLM settings.
 #[derive(Clone, Debug)]
 pub struct LlmSettings {
@@ -36,6 +39,8 @@ pub struct LlmSettings {
     pub retries: u32,
     /// First backoff.
     pub backoff: Duration,
+    /// Least time between two streamed pieces of one reply (zero: every token as it arrives).
+    pub chunk_interval: Duration,
 }
 
 /// Why the LLM gave no answer, after all attempts.
@@ -167,25 +172,45 @@ impl Llm {
             .map_err(|_| timeout_error(limit))?
             .map_err(classify)?;
         let mut content = String::new();
+        let mut pending = String::new();
+        let mut pacer = Pacer::new(self.settings.chunk_interval);
+        let mut hold: Option<tokio::time::Instant> = None;
+        let mut hand_out = |pending: &mut String, content: &mut String| {
+            if !pending.is_empty() {
+                on_delta(attempt, pending);
+                content.push_str(pending);
+                pending.clear();
+            }
+        };
         loop {
             // a stall between chunks counts against the same attempt deadline
-            let next = tokio::time::timeout_at(deadline, stream.next())
-                .await
-                .map_err(|_| timeout_error(limit))?;
+            let wake = hold.map_or(deadline, |h| h.min(deadline));
+            let next = match tokio::time::timeout_at(wake, stream.next()).await {
+                Ok(next) => next,
+                Err(_) if wake < deadline => {
+                    // held text's time has come
+                    pacer.sent(tokio::time::Instant::now());
+                    hand_out(&mut pending, &mut content);
+                    hold = None;
+                    continue;
+                }
+                Err(_) => return Err(timeout_error(limit)),
+            };
             match next {
-                None => return Ok(content),
+                None => {
+                    hand_out(&mut pending, &mut content);
+                    return Ok(content);
+                }
                 Some(Err(e)) => return Err(classify(e)),
                 Some(Ok(chunk)) => {
-                    // tokens that have already arrived go out as one piece: a fast model's
-                    // burst becomes one chunk record instead of one per token, and no token
-                    // ever waits for a later one
-                    let mut batch = String::new();
-                    append_deltas(&mut batch, chunk);
+                    // tokens that have already arrived go out together: a fast model's burst
+                    // becomes one chunk record instead of one per token
+                    append_deltas(&mut pending, chunk);
                     let mut end = None;
-                    while batch.len() < MAX_BATCH_BYTES {
+                    while pending.len() < MAX_BATCH_BYTES {
                         match stream.next().now_or_never() {
                             None => break,
-                            Some(Some(Ok(chunk))) => append_deltas(&mut batch, chunk),
+                            Some(Some(Ok(chunk))) => append_deltas(&mut pending, chunk),
                             Some(Some(Err(e))) => {
                                 end = Some(Err(classify(e)));
                                 break;
@@ -196,14 +221,22 @@ impl Llm {
                             }
                         }
                     }
-                    if !batch.is_empty() {
-                        on_delta(attempt, &batch);
-                        content.push_str(&batch);
-                    }
                     match end {
-                        Some(Ok(())) => return Ok(content),
+                        Some(Ok(())) => {
+                            hand_out(&mut pending, &mut content);
+                            return Ok(content);
+                        }
                         Some(Err(e)) => return Err(e),
                         None => {}
+                    }
+                    let now = tokio::time::Instant::now();
+                    match hold.or_else(|| pacer.hold_until(now)) {
+                        Some(until) if pending.len() < MAX_BATCH_BYTES => hold = Some(until),
+                        _ => {
+                            pacer.sent(now);
+                            hand_out(&mut pending, &mut content);
+                            hold = None;
+                        }
                     }
                 }
             }

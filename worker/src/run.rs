@@ -87,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         timeout: config.llm_timeout(),
         retries: config.llm_retries,
         backoff: Duration::from_millis(config.llm_backoff_ms),
+        chunk_interval: Duration::from_millis(u64::from(config.chunk_interval_ms)),
     });
     let answerer = Arc::new(Answerer {
         llm,
