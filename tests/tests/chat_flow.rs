@@ -172,9 +172,17 @@ async fn a_chunk_interval_gathers_tokens_into_fewer_pieces() -> anyhow::Result<(
     let conv = "paced-conv";
     let ws = connect_ws(&worker.url, conv).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let id = send(&worker.url, conv, "dana", "please answer with a dozen words or so").await?;
-    ws.wait("ws", T, |e| e["type"] == "reply" && e["message"]["inReplyTo"] == id.as_str())
-        .await?;
+    let id = send(
+        &worker.url,
+        conv,
+        "dana",
+        "please answer with a dozen words or so",
+    )
+    .await?;
+    ws.wait("ws", T, |e| {
+        e["type"] == "reply" && e["message"]["inReplyTo"] == id.as_str()
+    })
+    .await?;
     let pieces = assert_live_order(&ws.events(), &id);
     let reply = wait_reply(&worker.url, conv, &id, T).await?;
     let words = reply["content"].as_str().unwrap_or_default().split(' ').count();
@@ -182,6 +190,9 @@ async fn a_chunk_interval_gathers_tokens_into_fewer_pieces() -> anyhow::Result<(
     assert!(words >= 8, "a reply long enough to pace: {reply}");
     // ~480 ms / 150 ms: the first piece, about three more and the rest at the end; every token
     // as it arrives would be one piece per token
-    assert!(pieces >= 2 && pieces * 2 <= words, "{pieces} pieces for {words} tokens");
+    assert!(
+        pieces >= 2 && pieces * 2 <= words,
+        "{pieces} pieces for {words} tokens"
+    );
     Ok(())
 }
