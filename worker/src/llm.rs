@@ -188,20 +188,27 @@ impl Llm {
             let next = match tokio::time::timeout_at(wake, stream.next()).await {
                 Ok(next) => next,
                 Err(_) if wake < deadline => {
-                    // held text's time has come
+                    // held text's time has come (a hold is only set with text pending)
                     pacer.sent(tokio::time::Instant::now());
                     hand_out(&mut pending, &mut content);
                     hold = None;
                     continue;
                 }
-                Err(_) => return Err(timeout_error(limit)),
+                Err(_) => {
+                    // what arrived before the stall still reaches live clients, as unpaced
+                    hand_out(&mut pending, &mut content);
+                    return Err(timeout_error(limit));
+                }
             };
             match next {
                 None => {
                     hand_out(&mut pending, &mut content);
                     return Ok(content);
                 }
-                Some(Err(e)) => return Err(classify(e)),
+                Some(Err(e)) => {
+                    hand_out(&mut pending, &mut content);
+                    return Err(classify(e));
+                }
                 Some(Ok(chunk)) => {
                     // tokens that have already arrived go out together: a fast model's burst
                     // becomes one chunk record instead of one per token
@@ -226,12 +233,20 @@ impl Llm {
                             hand_out(&mut pending, &mut content);
                             return Ok(content);
                         }
-                        Some(Err(e)) => return Err(e),
+                        Some(Err(e)) => {
+                            hand_out(&mut pending, &mut content);
+                            return Err(e);
+                        }
                         None => {}
+                    }
+                    // chunks without text (a role announcement, a reasoning model's empty
+                    // deltas) neither go out nor start the pacing clock
+                    if pending.is_empty() {
+                        continue;
                     }
                     let now = tokio::time::Instant::now();
                     match hold.or_else(|| pacer.hold_until(now)) {
-                        Some(until) if pending.len() < MAX_BATCH_BYTES => hold = Some(until),
+                        Some(until) if until > now && pending.len() < MAX_BATCH_BYTES => hold = Some(until),
                         _ => {
                             pacer.sent(now);
                             hand_out(&mut pending, &mut content);

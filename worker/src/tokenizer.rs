@@ -100,8 +100,9 @@ impl std::fmt::Debug for Tokenizer {
 // === impl Vocab ===
 
 impl Vocab {
-    /// Reads the ordinary tokens out of `core` in rank order (ranks are dense from 0 up to the
-    /// first special token; a rank with no token is skipped).
+    /// Reads the ordinary tokens out of `core` in rank order: every rank below the first special
+    /// token (cl100k and o200k have one unused rank there, which is skipped; order is all that
+    /// counting needs).
     fn from_core(core: &CoreBPE, pattern: Regex) -> Result<Self, String> {
         let specials: Vec<String> = core.special_tokens().into_iter().map(String::from).collect();
         let first_special = specials
@@ -179,7 +180,8 @@ impl Vocab {
                     total += self.count_piece(m.as_str().as_bytes());
                     searched = m.end();
                 }
-                // Only a backtracking limit ends the search early; every byte is at most one
+                // Only a backtracking limit ends the search early (tiktoken-rs panics there);
+                // every byte is at most one
                 // token, so the remaining bytes bound the count from above (a context trimmed
                 // on it errs towards fewer turns, never over the budget).
                 Err(_) => return total + text.len() - searched,
@@ -189,10 +191,14 @@ impl Vocab {
     }
 
     /// Tokens of one pre-split piece: merge the adjacent pair of lowest rank (leftmost on ties)
-    /// until no adjacent pair is a token.
+    /// until no adjacent pair is a token. Short pieces scan a small array; long ones (a user may
+    /// send 32 KiB of one letter) use a heap, so counting stays O(n log n) — as tiktoken does.
     fn count_piece(&self, piece: &[u8]) -> usize {
         if piece.len() <= 1 || self.rank(piece).is_some() {
             return piece.len().min(1);
+        }
+        if piece.len() >= LONG_PIECE {
+            return self.count_long_piece(piece);
         }
         // parts[k] = (start of part k, rank of part k joined with part k + 1)
         let pair = |parts: &[(usize, u32)], k: usize| -> u32 {
@@ -224,7 +230,57 @@ impl Vocab {
         // the last entry only marks the end of the piece
         parts.len() - 1
     }
+
+    /// The same merge order with parts in a linked list and candidate pairs in a min-heap of
+    /// (rank, start); a popped pair whose start no longer begins that pair is stale (ranks are
+    /// unique per byte string, so the rank identifies the pair's span).
+    fn count_long_piece(&self, piece: &[u8]) -> usize {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let n = piece.len();
+        // part starting at i ends at next[i]; prev[i] starts the part before it
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.saturating_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let rank_at = |next: &[usize], i: usize| -> u32 {
+            let j = next[i];
+            if j >= n {
+                return u32::MAX;
+            }
+            self.rank(&piece[i..next[j]]).unwrap_or(u32::MAX)
+        };
+        let mut pair: Vec<u32> = (0..n).map(|i| rank_at(&next, i)).collect();
+        let mut heap: BinaryHeap<Reverse<(u32, usize)>> = pair
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r != u32::MAX)
+            .map(|(i, r)| Reverse((*r, i)))
+            .collect();
+        let mut parts = n;
+        while let Some(Reverse((r, i))) = heap.pop() {
+            if !alive[i] || pair[i] != r {
+                continue;
+            }
+            let j = next[i];
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] < n {
+                prev[next[j]] = i;
+            }
+            parts -= 1;
+            for k in [Some(i), (i > 0).then(|| prev[i])].into_iter().flatten() {
+                pair[k] = rank_at(&next, k);
+                if pair[k] != u32::MAX {
+                    heap.push(Reverse((pair[k], k)));
+                }
+            }
+        }
+        parts
+    }
 }
+
+/// Pieces this long are merged with a heap (tiktoken switches at the same length).
+const LONG_PIECE: usize = 100;
 
 #[cfg(test)]
 mod tests {
@@ -265,6 +321,10 @@ mod tests {
         ] {
             same_as_tiktoken(text);
         }
+        // pieces past the heap threshold, and the 32 KiB message an owner must still count fast
+        same_as_tiktoken(&"a".repeat(32 * 1024));
+        same_as_tiktoken(&"ab1".repeat(500));
+        same_as_tiktoken(&"🚀é".repeat(300));
     }
 
     #[test]
@@ -307,6 +367,12 @@ mod tests {
             let text = parts.concat();
             let (ours, theirs) = &*CL100K;
             prop_assert_eq!(ours.count(&text) as usize, theirs.encode_with_special_tokens(&text).len());
+        }
+
+        #[test]
+        fn long_pieces_count_like_tiktoken(word in "[a-zA-Z]{100,400}|[a-c]{100,600}|\\PL{40,120}") {
+            let (ours, theirs) = &*CL100K;
+            prop_assert_eq!(ours.count(&word) as usize, theirs.encode_with_special_tokens(&word).len());
         }
     }
 }

@@ -35,7 +35,7 @@ pub struct FanoutSource {
     pub node_id: String,
     /// The owners' consumer group (its commits carry the fences before them).
     pub owner_group: String,
-    /// See [`crate::kafka::fetch_batching`].
+    /// See [`crate::kafka::fetch_tail`].
     pub fetch_batch_ms: u32,
 }
 
