@@ -55,6 +55,10 @@ enum Command {
     },
 }
 
+/// How long an exiting process waits for blocking calls still running (Kafka metadata requests
+/// time out after 10 s on an unreachable broker).
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
                 });
                 meshchat_operator::serve::run(client, opts, stop).await
             });
+            runtime.shutdown_timeout(SHUTDOWN_WAIT);
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -141,7 +146,10 @@ fn main() -> ExitCode {
                 }
             };
             let opts = meshchat_operator::balancer::LocalOptions { bootstrap };
-            match runtime.block_on(meshchat_operator::balancer::run_local(agent, opts)) {
+            let result = runtime.block_on(meshchat_operator::balancer::run_local(agent, opts));
+            // a Kafka call still waiting on an unreachable broker must not hold up the exit
+            runtime.shutdown_timeout(SHUTDOWN_WAIT);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("meshchat-operator: {e:#}");

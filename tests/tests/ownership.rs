@@ -424,3 +424,31 @@ async fn a_live_stream_started_after_a_fence_hides_a_zombie_reply() -> anyhow::R
     );
     Ok(())
 }
+
+/// SIGTERM stops the balancer even while Kafka does not answer (its metadata calls wait up to
+/// 10 s each; before, a stop waited for them, and a table write waited for the broker).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_balancer_stops_on_sigterm_while_kafka_is_unreachable() -> anyhow::Result<()> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/local-mesh.yaml");
+    // nothing listens on the discard port: every metadata request waits out its timeout
+    let mut child = tokio::process::Command::new(bin("meshchat-operator"))
+        .args(["local", "-f"])
+        .arg(&manifest)
+        .env("MESHCHAT_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(child.try_wait()?.is_none(), "the balancer waits for Kafka");
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    // a bound for slow machines, not a measurement: it exits in ~1 s here, and took 10-30 s
+    let status = tokio::time::timeout(Duration::from_secs(8), child.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("still running 8 s after SIGTERM"))??;
+    assert!(status.success(), "{status}");
+    Ok(())
+}

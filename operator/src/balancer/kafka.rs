@@ -1,6 +1,7 @@
 //! The balancer against Kafka: reads heartbeats and migrate requests from `chat.events`,
 //! continues from the latest table on `chat.assignments`, and publishes new tables there.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -193,17 +194,22 @@ pub async fn run(
     for (k, v) in &client {
         base.set(k, v);
     }
-    let meta: BaseConsumer = base.clone().set("group.id", "meshchat-balancer-meta").create()?;
+    let meta: Arc<BaseConsumer> = Arc::new(base.clone().set("group.id", "meshchat-balancer-meta").create()?);
     // the workers create the topics; wait for them
     let mut waited = false;
     let (partitions, events) = loop {
-        let found = tokio::task::block_in_place(|| {
+        let (m, t) = (meta.clone(), topics.clone());
+        let Some(found) = until_stopped(&stop, move || {
             (
-                partitions_of(&meta, &topics.messages),
-                partitions_of(&meta, &topics.events),
-                partitions_of(&meta, &topics.assignments),
+                partitions_of(&m, &t.messages),
+                partitions_of(&m, &t.events),
+                partitions_of(&m, &t.assignments),
             )
-        });
+        })
+        .await?
+        else {
+            return Ok(());
+        };
         match found {
             (Ok(p), Ok(e), Ok(_)) => break (p, e),
             (m, _, _) => {
@@ -225,7 +231,11 @@ pub async fn run(
             }
         }
     };
-    let table = tokio::task::block_in_place(|| latest_table(&meta, &topics.assignments, &name))?;
+    let (m, t, n) = (meta.clone(), topics.assignments.clone(), name.clone());
+    let Some(table) = until_stopped(&stop, move || latest_table(&m, &t, &n)).await? else {
+        return Ok(());
+    };
+    let table = table?;
     let producer: FutureProducer = base
         .clone()
         .set("enable.idempotence", "true")
@@ -243,20 +253,30 @@ pub async fn run(
     // was alive a moment ago, instead of declaring dead those whose heartbeats it missed while
     // it was connecting
     let since = now_ms().saturating_sub(timing.heartbeat_timeout_ms);
-    let tpl = tokio::task::block_in_place(|| recent_offsets(&meta, &topics.events, events, since))?;
+    let (m, t) = (meta.clone(), topics.events.clone());
+    let Some(tpl) = until_stopped(&stop, move || recent_offsets(&m, &t, events, since)).await? else {
+        return Ok(());
+    };
+    let tpl = tpl?;
     consumer.assign(&tpl)?;
     tracing::info!(agent = %name, partitions, generation = table.as_ref().map_or(0, |t| t.generation), "balancer starting");
     let mut balancer = Balancer::new(&name, partitions, policy, timing, table, now_ms());
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let stopping = || {
+        tracing::info!(agent = %name, "balancer stopping; workers keep the last table");
+        Ok(())
+    };
     loop {
         tokio::select! {
-            () = stop.cancelled() => {
-                tracing::info!(agent = %name, "balancer stopping; workers keep the last table");
-                return Ok(());
-            }
+            // a stop wins over work that is also ready
+            biased;
+            () = stop.cancelled() => return stopping(),
             _ = status_tick.tick() => {
-                let reachable = tokio::task::block_in_place(|| partitions_of(&meta, &topics.assignments).is_ok());
+                let (m, t) = (meta.clone(), topics.assignments.clone());
+                let Some(reachable) = until_stopped(&stop, move || partitions_of(&m, &t).is_ok()).await? else {
+                    return stopping();
+                };
                 let summary = balancer.summary(now_ms());
                 report.send_modify(|r| {
                     r.kafka_reachable = Some(reachable);
@@ -266,7 +286,12 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 if let Some(out) = balancer.tick(now_ms()) {
-                    publish(&producer, &topics, events, &name, &out).await?;
+                    // with Kafka gone a write waits for it: a stop must not
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => return stopping(),
+                        r = publish(&producer, &topics, events, &name, &out) => r?,
+                    }
                 }
             }
             m = consumer.recv() => {
@@ -282,7 +307,11 @@ pub async fn run(
                     Some(Ok(MeshEvent::MigrateRequest(req))) => match balancer.migrate(&req, now_ms()) {
                         Ok(Some(out)) => {
                             tracing::info!(request = %req.id, target = %req.target, partitions = ?req.partitions, "migration requested");
-                            publish(&producer, &topics, events, &name, &out).await?;
+                            tokio::select! {
+                                biased;
+                                () = stop.cancelled() => return stopping(),
+                                r = publish(&producer, &topics, events, &name, &out) => r?,
+                            }
                         }
                         Ok(None) => tracing::info!(request = %req.id, "migration: nothing to move"),
                         Err(why) => tracing::warn!(request = %req.id, "migration refused: {why}"),
@@ -337,6 +366,19 @@ async fn publish(
         let _ = producer.send_result(record);
     }
     Ok(())
+}
+
+/// Runs blocking Kafka calls (bounded by their own timeouts) off the runtime; `None` when `stop`
+/// comes first, so an unreachable broker never holds up a shutdown.
+async fn until_stopped<T: Send + 'static>(
+    stop: &CancellationToken,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<Option<T>> {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => Ok(None),
+        r = tokio::task::spawn_blocking(f) => Ok(Some(r.context("a Kafka call panicked")?)),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
