@@ -70,7 +70,8 @@ pub fn fetch_batching(cfg: &mut ClientConfig, batch_ms: u32) {
     }
 }
 
-/// Fetch settings of a consumer whose partitions never change (the fan-out). Unbatched, a fetch
+/// Fetch settings of a consumer whose partitions never change (the fan-out, the mesh view; with
+/// `batch_ms` 0 for sparse topics). Unbatched, a fetch
 /// long-polls up to 500 ms: the broker answers a waiting fetch as soon as a record arrives, so
 /// this adds no latency, and an idle consumer asks twice a second instead of a hundred times (the
 /// 10 ms wait of `fetch_batching` exists only so that a taken-over partition joins a fetch soon).

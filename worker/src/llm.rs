@@ -228,16 +228,9 @@ impl Llm {
                             }
                         }
                     }
-                    match end {
-                        Some(Ok(())) => {
-                            hand_out(&mut pending, &mut content);
-                            return Ok(content);
-                        }
-                        Some(Err(e)) => {
-                            hand_out(&mut pending, &mut content);
-                            return Err(e);
-                        }
-                        None => {}
+                    if let Some(end) = end {
+                        hand_out(&mut pending, &mut content);
+                        return end.map(|()| content);
                     }
                     // chunks without text (a role announcement, a reasoning model's empty
                     // deltas) neither go out nor start the pacing clock

@@ -189,13 +189,12 @@ pub async fn watch_mesh(
     dynamic: bool,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
-    let consumer: StreamConsumer = kafka
-        .clone()
-        .set("group.id", "meshchat-mesh-watch")
-        .set("enable.auto.commit", "false")
-        // fixed partitions: see `kafka::fetch_tail`
-        .set("fetch.wait.max.ms", "500")
-        .create()?;
+    let mut cfg = kafka.clone();
+    cfg.set("group.id", "meshchat-mesh-watch")
+        .set("enable.auto.commit", "false");
+    // fixed partitions, sparse records
+    crate::kafka::fetch_tail(&mut cfg, 0);
+    let consumer: StreamConsumer = cfg.create()?;
     let events = crate::kafka::partition_count(&kafka, &topics.events).await?;
     let mut tpl = TopicPartitionList::new();
     tokio::task::block_in_place(|| -> Result<(), KafkaError> {

@@ -3,40 +3,11 @@
 //! Allocation sizes are deterministic, so this is a budget test, not a timing one; `make bench`
 //! measures the whole worker's RSS.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+mod counting;
 
 use meshchat_crds::{AgentReply, ChatRecord, UserMessage, partition_for};
 use meshchat_worker::store::Store;
 use time::OffsetDateTime;
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout as asked for.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: allocated above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: allocated above with this layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 /// What a real exchange looks like: UUIDv7 ids, a short question, a fake-LLM-sized answer.
 fn exchange(conv: &str, i: usize) -> (ChatRecord, ChatRecord) {
@@ -73,7 +44,7 @@ fn exchange(conv: &str, i: usize) -> (ChatRecord, ChatRecord) {
 fn a_resident_conversation_of_one_exchange_costs_under_two_kib() {
     const N: usize = 20_000;
     let mut store = Store::new(50);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
     // records are made inside the measured span: their strings are part of what the store holds
     for i in 0..N {
         let conv = format!("resident-{i}");
@@ -82,7 +53,7 @@ fn a_resident_conversation_of_one_exchange_costs_under_two_kib() {
         store.apply(p, 2 * i as i64, user, 3);
         store.apply(p, 2 * i as i64 + 1, reply, 12);
     }
-    let per_conversation = (LIVE.load(Ordering::Relaxed) - before) / N as isize;
+    let per_conversation = (counting::live() - before) / N as isize;
     eprintln!("store: {per_conversation} heap bytes per resident conversation (one exchange)");
     assert_eq!(store.len(), N);
     assert!(

@@ -285,13 +285,10 @@ pub async fn run(
                 });
             }
             _ = tick.tick() => {
-                if let Some(out) = balancer.tick(now_ms()) {
-                    // with Kafka gone a write waits for it: a stop must not
-                    tokio::select! {
-                        biased;
-                        () = stop.cancelled() => return stopping(),
-                        r = publish(&producer, &topics, events, &name, &out) => r?,
-                    }
+                if let Some(out) = balancer.tick(now_ms())
+                    && or_stop(&stop, publish(&producer, &topics, events, &name, &out)).await.transpose()?.is_none()
+                {
+                    return stopping();
                 }
             }
             m = consumer.recv() => {
@@ -307,10 +304,8 @@ pub async fn run(
                     Some(Ok(MeshEvent::MigrateRequest(req))) => match balancer.migrate(&req, now_ms()) {
                         Ok(Some(out)) => {
                             tracing::info!(request = %req.id, target = %req.target, partitions = ?req.partitions, "migration requested");
-                            tokio::select! {
-                                biased;
-                                () = stop.cancelled() => return stopping(),
-                                r = publish(&producer, &topics, events, &name, &out) => r?,
+                            if or_stop(&stop, publish(&producer, &topics, events, &name, &out)).await.transpose()?.is_none() {
+                                return stopping();
                             }
                         }
                         Ok(None) => tracing::info!(request = %req.id, "migration: nothing to move"),
@@ -368,17 +363,25 @@ async fn publish(
     Ok(())
 }
 
-/// Runs blocking Kafka calls (bounded by their own timeouts) off the runtime; `None` when `stop`
-/// comes first, so an unreachable broker never holds up a shutdown.
+/// `fut`'s output, or `None` when `stop` comes first: with Kafka unreachable a call or a write
+/// waits for it, and a shutdown must not.
+async fn or_stop<F: std::future::Future>(stop: &CancellationToken, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
+
+/// Runs blocking Kafka calls (bounded by their own timeouts) off the runtime, until `stop`.
 async fn until_stopped<T: Send + 'static>(
     stop: &CancellationToken,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<Option<T>> {
-    tokio::select! {
-        biased;
-        () = stop.cancelled() => Ok(None),
-        r = tokio::task::spawn_blocking(f) => Ok(Some(r.context("a Kafka call panicked")?)),
-    }
+    or_stop(stop, tokio::task::spawn_blocking(f))
+        .await
+        .transpose()
+        .context("a Kafka call panicked")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -61,7 +61,9 @@ pub async fn run_fanout(
     // presence events are rare and need no order with the rest: a consumer of their own keeps
     // chat.users' partitions out of every fetch of the busy topics (each partition listed in a
     // fetch costs the broker and librdkafka, which sends full fetch requests)
-    let presence: StreamConsumer = cfg.clone().set("fetch.wait.max.ms", "500").create()?;
+    let mut presence_cfg = cfg.clone();
+    crate::kafka::fetch_tail(&mut presence_cfg, 0);
+    let presence: StreamConsumer = presence_cfg.create()?;
     crate::kafka::fetch_tail(&mut cfg, fetch_batch_ms);
     let consumer: StreamConsumer = cfg.create()?;
     let mut presence_tpl = TopicPartitionList::new();
