@@ -255,7 +255,8 @@ pub struct RebalanceSpec {
     #[serde(default = "default_interval")]
     #[schemars(range(min = 1, max = 3600))]
     pub interval_seconds: u32,
-    /// Move partitions off workers above this load.
+    /// Move partitions off workers above this load, onto workers below it that are more than 10 %
+    /// cooler (when every worker is above it, moving load only reshuffles it: scale out instead).
     #[serde(default = "default_high")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub high_watermark: f64,

@@ -7,10 +7,11 @@
 //!    workers — spread over at least min(5, survivors, orphans) of them, then least-loaded
 //!    first. They ignore the balancing budget and cooldowns: an unowned partition serves nobody.
 //! 2. **Balancing** (only while the hottest live worker is at or above `active_floor`, and only
-//!    when it is over `high_watermark` or over `imbalance` × mean): best-fit moves from the
-//!    hottest to the coldest worker, each strictly lowering the pair's maximum, until max/mean is
-//!    within `imbalance`, within the round's budget (`max_move_fraction` of total load and
-//!    `max_moves`), skipping partitions in cooldown.
+//!    when it is over `imbalance` × mean, or over `high_watermark` with the coldest worker below
+//!    it and cooler by more than `imbalance`): best-fit moves from the hottest to the coldest
+//!    worker, each strictly lowering the pair's maximum, until max/mean is within `imbalance`,
+//!    within the round's budget (`max_move_fraction` of total load and `max_moves`), skipping
+//!    partitions in cooldown. A mesh-wide overload moves nothing: that is the autoscaler's case.
 //! 3. **Consolidation** (when enabled, e.g. with autoscaling): if every live worker is below
 //!    `low_watermark` and the least-loaded worker can be emptied entirely this round (within
 //!    `max_moves`, nothing in cooldown) without pushing anyone over `high_watermark`, move all
@@ -325,6 +326,14 @@ fn balance(input: &Input, policy: &Policy, st: &mut State<'_>) {
             let lh = st.loads[hot];
             if !(lh > policy.high_watermark || lh > policy.imbalance * mean) {
                 break; // the rest are cooler
+            }
+            // over the high watermark but not over the mean's tolerance: relieve it only onto a
+            // worker with headroom that is cooler by more than that tolerance. When every worker
+            // is about as hot (a mesh-wide overload) a move only trades measurement noise for a
+            // handoff pause; the cure is more workers (the autoscaler), not reshuffling.
+            let relievable = lc < policy.high_watermark && lh > policy.imbalance * lc;
+            if lh <= policy.imbalance * mean && !relievable {
+                continue;
             }
             // a worker that received in this round does not give: passing partitions along a
             // chain of workers is churn, and the next round sees fresher loads anyway

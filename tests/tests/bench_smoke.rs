@@ -49,6 +49,10 @@ async fn the_benchmark_runs_in_smoke_mode_and_writes_its_report() -> anyhow::Res
                 s["cpu"]["workers"]["cores"].as_f64().is_some(),
                 "worker CPU accounted: {s}"
             );
+            assert!(
+                s["partitions_moved"].as_u64().is_some_and(|n| n <= 24),
+                "owner changes counted over the 24 partitions: {s}"
+            );
         }
     }
     assert_eq!(json["memory"]["points"][0]["conversations"], 200);

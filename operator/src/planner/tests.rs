@@ -127,6 +127,55 @@ fn initial_assignment_spreads_partitions_evenly() {
     assert!(plan.moves.iter().all(|m| m.reason == Reason::Unassigned));
 }
 
+/// Three workers of 24 partitions each, `per_worker[w]` load spread evenly over w's partitions
+/// (small enough to fit any gap between them).
+fn three_workers_at(per_worker: [f64; 3]) -> Input {
+    let current: BTreeMap<Partition, Owner> = (0..72).map(|p| (p, owner(p as usize % 3, 1))).collect();
+    let load = (0..72).map(|p| (p, per_worker[p as usize % 3] / 24.0)).collect();
+    Input {
+        partitions: (0..72).collect(),
+        current,
+        workers: workers(3),
+        load,
+        now_ms: 10_000_000,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_worker_over_the_high_watermark_is_relieved_onto_one_with_headroom() {
+    // within the mean's tolerance (0.85 / 0.783 = 1.085), but w00 is over 0.8 and w02 has room
+    let input = three_workers_at([0.85, 0.8, 0.7]);
+    let plan = plan(&input, &Policy::default());
+    assert!(!plan.moves.is_empty());
+    for m in &plan.moves {
+        assert_eq!(
+            (m.from.as_deref(), m.to.as_str()),
+            (Some("w00"), "w02"),
+            "{:?}",
+            plan.moves
+        );
+    }
+    let after = worker_loads(&plan.next, &input.load, &live_set(&input));
+    assert!(after["w00"] < 0.85 && after["w02"] < 0.85, "{after:?}");
+}
+
+#[test]
+fn a_mesh_wide_overload_moves_nothing() {
+    // everyone over the high watermark: there is no headroom to move load onto
+    assert!(
+        plan(&three_workers_at([1.4, 1.3, 1.25]), &Policy::default())
+            .moves
+            .is_empty()
+    );
+    // over it, and the coolest under it but within the tolerance: a move trades noise
+    assert!(
+        plan(&three_workers_at([0.85, 0.82, 0.79]), &Policy::default())
+            .moves
+            .is_empty()
+    );
+}
+
 #[test]
 fn consolidation_empties_an_idle_worker_only_when_enabled() {
     let load: BTreeMap<Partition, f64> = (0..6).map(|p| (p, 0.01)).collect();
@@ -213,6 +262,29 @@ proptest! {
         if max < 0.25 || (max <= 0.8 && r <= 1.10) {
             prop_assert!(out.moves.is_empty(), "max {max} ratio {r}: {:?}", out.moves);
         }
+    }
+
+    #[test]
+    fn an_overloaded_mesh_within_tolerance_is_left_to_the_autoscaler(
+        n in 2usize..10, per in 8usize..40, base in 0.3f64..3.0, spread in proptest::collection::vec(0.0f64..0.099, 10)
+    ) {
+        // worker w carries base × (1 + spread[w]) in `per` equal partitions: none more than
+        // the tolerance above the coolest, and partitions small enough for any gap
+        let current: BTreeMap<Partition, Owner> =
+            (0..(n * per) as i32).map(|p| (p, owner(p as usize % n, 1))).collect();
+        let load: BTreeMap<Partition, f64> = (0..(n * per) as i32)
+            .map(|p| (p, base * (1.0 + spread[p as usize % n]) / per as f64))
+            .collect();
+        let input = Input {
+            partitions: (0..(n * per) as i32).collect(),
+            current,
+            workers: workers(n),
+            load,
+            now_ms: 10_000_000,
+            ..Default::default()
+        };
+        let out = plan(&input, &Policy::default());
+        prop_assert!(out.moves.is_empty(), "base {base} spread {:?}: {:?}", &spread[..n], out.moves);
     }
 
     #[test]

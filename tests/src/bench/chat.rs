@@ -36,6 +36,9 @@ pub struct Step {
     pub kept_up: bool,
     /// CPU per role (and `total`) from the step's start until its replies were in.
     pub cpu: BTreeMap<String, RoleUse>,
+    /// Partitions whose owner changed from the step's start until its replies were in (each
+    /// such handoff pauses the partition's conversations; the balancer decides them).
+    pub partitions_moved: usize,
 }
 
 /// What the chat phase measured.
@@ -184,6 +187,7 @@ async fn step(t: &Target<'_>, rate: f64, secs: f64, grace: Duration) -> Step {
         accepted,
     } = t;
     let cpu = roles.start();
+    let epochs_before = epochs(client, urls).await;
     let sent: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let began = Instant::now();
     let n = (rate * secs).round().max(1.0) as usize;
@@ -221,6 +225,11 @@ async fn step(t: &Target<'_>, rate: f64, secs: f64, grace: Duration) -> Step {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu = cpu.finish(sent.len());
+    let epochs_after = epochs(client, urls).await;
+    let partitions_moved = epochs_after
+        .iter()
+        .filter(|(p, e)| epochs_before.get(*p) != Some(*e))
+        .count();
     let (mut lat, mut over): (Vec<f64>, Vec<f64>) = seen
         .lock()
         .map(|s| {
@@ -249,13 +258,35 @@ async fn step(t: &Target<'_>, rate: f64, secs: f64, grace: Duration) -> Step {
         overhead_ms,
         kept_up,
         cpu,
+        partitions_moved,
     }
+}
+
+/// Each partition's ownership epoch, as the workers holding them report it (an epoch rises with
+/// every owner change). A worker that does not answer contributes nothing.
+async fn epochs(client: &reqwest::Client, urls: &[String]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for url in urls {
+        let Ok(r) = client.get(format!("{url}/api/agent/status")).send().await else {
+            continue;
+        };
+        let Ok(v) = r.json::<Value>().await else { continue };
+        if let Some(m) = v["epochs"].as_object() {
+            for (p, e) in m {
+                if let Some(e) = e.as_u64() {
+                    let slot = out.entry(p.clone()).or_insert(e);
+                    *slot = (*slot).max(e);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn log_step(s: &Step) {
     eprintln!(
         "chat: {:.0}/s offered, {} sent, {} replied, p50 {:.1} ms, p99 {:.1} ms, overhead p99 {:.1} ms, \
-         {:.0} µs CPU/msg{}",
+         {:.0} µs CPU/msg, {} partitions moved{}",
         s.rate,
         s.sent,
         s.replied,
@@ -263,6 +294,7 @@ fn log_step(s: &Step) {
         s.latency_ms.p99,
         s.overhead_ms.p99,
         s.cpu.get("total").map_or(f64::NAN, |u| u.us_per_message),
+        s.partitions_moved,
         if s.kept_up { "" } else { " (not kept up)" }
     );
 }
