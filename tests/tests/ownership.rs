@@ -144,7 +144,9 @@ async fn a_paused_owner_wakes_as_a_zombie_and_is_fenced() -> anyhow::Result<()> 
     for r in &log {
         match r.value["type"].as_str() {
             Some("epochFence") => {
-                fence_of.insert(r.partition, r.value["epoch"].as_u64().unwrap_or(0));
+                // readers keep the highest fence (an owner may restate an older one)
+                let e = fence_of.entry(r.partition).or_insert(0);
+                *e = (*e).max(r.value["epoch"].as_u64().unwrap_or(0));
             }
             Some("agentReply") if r.value["epoch"].as_u64() < fence_of.get(&r.partition).copied() => {
                 zombie += 1

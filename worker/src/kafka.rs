@@ -56,30 +56,19 @@ pub fn client_config(bootstrap: &str, extra: &str) -> ClientConfig {
     cfg
 }
 
-/// Fetch settings of the consumers on a message's path (the owner's, the fan-out's). With
-/// `batch_ms` 0 a fetch returns with the first record and an idle one is renewed every 10 ms
-/// (a taken-over partition joins the next fetch, so the wait bounds a take-over's replay
-/// start). Otherwise a fetch waits up to `batch_ms` for records to gather: fewer, fuller fetches
-/// for the broker and the worker, at up to `batch_ms` more latency per hop.
-pub fn fetch_batching(cfg: &mut ClientConfig, batch_ms: u32) {
-    if batch_ms == 0 {
-        cfg.set("fetch.wait.max.ms", "10");
-    } else {
-        cfg.set("fetch.wait.max.ms", batch_ms.to_string())
-            .set("fetch.min.bytes", "1048576");
-    }
-}
-
-/// Fetch settings of a consumer whose partitions never change (the fan-out, the mesh view; with
-/// `batch_ms` 0 for sparse topics). Unbatched, a fetch
-/// long-polls up to 500 ms: the broker answers a waiting fetch as soon as a record arrives, so
-/// this adds no latency, and an idle consumer asks twice a second instead of a hundred times (the
-/// 10 ms wait of `fetch_batching` exists only so that a taken-over partition joins a fetch soon).
+/// Fetch settings of every consumer that follows a topic's tail (the owner's, the fan-out's, the
+/// mesh view's). With `batch_ms` 0 a fetch long-polls up to 500 ms: the broker answers a waiting
+/// fetch as soon as a record arrives, so this adds no latency, and an idle consumer asks twice a
+/// second instead of a hundred times (a partition added to an assignment joins only the next
+/// fetch: the owner wakes its fetch then, see `owner::OwnerLoop::assign`). Otherwise a fetch
+/// waits up to `batch_ms` for records to gather: fewer, fuller fetches for the broker and the
+/// worker, at up to `batch_ms` more latency per hop.
 pub fn fetch_tail(cfg: &mut ClientConfig, batch_ms: u32) {
     if batch_ms == 0 {
         cfg.set("fetch.wait.max.ms", "500");
     } else {
-        fetch_batching(cfg, batch_ms);
+        cfg.set("fetch.wait.max.ms", batch_ms.to_string())
+            .set("fetch.min.bytes", "1048576");
     }
 }
 

@@ -66,7 +66,7 @@ pub struct OwnerLoop {
     pub context_tokens: u32,
     /// Time between snapshot rounds.
     pub snapshot_interval: Duration,
-    /// See [`crate::kafka::fetch_batching`].
+    /// See [`crate::kafka::fetch_tail`].
     pub fetch_batch_ms: u32,
     /// Time in-flight answers get on shutdown.
     pub grace: Duration,
@@ -135,6 +135,8 @@ struct Run {
     suspended: bool,
     /// Partitions abandoned by a lapse, taken over again (without awaiting a release) after it.
     resume: BTreeSet<i32>,
+    /// What the consumer was last assigned.
+    assigned: BTreeSet<i32>,
 }
 
 // === impl OwnerLoop ===
@@ -154,8 +156,9 @@ impl OwnerLoop {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
-        // a taken-over partition's replay should not wait out the default 500 ms fetch wait
-        crate::kafka::fetch_batching(&mut cfg, self.fetch_batch_ms);
+        // an idle fetch waits long (no renewal every few ms on a quiet mesh); a partition added
+        // to the assignment is woken into the next fetch (`assign`)
+        crate::kafka::fetch_tail(&mut cfg, self.fetch_batch_ms);
         let consumer: StreamConsumer = cfg.create()?;
         let lag_reader: Arc<BaseConsumer> =
             Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);
@@ -180,6 +183,7 @@ impl OwnerLoop {
             readers,
             suspended: false,
             resume: BTreeSet::new(),
+            assigned: BTreeSet::new(),
         };
         let mut wanted = self.ownership.subscribe();
         let view = wanted.borrow_and_update().clone();
@@ -382,13 +386,44 @@ impl OwnerLoop {
     }
 
     /// Assigns the consumer exactly the partitions being consumed, at their positions.
-    fn assign(&self, consumer: &StreamConsumer, run: &Run) -> Result<(), KafkaError> {
+    ///
+    /// librdkafka keeps one fetch per broker in flight, and an added partition joins only the
+    /// next one: with the consumer's long poll a take-over's replay could wait up to that wait
+    /// on a quiet mesh. So when partitions are added while others are being fetched, one of
+    /// those gets its current fence restated — a record the in-flight fetch returns at once.
+    /// Readers keep the highest fence per partition, so restating one changes nothing else.
+    fn assign(&self, consumer: &StreamConsumer, run: &mut Run) -> Result<(), KafkaError> {
+        let consuming = self.consuming(run);
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in self.consuming(run) {
-            tpl.add_partition_offset(&self.topics.messages, p, Offset::Offset(o))?;
+        for (p, o) in &consuming {
+            tpl.add_partition_offset(&self.topics.messages, *p, Offset::Offset(*o))?;
         }
         consumer.assign(&tpl)?;
+        let now: BTreeSet<i32> = consuming.into_keys().collect();
+        let added = now.difference(&run.assigned).next().is_some();
+        let fetched = now
+            .intersection(&run.assigned)
+            .find_map(|q| run.parts.get(q).map(|part| (*q, part.epoch)));
+        if added && let Some((q, epoch)) = fetched {
+            self.wake(q, epoch);
+        }
+        run.assigned = now;
         Ok(())
+    }
+
+    /// Restates this owner's fence of `q` (see [`Self::assign`]); off the loop.
+    fn wake(&self, q: i32, epoch: u64) {
+        let (producer, topic) = (self.producer.clone(), self.topics.messages.clone());
+        let fence = handoff::fence(q, epoch, &self.node_id);
+        tokio::spawn(async move {
+            let sent = match meshchat_crds::encode(&fence) {
+                Ok(bytes) => producer.send(&topic, q, meshchat_crds::FENCE_KEY, &bytes).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = sent {
+                tracing::debug!(partition = q, error = %e, "could not wake the owner's fetch");
+            }
+        });
     }
 
     fn update_caught_up(&self, run: &Run) {

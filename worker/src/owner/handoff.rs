@@ -15,6 +15,18 @@ use crate::held::Phase;
 use crate::kafka::{KafkaError, META_TIMEOUT, commit_start, restore_snapshots};
 use crate::store::Conversation;
 
+/// The record that fences partition `p` at `epoch` for `owner`: replies of older epochs after
+/// it are void.
+pub(super) fn fence(p: i32, epoch: u64, owner: &str) -> ChatRecord {
+    ChatRecord::EpochFence(EpochFence {
+        v: SCHEMA_VERSION,
+        partition: p,
+        epoch,
+        owner: owner.to_string(),
+        timestamp: OffsetDateTime::now_utc(),
+    })
+}
+
 /// A finished acquire: what to restore and where to replay from.
 pub struct Acquired {
     partition: i32,
@@ -43,13 +55,7 @@ impl OwnerLoop {
         let (readers, me) = (run.readers.clone(), self.node_id.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let fence = ChatRecord::EpochFence(EpochFence {
-                v: SCHEMA_VERSION,
-                partition: p,
-                epoch,
-                owner: me,
-                timestamp: OffsetDateTime::now_utc(),
-            });
+            let fence = fence(p, epoch, &me);
             // What the old owner committed and snapshotted is read BEFORE the fence: every
             // reply behind that commit was then written before the fence, so none of them is
             // void. An old owner still running (a zombie, or one declared dead by mistake)

@@ -77,18 +77,35 @@ impl OwnerLoop {
         Ok(())
     }
 
-    /// Publishes consumer lag per held partition (watermark queries run off the runtime).
+    /// Publishes consumer lag per held partition (the query runs off the runtime).
+    ///
+    /// One ListOffsets request asks for every held partition's end offset ("offsets for
+    /// time" latest); a watermark query per partition would send two requests each.
     pub(super) fn report_lag(&self, reader: &Arc<BaseConsumer>, positions: &BTreeMap<i32, i64>) {
+        if positions.is_empty() {
+            return;
+        }
         let positions = positions.clone();
         let (reader, topic, metrics) = (reader.clone(), self.topics.messages.clone(), self.metrics.clone());
         tokio::task::spawn_blocking(move || {
-            for (p, pos) in positions {
-                if let Ok((_, high)) = reader.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
-                    metrics
-                        .consumer_lag
-                        .get_or_create(&PartitionLabel { partition: p })
-                        .set((high - pos).max(0));
+            let mut latest = TopicPartitionList::new();
+            for p in positions.keys() {
+                if latest.add_partition_offset(&topic, *p, Offset::End).is_err() {
+                    return;
                 }
+            }
+            let ends = match reader.offsets_for_times(latest, Duration::from_secs(1)) {
+                Ok(ends) => ends,
+                Err(e) => {
+                    tracing::debug!(error = %e, "lag query failed");
+                    return;
+                }
+            };
+            for (p, lag) in lags(&ends, &topic, &positions) {
+                metrics
+                    .consumer_lag
+                    .get_or_create(&PartitionLabel { partition: p })
+                    .set(lag);
             }
         });
     }
@@ -121,5 +138,36 @@ impl OwnerLoop {
             .await?;
         tracing::info!("owner loop drained: snapshots written, offsets committed");
         Ok(())
+    }
+}
+
+/// Records behind each position, from a list of end offsets (partitions whose end offset did not
+/// come back are left out rather than reported as caught up).
+fn lags(ends: &TopicPartitionList, topic: &str, positions: &BTreeMap<i32, i64>) -> Vec<(i32, i64)> {
+    positions
+        .iter()
+        .filter_map(|(p, pos)| match ends.find_partition(topic, *p)?.offset() {
+            Offset::Offset(end) => Some((*p, (end - pos).max(0))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_distance_to_the_end_and_unknown_ends_are_skipped() {
+        let mut ends = TopicPartitionList::new();
+        ends.add_partition_offset("m", 0, Offset::Offset(120))
+            .expect("offset");
+        ends.add_partition_offset("m", 1, Offset::Offset(7))
+            .expect("offset");
+        ends.add_partition_offset("m", 2, Offset::End).expect("offset");
+        let positions = BTreeMap::from([(0, 100), (1, 9), (2, 5), (3, 1)]);
+        // 0: 20 behind; 1: a position past the end (read moments later) is not negative lag;
+        // 2: the end did not resolve; 3: not in the answer
+        assert_eq!(lags(&ends, "m", &positions), vec![(0, 20), (1, 0)]);
     }
 }
