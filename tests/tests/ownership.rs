@@ -137,7 +137,13 @@ async fn a_paused_owner_wakes_as_a_zombie_and_is_fenced() -> anyhow::Result<()> 
     let accepted = load.stop().await;
     assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
     let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
-    let fences = log.iter().filter(|r| r.value["type"] == "epochFence").count();
+    // distinct (partition, epoch): an owner also restates a fence to wake its own fetch
+    let fences = log
+        .iter()
+        .filter(|r| r.value["type"] == "epochFence")
+        .map(|r| (r.partition, r.value["epoch"].as_u64()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     // replies written after a newer fence of their partition: the zombie's, void for readers
     let mut fence_of = std::collections::HashMap::new();
     let mut zombie = 0;

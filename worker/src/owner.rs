@@ -389,9 +389,11 @@ impl OwnerLoop {
     ///
     /// librdkafka keeps one fetch per broker in flight, and an added partition joins only the
     /// next one: with the consumer's long poll a take-over's replay could wait up to that wait
-    /// on a quiet mesh. So when partitions are added while others are being fetched, one of
-    /// those gets its current fence restated — a record the in-flight fetch returns at once.
-    /// Readers keep the highest fence per partition, so restating one changes nothing else.
+    /// on a quiet mesh. So when partitions are added while others are being fetched, the
+    /// highest fence already in the log of one of those is restated — a record the in-flight
+    /// fetch returns at once (when that partition has the same leader as the added one; with
+    /// several brokers the added one may still wait for its leader's poll). Readers keep the
+    /// highest fence per partition, so the restatement changes no reader's state.
     fn assign(&self, consumer: &StreamConsumer, run: &mut Run) -> Result<(), KafkaError> {
         let consuming = self.consuming(run);
         let mut tpl = TopicPartitionList::new();
@@ -401,18 +403,25 @@ impl OwnerLoop {
         consumer.assign(&tpl)?;
         let now: BTreeSet<i32> = consuming.into_keys().collect();
         let added = now.difference(&run.assigned).next().is_some();
-        let fetched = now
-            .intersection(&run.assigned)
-            .find_map(|q| run.parts.get(q).map(|part| (*q, part.epoch)));
-        if added && let Some((q, epoch)) = fetched {
-            self.wake(q, epoch);
+        // with fetch batching a fetch waits for 1 MB, which one small record does not end
+        let fetched = now.intersection(&run.assigned).next().copied();
+        if added
+            && self.fetch_batch_ms == 0
+            && let Some(q) = fetched
+        {
+            self.wake(q);
         }
         run.assigned = now;
         Ok(())
     }
 
-    /// Restates this owner's fence of `q` (see [`Self::assign`]); off the loop.
-    fn wake(&self, q: i32, epoch: u64) {
+    /// Restates the highest fence this owner has read in `q` (see [`Self::assign`]); off the
+    /// loop. Nothing is written while the heartbeat lease has lapsed.
+    fn wake(&self, q: i32) {
+        if !self.lease.holds_now() {
+            return;
+        }
+        let epoch = self.store.read().unwrap_or_else(|p| p.into_inner()).fence(q);
         let (producer, topic) = (self.producer.clone(), self.topics.messages.clone());
         let fence = handoff::fence(q, epoch, &self.node_id);
         tokio::spawn(async move {

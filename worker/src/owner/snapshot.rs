@@ -79,8 +79,10 @@ impl OwnerLoop {
 
     /// Publishes consumer lag per held partition (the query runs off the runtime).
     ///
-    /// One ListOffsets request asks for every held partition's end offset ("offsets for
-    /// time" latest); a watermark query per partition would send two requests each.
+    /// One ListOffsets request per leader broker asks for every held partition's end offset
+    /// ("offsets for time" latest); a watermark query per partition would send two requests
+    /// each. librdkafka fails the whole call on any partition's error: that round reports
+    /// nothing and the gauges keep their last values.
     pub(super) fn report_lag(&self, reader: &Arc<BaseConsumer>, positions: &BTreeMap<i32, i64>) {
         if positions.is_empty() {
             return;
