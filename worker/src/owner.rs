@@ -415,24 +415,20 @@ impl OwnerLoop {
         Ok(())
     }
 
-    /// Restates the highest fence this owner has read in `q` (see [`Self::assign`]); off the
-    /// loop. Nothing is written while the heartbeat lease has lapsed.
+    /// Restates the highest fence this owner has read in `q` (see [`Self::assign`]); queued,
+    /// not awaited. Nothing is written while the heartbeat lease has lapsed.
     fn wake(&self, q: i32) {
         if !self.lease.holds_now() {
             return;
         }
         let epoch = self.store.read().unwrap_or_else(|p| p.into_inner()).fence(q);
-        let (producer, topic) = (self.producer.clone(), self.topics.messages.clone());
-        let fence = handoff::fence(q, epoch, &self.node_id);
-        tokio::spawn(async move {
-            let sent = match meshchat_crds::encode(&fence) {
-                Ok(bytes) => producer.send(&topic, q, meshchat_crds::FENCE_KEY, &bytes).await,
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = sent {
-                tracing::debug!(partition = q, error = %e, "could not wake the owner's fetch");
+        match meshchat_crds::encode(&handoff::fence(q, epoch, &self.node_id)) {
+            Ok(bytes) => {
+                self.producer
+                    .send_nowait(&self.topics.messages, q, meshchat_crds::FENCE_KEY, &bytes)
             }
-        });
+            Err(e) => tracing::warn!(partition = q, error = %e, "could not encode a fence"),
+        }
     }
 
     fn update_caught_up(&self, run: &Run) {

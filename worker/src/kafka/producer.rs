@@ -51,7 +51,8 @@ impl Producer {
     }
 
     /// Queues `payload` without waiting for the acknowledgement (live token chunks: ordered
-    /// per partition by the idempotent producer, and a lost one is only a cosmetic gap).
+    /// per partition by the idempotent producer, and a lost one is only a cosmetic gap; the
+    /// owner's fetch wake-up, whose loss only delays a take-over by one poll).
     pub fn send_nowait(&self, topic: &str, partition: i32, key: &str, payload: &[u8]) {
         let record = FutureRecord::to(topic)
             .partition(partition)
