@@ -137,6 +137,13 @@ async fn a_paused_owner_wakes_as_a_zombie_and_is_fenced() -> anyhow::Result<()> 
     let accepted = load.stop().await;
     assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
     let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
+    // epochs start at 1: an owner restates only a fence it has read, never an unknown one
+    assert!(
+        log.iter()
+            .filter(|r| r.value["type"] == "epochFence")
+            .all(|r| r.value["epoch"].as_u64().is_some_and(|e| e >= 1)),
+        "a fence of epoch 0 in the log"
+    );
     // distinct (partition, epoch): an owner also restates a fence to wake its own fetch
     let fences = log
         .iter()

@@ -390,7 +390,7 @@ impl OwnerLoop {
     /// librdkafka keeps one fetch per broker in flight, and an added partition joins only the
     /// next one: with the consumer's long poll a take-over's replay could wait up to that wait
     /// on a quiet mesh. So when partitions are added while others are being fetched, the
-    /// highest fence already in the log of one of those is restated — a record the in-flight
+    /// highest fence this owner has read in one of those is restated — a record the in-flight
     /// fetch returns at once (when that partition has the same leader as the added one; with
     /// several brokers the added one may still wait for its leader's poll). Readers keep the
     /// highest fence per partition, so the restatement changes no reader's state.
@@ -404,24 +404,27 @@ impl OwnerLoop {
         let now: BTreeSet<i32> = consuming.into_keys().collect();
         let added = now.difference(&run.assigned).next().is_some();
         // with fetch batching a fetch waits for 1 MB, which one small record does not end
-        let fetched = now.intersection(&run.assigned).next().copied();
-        if added
-            && self.fetch_batch_ms == 0
-            && let Some(q) = fetched
-        {
-            self.wake(q);
+        if added && self.fetch_batch_ms == 0 {
+            self.wake(now.intersection(&run.assigned));
         }
         run.assigned = now;
         Ok(())
     }
 
-    /// Restates the highest fence this owner has read in `q` (see [`Self::assign`]); queued,
-    /// not awaited. Nothing is written while the heartbeat lease has lapsed.
-    fn wake(&self, q: i32) {
+    /// Restates, in the first of `fetched` where this owner has read a fence, the highest one
+    /// (see [`Self::assign`]); queued, not awaited. Nothing is written while the heartbeat lease
+    /// has lapsed, nor in a partition whose fence is not read yet (a replay still before it).
+    fn wake<'a>(&self, fetched: impl Iterator<Item = &'a i32>) {
         if !self.lease.holds_now() {
             return;
         }
-        let epoch = self.store.read().unwrap_or_else(|p| p.into_inner()).fence(q);
+        let known = {
+            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+            fetched
+                .map(|q| (*q, store.fence(*q)))
+                .find(|(_, fence)| *fence > 0)
+        };
+        let Some((q, epoch)) = known else { return };
         match meshchat_crds::encode(&handoff::fence(q, epoch, &self.node_id)) {
             Ok(bytes) => {
                 self.producer
