@@ -51,8 +51,9 @@ struct Args {
     /// Seconds per raw-broker phase.
     #[arg(long, default_value_t = 10.0)]
     raw_secs: f64,
-    /// The chat meshes' balancing interval (default: a ChatAgent's default, as deployed).
-    #[arg(long)]
+    /// The chat meshes' balancing interval, 1-3600 s as in a ChatAgent (default: a ChatAgent's
+    /// default, as deployed).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3600))]
     rebalance_interval_secs: Option<u32>,
     /// The chat meshes' cooldown of a moved partition (default: a ChatAgent's default).
     #[arg(long)]
