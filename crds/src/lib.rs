@@ -1,23 +1,13 @@
-//! MeshChat's shared API: the `ChatAgent` custom resource and the records that cross Kafka.
+//! The `ChatAgent` custom resource: its spec, status and CRD YAML. What crosses Kafka lives in
+//! `meshchat-wire`.
 #![forbid(unsafe_code)]
 
 mod chatagent;
-mod partition;
-mod records;
-mod topics;
 
 pub use chatagent::{
     AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, CredentialsSecretRef, ImagePullPolicy,
     KafkaSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec, SecretKeyRef, TlsSpec, WorkerLoadStatus,
 };
-pub use partition::{murmur2, partition_for};
-pub use records::{
-    AgentReply, AssignmentTable, ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, HandoffEvent,
-    LoadReport, MeshEvent, MigrateRequest, PartitionAssignment, PartitionLoad, PresenceEvent, PresenceKind,
-    Record, RecordError, ReplyChunk, ReplyError, ReplyErrorKind, SCHEMA_VERSION, SnapshotEntry, SystemEvent,
-    UserMessage, WorkerInfo, decode, encode,
-};
-pub use topics::Topics;
 
 /// The `ChatAgent` CRD as YAML, exactly as `crdgen` writes it into the repository.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {

@@ -1,13 +1,13 @@
 //! The balancer's state: what it heard from workers, the table it published, and the rounds
 //! that turn those into the next table. Pure (time passed in); `balancer/kafka.rs` is the shell.
 
-mod kafka;
+mod task;
 
-pub use kafka::{BalancerSettings, LocalOptions, Report, policy_of, run, run_local, shutdown_signal};
+pub use task::{BalancerSettings, LocalOptions, Report, policy_of, run, run_local, shutdown_signal};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshchat_crds::{
+use meshchat_wire::{
     AssignmentTable, LoadReport, MigrateRequest, PartitionAssignment, SCHEMA_VERSION, WorkerInfo,
 };
 
@@ -53,6 +53,9 @@ pub struct Balancer {
     /// Partition moves made since start.
     pub migrations: u64,
     last_published_ms: Option<u64>,
+    /// The latest table carries another heartbeat timeout than ours: workers would size their
+    /// lease by it, so the first round republishes the table with ours.
+    retime: bool,
 }
 
 /// What the balancer knows of one worker, for status and dashboards.
@@ -115,8 +118,10 @@ impl Balancer {
         let table = table.unwrap_or_else(|| AssignmentTable {
             v: SCHEMA_VERSION,
             agent: agent.to_string(),
+            heartbeat_timeout_ms: timing.heartbeat_timeout_ms,
             ..Default::default()
         });
+        let retime = table.generation > 0 && table.heartbeat_timeout_ms != timing.heartbeat_timeout_ms;
         Self {
             agent: agent.to_string(),
             partitions,
@@ -131,6 +136,7 @@ impl Balancer {
             smoothed: BTreeMap::new(),
             migrations: 0,
             last_published_ms: None,
+            retime,
         }
     }
 
@@ -215,6 +221,12 @@ impl Balancer {
     /// Runs a round if one is due: periodically, or at once when a worker appeared, died or
     /// started draining. Returns the table to publish when anything moves.
     pub fn tick(&mut self, now_ms: u64) -> Option<Outcome> {
+        // before anyone can be declared dead under the new timeout, workers must size their
+        // lease by it
+        if self.retime {
+            self.retime = false;
+            return Some(self.publish(self.owners(), Vec::new(), now_ms));
+        }
         // after a (re)start, give every worker one heartbeat timeout to be heard from, so
         // nobody is declared dead for having been unheard by a fresh balancer
         if self.warming_up(now_ms) {
@@ -264,7 +276,7 @@ impl Balancer {
             let from = prev.map(|o| o.worker);
             let reason = match &from {
                 Some(f) if !self.alive(f, now_ms) => Reason::Failover,
-                _ => Reason::Balance,
+                _ => Reason::Requested,
             };
             next.insert(
                 *p,
@@ -376,19 +388,21 @@ impl Balancer {
                     }),
             })
             .collect::<Vec<_>>();
-        let workers = self
+        let owns = |id: &str| partitions.iter().any(|a| a.owner == id);
+        // owners not heard from since this balancer started keep the address the last table had
+        let mut workers: BTreeMap<String, WorkerInfo> = self
+            .table
             .workers
             .iter()
-            .filter(|(id, _)| partitions.iter().any(|a| &a.owner == *id) || self.alive(id, now_ms))
-            .map(|(id, s)| {
-                (
-                    id.clone(),
-                    WorkerInfo {
-                        address: s.report.address.clone(),
-                    },
-                )
-            })
+            .filter(|(id, _)| owns(id))
+            .map(|(id, w)| (id.clone(), w.clone()))
             .collect();
+        for (id, s) in &self.workers {
+            if owns(id) || self.alive(id, now_ms) {
+                let address = s.report.address.clone();
+                workers.insert(id.clone(), WorkerInfo { address });
+            }
+        }
         for m in &moves {
             self.last_moved.insert(m.partition, now_ms);
         }
@@ -400,6 +414,7 @@ impl Balancer {
             generation: self.table.generation + 1,
             partitions,
             workers,
+            heartbeat_timeout_ms: self.timing.heartbeat_timeout_ms,
         };
         Outcome {
             table: self.table.clone(),

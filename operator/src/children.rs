@@ -17,7 +17,9 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
-use meshchat_crds::{ChatAgent, murmur2};
+use meshchat_crds::ChatAgent;
+use meshchat_wire::murmur2;
+use meshchat_wire::worker::{self, Ownership, WorkerFile, env as worker_env, paths};
 
 /// Settings of the operator that shape children (not part of any ChatAgent).
 #[derive(Clone, Debug)]
@@ -37,17 +39,11 @@ impl Default for Settings {
 /// The one field manager of every object the operator applies.
 pub const MANAGER: &str = "meshchat-operator";
 /// Port workers serve HTTP on.
-pub const HTTP_PORT: i32 = 8080;
-/// Where the rendered worker configuration is mounted.
-const CONFIG_DIR: &str = "/etc/meshchat";
+pub const HTTP_PORT: i32 = worker::HTTP_PORT as i32;
 /// Where the Kafka CA bundle is mounted.
 const KAFKA_CA_DIR: &str = "/etc/meshchat/kafka-ca";
 /// Pod template annotation that changes with the configuration, so pods roll when it does.
 pub const CONFIG_HASH: &str = "meshchat.io/config-hash";
-/// Seconds the worker waits for its partitions to move away on SIGTERM.
-const DRAIN_TIMEOUT_SECS: i64 = 20;
-/// In-flight answers' grace once drained, plus slack for the final commit.
-const SHUTDOWN_SLACK_SECS: i64 = 15;
 
 /// A child could not be built from the spec.
 #[derive(Debug, thiserror::Error)]
@@ -163,10 +159,14 @@ pub fn desired(agent: &ChatAgent, settings: &Settings) -> Result<Children, Child
         .controller_owner_ref(&())
         .ok_or(ChildError::Missing("uid"))?;
     let names = Names::of(&name);
-    let rendered = worker_config(agent)?;
+    let file = worker_file(agent)?;
+    let rendered = render(&file)?;
     let config = ConfigMap {
         metadata: meta(agent, &names.config, &owner)?,
-        data: Some(BTreeMap::from([("worker.yaml".to_string(), rendered.clone())])),
+        data: Some(BTreeMap::from([(
+            worker::CONFIG_FILE.to_string(),
+            rendered.clone(),
+        )])),
         ..ConfigMap::default()
     };
     let service_account = ServiceAccount {
@@ -176,9 +176,9 @@ pub fn desired(agent: &ChatAgent, settings: &Settings) -> Result<Children, Child
         ..ServiceAccount::default()
     };
     let http_port = ServicePort {
-        name: Some("http".into()),
+        name: Some(worker::HTTP_PORT_NAME.into()),
         port: HTTP_PORT,
-        target_port: Some(IntOrString::String("http".into())),
+        target_port: Some(IntOrString::String(worker::HTTP_PORT_NAME.into())),
         ..ServicePort::default()
     };
     let peers = Service {
@@ -225,7 +225,7 @@ pub fn desired(agent: &ChatAgent, settings: &Settings) -> Result<Children, Child
                 match_labels: Some(selector_labels(&name)),
                 ..LabelSelector::default()
             },
-            template: pod_template(agent, &ns, &name, &names, &rendered, settings),
+            template: pod_template(agent, &ns, &name, &names, (&file, &rendered), settings),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
@@ -245,7 +245,7 @@ fn pod_template(
     ns: &str,
     name: &str,
     names: &Names,
-    rendered: &str,
+    (file, rendered): (&WorkerFile, &str),
     settings: &Settings,
 ) -> PodTemplateSpec {
     let spec = &agent.spec;
@@ -264,7 +264,7 @@ fn pod_template(
     }];
     let mut mounts = vec![VolumeMount {
         name: "config".into(),
-        mount_path: CONFIG_DIR.into(),
+        mount_path: worker::CONFIG_DIR.into(),
         read_only: Some(true),
         ..VolumeMount::default()
     }];
@@ -292,7 +292,7 @@ fn pod_template(
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(worker::HTTP_PORT_NAME.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -307,23 +307,26 @@ fn pod_template(
                 .unwrap_or_else(|| settings.default_image.clone()),
         ),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
-        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/worker.yaml")]),
+        args: Some(vec![
+            "--config".into(),
+            format!("{}/{}", worker::CONFIG_DIR, worker::CONFIG_FILE),
+        ]),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
+            name: Some(worker::HTTP_PORT_NAME.into()),
             container_port: HTTP_PORT,
             ..ContainerPort::default()
         }]),
         env: Some(env(agent, ns, &names.peers)),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
-        readiness_probe: Some(probe("/readyz", 2, 3)),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe(paths::READINESS, 2, 3)),
+        liveness_probe: Some(probe(paths::LIVENESS, 10, 6)),
         // hand partitions away before SIGTERM: the kubelet waits for this GET to return
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 http_get: Some(HTTPGetAction {
-                    path: Some("/drain".into()),
-                    port: IntOrString::String("http".into()),
+                    path: Some(paths::DRAIN.into()),
+                    port: IntOrString::String(worker::HTTP_PORT_NAME.into()),
                     ..HTTPGetAction::default()
                 }),
                 ..LifecycleHandler::default()
@@ -343,7 +346,7 @@ fn pod_template(
             automount_service_account_token: Some(false),
             termination_grace_period_seconds: Some(
                 spec.termination_grace_period_seconds
-                    .unwrap_or(DRAIN_TIMEOUT_SECS + SHUTDOWN_SLACK_SECS),
+                    .unwrap_or_else(|| worker::termination_grace_secs(file)),
             ),
             containers: vec![container],
             volumes: Some(volumes),
@@ -393,25 +396,25 @@ fn env(agent: &ChatAgent, ns: &str, peers: &str) -> Vec<EnvVar> {
             }),
             ..EnvVar::default()
         },
-        plain("MESHCHAT_NODE_ID", "$(POD_NAME)"),
+        plain(worker_env::NODE_ID, "$(POD_NAME)"),
         plain(
-            "MESHCHAT_ADVERTISE_URL",
+            worker_env::ADVERTISE_URL,
             format!("http://$(POD_NAME).{peers}.{ns}.svc:{HTTP_PORT}"),
         ),
-        plain("MESHCHAT_LOG_FORMAT", "json"),
+        plain(worker_env::LOG_FORMAT, worker::LogFormat::Json.as_str()),
     ];
     if let Some(k) = &agent.spec.llm.api_key_secret_ref {
-        env.push(from_secret("MESHCHAT_LLM_API_KEY", &k.name, &k.key));
+        env.push(from_secret(worker_env::LLM_API_KEY, &k.name, &k.key));
     }
     if let Some(sasl) = &agent.spec.kafka.sasl {
         let c = &sasl.credentials_secret_ref;
         env.push(from_secret(
-            "MESHCHAT_KAFKA_SASL_USERNAME",
+            worker_env::KAFKA_SASL_USERNAME,
             &c.name,
             &c.username_key,
         ));
         env.push(from_secret(
-            "MESHCHAT_KAFKA_SASL_PASSWORD",
+            worker_env::KAFKA_SASL_PASSWORD,
             &c.name,
             &c.password_key,
         ));
@@ -444,48 +447,47 @@ pub fn kafka_properties(agent: &ChatAgent, ca_file: Option<&str>) -> Vec<(String
     props
 }
 
-/// The worker configuration file (keys are the worker's long option names).
-pub fn worker_config(agent: &ChatAgent) -> Result<String, ChildError> {
+/// The worker configuration the operator renders for `agent` (see [`WorkerFile`]). The heartbeat
+/// timeout is not in it: workers read the balancer's from its assignment table.
+pub fn worker_file(agent: &ChatAgent) -> Result<WorkerFile, ChildError> {
     let spec = &agent.spec;
-    let mut c: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
-    c.insert("ownership", "dynamic".into());
-    c.insert("agent", agent_key(agent)?.into());
-    c.insert("agent-name", spec.agent_name.clone().into());
-    c.insert("kafka-bootstrap", spec.kafka.bootstrap_servers.clone().into());
-    c.insert("topic-prefix", spec.kafka.topic_prefix.clone().into());
-    c.insert("partitions", spec.kafka.partitions.into());
     let ca_file = format!("{KAFKA_CA_DIR}/ca.crt");
     let props = kafka_properties(agent, Some(&ca_file));
-    if !props.is_empty() {
-        let joined = props.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
-        c.insert("kafka-properties", joined.join(",").into());
-    }
-    c.insert(
-        "heartbeat-timeout-secs",
-        spec.rebalance.heartbeat_timeout_seconds.into(),
-    );
-    c.insert("drain-timeout-secs", DRAIN_TIMEOUT_SECS.into());
-    c.insert("llm-base-url", spec.llm.base_url.clone().into());
-    c.insert("llm-model", spec.llm.model.clone().into());
-    if let Some(p) = &spec.llm.system_prompt {
-        c.insert("system-prompt", p.clone().into());
-    }
-    if let Some(t) = spec.llm.temperature {
-        c.insert("llm-temperature", f64::from(t).into());
-    }
-    if let Some(n) = spec.llm.max_tokens {
-        c.insert("llm-max-tokens", n.into());
-    }
-    if let Some(n) = spec.llm.context_tokens {
-        c.insert("context-tokens", n.into());
-    }
-    if let Some(n) = spec.llm.concurrency {
-        c.insert("llm-concurrency", n.into());
-    }
-    if let Some(n) = spec.llm.timeout_seconds {
-        c.insert("llm-timeout-secs", n.into());
-    }
-    serde_saphyr::to_string(&c).map_err(|e| ChildError::Render(e.to_string()))
+    Ok(WorkerFile {
+        ownership: Ownership::Dynamic,
+        agent: agent_key(agent)?,
+        agent_name: spec.agent_name.clone(),
+        kafka_bootstrap: spec.kafka.bootstrap_servers.clone(),
+        topic_prefix: spec.kafka.topic_prefix.clone(),
+        partitions: spec.kafka.partitions,
+        kafka_properties: (!props.is_empty()).then(|| {
+            props
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        drain_timeout_secs: Some(worker::DRAIN_TIMEOUT_SECS),
+        shutdown_grace_secs: Some(worker::SHUTDOWN_GRACE_SECS),
+        llm_base_url: spec.llm.base_url.clone(),
+        llm_model: spec.llm.model.clone(),
+        system_prompt: spec.llm.system_prompt.clone(),
+        llm_temperature: spec.llm.temperature.map(f64::from),
+        llm_max_tokens: spec.llm.max_tokens,
+        context_tokens: spec.llm.context_tokens,
+        llm_concurrency: spec.llm.concurrency,
+        llm_timeout_secs: spec.llm.timeout_seconds,
+    })
+}
+
+/// The worker configuration file's text.
+pub fn render(file: &WorkerFile) -> Result<String, ChildError> {
+    serde_saphyr::to_string(file).map_err(|e| ChildError::Render(e.to_string()))
+}
+
+/// [`worker_file`] rendered.
+pub fn worker_config(agent: &ChatAgent) -> Result<String, ChildError> {
+    render(&worker_file(agent)?)
 }
 
 #[cfg(test)]

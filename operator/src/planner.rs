@@ -12,7 +12,13 @@
 //!    worker, each strictly lowering the pair's maximum, until max/mean is within `imbalance`,
 //!    within the round's budget (`max_move_fraction` of total load and `max_moves`), skipping
 //!    partitions in cooldown. A mesh-wide overload moves nothing: that is the autoscaler's case.
-//! 3. **Consolidation** (when enabled, e.g. with autoscaling): if every live worker is below
+//! 3. **Spreading** (only while the hottest live worker is below `active_floor`, and not with
+//!    consolidation): partitions move from the worker holding the most to the one holding the
+//!    fewest, least-loaded first, until counts are at most one apart, within the round's move
+//!    count and skipping partitions in cooldown. A quiet mesh has no load to balance by, yet a
+//!    worker left with nothing (a restart that kept the last run's table) must still get its
+//!    share before traffic arrives.
+//! 4. **Consolidation** (when enabled, e.g. with autoscaling): if every live worker is below
 //!    `low_watermark` and the least-loaded worker can be emptied entirely this round (within
 //!    `max_moves`, nothing in cooldown) without pushing anyone over `high_watermark`, move all
 //!    its partitions away so it can be removed. The load-fraction budget does not apply: below
@@ -82,20 +88,8 @@ pub struct Owner {
     pub epoch: u64,
 }
 
-/// Why a partition moves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// It had no owner yet.
-    Unassigned,
-    /// Its owner stopped heartbeating.
-    Failover,
-    /// Its owner is draining.
-    Drain,
-    /// Load balancing.
-    Balance,
-    /// Emptying an under-loaded worker.
-    Consolidate,
-}
+/// Why a partition moves (the step name its handoff events carry).
+pub use meshchat_wire::AssignReason as Reason;
 
 /// One partition changing owner.
 #[derive(Clone, Debug, PartialEq)]
@@ -250,6 +244,8 @@ pub fn plan(input: &Input, policy: &Policy) -> Plan {
     let hottest = st.loads.values().copied().fold(0.0, f64::max);
     if hottest >= policy.active_floor {
         balance(input, policy, &mut st);
+    } else if !policy.consolidate {
+        spread(input, policy, &mut st);
     }
     if policy.consolidate {
         consolidate(input, policy, &mut st);
@@ -376,6 +372,32 @@ fn balance(input: &Input, policy: &Policy, st: &mut State<'_>) {
         st.assign(p, &cold, Reason::Balance);
         moved += l;
         count += 1;
+    }
+}
+
+fn spread(input: &Input, policy: &Policy, st: &mut State<'_>) {
+    // no load budget: below the floor the load moved is negligible; the move count and the
+    // cooldowns bound the churn
+    for _ in 0..policy.max_moves {
+        // fewest partitions first; ties: coolest, then id
+        let mut order = st.coldest_first();
+        order.sort_by_key(|w| st.counts.get(w).copied().unwrap_or(0));
+        let Some(fewest) = order.first().cloned() else {
+            return;
+        };
+        let least = st.counts.get(&fewest).copied().unwrap_or(0);
+        // donors: most partitions first, and only while more than one apart
+        let donor = order.iter().rev().find_map(|w| {
+            if st.counts.get(w).copied().unwrap_or(0) <= least + 1 {
+                return None;
+            }
+            st.owned_by(w)
+                .into_iter()
+                .filter(|p| !in_cooldown(input, policy, *p, st))
+                .min_by(|a, b| st.part_load(*a).total_cmp(&st.part_load(*b)).then(a.cmp(b)))
+        });
+        let Some(p) = donor else { return };
+        st.assign(p, &fewest, Reason::Spread);
     }
 }
 

@@ -182,11 +182,8 @@ impl TestMesh {
             .env("MESHCHAT_AGENT", &self.agent)
             .env("MESHCHAT_PARTITIONS", self.opts.partitions.to_string())
             .env("MESHCHAT_LLM_CONCURRENCY", self.opts.concurrency.to_string())
+            // the heartbeat timeout comes with the balancer's tables
             .env("MESHCHAT_HEARTBEAT_MS", "500")
-            .env(
-                "MESHCHAT_HEARTBEAT_TIMEOUT_SECS",
-                self.opts.heartbeat_timeout_secs.to_string(),
-            )
             .env("MESHCHAT_SHUTDOWN_GRACE_SECS", "5");
         self.workers.push(Worker::start(spec).await?);
         Ok(())

@@ -353,7 +353,7 @@ async fn skewed_load_is_balanced_within_the_limits() -> anyhow::Result<()> {
 /// after the commit, not only from the tail it serves.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_stream_started_after_a_fence_hides_a_zombie_reply() -> anyhow::Result<()> {
-    use meshchat_crds::{AgentReply, ChatRecord, SCHEMA_VERSION, encode, partition_for};
+    use meshchat_wire::{AgentReply, ChatRecord, SCHEMA_VERSION, encode, partition_for};
     let _serial = serial().await;
     let opts = MeshOptions {
         token_ms: 60,

@@ -5,24 +5,28 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser};
+use meshchat_wire::worker::{self, LogFormat, Ownership, env};
+
+use crate::tokenizer::Encoding;
 
 /// MeshChat worker: serves chat over REST, WebSocket and SSE and answers with an LLM.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "meshchat-worker", version, args_override_self = true)]
 pub struct Config {
     /// YAML file whose keys are the long option names below (e.g. `llm-model: gpt-4o`).
-    #[arg(long, env = "MESHCHAT_CONFIG")]
+    #[arg(long, env = env::CONFIG)]
     pub config: Option<String>,
 
     /// This worker's id (stable across restarts; the pod name on Kubernetes).
-    #[arg(long, env = "MESHCHAT_NODE_ID", default_value = "meshchat-node-0")]
+    #[arg(long, env = env::NODE_ID, default_value = "meshchat-node-0")]
     pub node_id: String,
     /// Address the HTTP server listens on.
-    #[arg(long, env = "MESHCHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "MESHCHAT_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], worker::HTTP_PORT)))]
     pub listen: SocketAddr,
     /// Base URL peers use to reach this worker (default: http://<listen>).
-    #[arg(long, env = "MESHCHAT_ADVERTISE_URL")]
+    #[arg(long, env = env::ADVERTISE_URL)]
     pub advertise_url: Option<String>,
     /// Name agent replies carry as sender.
     #[arg(long, env = "MESHCHAT_AGENT_NAME", default_value = "meshchat-agent")]
@@ -35,19 +39,19 @@ pub struct Config {
     #[arg(long, env = "MESHCHAT_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
     /// Partitions of chat.messages, chat.conversations and chat.stream when creating them.
-    #[arg(long, env = "MESHCHAT_PARTITIONS", default_value_t = 24)]
+    #[arg(long, env = "MESHCHAT_PARTITIONS", default_value_t = 24, value_parser = clap::value_parser!(i32).range(1..=4096))]
     pub partitions: i32,
     /// Replication factor when creating topics.
-    #[arg(long, env = "MESHCHAT_REPLICATION_FACTOR", default_value_t = 1)]
+    #[arg(long, env = "MESHCHAT_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
     pub replication_factor: i32,
     /// Extra librdkafka settings, `key=value` comma-separated (e.g. security.protocol=SASL_SSL).
-    #[arg(long, env = "MESHCHAT_KAFKA_PROPERTIES", default_value = "")]
-    pub kafka_properties: String,
+    #[arg(long, env = "MESHCHAT_KAFKA_PROPERTIES", default_value = "", value_parser = KafkaProperties::parse)]
+    pub kafka_properties: KafkaProperties,
     /// SASL username (the mechanism and `security.protocol` go in kafka-properties).
-    #[arg(long, env = "MESHCHAT_KAFKA_SASL_USERNAME")]
+    #[arg(long, env = env::KAFKA_SASL_USERNAME)]
     pub kafka_sasl_username: Option<String>,
     /// SASL password.
-    #[arg(long, env = "MESHCHAT_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
     pub kafka_sasl_password: Option<String>,
 
     /// Partitions this worker owns: `all`, or a list like `0-7,12`.
@@ -59,26 +63,23 @@ pub struct Config {
     pub peers: String,
 
     /// Where ownership comes from: `static` (--owned-partitions) or `dynamic` (the balancer's
-    /// assignment table on chat.assignments).
-    #[arg(long, env = "MESHCHAT_OWNERSHIP", default_value = "static")]
-    pub ownership: String,
+    /// assignment table on chat.assignments, which also sets the heartbeat timeout).
+    #[arg(long, env = "MESHCHAT_OWNERSHIP", value_enum, default_value_t = Ownership::Static)]
+    pub ownership: Ownership,
     /// ChatAgent name: the key of this mesh's assignment table.
     #[arg(long, env = "MESHCHAT_AGENT", default_value = "meshchat")]
     pub agent: String,
     /// Milliseconds between load reports on chat.events.
-    #[arg(long, env = "MESHCHAT_HEARTBEAT_MS", default_value_t = 1000)]
+    #[arg(long, env = "MESHCHAT_HEARTBEAT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub heartbeat_ms: u64,
-    /// Seconds without a load report after which this worker considers a peer gone.
-    #[arg(long, env = "MESHCHAT_HEARTBEAT_TIMEOUT_SECS", default_value_t = 5.0)]
-    pub heartbeat_timeout_secs: f64,
     /// Seconds in-flight answers of a partition being handed away may take.
-    #[arg(long, env = "MESHCHAT_HANDOFF_GRACE_SECS", default_value_t = 2.0)]
+    #[arg(long, env = "MESHCHAT_HANDOFF_GRACE_SECS", default_value_t = 2.0, value_parser = seconds)]
     pub handoff_grace_secs: f64,
     /// Seconds a new owner waits for the old owner's release before fencing it out.
-    #[arg(long, env = "MESHCHAT_RELEASE_TIMEOUT_SECS", default_value_t = 5.0)]
+    #[arg(long, env = "MESHCHAT_RELEASE_TIMEOUT_SECS", default_value_t = 5.0, value_parser = seconds)]
     pub release_timeout_secs: f64,
     /// Seconds a SIGTERM'd worker (dynamic mode) waits for the balancer to move its partitions.
-    #[arg(long, env = "MESHCHAT_DRAIN_TIMEOUT_SECS", default_value_t = 20.0)]
+    #[arg(long, env = "MESHCHAT_DRAIN_TIMEOUT_SECS", default_value_t = f64::from(worker::DRAIN_TIMEOUT_SECS), value_parser = seconds)]
     pub drain_timeout_secs: f64,
 
     /// OpenAI-compatible base URL (OpenAI, vLLM, Ollama's /v1).
@@ -92,7 +93,7 @@ pub struct Config {
     #[arg(long, env = "MESHCHAT_LLM_MODEL", default_value = "gpt-4o-mini")]
     pub llm_model: String,
     /// API key (falls back to OPENAI_API_KEY).
-    #[arg(long, env = "MESHCHAT_LLM_API_KEY", hide_env_values = true)]
+    #[arg(long, env = env::LLM_API_KEY, hide_env_values = true)]
     pub llm_api_key: Option<String>,
     /// System prompt.
     #[arg(
@@ -105,53 +106,94 @@ pub struct Config {
     #[arg(long, env = "MESHCHAT_LLM_TEMPERATURE")]
     pub llm_temperature: Option<f32>,
     /// Maximum completion tokens per reply.
-    #[arg(long, env = "MESHCHAT_LLM_MAX_TOKENS", default_value_t = 512)]
+    #[arg(long, env = "MESHCHAT_LLM_MAX_TOKENS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_max_tokens: u32,
     /// Token budget for the context sent with each call (system prompt included).
-    #[arg(long, env = "MESHCHAT_CONTEXT_TOKENS", default_value_t = 4096)]
+    #[arg(long, env = "MESHCHAT_CONTEXT_TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub context_tokens: u32,
-    /// Tokenizer used to count context tokens: cl100k_base or o200k_base.
-    #[arg(long, env = "MESHCHAT_TOKENIZER", default_value = "cl100k_base")]
-    pub tokenizer: String,
+    /// Tokenizer used to count context tokens.
+    #[arg(long, env = "MESHCHAT_TOKENIZER", value_enum, default_value_t = Encoding::Cl100kBase)]
+    pub tokenizer: Encoding,
     /// Seconds one LLM attempt may take, and may stall between two streamed chunks.
-    #[arg(long, env = "MESHCHAT_LLM_TIMEOUT_SECS", default_value_t = 60.0)]
+    #[arg(long, env = "MESHCHAT_LLM_TIMEOUT_SECS", default_value_t = 60.0, value_parser = positive_seconds)]
     pub llm_timeout_secs: f64,
     /// Retries after a failed LLM attempt (timeouts, 5xx, 429, refused connections).
-    #[arg(long, env = "MESHCHAT_LLM_RETRIES", default_value_t = 2)]
+    #[arg(long, env = "MESHCHAT_LLM_RETRIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=20))]
     pub llm_retries: u32,
     /// First retry delay in milliseconds; doubles per retry, with jitter.
     #[arg(long, env = "MESHCHAT_LLM_BACKOFF_MS", default_value_t = 250)]
     pub llm_backoff_ms: u64,
     /// Concurrent LLM calls on this worker.
-    #[arg(long, env = "MESHCHAT_LLM_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "MESHCHAT_LLM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_concurrency: u32,
 
     /// Largest message content, in bytes.
-    #[arg(long, env = "MESHCHAT_MAX_CONTENT_BYTES", default_value_t = 32 * 1024)]
+    #[arg(long, env = "MESHCHAT_MAX_CONTENT_BYTES", default_value_t = 32 * 1024, value_parser = at_least_one)]
     pub max_content_bytes: usize,
     /// Messages kept per conversation in memory and in snapshots.
-    #[arg(long, env = "MESHCHAT_HISTORY_LIMIT", default_value_t = 200)]
+    #[arg(long, env = "MESHCHAT_HISTORY_LIMIT", default_value_t = 200, value_parser = at_least_one)]
     pub history_limit: usize,
     /// Seconds between snapshot + offset-commit rounds.
-    #[arg(long, env = "MESHCHAT_SNAPSHOT_INTERVAL_SECS", default_value_t = 5.0)]
+    #[arg(long, env = "MESHCHAT_SNAPSHOT_INTERVAL_SECS", default_value_t = 5.0, value_parser = positive_seconds)]
     pub snapshot_interval_secs: f64,
     /// Milliseconds the owner's and the fan-out's fetches may wait to gather records (0: a
     /// fetch returns with the first record). Trades up to this much latency per hop for less
     /// broker and worker CPU per message; docs/benchmarks.md has the measurements.
-    #[arg(long, env = "MESHCHAT_FETCH_BATCH_MS", default_value_t = 0)]
+    #[arg(long, env = "MESHCHAT_FETCH_BATCH_MS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub fetch_batch_ms: u32,
     /// Least milliseconds between two streamed pieces of one reply (0: every token as it
     /// arrives). Tokens arriving meanwhile leave together, so a reply costs fewer chunk
     /// records; no token waits longer than this.
-    #[arg(long, env = "MESHCHAT_CHUNK_INTERVAL_MS", default_value_t = 0)]
+    #[arg(long, env = "MESHCHAT_CHUNK_INTERVAL_MS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub chunk_interval_ms: u32,
     /// Seconds in-flight replies may take to finish on shutdown before they are left to the
     /// next owner.
-    #[arg(long, env = "MESHCHAT_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
+    #[arg(long, env = "MESHCHAT_SHUTDOWN_GRACE_SECS", default_value_t = f64::from(worker::SHUTDOWN_GRACE_SECS), value_parser = seconds)]
     pub shutdown_grace_secs: f64,
-    /// Log format: text or json.
-    #[arg(long, env = "MESHCHAT_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format.
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--kafka-properties`: extra librdkafka settings as pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub Vec<(String, String)>);
+
+impl KafkaProperties {
+    fn parse(text: &str) -> Result<Self, String> {
+        meshchat_wire::kafka::parse_properties(text).map(Self)
+    }
+}
+
+impl std::fmt::Display for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        f.write_str(&pairs.join(","))
+    }
+}
+
+/// A non-negative, finite number of seconds.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a non-negative number of seconds")),
+    }
+}
+
+/// A positive, finite number of seconds.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match seconds(text) {
+        Ok(v) if v > 0.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
+/// A count of at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
 }
 
 /// A configuration error, naming the option.
@@ -169,13 +211,44 @@ pub enum ConfigError {
     #[error("--{option}: {reason}")]
     Invalid {
         /// Long option name.
-        option: &'static str,
+        option: String,
         /// What is wrong.
         reason: String,
     },
-    /// Flag parsing failed (includes --help).
+    /// Flag parsing failed otherwise (includes --help and --version).
     #[error(transparent)]
-    Clap(#[from] clap::Error),
+    Clap(clap::Error),
+}
+
+impl From<clap::Error> for ConfigError {
+    /// A bad value of one option names the option, as every other configuration error does;
+    /// the rest (unknown flags, --help) stays clap's, which prints usage.
+    fn from(e: clap::Error) -> Self {
+        if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+            return Self::Clap(e);
+        }
+        let text = |kind| match e.get(kind) {
+            Some(ContextValue::String(s)) => Some(s.clone()),
+            Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+            _ => None,
+        };
+        let Some(arg) = text(ContextKind::InvalidArg) else {
+            return Self::Clap(e);
+        };
+        let option = arg
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("--")
+            .to_string();
+        let value = text(ContextKind::InvalidValue).unwrap_or_default();
+        let reason = match (std::error::Error::source(&e), text(ContextKind::ValidValue)) {
+            (Some(cause), _) => cause.to_string(),
+            (None, Some(valid)) => format!("{value:?} is not one of: {valid}"),
+            (None, None) => format!("invalid value {value:?}"),
+        };
+        Self::Invalid { option, reason }
+    }
 }
 
 /// A peer worker.
@@ -263,7 +336,7 @@ impl Config {
     /// Partitions this worker owns out of `total`.
     pub fn owned(&self, total: i32) -> Result<Vec<i32>, ConfigError> {
         parse_partitions(&self.owned_partitions, total).map_err(|reason| ConfigError::Invalid {
-            option: "owned-partitions",
+            option: "owned-partitions".into(),
             reason,
         })
     }
@@ -271,14 +344,14 @@ impl Config {
     /// Peers from `--peers`.
     pub fn peer_list(&self, total: i32) -> Result<Vec<Peer>, ConfigError> {
         parse_peers(&self.peers, total).map_err(|reason| ConfigError::Invalid {
-            option: "peers",
+            option: "peers".into(),
             reason,
         })
     }
 
     /// Whether the balancer assigns partitions.
     pub fn dynamic(&self) -> bool {
-        self.ownership == "dynamic"
+        self.ownership == Ownership::Dynamic
     }
 
     /// One LLM attempt's time limit.
@@ -287,58 +360,13 @@ impl Config {
     }
 }
 
+/// What no single option's parser can check: ids, and partition lists against the count.
 fn check_values(c: &Config) -> Result<(), ConfigError> {
-    let invalid = |option, reason: &str| {
-        Err(ConfigError::Invalid {
-            option,
-            reason: reason.into(),
-        })
-    };
-    if !(1..=4096).contains(&c.partitions) {
-        return invalid("partitions", "must be between 1 and 4096");
-    }
-    if c.llm_concurrency == 0 {
-        return invalid("llm-concurrency", "must be at least 1");
-    }
-    if !c.llm_timeout_secs.is_finite() || c.llm_timeout_secs <= 0.0 {
-        return invalid("llm-timeout-secs", "must be positive");
-    }
-    if !c.snapshot_interval_secs.is_finite() || c.snapshot_interval_secs <= 0.0 {
-        return invalid("snapshot-interval-secs", "must be positive");
-    }
-    if c.fetch_batch_ms > 1000 {
-        return invalid("fetch-batch-ms", "must be between 0 and 1000");
-    }
-    if c.chunk_interval_ms > 1000 {
-        return invalid("chunk-interval-ms", "must be between 0 and 1000");
-    }
-    if !c.shutdown_grace_secs.is_finite() || c.shutdown_grace_secs < 0.0 {
-        return invalid("shutdown-grace-secs", "must not be negative");
-    }
-    if c.max_content_bytes == 0 {
-        return invalid("max-content-bytes", "must be at least 1");
-    }
-    if !matches!(c.ownership.as_str(), "static" | "dynamic") {
-        return invalid("ownership", "must be static or dynamic");
-    }
-    for (option, v) in [
-        ("heartbeat-timeout-secs", c.heartbeat_timeout_secs),
-        ("handoff-grace-secs", c.handoff_grace_secs),
-        ("release-timeout-secs", c.release_timeout_secs),
-        ("drain-timeout-secs", c.drain_timeout_secs),
-    ] {
-        if !v.is_finite() || v < 0.0 {
-            return invalid(option, "must be a non-negative number of seconds");
-        }
-    }
-    if c.heartbeat_ms == 0 {
-        return invalid("heartbeat-ms", "must be at least 1");
-    }
-    if !matches!(c.log_format.as_str(), "text" | "json") {
-        return invalid("log-format", "must be text or json");
-    }
     if crate::validate::check_id("node-id", &c.node_id).is_err() {
-        return invalid("node-id", "must match [A-Za-z0-9._:-]{1,128}");
+        return Err(ConfigError::Invalid {
+            option: "node-id".into(),
+            reason: "must match [A-Za-z0-9._:-]{1,128}".into(),
+        });
     }
     c.owned(c.partitions)?;
     c.peer_list(c.partitions)?;

@@ -1,30 +1,32 @@
 //! MeshChat worker: serves chat over REST, WebSocket and SSE, consumes Kafka, keeps
 //! conversation context and answers with an OpenAI-compatible LLM.
-#![deny(unsafe_code)]
+//!
+//! Components (docs/architecture.md has the map): the log (`log`, Kafka), the owner (`owner`,
+//! carrying out the pure partition machine of `ownership` over the conversation `store`, with
+//! answers from the `llm`), live delivery (`live`), the mesh view (`mesh`), and the HTTP API
+//! (`http`) over a service trait; `node` assembles them from the `config`.
+#![forbid(unsafe_code)]
 
-mod answer;
-pub mod config;
-pub mod context;
-pub mod drain;
-pub mod held;
+mod config;
+mod context;
+mod drain;
 mod http;
-mod hub;
-pub mod kafka;
-pub mod lease;
-pub mod live;
-pub mod llm;
-pub mod load;
-pub mod mesh;
+mod live;
+mod llm;
+mod load;
+mod log;
+mod mesh;
 mod metrics;
+mod node;
 mod owner;
-pub mod ownership;
-mod run;
-mod state;
-pub mod store;
-pub mod tokenizer;
-pub mod validate;
-pub mod view;
+mod ownership;
+mod store;
+mod tokenizer;
+mod validate;
+mod view;
 
-pub use config::Config;
-pub use http::app;
-pub use run::run;
+pub use config::{Config, ConfigError};
+pub use meshchat_wire::worker::LogFormat;
+pub use node::serve;
+pub use store::Store;
+pub use tokenizer::{Encoding, Tokenizer};

@@ -13,7 +13,7 @@ use async_openai::types::chat::{
     CreateChatCompletionStreamResponse,
 };
 use futures::{FutureExt, StreamExt};
-use meshchat_crds::ReplyErrorKind;
+use meshchat_wire::ReplyErrorKind;
 
 use crate::context::{Role, Turn};
 

@@ -1,7 +1,14 @@
-//! The worker's load: LLM slots in use and answers waiting, smoothed over time.
+//! The worker's load: answers waiting for an LLM slot and holding one (the one tracker of
+//! answers in flight, which keeps the Prometheus gauges too), user messages handled, and
+//! per-partition rates for heartbeats, smoothed over time.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::ownership::Partition;
 
 /// Load factor from instantaneous counts: the share of the concurrency limit in use, plus the
 /// backlog measured in limits. 0 = idle, 1 = every slot busy, above 1 = answers are queueing.
@@ -37,17 +44,26 @@ impl Ewma {
     }
 }
 
-/// Shared counters the answer tasks update and the sampler reads.
+/// Messages and completion tokens of one partition, ever.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionCounts {
+    /// User messages handled.
+    pub messages: u64,
+    /// Completion tokens written.
+    pub tokens: u64,
+}
+
+/// Shared counters the owner and its answers update, and heartbeats, status and the sampler read.
 #[derive(Debug)]
 pub struct Load {
-    /// Concurrency limit.
+    /// Concurrency limit (LLM slots).
     pub limit: u32,
-    /// LLM calls in flight.
-    pub in_flight: AtomicU32,
-    /// Answers waiting for a slot.
-    pub queued: AtomicU32,
-    /// User messages handled, ever.
-    pub handled: AtomicU64,
+    queued: AtomicU32,
+    running: AtomicU32,
+    queued_gauge: Gauge,
+    running_gauge: Gauge,
+    handled: AtomicU64,
+    per_partition: Mutex<BTreeMap<Partition, PartitionCounts>>,
     smoothed: Mutex<Smoothed>,
 }
 
@@ -58,27 +74,94 @@ struct Smoothed {
     last_handled: u64,
 }
 
+/// An answer waiting for an LLM slot, counted until dropped.
+#[must_use]
+pub struct Queued<'a>(&'a Load);
+
+/// An answer holding an LLM slot, counted until dropped.
+#[must_use]
+pub struct Running<'a>(&'a Load);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+        self.0.queued_gauge.dec();
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+        self.0.running_gauge.dec();
+    }
+}
+
 // === impl Load ===
 
 impl Load {
-    /// Counters for a worker with `limit` LLM slots.
-    pub fn new(limit: u32) -> Self {
+    /// Counters for a worker with `limit` LLM slots, mirrored into the two gauges.
+    pub fn new(limit: u32, queued_gauge: Gauge, running_gauge: Gauge) -> Self {
         Self {
             limit,
-            in_flight: AtomicU32::new(0),
             queued: AtomicU32::new(0),
+            running: AtomicU32::new(0),
+            queued_gauge,
+            running_gauge,
             handled: AtomicU64::new(0),
+            per_partition: Mutex::new(BTreeMap::new()),
             smoothed: Mutex::new(Smoothed::default()),
+        }
+    }
+
+    /// An answer starts waiting for a slot.
+    pub fn queued(&self) -> Queued<'_> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.queued_gauge.inc();
+        Queued(self)
+    }
+
+    /// An answer got a slot and calls the LLM.
+    pub fn running(&self) -> Running<'_> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.running_gauge.inc();
+        Running(self)
+    }
+
+    /// Answers waiting for a slot now.
+    pub fn queued_now(&self) -> u32 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// LLM calls running now.
+    pub fn running_now(&self) -> u32 {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// A user message of `partition` was handled.
+    pub fn message(&self, partition: Partition) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.with(partition, |c| c.messages += 1);
+    }
+
+    /// `n` completion tokens were written for `partition`.
+    pub fn tokens(&self, partition: Partition, n: u64) {
+        self.with(partition, |c| c.tokens += n);
+    }
+
+    /// Every partition's counts so far.
+    pub fn partition_counts(&self) -> BTreeMap<Partition, PartitionCounts> {
+        self.per_partition.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn with(&self, p: Partition, f: impl FnOnce(&mut PartitionCounts)) {
+        if let Ok(mut m) = self.per_partition.lock() {
+            f(m.entry(p).or_default());
         }
     }
 
     /// Takes one sample; call every `interval_secs`.
     pub fn sample(&self, interval_secs: f64) {
-        let now = load_factor(
-            self.in_flight.load(Ordering::Relaxed),
-            self.queued.load(Ordering::Relaxed),
-            self.limit,
-        );
+        let now = load_factor(self.running_now(), self.queued_now(), self.limit);
         let handled = self.handled.load(Ordering::Relaxed);
         if let Ok(mut s) = self.smoothed.lock() {
             s.load.update(now, 0.3);
@@ -103,6 +186,10 @@ impl Load {
 mod tests {
     use super::*;
 
+    fn load(limit: u32) -> Load {
+        Load::new(limit, Gauge::default(), Gauge::default())
+    }
+
     #[test]
     fn load_factor_blends_backlog() {
         assert_eq!(load_factor(0, 0, 8), 0.0);
@@ -122,11 +209,30 @@ mod tests {
 
     #[test]
     fn sampling_reflects_counters() {
-        let l = Load::new(4);
-        l.in_flight.store(2, Ordering::Relaxed);
-        l.handled.store(10, Ordering::Relaxed);
+        let l = load(4);
+        let (_a, _b) = (l.running(), l.running());
+        for _ in 0..10 {
+            l.message(3);
+        }
         l.sample(1.0);
         assert_eq!(l.load_factor(), 0.5);
         assert_eq!(l.messages_per_second(), 10.0);
+        assert_eq!(l.partition_counts()[&3].messages, 10);
+    }
+
+    #[test]
+    fn guards_keep_counts_and_gauges_together() {
+        let (queued, running) = (Gauge::default(), Gauge::default());
+        let l = Load::new(2, queued.clone(), running.clone());
+        let q = l.queued();
+        assert_eq!((l.queued_now(), queued.get()), (1, 1));
+        let r = l.running();
+        drop(q);
+        assert_eq!(
+            (l.queued_now(), queued.get(), l.running_now(), running.get()),
+            (0, 0, 1, 1)
+        );
+        drop(r);
+        assert_eq!((l.running_now(), running.get()), (0, 0));
     }
 }

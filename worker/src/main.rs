@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     let config = match Config::load() {
         Ok(c) => c,
-        Err(meshchat_worker::config::ConfigError::Clap(e)) => e.exit(),
+        Err(meshchat_worker::ConfigError::Clap(e)) => e.exit(),
         Err(e) => {
             eprintln!("meshchat-worker: {e}");
             return ExitCode::from(2);
@@ -18,12 +18,12 @@ async fn main() -> ExitCode {
     let filter = EnvFilter::try_from_env("MESHCHAT_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,tower_http=warn"));
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_format == "json" {
+    if config.log_format == meshchat_worker::LogFormat::Json {
         subscriber.json().init();
     } else {
         subscriber.init();
     }
-    match meshchat_worker::run(config).await {
+    match meshchat_worker::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,175 +1,174 @@
-//! The owner loop: holds this worker's partitions of `chat.messages`. For each partition it
-//! should own it takes over (waits for the old owner's release unless that one died, writes an
-//! epoch fence, restores snapshots, replays the log from the committed offset without calling
-//! the LLM), then answers unanswered user messages one at a time per conversation, snapshots
-//! and commits. For each partition it should no longer own it releases (no new answers, grace
-//! for in-flight ones, snapshots, commit, `released` event). Static ownership is the case where
-//! the wanted set never changes.
+//! The owner: holds this worker's partitions of `chat.messages`. What to do with each partition
+//! is decided by the pure [`PartitionMachine`](crate::ownership::PartitionMachine); this loop
+//! feeds it what happens (assignments, records, take-over results, answers ending, timers) and
+//! carries out its effects in order: take-over reads and fences (`takeover.rs`), applying records
+//! and starting answers (`records.rs`), answers themselves (`answer.rs`), snapshots, commits and
+//! lag (`commit.rs`).
 
-mod answering;
-mod handoff;
-mod snapshot;
+mod answer;
+mod commit;
+mod records;
+mod takeover;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+pub use answer::{AnswerSettings, Answerer};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use meshchat_crds::Topics;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use meshchat_wire::kafka::{self, KafkaError, ReaderPool, TailFetch};
+use meshchat_wire::{ConversationSnapshot, HandoffEvent, HandoffStep, MeshEvent, SCHEMA_VERSION};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::answer::Answerer;
-use crate::held::{Held, Phase};
-use crate::kafka::{KafkaError, Producer, ReaderPool};
-use crate::lease::Lease;
-use crate::mesh::{Mesh, PartitionStats};
+use crate::load::Load;
+use crate::log::Log;
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::ownership::{Ownership, OwnershipView};
+use crate::ownership::{
+    Abandon, Announcement, AssignmentSource, Effect, Epoch, Event, HeartbeatLease, Held, Partition,
+};
 use crate::store::Store;
 use crate::tokenizer::Tokenizer;
 
-use handoff::Acquired;
-
-/// Settings and shared state of the owner loop.
-pub struct OwnerLoop {
-    /// Kafka client settings.
-    pub kafka: ClientConfig,
-    /// Topic names.
-    pub topics: Topics,
-    /// Partitions of chat.messages.
-    pub partitions: i32,
-    /// Partitions of chat.events.
-    pub events_partitions: i32,
-    /// Consumer group holding committed offsets (shared by all owners of this mesh).
-    pub group_id: String,
-    /// What this worker should own.
-    pub ownership: Arc<Ownership>,
-    /// What it holds.
-    pub held: Arc<Held>,
-    /// Releases seen from other workers.
-    pub mesh: Arc<Mesh>,
-    /// Conversations of held partitions (read by HTTP).
-    pub store: Arc<RwLock<Store>>,
-    /// Answers messages.
-    pub answerer: Arc<Answerer>,
-    /// Producer for fences, snapshots, presence and handoff events.
-    pub producer: Producer,
-    /// Token counter.
-    pub tokenizer: Tokenizer,
+/// How the owner works.
+#[derive(Clone, Debug)]
+pub struct OwnerSettings {
+    /// This worker's id.
+    pub node_id: String,
     /// System prompt (empty for none).
     pub system_prompt: String,
     /// Context budget in tokens.
     pub context_tokens: u32,
     /// Time between snapshot rounds.
     pub snapshot_interval: Duration,
-    /// See [`crate::kafka::fetch_tail`].
-    pub fetch_batch_ms: u32,
+    /// How the consumer fetches.
+    pub fetch: TailFetch,
     /// Time in-flight answers get on shutdown.
-    pub grace: Duration,
-    /// Time in-flight answers of a released partition get.
-    pub handoff_grace: Duration,
-    /// Longest wait for the old owner's release before taking over anyway (fences keep it safe).
-    pub release_timeout: Duration,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Per-partition counters for load reports.
-    pub stats: Arc<PartitionStats>,
-    /// Set when every wanted partition is live.
-    pub caught_up: Arc<AtomicBool>,
-    /// This worker's heartbeat lease: nothing is written for any partition while it lapsed.
-    pub lease: Arc<Lease>,
-    /// This worker's id.
-    pub node_id: String,
+    pub shutdown_grace: Duration,
 }
 
-/// A partition's state in the loop.
-#[derive(Debug)]
-enum State {
-    /// Waiting for the old owner's release (since when).
-    AwaitRelease(Instant),
-    /// Fencing and restoring (an acquire task runs).
-    Acquiring(Instant),
-    /// Consuming from `start` up to `target` without answering.
-    Replaying { start: i64, target: i64, since: Instant },
-    /// Answering.
-    Live,
-    /// Handing away: no new answers until `deadline`, then snapshot, commit, release. When
-    /// `abandon`, the new owner took over without waiting for us (we were declared dead): our
-    /// answers are void behind its fence, so we only stop and forget.
-    Releasing {
-        deadline: Instant,
-        to_epoch: u64,
-        to: String,
-        abandon: bool,
-    },
-}
-
-#[derive(Debug)]
-struct Part {
-    epoch: u64,
-    state: State,
-    /// Next offset to consume (when consuming).
-    position: Option<i64>,
-    /// Cancels this partition's answers.
-    cancel: CancellationToken,
-    /// Assigned back to us while releasing: take over again afterwards.
-    reacquire: bool,
+/// The owner component: the partitions held, their conversations, and the loop that keeps them.
+pub struct Owner {
+    settings: OwnerSettings,
+    log: Arc<Log>,
+    assignments: Arc<AssignmentSource>,
+    held: Held,
+    store: Arc<RwLock<Store>>,
+    answerer: Arc<Answerer>,
+    tokenizer: Tokenizer,
+    metrics: Metrics,
+    load: Arc<Load>,
+    lease: Arc<HeartbeatLease>,
+    mesh: Arc<Mesh>,
 }
 
 /// Take-over readers connected at start and kept idle (the pool grows while more take-overs
 /// run at once, and closes the surplus after).
 const WARM_READERS: usize = 3;
 
-/// The loop's mutable state.
-struct Run {
-    parts: BTreeMap<i32, Part>,
-    tasks: JoinSet<bool>,
-    acquired_tx: mpsc::Sender<Result<Acquired, (i32, u64, KafkaError)>>,
-    /// Connected clients for take-overs' reads.
-    readers: Arc<ReaderPool>,
-    /// The lease lapsed: every partition was abandoned; no take-over starts until it holds.
-    suspended: bool,
-    /// Partitions abandoned by a lapse, taken over again (without awaiting a release) after it.
-    resume: BTreeSet<i32>,
-    /// What the consumer was last assigned.
-    assigned: BTreeSet<i32>,
+/// What a take-over task reports back.
+enum TakeoverResult {
+    CommitRead {
+        partition: Partition,
+        epoch: Epoch,
+        start: i64,
+        fence: Epoch,
+        snapshots: Vec<ConversationSnapshot>,
+    },
+    FenceWritten {
+        partition: Partition,
+        epoch: Epoch,
+        end: i64,
+    },
+    Failed {
+        partition: Partition,
+        epoch: Epoch,
+        error: KafkaError,
+    },
 }
 
-// === impl OwnerLoop ===
+/// The loop's own state: Kafka clients, running answers, what take-overs read.
+struct Run {
+    consumer: StreamConsumer,
+    lag_reader: Arc<BaseConsumer>,
+    readers: Arc<ReaderPool>,
+    results: mpsc::Sender<TakeoverResult>,
+    answers: JoinSet<(Partition, Epoch)>,
+    cancels: HashMap<Partition, CancellationToken>,
+    /// Snapshots of the commit read being stepped (see `takeover_event`).
+    read: Option<((Partition, Epoch), Vec<ConversationSnapshot>)>,
+    /// Snapshots of accepted commit reads, installed when their fence is written.
+    snapshots: HashMap<(Partition, Epoch), Vec<ConversationSnapshot>>,
+    /// What the consumer was last assigned.
+    assigned: BTreeSet<Partition>,
+    /// The heartbeat lease at the last look (its changes are logged).
+    lease_held: bool,
+}
 
-impl OwnerLoop {
-    /// Runs until `shutdown`, then drains: stops taking messages, gives in-flight answers the
-    /// grace period, writes snapshots, commits offsets.
-    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), KafkaError> {
-        self.caught_up.store(false, Ordering::Relaxed);
+/// A record consumed, kept while its effects are carried out.
+struct Consumed<'a> {
+    offset: i64,
+    payload: Option<&'a [u8]>,
+}
+
+// === impl Owner ===
+
+impl Owner {
+    /// The owner of this worker.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: OwnerSettings,
+        log: Arc<Log>,
+        assignments: Arc<AssignmentSource>,
+        held: Held,
+        store: Arc<RwLock<Store>>,
+        answerer: Arc<Answerer>,
+        tokenizer: Tokenizer,
+        metrics: Metrics,
+        load: Arc<Load>,
+        lease: Arc<HeartbeatLease>,
+        mesh: Arc<Mesh>,
+    ) -> Self {
+        Self {
+            settings,
+            log,
+            assignments,
+            held,
+            store,
+            answerer,
+            tokenizer,
+            metrics,
+            load,
+            lease,
+            mesh,
+        }
+    }
+
+    /// Holds this worker's partitions until `shutdown`, then drains: no new answers, grace for
+    /// in-flight ones, final snapshots and commit.
+    pub async fn hold_partitions(&self, shutdown: CancellationToken) -> Result<(), KafkaError> {
+        // a failed earlier run's consumer and answers are gone: take everything over again
+        self.held.reset();
         {
             // answers of an earlier (failed) run of this loop are gone; answer again
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
             store.iter_mut().for_each(|c| c.in_flight = None);
         }
-        let mut cfg = self.kafka.clone();
-        cfg.set("group.id", &self.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+        let base = self.log.kafka();
         // an idle fetch waits long (no renewal every few ms on a quiet mesh); a partition added
         // to the assignment is woken into the next fetch (`assign`)
-        crate::kafka::fetch_tail(&mut cfg, self.fetch_batch_ms);
-        let consumer: StreamConsumer = cfg.create()?;
-        let lag_reader: Arc<BaseConsumer> =
-            Arc::new(self.kafka.clone().set("group.id", "meshchat-lag").create()?);
-        let (acquired_tx, mut acquired_rx) = mpsc::channel(64);
-        let readers = Arc::new(ReaderPool::new(
-            self.kafka.clone().set("group.id", &self.group_id),
-            WARM_READERS,
-        ));
+        let mut cfg = kafka::tail_consumer(base, self.log.owner_group(), self.settings.fetch);
+        cfg.set("auto.offset.reset", "earliest");
+        let (results, mut results_rx) = mpsc::channel(64);
+        let readers = Arc::new(ReaderPool::new(base, self.log.owner_group(), WARM_READERS));
         {
             // connect and find the group coordinator now, not during the first take-over
-            let (r, topic) = (readers.clone(), self.topics.messages.clone());
+            let (r, topic) = (readers.clone(), self.log.topics().messages.clone());
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = r.warm(WARM_READERS, &topic) {
                     tracing::warn!(error = %e, "could not prepare take-over readers");
@@ -177,215 +176,194 @@ impl OwnerLoop {
             });
         }
         let mut run = Run {
-            parts: BTreeMap::new(),
-            tasks: JoinSet::new(),
-            acquired_tx,
+            consumer: cfg.create()?,
+            lag_reader: Arc::new(kafka::manual_consumer(base, kafka::group::LAG).create()?),
             readers,
-            suspended: false,
-            resume: BTreeSet::new(),
+            results,
+            answers: JoinSet::new(),
+            cancels: HashMap::new(),
+            read: None,
+            snapshots: HashMap::new(),
             assigned: BTreeSet::new(),
+            lease_held: true,
         };
-        let mut wanted = self.ownership.subscribe();
-        let view = wanted.borrow_and_update().clone();
-        self.reconcile(&view, &mut run, &consumer)?;
-        let mut snapshot_tick = tokio::time::interval(self.snapshot_interval);
+        let mut assignments = self.assignments.subscribe();
+        let first = assignments.borrow_and_update().clone();
+        self.lease.follow(first.heartbeat_timeout);
+        self.step(Event::Assigned(first), &mut run, None).await?;
+        let mut snapshot_tick = tokio::time::interval(self.settings.snapshot_interval);
         let mut lag_tick = tokio::time::interval(Duration::from_secs(2));
-        // release and take-over steps are polled: keep the added pause small
+        // awaited releases and the lease are polled: keep the added pause small
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Ok(()) = wanted.changed() => {
-                    let view = wanted.borrow_and_update().clone();
-                    self.reconcile(&view, &mut run, &consumer)?;
+                Ok(()) = assignments.changed() => {
+                    let a = assignments.borrow_and_update().clone();
+                    self.lease.follow(a.heartbeat_timeout);
+                    self.step(Event::Assigned(a), &mut run, None).await?;
                 }
-                Some(done) = acquired_rx.recv() => self.on_acquired(done, &mut run, &consumer)?,
-                m = consumer.recv() => match m {
+                Some(result) = results_rx.recv() => {
+                    let event = self.takeover_event(result, &mut run);
+                    self.step(event, &mut run, None).await?;
+                    run.read = None;
+                }
+                m = run.consumer.recv() => match m {
                     Ok(m) => {
-                        let (p, o) = (m.partition(), m.offset());
+                        let (partition, offset) = (m.partition(), m.offset());
                         let payload = m.payload().map(<[u8]>::to_vec);
                         drop(m);
-                        self.on_record(p, o, payload.as_deref(), &mut run);
+                        let consumed = Consumed { offset, payload: payload.as_deref() };
+                        self.step(Event::Consumed { partition, offset }, &mut run, Some(consumed)).await?;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "consume error");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
-                _ = tick.tick() => self.on_tick(&mut run, &consumer).await?,
+                _ = tick.tick() => {
+                    for (partition, epoch) in self.held.awaiting_release() {
+                        if self.mesh.is_released(partition, epoch) {
+                            self.step(Event::ReleaseSeen { partition, epoch }, &mut run, None).await?;
+                        }
+                    }
+                    let lease_holds = self.lease_now(&mut run);
+                    self.step(Event::Tick { lease_holds }, &mut run, None).await?;
+                }
                 _ = snapshot_tick.tick() => {
-                    let consuming = self.consuming(&run);
-                    if let Err(e) = self.snapshot_and_commit(&consumer, &consuming, CommitMode::Async).await {
-                        tracing::warn!(error = %e, "snapshot round failed; will retry");
+                    let lease_holds = self.lease_now(&mut run);
+                    self.step(Event::SnapshotDue { lease_holds }, &mut run, None).await?;
+                }
+                _ = lag_tick.tick() => self.report_lag(&run.lag_reader, &self.held.positions()),
+                Some(done) = run.answers.join_next(), if !run.answers.is_empty() => {
+                    if let Ok((partition, epoch)) = done {
+                        self.step(Event::AnswerEnded { partition, epoch }, &mut run, None).await?;
                     }
                 }
-                _ = lag_tick.tick() => self.report_lag(&lag_reader, &self.consuming(&run)),
-                Some(_) = run.tasks.join_next(), if !run.tasks.is_empty() => {}
             }
         }
-        self.drain(&consumer, run).await
+        self.drain(run).await
     }
 
-    /// Starts taking over what is newly wanted and releasing what no longer is.
-    fn reconcile(
+    /// Feeds `event` to the machine and carries out its effects, and those of the events they
+    /// cause (a fence read while applying a record, an answer started, a release written).
+    async fn step(
         &self,
-        view: &OwnershipView,
+        event: Event,
         run: &mut Run,
-        consumer: &StreamConsumer,
+        consumed: Option<Consumed<'_>>,
     ) -> Result<(), KafkaError> {
-        let now = Instant::now();
-        // while suspended nothing new is taken over (releases below still proceed)
-        let suspended = run.suspended;
-        for (&p, &epoch) in view.owned.iter().filter(|_| !suspended) {
-            match run.parts.get_mut(&p) {
-                Some(part) if matches!(part.state, State::Releasing { .. }) => part.reacquire = true,
-                Some(part) => part.epoch = part.epoch.max(epoch),
-                None => {
-                    let info = view.owners.get(&p);
-                    let wait = !run.resume.contains(&p)
-                        && info.is_some_and(|i| {
-                            !i.failover && i.from.as_deref().is_some_and(|f| f != self.node_id)
-                        });
-                    let part = Part {
-                        epoch,
-                        state: if wait {
-                            State::AwaitRelease(now)
-                        } else {
-                            State::Acquiring(now)
-                        },
-                        position: None,
-                        cancel: CancellationToken::new(),
-                        reacquire: false,
-                    };
-                    if !wait {
-                        self.spawn_acquire(p, epoch, run);
-                    }
-                    tracing::info!(partition = p, epoch, wait_for_release = wait, "taking over");
-                    run.parts.insert(p, part);
-                }
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for effect in self.held.on(event, Instant::now()) {
+                self.carry_out(effect, run, consumed.as_ref(), &mut queue).await?;
             }
         }
-        let mut reassign = false;
-        for (&p, part) in run.parts.iter_mut() {
-            if view.owned.contains_key(&p) || matches!(part.state, State::Releasing { .. }) {
-                continue;
-            }
-            let (to, to_epoch) = view
-                .owners
-                .get(&p)
-                .map_or((String::new(), part.epoch + 1), |o| (o.node_id.clone(), o.epoch));
-            let abandon = view.owners.get(&p).is_some_and(|o| o.failover);
-            match part.state {
-                State::Live | State::Replaying { .. } => {
-                    let deadline = if abandon {
-                        // our answers are void behind the new owner's fence: stop them now
-                        tracing::warn!(partition = p, to = %to, "declared dead for this partition; abandoning it");
-                        part.cancel.cancel();
-                        now
-                    } else {
-                        tracing::info!(partition = p, to = %to, "releasing");
-                        self.publish_handoff(self.handoff(p, to_epoch, &self.node_id, &to, "releasing"));
-                        now + self.handoff_grace
-                    };
-                    part.state = State::Releasing {
-                        deadline,
-                        to_epoch,
-                        to,
-                        abandon,
-                    };
-                    self.held.set(p, part.epoch, Phase::Releasing);
-                    reassign = true;
-                }
-                // never served: nothing to hand over (a late acquire result is ignored)
-                State::AwaitRelease(_) | State::Acquiring(_) => {
-                    part.state = State::Releasing {
-                        deadline: now,
-                        to_epoch,
-                        to,
-                        abandon: true,
-                    }
-                }
-                State::Releasing { .. } => {}
-            }
-        }
-        if reassign {
-            self.assign(consumer, run)?;
-        }
-        self.update_caught_up(run);
         Ok(())
     }
 
-    /// The lease lapsed: this worker may have been declared dead and its partitions fenced by
-    /// new owners. Abandon everything (answers cancelled; no snapshot, commit or release) and
-    /// take the partitions still ours over again once heartbeats get through.
-    fn suspend(&self, run: &mut Run, consumer: &StreamConsumer) -> Result<(), KafkaError> {
-        tracing::warn!(
-            partitions = run.parts.len(),
-            "heartbeat lease lapsed (paused or cut off from Kafka); abandoning every partition"
-        );
-        run.suspended = true;
-        let now = Instant::now();
-        for (&p, part) in run.parts.iter_mut() {
-            part.cancel.cancel();
-            match &mut part.state {
-                State::Releasing {
-                    abandon, deadline, ..
-                } => {
-                    *abandon = true;
-                    *deadline = now;
+    async fn carry_out(
+        &self,
+        effect: Effect,
+        run: &mut Run,
+        consumed: Option<&Consumed<'_>>,
+        then: &mut VecDeque<Event>,
+    ) -> Result<(), KafkaError> {
+        match effect {
+            Effect::ReadCommit {
+                partition,
+                epoch,
+                after,
+            } => self.read_commit(partition, epoch, after, run),
+            Effect::WriteFence { partition, epoch } => {
+                if let Some((key, snapshots)) = run.read.take_if(|(key, _)| *key == (partition, epoch)) {
+                    run.snapshots.insert(key, snapshots);
                 }
-                _ => {
-                    run.resume.insert(p);
-                    let epoch = part.epoch;
-                    self.abandon(p, part, epoch, now);
+                self.write_fence(partition, epoch, run);
+            }
+            Effect::Restore {
+                partition,
+                epoch,
+                fence,
+            } => {
+                let snapshots = run.snapshots.remove(&(partition, epoch)).unwrap_or_default();
+                self.restore(partition, fence, snapshots);
+            }
+            Effect::Assign { positions } => self.assign(&positions, run)?,
+            Effect::Apply {
+                partition,
+                offset,
+                answer_at,
+            } => {
+                if let Some(c) = consumed.filter(|c| c.offset == offset)
+                    && let Some(payload) = c.payload
+                {
+                    self.apply(partition, offset, payload, answer_at, run, then);
                 }
             }
-            part.reacquire = false;
+            Effect::StartAnswers { partition, epoch } => self.start_answers(partition, epoch, run, then),
+            Effect::CancelAnswers { partition } => {
+                if let Some(c) = run.cancels.remove(&partition) {
+                    c.cancel();
+                }
+            }
+            Effect::SnapshotAndCommit { positions, wait } => {
+                if let Err(e) = self.snapshot_and_commit(&run.consumer, &positions, wait).await {
+                    tracing::warn!(error = %e, "snapshot round failed; will retry");
+                }
+            }
+            Effect::Release {
+                partition,
+                epoch,
+                position,
+            } => {
+                let positions = BTreeMap::from([(partition, (position, epoch))]);
+                let ok = match self.snapshot_and_commit(&run.consumer, &positions, true).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "release could not snapshot and commit");
+                        false
+                    }
+                };
+                then.push_back(Event::ReleaseWritten { partition, epoch, ok });
+            }
+            Effect::Forget { partition } => self.forget(partition, run),
+            Effect::Announce(a) => self.announce(a),
+            Effect::Abandon { partition, why } => match why {
+                Abandon::NewerFence(fence) => {
+                    tracing::warn!(
+                        partition,
+                        fence,
+                        "fenced by a newer owner; abandoning the partition"
+                    )
+                }
+                Abandon::Failover => {
+                    tracing::warn!(partition, "declared dead for this partition; abandoning it")
+                }
+                Abandon::LeaseLapsed => tracing::debug!(partition, "abandoned: heartbeat lease lapsed"),
+            },
         }
-        self.assign(consumer, run)?;
-        self.update_caught_up(run);
         Ok(())
     }
 
-    /// A newer owner's fence was read in `p`: this worker is a zombie for `p`. Its answers are
-    /// void and its snapshots and commits must stop; drop the partition at once.
-    fn fenced_out(&self, p: i32, fence: u64, run: &mut Run) {
-        let Some(part) = run.parts.get_mut(&p) else { return };
-        if fence <= part.epoch || matches!(part.state, State::Releasing { abandon: true, .. }) {
-            return;
+    /// Whether the heartbeat lease holds now; logs when that changes.
+    fn lease_now(&self, run: &mut Run) -> bool {
+        let holds = self.lease.holds_now();
+        if holds != run.lease_held {
+            if holds {
+                tracing::info!("heartbeats get through again; taking partitions over afresh");
+            } else {
+                tracing::warn!(
+                    partitions = self.held.partitions().len(),
+                    "heartbeat lease lapsed (paused or cut off from Kafka); abandoning every partition"
+                );
+            }
+            run.lease_held = holds;
         }
-        tracing::warn!(
-            partition = p,
-            epoch = part.epoch,
-            fence,
-            "fenced by a newer owner; abandoning the partition"
-        );
-        self.abandon(p, part, fence, Instant::now());
+        holds
     }
 
-    /// Drops `p` without a word: answers cancelled; no snapshot, commit or release follows.
-    fn abandon(&self, p: i32, part: &mut Part, to_epoch: u64, now: Instant) {
-        part.cancel.cancel();
-        part.reacquire = false;
-        part.state = State::Releasing {
-            deadline: now,
-            to_epoch,
-            to: String::new(),
-            abandon: true,
-        };
-        self.held.set(p, part.epoch, Phase::Releasing);
-    }
-
-    /// Consumer positions of partitions being consumed.
-    fn consuming(&self, run: &Run) -> BTreeMap<i32, i64> {
-        run.parts
-            .iter()
-            .filter(|(_, part)| matches!(part.state, State::Replaying { .. } | State::Live))
-            .filter_map(|(p, part)| part.position.map(|o| (*p, o)))
-            .collect()
-    }
-
-    /// Assigns the consumer exactly the partitions being consumed, at their positions.
+    /// Assigns the consumer exactly `positions`.
     ///
     /// librdkafka keeps one fetch per broker in flight, and an added partition joins only the
     /// next one: with the consumer's long poll a take-over's replay could wait up to that wait
@@ -394,17 +372,16 @@ impl OwnerLoop {
     /// fetch returns at once (when that partition has the same leader as the added one; with
     /// several brokers the added one may still wait for its leader's poll). Readers keep the
     /// highest fence per partition, so the restatement changes no reader's state.
-    fn assign(&self, consumer: &StreamConsumer, run: &mut Run) -> Result<(), KafkaError> {
-        let consuming = self.consuming(run);
+    fn assign(&self, positions: &BTreeMap<Partition, i64>, run: &mut Run) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in &consuming {
-            tpl.add_partition_offset(&self.topics.messages, *p, Offset::Offset(*o))?;
+        for (p, o) in positions {
+            tpl.add_partition_offset(&self.log.topics().messages, *p, Offset::Offset(*o))?;
         }
-        consumer.assign(&tpl)?;
-        let now: BTreeSet<i32> = consuming.into_keys().collect();
+        run.consumer.assign(&tpl)?;
+        let now: BTreeSet<Partition> = positions.keys().copied().collect();
         let added = now.difference(&run.assigned).next().is_some();
         // with fetch batching a fetch waits for 1 MB, which one small record does not end
-        if added && self.fetch_batch_ms == 0 {
+        if added && self.settings.fetch == TailFetch::LongPoll {
             self.wake(now.intersection(&run.assigned));
         }
         run.assigned = now;
@@ -414,7 +391,7 @@ impl OwnerLoop {
     /// Restates, in the first of `fetched` where this owner has read a fence, the highest one
     /// (see [`Self::assign`]); queued, not awaited. Nothing is written while the heartbeat lease
     /// has lapsed, nor in a partition whose fence is not read yet (a replay still before it).
-    fn wake<'a>(&self, fetched: impl Iterator<Item = &'a i32>) {
+    fn wake<'a>(&self, fetched: impl Iterator<Item = &'a Partition>) {
         if !self.lease.holds_now() {
             return;
         }
@@ -425,71 +402,120 @@ impl OwnerLoop {
                 .find(|(_, fence)| *fence > 0)
         };
         let Some((q, epoch)) = known else { return };
-        match meshchat_crds::encode(&handoff::fence(q, epoch, &self.node_id)) {
-            Ok(bytes) => {
-                self.producer
-                    .send_nowait(&self.topics.messages, q, meshchat_crds::FENCE_KEY, &bytes)
-            }
+        match meshchat_wire::encode(&takeover::fence(q, epoch, &self.settings.node_id)) {
+            Ok(bytes) => self.log.producer().send_nowait(
+                &self.log.topics().messages,
+                q,
+                meshchat_wire::FENCE_KEY,
+                &bytes,
+            ),
             Err(e) => tracing::warn!(partition = q, error = %e, "could not encode a fence"),
         }
     }
 
-    fn update_caught_up(&self, run: &Run) {
-        let view = self.ownership.view();
-        let all = view.owned.keys().all(|p| {
-            run.parts
-                .get(p)
-                .is_some_and(|part| matches!(part.state, State::Live))
-        });
-        self.caught_up.store(all, Ordering::Relaxed);
+    /// Drops a partition: its answers, conversations, fence and what its take-over read.
+    fn forget(&self, partition: Partition, run: &mut Run) {
+        if let Some(c) = run.cancels.remove(&partition) {
+            c.cancel();
+        }
+        run.snapshots.retain(|(p, _), _| *p != partition);
+        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+        let partitions = self.log.partitions();
+        store.retain(|c| meshchat_wire::partition_for(&c.id, partitions) != partition);
+        store.forget_fence(partition);
     }
 
-    /// Timeouts: releases awaited, releases to finish, the lease.
-    async fn on_tick(&self, run: &mut Run, consumer: &StreamConsumer) -> Result<(), KafkaError> {
-        let now = Instant::now();
-        let holds = self.lease.holds(now);
-        if !holds && !run.suspended {
-            self.suspend(run, consumer)?;
-        } else if holds && run.suspended && run.parts.is_empty() {
-            tracing::info!(partitions = ?run.resume, "heartbeats get through again; taking partitions over afresh");
-            run.suspended = false;
-            self.reconcile(&self.ownership.view(), run, consumer)?;
-            run.resume.clear();
+    /// Publishes a handoff step on chat.events (for peers, dashboards and measurements).
+    fn announce(&self, a: Announcement) {
+        let me = self.settings.node_id.as_str();
+        let event = |partition, epoch, from: &str, to: &str, step| HandoffEvent {
+            v: SCHEMA_VERSION,
+            partition,
+            epoch,
+            from: from.to_string(),
+            to: to.to_string(),
+            step,
+            committed_offset: None,
+            replayed: None,
+            timestamp: OffsetDateTime::now_utc(),
+        };
+        let ev = match a {
+            Announcement::Releasing {
+                partition,
+                to,
+                to_epoch,
+            } => {
+                tracing::info!(partition, to = %to, "releasing");
+                event(partition, to_epoch, me, &to, HandoffStep::Releasing)
+            }
+            Announcement::Released {
+                partition,
+                to,
+                to_epoch,
+                committed,
+            } => {
+                tracing::info!(partition, to = %to, committed, "released");
+                HandoffEvent {
+                    committed_offset: Some(committed),
+                    ..event(partition, to_epoch, me, &to, HandoffStep::Released)
+                }
+            }
+            Announcement::Live {
+                partition,
+                epoch,
+                replayed,
+                took,
+            } => {
+                self.mesh.record_handoff(took);
+                tracing::info!(
+                    partition,
+                    epoch,
+                    took_ms = took.as_millis() as u64,
+                    "partition live"
+                );
+                HandoffEvent {
+                    replayed: Some(replayed),
+                    ..event(partition, epoch, "", me, HandoffStep::Live)
+                }
+            }
+        };
+        let key = format!("p{}", ev.partition);
+        self.log.publish_event_nowait(&key, &MeshEvent::Handoff(ev));
+    }
+
+    /// Shutdown: no new answers, grace for in-flight ones, then snapshots and a final commit.
+    async fn drain(&self, mut run: Run) -> Result<(), KafkaError> {
+        tracing::info!(
+            in_flight = run.answers.len(),
+            "draining: no new answers; finishing in-flight ones"
+        );
+        self.answerer.stop_new();
+        let finished = tokio::time::timeout(self.settings.shutdown_grace, async {
+            while let Some(done) = run.answers.join_next().await {
+                if let Ok((partition, epoch)) = done {
+                    self.held
+                        .on(Event::AnswerEnded { partition, epoch }, Instant::now());
+                }
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                left = run.answers.len(),
+                "grace period over; leaving unfinished answers to the next owner"
+            );
+            self.answerer.abandon();
+            while run.answers.join_next().await.is_some() {}
         }
-        let mut to_acquire = Vec::new();
-        let mut to_release = Vec::new();
-        for (&p, part) in &run.parts {
-            match &part.state {
-                State::AwaitRelease(since) => {
-                    let released = self.mesh.is_released(p, part.epoch);
-                    if released || now.duration_since(*since) >= self.release_timeout {
-                        if !released {
-                            tracing::warn!(
-                                partition = p,
-                                "no release from the old owner in time; fencing it out"
-                            );
-                        }
-                        to_acquire.push((p, part.epoch));
-                    }
-                }
-                State::Releasing { deadline, .. } => {
-                    let busy = self.in_flight_of(p);
-                    if busy == 0 || now >= *deadline {
-                        to_release.push(p);
-                    }
-                }
-                _ => {}
+        let stopping = Event::Stopping {
+            lease_holds: self.lease.holds_now(),
+        };
+        for effect in self.held.on(stopping, Instant::now()) {
+            if let Effect::SnapshotAndCommit { positions, .. } = effect {
+                self.snapshot_and_commit(&run.consumer, &positions, true).await?;
             }
         }
-        for (p, epoch) in to_acquire {
-            if let Some(part) = run.parts.get_mut(&p) {
-                part.state = State::Acquiring(now);
-            }
-            self.spawn_acquire(p, epoch, run);
-        }
-        for p in to_release {
-            self.finish_release(p, run, consumer).await?;
-        }
+        tracing::info!("owner loop drained: snapshots written, offsets committed");
         Ok(())
     }
 }

@@ -1,136 +1,22 @@
-//! The one seam that answers "which partitions should I own, and who owns the others".
-//! The source is configuration (static mode) or the balancer's assignment table (dynamic mode);
-//! callers read views and watch for changes, never the source.
+//! Partition ownership: what this worker should own ([`AssignmentSource`]), the pure state
+//! machine of every partition's lifecycle ([`PartitionMachine`]) with its read-only handle
+//! ([`Held`]), the heartbeat lease that stops a cut-off worker from writing
+//! ([`HeartbeatLease`]), and the two rules every reader of the log applies to replies
+//! ([`Fences`], [`verdict`]).
 
-use std::collections::BTreeMap;
+mod assignment;
+mod fences;
+mod held;
+mod lease;
+mod machine;
 
-use meshchat_crds::AssignmentTable;
-use tokio::sync::watch;
+pub use assignment::{Assignment, AssignmentSource, OwnerInfo};
+pub use fences::{Fences, Verdict, verdict, void};
+pub use held::Held;
+pub use lease::HeartbeatLease;
+pub use machine::{Abandon, Announcement, Effect, Event, HeldPartition, PartitionMachine, Phase, Timeouts};
 
-use crate::config::Peer;
-
-/// A partition's owner as the source knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnerInfo {
-    /// Worker id.
-    pub node_id: String,
-    /// Base URL.
-    pub url: String,
-    /// Epoch of this ownership.
-    pub epoch: u64,
-    /// Previous owner, when the ownership began with a move.
-    pub from: Option<String>,
-    /// The previous owner was declared dead: no release to wait for.
-    pub failover: bool,
-}
-
-/// One consistent picture of ownership.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct OwnershipView {
-    /// Assignment generation this view comes from (0 = static configuration).
-    pub generation: u64,
-    /// Partitions this worker should own, with their epochs.
-    pub owned: BTreeMap<i32, u64>,
-    /// Known owner of every partition (this worker included).
-    pub owners: BTreeMap<i32, OwnerInfo>,
-}
-
-/// Shared ownership state.
-#[derive(Debug)]
-pub struct Ownership {
-    tx: watch::Sender<OwnershipView>,
-    node_id: String,
-}
-
-// === impl Ownership ===
-
-impl Ownership {
-    /// Ownership fixed by configuration: this worker owns `owned` at epoch 1; peers own theirs.
-    pub fn fixed(node_id: &str, url: &str, owned: &[i32], peers: &[Peer]) -> Self {
-        let mut view = OwnershipView::default();
-        let info = |id: &str, url: &str| OwnerInfo {
-            node_id: id.to_string(),
-            url: url.to_string(),
-            epoch: 1,
-            from: None,
-            failover: false,
-        };
-        for peer in peers {
-            for p in &peer.partitions {
-                view.owners.insert(*p, info(&peer.node_id, &peer.url));
-            }
-        }
-        for p in owned {
-            view.owned.insert(*p, 1);
-            view.owners.insert(*p, info(node_id, url));
-        }
-        Self {
-            tx: watch::Sender::new(view),
-            node_id: node_id.to_string(),
-        }
-    }
-
-    /// Nothing owned until the balancer's first table arrives.
-    pub fn dynamic(node_id: &str) -> Self {
-        Self {
-            tx: watch::Sender::new(OwnershipView::default()),
-            node_id: node_id.to_string(),
-        }
-    }
-
-    /// The current view.
-    pub fn view(&self) -> OwnershipView {
-        self.tx.borrow().clone()
-    }
-
-    /// Who owns `partition`, if known.
-    pub fn owner_of(&self, partition: i32) -> Option<OwnerInfo> {
-        self.tx.borrow().owners.get(&partition).cloned()
-    }
-
-    /// Changes to ownership.
-    pub fn subscribe(&self) -> watch::Receiver<OwnershipView> {
-        self.tx.subscribe()
-    }
-
-    /// Applies a newer assignment table; older or equal generations are ignored.
-    pub fn apply_table(&self, table: &AssignmentTable) -> bool {
-        let me = self.node_id.clone();
-        self.tx.send_if_modified(|view| {
-            if table.generation <= view.generation {
-                return false;
-            }
-            *view = view_of(&me, table);
-            true
-        })
-    }
-}
-
-/// The view of `table` from worker `me`.
-pub fn view_of(me: &str, table: &AssignmentTable) -> OwnershipView {
-    let mut view = OwnershipView {
-        generation: table.generation,
-        ..Default::default()
-    };
-    for a in &table.partitions {
-        let url = table
-            .workers
-            .get(&a.owner)
-            .map(|w| w.address.clone())
-            .unwrap_or_default();
-        view.owners.insert(
-            a.partition,
-            OwnerInfo {
-                node_id: a.owner.clone(),
-                url,
-                epoch: a.epoch,
-                from: a.from.clone(),
-                failover: a.failover,
-            },
-        );
-        if a.owner == me {
-            view.owned.insert(a.partition, a.epoch);
-        }
-    }
-    view
-}
+/// A partition of `chat.messages` (the placement unit).
+pub type Partition = i32;
+/// An ownership epoch: increases on every owner change of a partition (the fencing token).
+pub type Epoch = u64;

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use meshchat_crds::{ChatRecord, ConversationSnapshot, SCHEMA_VERSION, SnapshotEntry, UserMessage};
+use meshchat_wire::{ChatRecord, ConversationSnapshot, SCHEMA_VERSION, SnapshotEntry, UserMessage};
 
 use crate::context::{Role, Turn};
+use crate::ownership::{Epoch, Fences, Partition, Verdict, verdict};
 
 /// A retained log record and its token count.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,16 +84,20 @@ impl Conversation {
         record: ChatRecord,
         tokens: u32,
         limit: usize,
-        fence: u64,
+        fence: Epoch,
     ) -> Applied {
         if offset <= self.last_offset {
             return Applied::Stale;
         }
         self.last_offset = offset;
-        if let ChatRecord::AgentReply(r) = &record
-            && r.epoch < fence
-        {
-            return Applied::Fenced;
+        if let ChatRecord::AgentReply(r) = &record {
+            match verdict(fence, r.epoch, &r.in_reply_to, |id| {
+                self.pending_offset(id).is_none()
+            }) {
+                Verdict::Void => return Applied::Fenced,
+                Verdict::Duplicate => return Applied::DuplicateReply,
+                Verdict::Counts => {}
+            }
         }
         let applied = match &record {
             ChatRecord::UserMessage(m) => {
@@ -104,10 +109,9 @@ impl Conversation {
                 Applied::UserMessage { new_participant }
             }
             ChatRecord::AgentReply(r) => {
-                let Some(at) = self.pending_offset(&r.in_reply_to) else {
-                    return Applied::DuplicateReply;
-                };
-                self.pending.remove(&at);
+                if let Some(at) = self.pending_offset(&r.in_reply_to) {
+                    self.pending.remove(&at);
+                }
                 if self.pending.is_empty() {
                     // an emptied map keeps its ~2 KB leaf node: most conversations sit idle with
                     // nothing pending, so give it back
@@ -234,7 +238,7 @@ pub fn content_of(record: &ChatRecord) -> &str {
 pub struct Store {
     conversations: HashMap<String, Conversation>,
     /// Highest fence epoch seen per partition.
-    fences: HashMap<i32, u64>,
+    fences: Fences,
     /// Entries kept per conversation.
     pub history_limit: usize,
 }
@@ -246,18 +250,18 @@ impl Store {
     pub fn new(history_limit: usize) -> Self {
         Self {
             conversations: HashMap::new(),
-            fences: HashMap::new(),
+            fences: Fences::default(),
             history_limit: history_limit.max(1),
         }
     }
 
     /// Applies a record of `partition` at `offset`.
-    pub fn apply(&mut self, partition: i32, offset: i64, record: ChatRecord, tokens: u32) -> Applied {
-        let fence = self.fences.get(&partition).copied().unwrap_or(0);
+    pub fn apply(&mut self, partition: Partition, offset: i64, record: ChatRecord, tokens: u32) -> Applied {
         if let ChatRecord::EpochFence(f) = &record {
-            self.fences.insert(partition, fence.max(f.epoch));
+            self.fences.observe(partition, f.epoch);
             return Applied::Fence;
         }
+        let fence = self.fences.get(partition);
         let limit = self.history_limit;
         let id = record.conversation_id().to_string();
         self.conversations
@@ -267,20 +271,19 @@ impl Store {
     }
 
     /// Highest fence epoch seen in `partition`.
-    pub fn fence(&self, partition: i32) -> u64 {
-        self.fences.get(&partition).copied().unwrap_or(0)
+    pub fn fence(&self, partition: Partition) -> Epoch {
+        self.fences.get(partition)
     }
 
     /// Starts `partition` knowing `epoch` was fenced before where reading begins (from the
     /// commit's metadata): a replay from there drops that fence's older replies too.
-    pub fn seed_fence(&mut self, partition: i32, epoch: u64) {
-        let e = self.fences.entry(partition).or_default();
-        *e = (*e).max(epoch);
+    pub fn seed_fence(&mut self, partition: Partition, epoch: Epoch) {
+        self.fences.observe(partition, epoch);
     }
 
     /// Forgets a partition's fence (it is released; a later owner reads fences again).
-    pub fn forget_fence(&mut self, partition: i32) {
-        self.fences.remove(&partition);
+    pub fn forget_fence(&mut self, partition: Partition) {
+        self.fences.forget(partition);
     }
 
     /// Installs a restored conversation, unless a newer state is already held.

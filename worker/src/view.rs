@@ -1,8 +1,10 @@
 //! JSON shapes served to clients (the seed's API), built from log records.
 
-use meshchat_crds::{ChatRecord, ReplyChunk, ReplyError};
+use meshchat_wire::{ChatRecord, ReplyChunk, ReplyError};
 use serde::Serialize;
 use time::OffsetDateTime;
+
+use crate::store::Conversation;
 
 /// One message as `GET /api/chat/conversation/{id}` and live streams show it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -79,6 +81,35 @@ pub struct ConversationView {
     pub messages: Vec<MessageView>,
 }
 
+impl ConversationView {
+    /// The client view of `conv`; `agent_name` is the replies' sender.
+    pub fn of(conv: &Conversation, agent_name: &str) -> Self {
+        let mut participants = conv.participants.clone();
+        let mut agent_seen = false;
+        for e in &conv.entries {
+            if let ChatRecord::AgentReply(r) = &e.record {
+                agent_seen = true;
+                if !participants.contains(&r.sender) {
+                    participants.push(r.sender.clone());
+                }
+            }
+        }
+        // replies evicted from the retained window still make the agent a participant
+        if conv.agent_replied && !agent_seen && !participants.iter().any(|p| p == agent_name) {
+            participants.push(agent_name.to_string());
+        }
+        Self {
+            id: conv.id.clone(),
+            participants,
+            messages: conv
+                .entries
+                .iter()
+                .map(|e| MessageView::from(&e.record))
+                .collect(),
+        }
+    }
+}
+
 /// An event on a live stream (WebSocket text frame or SSE `data:`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -113,7 +144,7 @@ pub enum LiveEvent {
         /// User.
         user_id: String,
         /// joined, left, online, offline.
-        kind: meshchat_crds::PresenceKind,
+        kind: meshchat_wire::PresenceKind,
     },
 }
 

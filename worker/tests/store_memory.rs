@@ -5,8 +5,8 @@
 
 mod counting;
 
-use meshchat_crds::{AgentReply, ChatRecord, UserMessage, partition_for};
-use meshchat_worker::store::Store;
+use meshchat_wire::{AgentReply, ChatRecord, UserMessage, partition_for};
+use meshchat_worker::Store;
 use time::OffsetDateTime;
 
 /// What a real exchange looks like: UUIDv7 ids, a short question, a fake-LLM-sized answer.

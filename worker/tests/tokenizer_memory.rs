@@ -4,7 +4,7 @@
 
 mod counting;
 
-use meshchat_worker::tokenizer::Tokenizer;
+use meshchat_worker::Tokenizer;
 
 /// cl100k has 100,256 tokens (~0.7 MB of bytes): the tables may take at most 4 MiB.
 const BUDGET: isize = 4 << 20;

@@ -1,5 +1,5 @@
 use super::*;
-use meshchat_crds::PartitionLoad;
+use meshchat_wire::PartitionLoad;
 use time::OffsetDateTime;
 
 fn timing() -> Timing {
@@ -196,4 +196,42 @@ fn a_one_heartbeat_spike_moves_nothing_but_a_lasting_skew_does() {
         "{:?}",
         out.moves
     );
+}
+
+#[test]
+fn a_table_with_another_heartbeat_timeout_is_republished_with_ours_at_once() {
+    let mut b = started(3);
+    b.observe(report("w0", &[], 0.0, false), 6_000);
+    let old = b.table().clone();
+    assert_eq!(
+        old.heartbeat_timeout_ms, 5_000,
+        "tables carry the balancer's timeout"
+    );
+    // a restarted balancer whose ChatAgent now says 8 s: before its warm-up ends (and anyone
+    // could be declared dead under 8 s) the workers get a table saying so, owners unchanged
+    let slower = Timing {
+        heartbeat_timeout_ms: 8_000,
+        ..timing()
+    };
+    let mut b = Balancer::new(
+        "mesh",
+        12,
+        Policy::default(),
+        slower.clone(),
+        Some(old.clone()),
+        10_000,
+    );
+    let out = b.tick(10_001).expect("republished during the warm-up");
+    assert!(out.moves.is_empty());
+    assert_eq!(out.table.generation, old.generation + 1);
+    assert_eq!(out.table.heartbeat_timeout_ms, 8_000);
+    assert_eq!(owners(&out.table), owners(&old));
+    assert_eq!(
+        out.table.workers, old.workers,
+        "addresses kept for owners not heard yet"
+    );
+    assert!(b.tick(10_002).is_none(), "once");
+    // the same timeout: nothing to republish
+    let mut same = Balancer::new("mesh", 12, Policy::default(), timing(), Some(old), 10_000);
+    assert!(same.tick(10_001).is_none());
 }

@@ -346,7 +346,7 @@ proptest! {
     ) {
         let parts = 24 * n;
         let part_of: Vec<usize> = (0..convs)
-            .map(|c| meshchat_crds::partition_for(&format!("conv-{c}"), parts as i32) as usize)
+            .map(|c| meshchat_wire::partition_for(&format!("conv-{c}"), parts as i32) as usize)
             .collect();
         let zipf: Vec<f64> = (1..=convs).map(|rank| 1.0 / (rank as f64).powf(s)).collect();
         let sum = |w: &[f64]| -> BTreeMap<Partition, f64> {
@@ -379,5 +379,83 @@ proptest! {
         let (after, rounds) = settle(input.clone(), &Policy::default(), 2);
         let (_, r) = ratio(&after.current, &after);
         prop_assert!(r <= 1.10 + 1e-9, "max/mean {r:.3} after {} rounds (start {:.3})", rounds.len(), ratio(&input.current, &input).1);
+    }
+}
+
+#[test]
+fn a_quiet_mesh_is_spread_by_partition_count() {
+    // a restart kept the last run's table: w0 holds 17, w1 7, w2 none, and nobody is loaded
+    let current: BTreeMap<Partition, Owner> = (0..24)
+        .map(|p| (p, owner(if p < 17 { 0 } else { 1 }, 2)))
+        .collect();
+    let input = Input {
+        partitions: (0..24).collect(),
+        current,
+        workers: workers(3),
+        load: (0..24).map(|p| (p, 0.0)).collect(),
+        now_ms: 10_000_000,
+        ..Default::default()
+    };
+    let out = plan(&input, &Policy::default());
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for o in out.next.values() {
+        *counts.entry(o.worker.clone()).or_default() += 1;
+    }
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![8, 8, 8]);
+    assert_eq!(out.moves.len(), 9, "no more moves than needed: {:?}", out.moves);
+    assert!(
+        out.moves
+            .iter()
+            .all(|m| m.reason == Reason::Spread && m.from.as_deref() == Some("w00"))
+    );
+    // with consolidation on, a quiet worker is left empty on purpose (the autoscaler removes it)
+    let out = plan(
+        &input,
+        &Policy {
+            consolidate: true,
+            ..Policy::default()
+        },
+    );
+    assert!(out.moves.iter().all(|m| m.reason != Reason::Spread));
+}
+
+proptest! {
+    #[test]
+    fn quiet_meshes_settle_at_most_one_partition_apart_within_the_limits(
+        n in 2usize..8, parts in 1usize..64, owners in proptest::collection::vec(0usize..8, 64),
+        loads in proptest::collection::vec(0.0f64..0.01, 64),
+        moved in proptest::collection::vec(proptest::option::weighted(0.3, 0u64..300_000), 64)
+    ) {
+        let input = Input {
+            partitions: (0..parts as i32).collect(),
+            current: (0..parts as i32).map(|p| (p, owner(owners[p as usize] % n, 1))).collect(),
+            workers: workers(n),
+            load: (0..parts as i32).map(|p| (p, loads[p as usize])).collect(),
+            last_moved: (0..parts as i32).filter_map(|p| moved[p as usize].map(|t| (p, t))).collect(),
+            now_ms: 300_000,
+        };
+        let policy = Policy::default();
+        let first = plan(&input, &policy);
+        prop_assert!(first.moves.len() <= policy.max_moves);
+        for m in &first.moves {
+            let cooling = input.last_moved.get(&m.partition).is_some_and(|t| input.now_ms - t < policy.cooldown_ms);
+            prop_assert!(!cooling, "partition {} moved during its cooldown", m.partition);
+        }
+        // rounds go on (cooldowns pass) whether or not one moved anything
+        let mut settled = input;
+        for _ in 0..20 {
+            let out = plan(&settled, &policy);
+            for m in &out.moves {
+                settled.last_moved.insert(m.partition, settled.now_ms);
+            }
+            settled.current = out.next;
+            settled.now_ms += policy.cooldown_ms / 2;
+        }
+        let mut counts: BTreeMap<String, usize> = live_set(&settled).into_iter().map(|w| (w, 0)).collect();
+        for o in settled.current.values() {
+            *counts.entry(o.worker.clone()).or_default() += 1;
+        }
+        let (min, max) = (counts.values().min().copied().unwrap_or(0), counts.values().max().copied().unwrap_or(0));
+        prop_assert!(max - min <= 1, "counts {counts:?}");
     }
 }

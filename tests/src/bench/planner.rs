@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use meshchat_crds::partition_for;
 use meshchat_operator::planner::{self, Input, Owner, Partition, Policy, Worker};
+use meshchat_wire::partition_for;
 use serde::Serialize;
 
 /// Sizes of one simulation.

@@ -1,93 +1,101 @@
 //! `GET /api/agent/status`, `POST /api/agent/migrate` and `GET /api/mesh`.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use meshchat_crds::{MeshEvent, MigrateRequest, SCHEMA_VERSION, encode, partition_for};
+use meshchat_wire::worker::Ownership;
+use meshchat_wire::{MigrateRequest, SCHEMA_VERSION, partition_for};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use super::ChatService;
 use super::error::{AppError, Body};
-use crate::held::Phase;
-use crate::state::AppState;
+use crate::mesh::Peer;
+use crate::ownership::Phase;
 use crate::validate::{FieldError, parse_migrate};
 
 /// This worker's health and load.
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
-    let s = &state.0;
-    let status = if s.draining.load(Ordering::Relaxed) {
+pub async fn status<S: ChatService>(State(s): State<Arc<S>>) -> Json<Value> {
+    let st = s.status();
+    let ready = s.readiness();
+    let status = if ready.draining {
         "draining"
-    } else if !s.kafka_ok.load(Ordering::Relaxed) {
+    } else if !ready.kafka {
         "degraded"
-    } else if !s.caught_up.load(Ordering::Relaxed) {
+    } else if !ready.caught_up {
         "starting"
     } else {
         "healthy"
     };
-    let (active, resident) = {
-        let store = s.store.read().unwrap_or_else(|p| p.into_inner());
-        let active = store
-            .iter()
-            .filter(|c| !c.pending.is_empty() || c.in_flight.is_some())
-            .count();
-        (active, store.len())
-    };
-    let held = s.held.snapshot();
-    let uptime = s.started.elapsed().as_secs();
+    let settings = s.settings();
     Json(json!({
-        "nodeId": s.config.node_id,
+        "nodeId": settings.node_id,
         "status": status,
-        "loadFactor": round3(s.load.load_factor()),
-        "activeConversations": active,
-        "residentConversations": resident,
-        "messagesPerSecond": round3(s.load.messages_per_second()),
-        "uptime": human(uptime),
-        "uptimeSeconds": uptime,
-        "ownedPartitions": held.keys().collect::<Vec<_>>(),
-        "epochs": held.iter().map(|(p, (e, _))| (p.to_string(), *e)).collect::<std::collections::BTreeMap<_, _>>(),
-        "handoffs": held.iter().filter(|(_, (_, ph))| *ph != Phase::Live).map(|(p, _)| *p).collect::<Vec<_>>(),
-        "generation": s.ownership.view().generation,
-        "ownership": s.config.ownership,
-        "inFlight": s.load.in_flight.load(Ordering::Relaxed),
-        "queued": s.load.queued.load(Ordering::Relaxed),
-        "concurrencyLimit": s.load.limit,
-        "draining": s.draining.load(Ordering::Relaxed),
+        "loadFactor": round3(st.load_factor),
+        "activeConversations": st.active_conversations,
+        "residentConversations": st.resident_conversations,
+        "messagesPerSecond": round3(st.messages_per_second),
+        "uptime": human(st.uptime_secs),
+        "uptimeSeconds": st.uptime_secs,
+        "ownedPartitions": st.held.keys().collect::<Vec<_>>(),
+        "epochs": st.held.iter().map(|(p, h)| (p.to_string(), h.epoch)).collect::<BTreeMap<_, _>>(),
+        "handoffs": st.held.iter().filter(|(_, h)| h.phase != Phase::Live).map(|(p, _)| *p).collect::<Vec<_>>(),
+        "phases": st.held.iter().map(|(p, h)| (p.to_string(), h.phase.name())).collect::<BTreeMap<_, _>>(),
+        "generation": st.generation,
+        "ownership": settings.ownership,
+        "inFlight": st.in_flight,
+        "queued": st.queued,
+        "concurrencyLimit": st.concurrency_limit,
+        "draining": ready.draining,
     }))
 }
 
 /// Asks the balancer to move partitions: all of this node's, one conversation's, or a list.
-pub async fn migrate(State(state): State<AppState>, Body(body): Body) -> Result<Json<Value>, AppError> {
-    let s = &state.0;
-    let req = parse_migrate(&body)?;
-    if !s.config.dynamic() {
+pub async fn migrate<S: ChatService>(
+    State(s): State<Arc<S>>,
+    Body(body): Body,
+) -> Result<Json<Value>, AppError> {
+    let request = plan_migration(&*s, &body)?;
+    s.request_migration(request.clone())
+        .await
+        .map_err(|e| AppError::Unavailable(format!("Kafka did not accept the request: {e}")))?;
+    let per = s.handoff_estimate().unwrap_or(s.settings().handoff_grace);
+    Ok(Json(json!({
+        "message": "Migration started",
+        "requestId": request.id,
+        "sourceNode": request.source,
+        "targetNode": request.target,
+        "partitions": request.partitions,
+        "estimatedTime": format!("{}ms", per.as_millis()),
+    })))
+}
+
+/// The migrate request `body` asks for, or why it cannot be made.
+fn plan_migration<S: ChatService>(s: &S, body: &[u8]) -> Result<MigrateRequest, AppError> {
+    let req = parse_migrate(body)?;
+    if s.settings().ownership != Ownership::Dynamic {
         return Err(AppError::NotImplemented(format!(
             "this worker's partitions are assigned statically (--ownership static); migration to {:?} \
              needs the balancer (--ownership dynamic with meshchat-operator)",
             req.target_node
         )));
     }
-    if s.draining.load(Ordering::Relaxed) {
+    if s.readiness().draining {
         return Err(AppError::Conflict(
             "this node is draining; its partitions are already moving".into(),
         ));
     }
-    let target = match s.mesh.live_report(&req.target_node) {
-        Some(r) => r,
-        None if s
-            .mesh
-            .reports()
-            .iter()
-            .any(|(r, _)| r.worker_id == req.target_node) =>
-        {
+    let target = match s.peer(&req.target_node) {
+        Peer::Alive(r) => r,
+        Peer::Silent => {
             return Err(AppError::Conflict(format!(
                 "targetNode {:?} is not alive (no recent heartbeat)",
                 req.target_node
             )));
         }
-        None => {
+        Peer::Unknown => {
             return Err(FieldError::new("targetNode", format!("unknown node {:?}", req.target_node)).into());
         }
     };
@@ -97,32 +105,38 @@ pub async fn migrate(State(state): State<AppState>, Body(body): Body) -> Result<
             req.target_node
         )));
     }
-    let view = s.ownership.view();
+    let assignment = s.assignment();
+    let total = s.settings().partitions;
     let partitions: Vec<i32> = match (&req.partitions, &req.conversation_id) {
         (Some(ps), _) => {
-            if let Some(bad) = ps.iter().find(|p| **p >= s.partitions) {
+            if let Some(bad) = ps.iter().find(|p| **p >= total) {
                 return Err(FieldError::new(
                     "partitions",
-                    format!("partition {bad} does not exist (0..{})", s.partitions - 1),
+                    format!("partition {bad} does not exist (0..{})", total - 1),
                 )
                 .into());
             }
             ps.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
         }
-        (None, Some(conv)) => vec![partition_for(conv, s.partitions)],
-        (None, None) => view.owned.keys().copied().collect(),
+        (None, Some(conv)) => vec![partition_for(conv, total)],
+        (None, None) => assignment.owned.keys().copied().collect(),
     };
     if partitions.is_empty() {
         return Err(AppError::Conflict("this node owns no partitions to move".into()));
     }
     let owners: BTreeSet<String> = partitions
         .iter()
-        .filter_map(|p| view.owners.get(p).map(|o| o.node_id.clone()))
+        .filter_map(|p| assignment.owners.get(p).map(|o| o.node_id.clone()))
         .collect();
     let moving: Vec<i32> = partitions
         .iter()
         .copied()
-        .filter(|p| view.owners.get(p).is_some_and(|o| o.node_id != req.target_node))
+        .filter(|p| {
+            assignment
+                .owners
+                .get(p)
+                .is_some_and(|o| o.node_id != req.target_node)
+        })
         .collect();
     if moving.is_empty() {
         return Err(AppError::Conflict(format!(
@@ -131,10 +145,10 @@ pub async fn migrate(State(state): State<AppState>, Body(body): Body) -> Result<
         )));
     }
     let busy: Vec<i32> = s
+        .status()
         .held
-        .snapshot()
         .into_iter()
-        .filter(|(p, (_, ph))| moving.contains(p) && *ph != Phase::Live)
+        .filter(|(p, h)| moving.contains(p) && h.phase != Phase::Live)
         .map(|(p, _)| p)
         .collect();
     if !busy.is_empty() {
@@ -142,56 +156,27 @@ pub async fn migrate(State(state): State<AppState>, Body(body): Body) -> Result<
             "a move of partitions {busy:?} is already in flight"
         )));
     }
-    let source = if owners.len() == 1 {
-        owners.iter().next().cloned().unwrap_or_default()
-    } else {
-        owners.iter().cloned().collect::<Vec<_>>().join(",")
-    };
-    let request = MigrateRequest {
+    Ok(MigrateRequest {
         v: SCHEMA_VERSION,
         id: format!("mig-{}", uuid::Uuid::now_v7().simple()),
-        source: source.clone(),
-        target: req.target_node.clone(),
-        partitions: moving.clone(),
+        source: owners.into_iter().collect::<Vec<_>>().join(","),
+        target: req.target_node,
+        partitions: moving,
         timestamp: OffsetDateTime::now_utc(),
-    };
-    let bytes = encode(&MeshEvent::MigrateRequest(request.clone()))
-        .map_err(|e| AppError::Unavailable(format!("could not encode the request: {e}")))?;
-    let p = partition_for("migrate", s.events_partitions);
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        s.producer.send(&s.topics.events, p, "migrate", &bytes),
-    )
-    .await
-    .map_err(|_| AppError::Unavailable("Kafka did not acknowledge the request in time".into()))?
-    .map_err(|e| AppError::Unavailable(format!("Kafka did not accept the request: {e}")))?;
-    let per = s
-        .mesh
-        .handoff_estimate()
-        .unwrap_or(Duration::from_secs_f64(s.config.handoff_grace_secs));
-    Ok(Json(json!({
-        "message": "Migration started",
-        "requestId": request.id,
-        "sourceNode": source,
-        "targetNode": req.target_node,
-        "partitions": moving,
-        "estimatedTime": format!("{}ms", per.as_millis()),
-    })))
+    })
 }
 
 /// The whole mesh as this worker sees it: assignment, workers with load, recent moves.
-pub async fn mesh(State(state): State<AppState>) -> Json<Value> {
-    let s = &state.0;
-    let table = s.mesh.table();
-    let workers: Vec<Value> = s
-        .mesh
-        .reports()
-        .into_iter()
+pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>) -> Json<Value> {
+    let m = s.mesh();
+    let workers: Vec<Value> = m
+        .reports
+        .iter()
         .map(|(r, age)| {
             json!({
                 "id": r.worker_id,
                 "address": r.address,
-                "alive": age <= s.mesh.heartbeat_timeout,
+                "alive": *age <= m.heartbeat_timeout,
                 "lastSeenMs": age.as_millis() as u64,
                 "loadFactor": round3(r.load_factor),
                 "draining": r.draining,
@@ -208,14 +193,15 @@ pub async fn mesh(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     Json(json!({
-        "agent": s.mesh.agent,
-        "ownership": s.config.ownership,
-        "generation": table.as_ref().map_or(0, |t| t.generation),
-        "partitions": table.as_ref().map(|t| t.partitions.iter().map(|a| json!({
+        "agent": m.agent,
+        "ownership": s.settings().ownership,
+        "generation": m.table.as_ref().map_or(0, |t| t.generation),
+        "partitions": m.table.as_ref().map(|t| t.partitions.iter().map(|a| json!({
             "partition": a.partition, "owner": a.owner, "epoch": a.epoch,
         })).collect::<Vec<_>>()).unwrap_or_default(),
+        "heartbeatTimeoutMs": m.heartbeat_timeout.as_millis() as u64,
         "workers": workers,
-        "recentMoves": s.mesh.recent_moves(),
+        "recentMoves": m.recent_moves,
     }))
 }
 

@@ -12,14 +12,17 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
+use std::sync::Arc;
+
+use meshchat_wire::PresenceKind;
+
+use super::ChatService;
 use super::error::AppError;
-use crate::state::AppState;
 use crate::validate::{FieldError, check_id};
-use meshchat_crds::{PresenceEvent, PresenceKind, SCHEMA_VERSION, encode, partition_for};
 
 /// Upgrades to a WebSocket that receives the conversation's live events as JSON text frames.
-pub async fn websocket(
-    State(state): State<AppState>,
+pub async fn websocket<S: ChatService>(
+    State(state): State<Arc<S>>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
@@ -33,7 +36,7 @@ pub async fn websocket(
     let ws =
         ws.map_err(|e| FieldError::new("upgrade", format!("not a WebSocket handshake: {}", e.body_text())))?;
     // subscribe before the upgrade completes, so nothing sent after the 101 is missed
-    let rx = state.0.hub.subscribe(&conversation);
+    let rx = state.subscribe(&conversation);
     Ok(ws
         .on_upgrade(move |socket| async move {
             let _online = user.map(|u| Online::new(&state, &conversation, u));
@@ -53,54 +56,37 @@ fn optional_user(query: &HashMap<String, String>) -> Result<Option<String>, Fiel
 }
 
 /// Publishes `online` for a user while their live connection lasts, `offline` when it ends.
-struct Online {
-    state: AppState,
+struct Online<S: ChatService> {
+    service: Arc<S>,
     conversation: String,
     user: String,
 }
 
-impl Online {
-    fn new(state: &AppState, conversation: &str, user: String) -> Self {
-        let online = Self {
-            state: state.clone(),
+impl<S: ChatService> Online<S> {
+    fn new(service: &Arc<S>, conversation: &str, user: String) -> Self {
+        service.presence(conversation, &user, PresenceKind::Online);
+        Self {
+            service: service.clone(),
             conversation: conversation.to_string(),
             user,
-        };
-        online.publish(PresenceKind::Online);
-        online
-    }
-
-    fn publish(&self, kind: PresenceKind) {
-        let s = &self.state.0;
-        let event = PresenceEvent {
-            v: SCHEMA_VERSION,
-            conversation_id: self.conversation.clone(),
-            user_id: self.user.clone(),
-            kind,
-            timestamp: time::OffsetDateTime::now_utc(),
-            node: s.config.node_id.clone(),
-        };
-        if let Ok(bytes) = encode(&event) {
-            let p = partition_for(&self.conversation, s.partitions);
-            s.producer
-                .send_nowait(&s.topics.users, p, &self.conversation, &bytes);
         }
     }
 }
 
-impl Drop for Online {
+impl<S: ChatService> Drop for Online<S> {
     fn drop(&mut self) {
-        self.publish(PresenceKind::Offline);
+        self.service
+            .presence(&self.conversation, &self.user, PresenceKind::Offline);
     }
 }
 
-async fn serve_socket(
-    state: AppState,
+async fn serve_socket<S: ChatService>(
+    state: Arc<S>,
     socket: WebSocket,
-    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::view::LiveEvent>>,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<crate::view::LiveEvent>>,
 ) {
     let (mut tx, mut incoming) = socket.split();
-    let shutdown = state.0.shutdown.clone();
+    let shutdown = state.closing();
     let mut send = tokio::spawn(async move {
         loop {
             let event = tokio::select! {
@@ -133,16 +119,16 @@ async fn serve_socket(
 }
 
 /// Server-sent events of a conversation; the event name is the event's `type`.
-pub async fn sse(
-    State(state): State<AppState>,
+pub async fn sse<S: ChatService>(
+    State(state): State<Arc<S>>,
     Path(id): Path<String>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     check_id("id", &id)?;
     let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
     let user = optional_user(&query)?;
-    let mut rx = state.0.hub.subscribe(&id);
-    let shutdown = state.0.shutdown.clone();
+    let mut rx = state.subscribe(&id);
+    let shutdown = state.closing();
     let online = user.map(|u| Online::new(&state, &id, u));
     let stream = async_stream(move |yield_| async move {
         let _online = online;

@@ -7,8 +7,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use meshchat_crds::{ChatRecord, ReplyChunk};
+use meshchat_wire::{ChatRecord, ReplyChunk};
 
+use crate::ownership::{Epoch, Verdict, verdict, void};
 use crate::view::{LiveEvent, MessageView};
 
 const FINISHED_MEMORY: usize = 128;
@@ -46,9 +47,21 @@ impl Sequencer {
         }
     }
 
-    /// A record of `chat.messages` at `offset`.
-    pub fn on_message(&mut self, offset: i64, record: ChatRecord, now: Instant) -> Vec<LiveEvent> {
+    /// A record of `chat.messages` at `offset`, read where its partition's latest fence is
+    /// `fence`. A void or duplicate reply is never shown.
+    pub fn on_message(
+        &mut self,
+        offset: i64,
+        record: ChatRecord,
+        fence: Epoch,
+        now: Instant,
+    ) -> Vec<LiveEvent> {
         let mut out = Vec::new();
+        if let ChatRecord::AgentReply(r) = &record
+            && verdict(fence, r.epoch, &r.in_reply_to, |id| self.answered(id)) != Verdict::Counts
+        {
+            return out;
+        }
         if let Some((_, queue)) = &mut self.blocked {
             queue.push_back((offset, record));
             return out;
@@ -58,10 +71,20 @@ impl Sequencer {
     }
 
     /// A chunk of `chat.stream`; `messages_pos` is the reader's next offset on the
-    /// conversation's `chat.messages` partition (so whether the chunk's message was read).
-    pub fn on_chunk(&mut self, chunk: ReplyChunk, messages_pos: i64, now: Instant) -> Vec<LiveEvent> {
+    /// conversation's `chat.messages` partition (so whether the chunk's message was read), and
+    /// `fence` that partition's latest fence.
+    pub fn on_chunk(
+        &mut self,
+        chunk: ReplyChunk,
+        messages_pos: i64,
+        fence: Epoch,
+        now: Instant,
+    ) -> Vec<LiveEvent> {
         let mut out = Vec::new();
-        if self.finished.contains(&chunk.reply_id) || self.finished.contains(&chunk.in_reply_to) {
+        if void(fence, chunk.epoch)
+            || self.finished.contains(&chunk.reply_id)
+            || self.finished.contains(&chunk.in_reply_to)
+        {
             return out;
         }
         let message_emitted = chunk.user_offset < messages_pos && !self.is_queued(chunk.user_offset);
@@ -86,6 +109,15 @@ impl Sequencer {
         self.blocked.is_some()
     }
 
+    /// Whether `message` has a reply shown or waiting to be shown.
+    fn answered(&self, message: &str) -> bool {
+        self.finished.iter().any(|f| f == message)
+            || self.blocked.as_ref().is_some_and(|(_, q)| {
+                q.iter()
+                    .any(|(_, r)| matches!(r, ChatRecord::AgentReply(r) if r.in_reply_to == message))
+            })
+    }
+
     fn is_queued(&self, offset: i64) -> bool {
         self.blocked
             .as_ref()
@@ -107,9 +139,6 @@ impl Sequencer {
                 }
             }
             ChatRecord::EpochFence(_) => {}
-            ChatRecord::AgentReply(ref r) if self.finished.contains(&r.in_reply_to) => {
-                // a second reply to the same message (a duplicate): never shown
-            }
             ChatRecord::AgentReply(ref r) => {
                 let complete = r.chunks == 0
                     || self

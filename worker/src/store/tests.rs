@@ -1,5 +1,5 @@
 use super::*;
-use meshchat_crds::AgentReply;
+use meshchat_wire::AgentReply;
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -74,8 +74,8 @@ fn context_turns_skip_error_replies_and_later_messages() {
     c.apply(0, user("m1", "u"), 3, 100, 0);
     let mut err = reply("m1");
     if let ChatRecord::AgentReply(r) = &mut err {
-        r.error = Some(meshchat_crds::ReplyError {
-            kind: meshchat_crds::ReplyErrorKind::Timeout,
+        r.error = Some(meshchat_wire::ReplyError {
+            kind: meshchat_wire::ReplyErrorKind::Timeout,
             message: "t".into(),
             attempts: 3,
         });
@@ -138,7 +138,7 @@ proptest! {
 }
 
 fn fence(epoch: u64) -> ChatRecord {
-    ChatRecord::EpochFence(meshchat_crds::EpochFence {
+    ChatRecord::EpochFence(meshchat_wire::EpochFence {
         v: 1,
         partition: 0,
         epoch,

@@ -1,5 +1,5 @@
 use super::*;
-use meshchat_crds::{AgentReply, UserMessage};
+use meshchat_wire::{AgentReply, UserMessage};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -90,25 +90,25 @@ fn expected(chunks: &[u32]) -> Vec<String> {
 fn chunk_before_its_message_waits() {
     let now = Instant::now();
     let mut s = Sequencer::new(Duration::from_millis(500));
-    assert!(s.on_chunk(chunk(0, 0, 0), 0, now).is_empty());
-    assert_eq!(trace(&s.on_message(0, user(0), now)), ["M0", "T0.0"]);
+    assert!(s.on_chunk(chunk(0, 0, 0), 0, 0, now).is_empty());
+    assert_eq!(trace(&s.on_message(0, user(0), 0, now)), ["M0", "T0.0"]);
 }
 
 #[test]
 fn reply_before_its_chunks_waits_then_times_out() {
     let now = Instant::now();
     let mut s = Sequencer::new(Duration::from_millis(500));
-    s.on_message(0, user(0), now);
-    assert!(s.on_message(1, reply(0, 2), now).is_empty());
+    s.on_message(0, user(0), 0, now);
+    assert!(s.on_message(1, reply(0, 2), 0, now).is_empty());
     assert!(
-        s.on_message(2, user(1), now).is_empty(),
+        s.on_message(2, user(1), 0, now).is_empty(),
         "queued behind the held reply"
     );
-    assert_eq!(trace(&s.on_chunk(chunk(0, 0, 0), 3, now)), ["T0.0"]);
+    assert_eq!(trace(&s.on_chunk(chunk(0, 0, 0), 3, 0, now)), ["T0.0"]);
     assert!(s.on_tick(now + Duration::from_millis(100)).is_empty());
     assert_eq!(trace(&s.on_tick(now + Duration::from_millis(600))), ["R0", "M1"]);
     assert!(
-        s.on_chunk(chunk(0, 0, 1), 3, now).is_empty(),
+        s.on_chunk(chunk(0, 0, 1), 3, 0, now).is_empty(),
         "late chunk of a finished reply is dropped"
     );
 }
@@ -127,12 +127,12 @@ proptest! {
             let take_log = si >= stream.len() || (li < log.len() && picks.next().unwrap_or(true));
             if take_log {
                 let (o, r) = log[li].clone();
-                out.extend(s.on_message(o, r, now));
+                out.extend(s.on_message(o, r, 0, now));
                 li += 1;
             } else {
                 // the reader's position on chat.messages is the next log offset it will read
                 let pos = log.get(li).map_or(log.len() as i64, |(o, _)| *o);
-                out.extend(s.on_chunk(stream[si].clone(), pos, now));
+                out.extend(s.on_chunk(stream[si].clone(), pos, 0, now));
                 si += 1;
             }
         }
@@ -145,15 +145,32 @@ proptest! {
 fn a_second_reply_to_a_message_is_never_shown() {
     let now = Instant::now();
     let mut s = Sequencer::new(Duration::from_millis(500));
-    s.on_message(0, user(0), now);
-    assert_eq!(trace(&s.on_message(1, reply(0, 0), now)), ["R0"]);
+    s.on_message(0, user(0), 0, now);
+    assert_eq!(trace(&s.on_message(1, reply(0, 0), 0, now)), ["R0"]);
     let mut dup = reply(0, 0);
     if let ChatRecord::AgentReply(r) = &mut dup {
         r.id = "r0-dup".into();
     }
-    assert!(s.on_message(2, dup, now).is_empty());
+    assert!(s.on_message(2, dup, 0, now).is_empty());
     assert!(
-        s.on_chunk(chunk(0, 0, 0), 3, now).is_empty(),
+        s.on_chunk(chunk(0, 0, 0), 3, 0, now).is_empty(),
         "chunks of an answered message are dropped"
     );
+}
+
+#[test]
+fn a_zombie_reply_and_its_chunks_behind_a_newer_fence_are_never_shown() {
+    let now = Instant::now();
+    let mut s = Sequencer::new(Duration::from_millis(500));
+    assert_eq!(trace(&s.on_message(0, user(0), 2, now)), ["M0"]);
+    // written under epoch 1, read after a fence of epoch 2: void
+    assert!(s.on_chunk(chunk(0, 0, 0), 1, 2, now).is_empty());
+    assert!(s.on_message(1, reply(0, 1), 2, now).is_empty());
+    // the new owner's reply (epoch 2) counts, and is not a duplicate of the void one
+    let mut real = reply(0, 0);
+    if let ChatRecord::AgentReply(r) = &mut real {
+        r.id = "r0-new".into();
+        r.epoch = 2;
+    }
+    assert_eq!(trace(&s.on_message(2, real, 2, now)), ["R0-new"]);
 }

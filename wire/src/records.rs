@@ -424,7 +424,7 @@ pub struct HandoffEvent {
     /// New owner.
     pub to: String,
     /// What happened.
-    pub step: String,
+    pub step: HandoffStep,
     /// `chat.messages` offset committed by the releasing side.
     #[serde(default)]
     pub committed_offset: Option<i64>,
@@ -434,6 +434,105 @@ pub struct HandoffEvent {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,
+}
+
+/// A step of a handoff, as `chat.events` spells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandoffStep {
+    /// The balancer gave the partition a new owner (`assigned:<reason>`).
+    Assigned(AssignReason),
+    /// The old owner stopped starting answers for it and lets in-flight ones finish.
+    Releasing,
+    /// The old owner snapshotted and committed it and let it go (`committedOffset` set).
+    Released,
+    /// The new owner replayed it and answers (`replayed` set).
+    Live,
+    /// A step this build does not know (a newer writer's), kept as written.
+    Other(String),
+}
+
+/// Why the balancer moved a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AssignReason {
+    /// It had no owner yet.
+    Unassigned,
+    /// Its owner stopped heartbeating.
+    Failover,
+    /// Its owner is draining.
+    Drain,
+    /// Load balancing.
+    Balance,
+    /// Partition-count balancing of a quiet mesh.
+    Spread,
+    /// Emptying an under-loaded worker.
+    Consolidate,
+    /// A client asked for it (`POST /api/agent/migrate`).
+    Requested,
+}
+
+impl AssignReason {
+    /// Every reason, for parsing and tests.
+    pub const ALL: [AssignReason; 7] = [
+        Self::Unassigned,
+        Self::Failover,
+        Self::Drain,
+        Self::Balance,
+        Self::Spread,
+        Self::Consolidate,
+        Self::Requested,
+    ];
+
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unassigned => "unassigned",
+            Self::Failover => "failover",
+            Self::Drain => "drain",
+            Self::Balance => "balance",
+            Self::Spread => "spread",
+            Self::Consolidate => "consolidate",
+            Self::Requested => "requested",
+        }
+    }
+}
+
+impl std::fmt::Display for HandoffStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Assigned(r) => write!(f, "assigned:{}", r.as_str()),
+            Self::Releasing => f.write_str("releasing"),
+            Self::Released => f.write_str("released"),
+            Self::Live => f.write_str("live"),
+            Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<&str> for HandoffStep {
+    fn from(s: &str) -> Self {
+        match s {
+            "releasing" => Self::Releasing,
+            "released" => Self::Released,
+            "live" => Self::Live,
+            other => other
+                .strip_prefix("assigned:")
+                .and_then(|r| AssignReason::ALL.into_iter().find(|a| a.as_str() == r))
+                .map_or_else(|| Self::Other(other.to_string()), Self::Assigned),
+        }
+    }
+}
+
+impl Serialize for HandoffStep {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HandoffStep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Self::from(s.as_ref()))
+    }
 }
 
 /// A lifecycle or operational event.
@@ -456,7 +555,7 @@ pub struct SystemEvent {
 }
 
 /// Who owns which partition, on compacted `chat.assignments` (key = ChatAgent name).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AssignmentTable {
     /// Schema version.
@@ -470,6 +569,31 @@ pub struct AssignmentTable {
     pub partitions: Vec<PartitionAssignment>,
     /// Known workers by id.
     pub workers: BTreeMap<String, WorkerInfo>,
+    /// Milliseconds without a heartbeat after which the balancer declares a worker dead. A
+    /// worker's heartbeat lease lapses before it (so a worker cut off stops writing first): the
+    /// one setting both sides read.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// The balancer's heartbeat timeout when a table does not say (tables written before it did).
+pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = 5_000;
+
+fn default_heartbeat_timeout_ms() -> u64 {
+    DEFAULT_HEARTBEAT_TIMEOUT_MS
+}
+
+impl Default for AssignmentTable {
+    fn default() -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            agent: String::new(),
+            generation: 0,
+            partitions: Vec::new(),
+            workers: BTreeMap::new(),
+            heartbeat_timeout_ms: DEFAULT_HEARTBEAT_TIMEOUT_MS,
+        }
+    }
 }
 
 impl Record for AssignmentTable {

@@ -1,4 +1,4 @@
-use super::{commit_metadata, fence_of_commit};
+use super::{TailFetch, commit_metadata, fence_of_commit, parse_properties, tail_consumer};
 
 #[test]
 fn commit_metadata_round_trips_and_tolerates_foreign_commits() {
@@ -29,4 +29,30 @@ fn reading_starts_at_the_commit_and_its_fence_or_at_the_log_start() {
     // never committed
     assert_eq!(commit_start(&tpl, "m", 2, 0), (0, 0));
     assert_eq!(commit_start(&tpl, "m", 7, 0), (0, 0));
+}
+
+#[test]
+fn properties_parse_as_pairs_and_bad_items_are_named() {
+    assert_eq!(
+        parse_properties(" security.protocol=SASL_SSL, sasl.mechanism = PLAIN ,"),
+        Ok(vec![
+            ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ("sasl.mechanism".to_string(), "PLAIN".to_string())
+        ])
+    );
+    assert_eq!(parse_properties(""), Ok(vec![]));
+    let err = parse_properties("a=1,oops").expect_err("no =");
+    assert!(err.contains("oops"), "{err}");
+}
+
+#[test]
+fn tail_consumers_long_poll_unless_batching() {
+    let base = rdkafka::ClientConfig::new();
+    let poll = tail_consumer(&base, "g", TailFetch::from_batch_ms(0));
+    assert_eq!(poll.get("fetch.wait.max.ms"), Some("500"));
+    assert_eq!(poll.get("fetch.min.bytes"), None);
+    assert_eq!(poll.get("enable.auto.commit"), Some("false"));
+    let batch = tail_consumer(&base, "g", TailFetch::from_batch_ms(7));
+    assert_eq!(batch.get("fetch.wait.max.ms"), Some("7"));
+    assert_eq!(batch.get("fetch.min.bytes"), Some("1048576"));
 }

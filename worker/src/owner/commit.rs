@@ -1,29 +1,30 @@
-//! Snapshots, offset commits, lag, and the final drain.
+//! Snapshots, offset commits and lag.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshchat_crds::{encode, partition_for};
+use meshchat_wire::encode;
+use meshchat_wire::kafka::{KafkaError, commit_metadata};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{OwnerLoop, Run};
-use crate::kafka::{KafkaError, commit_metadata};
+use super::Owner;
 use crate::metrics::PartitionLabel;
+use crate::ownership::{Epoch, Partition};
 
-// === impl OwnerLoop ===
+// === impl Owner ===
 
-impl OwnerLoop {
+impl Owner {
     /// Writes snapshots of changed conversations of the partitions in `positions`, then
-    /// commits those positions (everything before them is in the snapshots). Periodic rounds
-    /// commit asynchronously; releases and the final drain wait for the broker (off the
-    /// runtime's worker threads, so HTTP keeps being served meanwhile).
+    /// commits those positions (everything before them is in the snapshots). With `wait`
+    /// (releases and the final round) the commit waits for the broker, off the runtime's worker
+    /// threads so HTTP keeps being served meanwhile.
     pub(super) async fn snapshot_and_commit(
         &self,
         consumer: &StreamConsumer,
-        positions: &BTreeMap<i32, i64>,
-        mode: CommitMode,
+        positions: &BTreeMap<Partition, (i64, Epoch)>,
+        wait: bool,
     ) -> Result<(), KafkaError> {
         if positions.is_empty() {
             return Ok(());
@@ -33,25 +34,29 @@ impl OwnerLoop {
             tracing::warn!("heartbeat lease lapsed; skipping this snapshot round");
             return Ok(());
         }
-        let epoch_of = |p: i32| self.held.get(p).map_or(0, |(e, _)| e);
-        let (snapshots, fences): (Vec<_>, BTreeMap<i32, u64>) = {
+        let partitions = self.log.partitions();
+        let (snapshots, fences): (Vec<_>, BTreeMap<Partition, Epoch>) = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
             let fences = positions.keys().map(|p| (*p, store.fence(*p))).collect();
             let snapshots = store
                 .iter_mut()
-                .filter(|c| c.dirty && positions.contains_key(&partition_for(&c.id, self.partitions)))
-                .map(|c| {
-                    c.dirty = false;
-                    c.to_snapshot(epoch_of(partition_for(&c.id, self.partitions)))
+                .filter_map(|c| {
+                    let (_, epoch) = positions.get(&meshchat_wire::partition_for(&c.id, partitions))?;
+                    c.dirty.then(|| {
+                        c.dirty = false;
+                        c.to_snapshot(*epoch)
+                    })
                 })
                 .collect();
             (snapshots, fences)
         };
+        let topics = self.log.topics();
         let sends = snapshots.iter().map(|s| async {
             let bytes = encode(s)?;
-            let p = partition_for(&s.conversation_id, self.partitions);
-            self.producer
-                .send(&self.topics.conversations, p, &s.conversation_id, &bytes)
+            let p = meshchat_wire::partition_for(&s.conversation_id, partitions);
+            self.log
+                .producer()
+                .send(&topics.conversations, p, &s.conversation_id, &bytes)
                 .await
         });
         let results = futures::future::join_all(sends).await;
@@ -65,14 +70,15 @@ impl OwnerLoop {
             return Err(e);
         }
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in positions {
-            let mut e = tpl.add_partition(&self.topics.messages, *p);
+        for (p, (o, _)) in positions {
+            let mut e = tpl.add_partition(&topics.messages, *p);
             e.set_offset(Offset::Offset(*o))?;
             e.set_metadata(commit_metadata(fences.get(p).copied().unwrap_or(0)));
         }
-        match mode {
-            CommitMode::Sync => tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?,
-            CommitMode::Async => consumer.commit(&tpl, CommitMode::Async)?,
+        if wait {
+            tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
+        } else {
+            consumer.commit(&tpl, CommitMode::Async)?;
         }
         Ok(())
     }
@@ -83,12 +89,16 @@ impl OwnerLoop {
     /// ("offsets for time" latest); a watermark query per partition would send two requests
     /// each. librdkafka fails the whole call on any partition's error: that round reports
     /// nothing and the gauges keep their last values.
-    pub(super) fn report_lag(&self, reader: &Arc<BaseConsumer>, positions: &BTreeMap<i32, i64>) {
+    pub(super) fn report_lag(&self, reader: &Arc<BaseConsumer>, positions: &BTreeMap<Partition, i64>) {
         if positions.is_empty() {
             return;
         }
         let positions = positions.clone();
-        let (reader, topic, metrics) = (reader.clone(), self.topics.messages.clone(), self.metrics.clone());
+        let (reader, topic, metrics) = (
+            reader.clone(),
+            self.log.topics().messages.clone(),
+            self.metrics.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let mut latest = TopicPartitionList::new();
             for p in positions.keys() {
@@ -110,36 +120,6 @@ impl OwnerLoop {
                     .set(lag);
             }
         });
-    }
-
-    /// Shutdown: no new answers, grace for in-flight ones, then snapshots and a final commit.
-    pub(super) async fn drain(&self, consumer: &StreamConsumer, mut run: Run) -> Result<(), KafkaError> {
-        tracing::info!(
-            in_flight = run.tasks.len(),
-            "draining: no new answers; finishing in-flight ones"
-        );
-        self.answerer.stop_new.cancel();
-        let finished = tokio::time::timeout(self.grace, async {
-            while run.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
-            tracing::warn!(
-                left = run.tasks.len(),
-                "grace period over; leaving unfinished answers to the next owner"
-            );
-            self.answerer.abandon.cancel();
-            while run.tasks.join_next().await.is_some() {}
-        }
-        let positions: BTreeMap<i32, i64> = run
-            .parts
-            .iter()
-            .filter_map(|(p, part)| part.position.map(|o| (*p, o)))
-            .collect();
-        self.snapshot_and_commit(consumer, &positions, CommitMode::Sync)
-            .await?;
-        tracing::info!("owner loop drained: snapshots written, offsets committed");
-        Ok(())
     }
 }
 

@@ -1,30 +1,28 @@
 //! Answers one user message: waits for an LLM slot, streams the reply's tokens to
-//! `chat.stream`, and writes the final reply (or an explicit error reply) to `chat.messages`.
+//! `chat.stream`, and writes the final reply (or an explicit error reply) to `chat.messages`,
+//! only while this worker may still write for the partition.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use meshchat_crds::{
-    AgentReply, ChatRecord, ReplyChunk, ReplyError, SCHEMA_VERSION, Topics, UserMessage, encode,
-};
+use meshchat_wire::{AgentReply, ChatRecord, ReplyChunk, ReplyError, SCHEMA_VERSION, UserMessage, encode};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Turn;
-use crate::held::{Held, Phase};
-use crate::kafka::Producer;
 use crate::llm::Llm;
 use crate::load::Load;
-use crate::mesh::PartitionStats;
+use crate::log::Log;
 use crate::metrics::{KindLabel, Metrics, OutcomeLabel};
+use crate::ownership::{Epoch, HeartbeatLease, Held, Partition, Phase};
+use crate::tokenizer::Tokenizer;
 
 /// One message to answer.
 #[derive(Debug)]
 pub struct Job {
     /// Partition of the conversation.
-    pub partition: i32,
+    pub partition: Partition,
     /// Offset of the user message.
     pub user_offset: i64,
     /// The message.
@@ -32,105 +30,97 @@ pub struct Job {
     /// Trimmed context, system prompt first, the message last.
     pub context: Vec<Turn>,
     /// Ownership epoch the answer is produced under.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Cancelled when the partition's release grace ends.
     pub cancel: CancellationToken,
 }
 
-/// Everything an answer needs; shared by all answer tasks.
-pub struct Answerer {
-    /// LLM client.
-    pub llm: Llm,
-    /// Producer.
-    pub producer: Producer,
-    /// Topic names.
-    pub topics: Topics,
+/// Who answers: the worker's id and the replies' sender name.
+#[derive(Clone, Debug)]
+pub struct AnswerSettings {
     /// This worker.
     pub node_id: String,
-    /// Agent name on replies.
+    /// Sender of replies.
     pub agent_name: String,
-    /// LLM concurrency limit.
-    pub slots: Arc<Semaphore>,
-    /// Load counters.
-    pub load: Arc<Load>,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Counts completion tokens.
-    pub tokenizer: crate::tokenizer::Tokenizer,
+}
+
+/// Everything an answer needs; shared by all answer tasks.
+pub struct Answerer {
+    settings: AnswerSettings,
+    llm: Llm,
+    log: Arc<Log>,
+    slots: Semaphore,
+    load: Arc<Load>,
+    metrics: Metrics,
+    tokenizer: Tokenizer,
     /// Set on shutdown: answers not yet started are left for the next owner.
-    pub stop_new: CancellationToken,
+    stop_new: CancellationToken,
     /// Set when the shutdown grace ends: in-flight answers are abandoned, unanswered.
-    pub abandon: CancellationToken,
-    /// What this worker holds: answers are produced only while it holds the partition.
-    pub held: Arc<Held>,
-    /// This worker's heartbeat lease.
-    pub lease: Arc<crate::lease::Lease>,
-    /// Per-partition counters.
-    pub stats: Arc<PartitionStats>,
-}
-
-/// Counts a job as in flight for its partition until dropped.
-struct PartitionJob<'a> {
-    stats: &'a PartitionStats,
-    partition: i32,
-}
-
-impl<'a> PartitionJob<'a> {
-    fn new(stats: &'a PartitionStats, partition: i32) -> Self {
-        stats.in_flight(partition, 1);
-        Self { stats, partition }
-    }
-}
-
-impl Drop for PartitionJob<'_> {
-    fn drop(&mut self) {
-        self.stats.in_flight(self.partition, -1);
-    }
-}
-
-/// Decrements a gauge and counter pair when dropped.
-struct Track<'a> {
-    counter: &'a std::sync::atomic::AtomicU32,
-    gauge: &'a prometheus_client::metrics::gauge::Gauge,
-}
-
-impl<'a> Track<'a> {
-    fn new(
-        counter: &'a std::sync::atomic::AtomicU32,
-        gauge: &'a prometheus_client::metrics::gauge::Gauge,
-    ) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        gauge.inc();
-        Self { counter, gauge }
-    }
-}
-
-impl Drop for Track<'_> {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.dec();
-    }
+    abandon: CancellationToken,
+    held: Held,
+    lease: Arc<HeartbeatLease>,
 }
 
 // === impl Answerer ===
 
 impl Answerer {
-    /// Answers `job`. Returns whether a reply was written (false only on shutdown).
-    pub async fn answer(self: Arc<Self>, job: Job) -> bool {
-        let _job = PartitionJob::new(&self.stats, job.partition);
+    /// An answerer with `concurrency` LLM slots.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: AnswerSettings,
+        llm: Llm,
+        concurrency: u32,
+        log: Arc<Log>,
+        load: Arc<Load>,
+        metrics: Metrics,
+        tokenizer: Tokenizer,
+        held: Held,
+        lease: Arc<HeartbeatLease>,
+    ) -> Self {
+        Self {
+            settings,
+            llm,
+            log,
+            slots: Semaphore::new(concurrency as usize),
+            load,
+            metrics,
+            tokenizer,
+            stop_new: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            held,
+            lease,
+        }
+    }
+
+    /// Shutdown: answers not started yet are left for the next owner.
+    pub fn stop_new(&self) {
+        self.stop_new.cancel();
+    }
+
+    /// The shutdown grace ended: in-flight answers are abandoned.
+    pub fn abandon(&self) {
+        self.abandon.cancel();
+    }
+
+    /// Answers `job`. Returns whether a reply was written.
+    pub async fn answer(&self, job: Job) -> bool {
         let permit = {
-            let _queued = Track::new(&self.load.queued, &self.metrics.llm_queued);
+            let _queued = self.load.queued();
             tokio::select! {
-                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+                p = self.slots.acquire() => match p { Ok(p) => p, Err(_) => return false },
                 () = self.stop_new.cancelled() => return false,
                 () = job.cancel.cancelled() => return false,
             }
         };
         // a partition being handed away starts nothing new
-        if self.held.get(job.partition) != Some((job.epoch, Phase::Live)) {
+        if self
+            .held
+            .get(job.partition)
+            .is_none_or(|h| h.epoch != job.epoch || h.phase != Phase::Live)
+        {
             return false;
         }
-        let _in_flight = Track::new(&self.load.in_flight, &self.metrics.llm_in_flight);
+        let _running = self.load.running();
         let reply_id = format!("rep-{}", uuid::Uuid::now_v7().simple());
         let prompt_tokens: u32 = job.context.iter().map(|t| t.tokens).sum();
         let started = std::time::Instant::now();
@@ -178,25 +168,26 @@ impl Answerer {
             id: reply_id,
             conversation_id: job.message.conversation_id.clone(),
             in_reply_to: job.message.id.clone(),
-            sender: self.agent_name.clone(),
+            sender: self.settings.agent_name.clone(),
             content,
             timestamp: now,
-            node: self.node_id.clone(),
+            node: self.settings.node_id.clone(),
             epoch: job.epoch,
             error: error.clone(),
             completion_tokens,
             attempt,
             chunks,
         });
-        // produce only while this worker still holds the partition at the job's epoch, and
-        // its lease (it may have been declared dead while paused)
-        if !self.held.holds_at(job.partition, job.epoch)
+        // produce only while this worker may still write for the partition at the job's epoch
+        // (not abandoned, not fenced), and holds its lease (it may have been declared dead
+        // while paused)
+        if !self.held.may_write(job.partition, job.epoch)
             || !self.lease.holds_now()
             || !self.write_reply(&job, &reply).await
         {
             return false;
         }
-        self.stats.tokens(job.partition, u64::from(completion_tokens));
+        self.load.tokens(job.partition, u64::from(completion_tokens));
         let outcome = if error.is_some() { "error" } else { "ok" };
         self.metrics
             .replies
@@ -226,14 +217,16 @@ impl Answerer {
             attempt,
             seq,
             delta: delta.to_string(),
-            node: self.node_id.clone(),
+            node: self.settings.node_id.clone(),
             epoch: job.epoch,
         };
         match encode(&chunk) {
-            Ok(bytes) => {
-                self.producer
-                    .send_nowait(&self.topics.stream, job.partition, &chunk.conversation_id, &bytes)
-            }
+            Ok(bytes) => self.log.producer().send_nowait(
+                &self.log.topics().stream,
+                job.partition,
+                &chunk.conversation_id,
+                &bytes,
+            ),
             Err(e) => tracing::warn!(error = %e, "could not encode chunk"),
         }
     }
@@ -249,8 +242,8 @@ impl Answerer {
         };
         let mut delay = Duration::from_millis(100);
         loop {
-            let send = self.producer.send(
-                &self.topics.messages,
+            let send = self.log.producer().send(
+                &self.log.topics().messages,
                 job.partition,
                 &job.message.conversation_id,
                 &bytes,

@@ -117,3 +117,56 @@ proptest! {
         prop_assert_eq!(back, ev);
     }
 }
+
+#[test]
+fn handoff_steps_keep_their_wire_names() {
+    let names = [
+        (HandoffStep::Releasing, "releasing"),
+        (HandoffStep::Released, "released"),
+        (HandoffStep::Live, "live"),
+        (HandoffStep::Assigned(AssignReason::Failover), "assigned:failover"),
+        (
+            HandoffStep::Assigned(AssignReason::Unassigned),
+            "assigned:unassigned",
+        ),
+        (
+            HandoffStep::Assigned(AssignReason::Requested),
+            "assigned:requested",
+        ),
+    ];
+    for (step, name) in names {
+        assert_eq!(serde_json::to_value(&step).expect("json"), name);
+        assert_eq!(
+            serde_json::from_value::<HandoffStep>(name.into()).expect("parse"),
+            step
+        );
+    }
+    for reason in AssignReason::ALL {
+        let step = HandoffStep::Assigned(reason);
+        assert_eq!(HandoffStep::from(step.to_string().as_str()), step);
+    }
+    // a newer writer's step is kept, not refused
+    let other: HandoffStep = serde_json::from_value("paused".into()).expect("parse");
+    assert_eq!(other, HandoffStep::Other("paused".into()));
+    assert_eq!(serde_json::to_value(&other).expect("json"), "paused");
+}
+
+#[test]
+fn a_table_without_a_heartbeat_timeout_reads_the_default() {
+    let raw = br#"{"agent":"a","generation":2,"partitions":[],"workers":{}}"#;
+    let t = decode::<AssignmentTable>(raw).expect("decode");
+    assert_eq!(t.heartbeat_timeout_ms, DEFAULT_HEARTBEAT_TIMEOUT_MS);
+    assert_eq!(
+        AssignmentTable::default().heartbeat_timeout_ms,
+        DEFAULT_HEARTBEAT_TIMEOUT_MS
+    );
+    let back: AssignmentTable = decode(
+        &encode(&AssignmentTable {
+            heartbeat_timeout_ms: 1_234,
+            ..AssignmentTable::default()
+        })
+        .expect("encode"),
+    )
+    .expect("decode");
+    assert_eq!(back.heartbeat_timeout_ms, 1_234);
+}

@@ -1,17 +1,17 @@
 //! Reads ranges of a partition directly (blocking consumer on a blocking thread): snapshot
-//! restore and the "read the log" path for conversations this worker does not own.
+//! restore, the "read the log" path for conversations a worker does not own, and the balancer's
+//! start (the latest table, recent events).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use meshchat_crds::{ChatRecord, ConversationSnapshot, Topics, decode, partition_for};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{KafkaError, META_TIMEOUT};
-use crate::store::{Conversation, content_of};
+use super::{KafkaError, META_TIMEOUT, group, range_reader};
+use crate::{AssignmentTable, ConversationSnapshot, decode};
 
 /// One record read from a partition.
 pub struct Raw {
@@ -23,16 +23,6 @@ pub struct Raw {
     pub payload: Option<Vec<u8>>,
 }
 
-fn reader(cfg: &ClientConfig) -> Result<BaseConsumer, KafkaError> {
-    Ok(cfg
-        .clone()
-        .set("group.id", "meshchat-logread")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?)
-}
-
 /// Every record of `topic`/`partition` from `from` up to the high watermark at call time,
 /// passed to `each` (blocking; call from a blocking thread).
 pub fn read_partition(
@@ -42,7 +32,13 @@ pub fn read_partition(
     from: i64,
     each: impl FnMut(Raw),
 ) -> Result<(), KafkaError> {
-    read_partition_with(&reader(cfg)?, topic, partition, from, each)
+    read_partition_with(
+        &range_reader(cfg, group::LOG_READ).create()?,
+        topic,
+        partition,
+        from,
+        each,
+    )
 }
 
 /// `read_partition` with a consumer the caller already has (a new client costs a connection
@@ -111,7 +107,7 @@ pub fn restore_snapshots(
 /// Whether snapshot `s`, read after `have`, replaces it: the one covering more of the log wins
 /// (ties: the later). Usually the later one in the topic; but a paused old owner may write a
 /// snapshot after the new owner's, of an older state.
-fn supersedes(s: &ConversationSnapshot, have: Option<&ConversationSnapshot>) -> bool {
+pub fn supersedes(s: &ConversationSnapshot, have: Option<&ConversationSnapshot>) -> bool {
     have.is_none_or(|have| s.last_offset >= have.last_offset)
 }
 
@@ -121,51 +117,47 @@ fn keep_newest(latest: &mut HashMap<String, ConversationSnapshot>, s: Conversati
     }
 }
 
-/// One conversation rebuilt from its latest snapshot and the log after it; `None` when the
-/// log has no record of it.
-pub fn read_conversation(
-    cfg: &ClientConfig,
-    topics: &Topics,
-    partitions: i32,
-    id: &str,
-    history_limit: usize,
-    count: impl Fn(&str) -> u32,
-) -> Result<Option<Conversation>, KafkaError> {
-    let p = partition_for(id, partitions);
-    let mut snapshot = None;
-    read_partition(cfg, &topics.conversations, p, 0, |raw| {
-        if raw.key.as_deref() == Some(id.as_bytes())
-            && let Some(payload) = raw.payload
-            && let Ok(s) = decode::<ConversationSnapshot>(&payload)
-            && supersedes(&s, snapshot.as_ref())
+/// The latest table of `agent` in the compacted assignments topic (partition 0), if any.
+pub fn latest_table(
+    consumer: &BaseConsumer,
+    topic: &str,
+    agent: &str,
+) -> Result<Option<AssignmentTable>, KafkaError> {
+    let mut latest = None;
+    read_partition_with(consumer, topic, 0, 0, |raw| {
+        if raw.key.as_deref() == Some(agent.as_bytes())
+            && let Some(Ok(t)) = raw.payload.as_deref().map(decode::<AssignmentTable>)
         {
-            snapshot = Some(s);
+            latest = Some(t);
         }
     })?;
-    let mut conv = snapshot.map(|s| Conversation::from_snapshot(s, &count));
-    // fences count from the start of the retained log, so scan it all; apply from `from`
-    let from = conv.as_ref().map_or(0, |c| c.last_offset + 1);
-    let mut fence = 0u64;
-    read_partition(cfg, &topics.messages, p, 0, |raw| {
-        let Some(payload) = raw.payload else { return };
-        let ours = raw.key.as_deref() == Some(id.as_bytes());
-        if !ours && raw.key.as_deref() != Some(meshchat_crds::FENCE_KEY.as_bytes()) {
-            return;
-        }
-        match decode::<ChatRecord>(&payload) {
-            Ok(ChatRecord::EpochFence(f)) => fence = fence.max(f.epoch),
-            Ok(record) if ours && raw.offset >= from => {
-                let tokens = count(content_of(&record));
-                conv.get_or_insert_with(|| Conversation::new(id)).apply(
-                    raw.offset,
-                    record,
-                    tokens,
-                    history_limit,
-                    fence,
-                );
-            }
-            _ => {}
-        }
-    })?;
-    Ok(conv)
+    Ok(latest)
+}
+
+/// Offsets of the first records at or after `since_ms` (unix ms) in every partition of `topic`
+/// (the end where nothing is that recent).
+pub fn offsets_since(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    since_ms: u64,
+) -> Result<TopicPartitionList, KafkaError> {
+    let mut query = TopicPartitionList::new();
+    for p in 0..partitions {
+        query.add_partition_offset(
+            topic,
+            p,
+            Offset::Offset(i64::try_from(since_ms).unwrap_or(i64::MAX)),
+        )?;
+    }
+    let found = consumer.offsets_for_times(query, META_TIMEOUT)?;
+    let mut tpl = TopicPartitionList::new();
+    for e in found.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::End,
+        };
+        tpl.add_partition_offset(topic, e.partition(), offset)?;
+    }
+    Ok(tpl)
 }

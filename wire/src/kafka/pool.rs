@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::{KafkaError, META_TIMEOUT};
+use super::{KafkaError, META_TIMEOUT, range_reader};
 
 /// Reusable readers in the worker's consumer group (for committed offsets).
 pub struct ReaderPool {
@@ -21,15 +21,11 @@ pub struct ReaderPool {
 }
 
 impl ReaderPool {
-    /// A pool of readers made from `cfg` (which carries the worker's `group.id`) that keeps
-    /// at most `keep` idle readers.
-    pub fn new(cfg: &ClientConfig, keep: usize) -> Self {
-        let mut cfg = cfg.clone();
-        cfg.set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "10");
+    /// A pool of readers in consumer group `group` (whose commits they read) that keeps at
+    /// most `keep` idle readers.
+    pub fn new(base: &ClientConfig, group: &str, keep: usize) -> Self {
         Self {
-            cfg,
+            cfg: range_reader(base, group),
             free: Mutex::new(Vec::new()),
             keep,
         }
@@ -91,9 +87,8 @@ mod tests {
     fn keeps_at_most_keep_idle_readers() {
         let mut cfg = ClientConfig::new();
         // creating a client does not need its broker
-        cfg.set("bootstrap.servers", "127.0.0.1:9")
-            .set("group.id", "pool-test");
-        let pool = ReaderPool::new(&cfg, 2);
+        cfg.set("bootstrap.servers", "127.0.0.1:9");
+        let pool = ReaderPool::new(&cfg, "pool-test", 2);
         let taken: Vec<BaseConsumer> = (0..4).map(|_| pool.take().expect("client")).collect();
         assert_eq!(pool.idle(), 0);
         for c in taken {

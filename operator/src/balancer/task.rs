@@ -4,17 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
-use meshchat_crds::{
-    AssignmentTable, ChatAgent, HandoffEvent, MeshEvent, SCHEMA_VERSION, Topics, decode, encode,
-    partition_for,
+use anyhow::Context;
+use meshchat_crds::ChatAgent;
+use meshchat_wire::kafka::{self, KafkaError, Producer, TailFetch};
+use meshchat_wire::{
+    HandoffEvent, HandoffStep, MeshEvent, SCHEMA_VERSION, Topics, decode, encode, partition_for,
 };
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use time::OffsetDateTime;
-
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -51,70 +49,6 @@ pub fn policy_of(agent: &ChatAgent) -> (Policy, Timing) {
         heartbeat_timeout_ms: u64::from(r.heartbeat_timeout_seconds) * 1000,
     };
     (policy, timing)
-}
-
-fn partitions_of(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    match md.topics().first() {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
-        _ => bail!("topic {topic} does not exist yet"),
-    }
-}
-
-/// Reads the latest table of `agent` from the compacted topic.
-fn latest_table(
-    consumer: &BaseConsumer,
-    topic: &str,
-    agent: &str,
-) -> anyhow::Result<Option<AssignmentTable>> {
-    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
-    if low >= high {
-        return Ok(None);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(low))?;
-    consumer.assign(&tpl)?;
-    let mut latest = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m?;
-        if m.key() == Some(agent.as_bytes())
-            && let Some(Ok(t)) = m.payload().map(decode::<AssignmentTable>)
-        {
-            latest = Some(t);
-        }
-        if m.offset() + 1 >= high {
-            return Ok(latest);
-        }
-    }
-    bail!("reading {topic} timed out")
-}
-
-/// Offsets of the first records at or after `since_ms` in every partition of `topic` (the end
-/// where nothing is that recent).
-fn recent_offsets(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partitions: i32,
-    since_ms: u64,
-) -> anyhow::Result<TopicPartitionList> {
-    let mut query = TopicPartitionList::new();
-    for p in 0..partitions {
-        query.add_partition_offset(topic, p, Offset::Offset(since_ms as i64))?;
-    }
-    let found = consumer.offsets_for_times(query, Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for e in found.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::End,
-        };
-        tpl.add_partition_offset(topic, e.partition(), offset)?;
-    }
-    Ok(tpl)
 }
 
 /// Everything one balancer needs (from a ChatAgent, plus how to reach Kafka).
@@ -188,22 +122,18 @@ pub async fn run(
         policy,
         timing,
     } = settings;
-    let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", &bootstrap)
-        .set("client.id", "meshchat-balancer");
-    for (k, v) in &client {
-        base.set(k, v);
-    }
-    let meta: Arc<BaseConsumer> = Arc::new(base.clone().set("group.id", "meshchat-balancer-meta").create()?);
+    let base = kafka::client_config(&bootstrap, "meshchat-balancer", &client);
+    let meta: Arc<BaseConsumer> =
+        Arc::new(kafka::range_reader(&base, kafka::group::BALANCER_METADATA).create()?);
     // the workers create the topics; wait for them
     let mut waited = false;
     let (partitions, events) = loop {
         let (m, t) = (meta.clone(), topics.clone());
         let Some(found) = until_stopped(&stop, move || {
             (
-                partitions_of(&m, &t.messages),
-                partitions_of(&m, &t.events),
-                partitions_of(&m, &t.assignments),
+                kafka::topic_partitions(&m, &t.messages),
+                kafka::topic_partitions(&m, &t.events),
+                kafka::topic_partitions(&m, &t.assignments),
             )
         })
         .await?
@@ -214,8 +144,7 @@ pub async fn run(
             (Ok(p), Ok(e), Ok(_)) => break (p, e),
             (m, _, _) => {
                 // a client error means no broker answered; otherwise a topic is missing
-                let reachable =
-                    !matches!(&m, Err(e) if e.downcast_ref::<rdkafka::error::KafkaError>().is_some());
+                let reachable = !matches!(&m, Err(KafkaError::Client(_)));
                 report.send_modify(|r| {
                     r.kafka_reachable = Some(reachable);
                     r.waiting_for_topics = true;
@@ -232,29 +161,20 @@ pub async fn run(
         }
     };
     let (m, t, n) = (meta.clone(), topics.assignments.clone(), name.clone());
-    let Some(table) = until_stopped(&stop, move || latest_table(&m, &t, &n)).await? else {
+    let Some(table) = until_stopped(&stop, move || kafka::latest_table(&m, &t, &n)).await? else {
         return Ok(());
     };
     let table = table?;
-    let producer: FutureProducer = base
-        .clone()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()?;
-    let consumer: StreamConsumer = base
-        .clone()
-        .set("group.id", "meshchat-balancer")
-        .set("enable.auto.commit", "false")
-        // fixed partitions, and a waiting fetch returns as soon as a record arrives: a long
-        // wait costs no latency, a short one an empty fetch every few milliseconds
-        .set("fetch.wait.max.ms", "500")
-        .create()?;
+    let producer = Producer::new(&base)?;
+    // fixed partitions, and a waiting fetch returns as soon as a record arrives
+    let consumer: StreamConsumer =
+        kafka::tail_consumer(&base, kafka::group::BALANCER, TailFetch::LongPoll).create()?;
     // start one heartbeat timeout back: a restarted balancer hears at once every worker that
     // was alive a moment ago, instead of declaring dead those whose heartbeats it missed while
     // it was connecting
     let since = now_ms().saturating_sub(timing.heartbeat_timeout_ms);
     let (m, t) = (meta.clone(), topics.events.clone());
-    let Some(tpl) = until_stopped(&stop, move || recent_offsets(&m, &t, events, since)).await? else {
+    let Some(tpl) = until_stopped(&stop, move || kafka::offsets_since(&m, &t, events, since)).await? else {
         return Ok(());
     };
     let tpl = tpl?;
@@ -274,7 +194,7 @@ pub async fn run(
             () = stop.cancelled() => return stopping(),
             _ = status_tick.tick() => {
                 let (m, t) = (meta.clone(), topics.assignments.clone());
-                let Some(reachable) = until_stopped(&stop, move || partitions_of(&m, &t).is_ok()).await? else {
+                let Some(reachable) = until_stopped(&stop, move || kafka::topic_partitions(&m, &t).is_ok()).await? else {
                     return stopping();
                 };
                 let summary = balancer.summary(now_ms());
@@ -319,25 +239,18 @@ pub async fn run(
 }
 
 async fn publish(
-    producer: &FutureProducer,
+    producer: &Producer,
     topics: &Topics,
     events: i32,
     agent: &str,
     out: &Outcome,
 ) -> anyhow::Result<()> {
     let bytes = encode(&out.table)?;
-    let record = FutureRecord::to(&topics.assignments)
-        .partition(0)
-        .key(agent)
-        .payload(&bytes);
-    producer
-        .send(record, Timeout::After(Duration::from_secs(30)))
-        .await
-        .map_err(|(e, _)| e)?;
+    producer.send(&topics.assignments, 0, agent, &bytes).await?;
     tracing::info!(
         generation = out.table.generation,
         moves = out.moves.len(),
-        detail = ?out.moves.iter().map(|m| format!("p{}:{}->{}({:?})", m.partition, m.from.as_deref().unwrap_or("-"), m.to, m.reason)).collect::<Vec<_>>(),
+        detail = ?out.moves.iter().map(|m| format!("p{}:{}->{}({})", m.partition, m.from.as_deref().unwrap_or("-"), m.to, m.reason.as_str())).collect::<Vec<_>>(),
         "published assignment"
     );
     for m in &out.moves {
@@ -347,18 +260,13 @@ async fn publish(
             epoch: m.epoch,
             from: m.from.clone().unwrap_or_default(),
             to: m.to.clone(),
-            step: format!("assigned:{:?}", m.reason).to_lowercase(),
+            step: HandoffStep::Assigned(m.reason),
             committed_offset: None,
             replayed: None,
             timestamp: OffsetDateTime::now_utc(),
         });
         let key = format!("p{}", m.partition);
-        let bytes = encode(&ev)?;
-        let record = FutureRecord::to(&topics.events)
-            .partition(partition_for(&key, events))
-            .key(&key)
-            .payload(&bytes);
-        let _ = producer.send_result(record);
+        producer.send_nowait(&topics.events, partition_for(&key, events), &key, &encode(&ev)?);
     }
     Ok(())
 }

@@ -1,0 +1,94 @@
+//! Creates MeshChat's topics idempotently and checks their layout.
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{KafkaError, META_TIMEOUT, group, manual_consumer};
+use crate::{Partitioning, Topics};
+
+/// Creates the topics of [`Topics::layout`] that do not exist yet, the per-conversation ones
+/// with `partitions` partitions. An existing `chat.messages` with another count wins and the
+/// co-partitioned topics must match it; returns that count.
+pub async fn ensure_topics(
+    cfg: &ClientConfig,
+    topics: &Topics,
+    partitions: i32,
+    replication: i32,
+) -> Result<i32, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
+    let layout = topics.layout();
+    let new_topics: Vec<NewTopic<'_>> = layout
+        .iter()
+        .map(|spec| {
+            let n = match spec.partitioning {
+                Partitioning::PerConversation => partitions,
+                Partitioning::Fixed(n) => n,
+            };
+            spec.configs.iter().fold(
+                NewTopic::new(&spec.name, n, TopicReplication::Fixed(replication)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(META_TIMEOUT));
+    for result in admin.create_topics(new_topics.iter(), &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::Topic {
+                    topic,
+                    reason: format!("cannot create: {code}"),
+                });
+            }
+        }
+    }
+    let actual = partition_count(cfg, &topics.messages).await?;
+    for name in topics.co_partitioned() {
+        let n = partition_count(cfg, name).await?;
+        if n != actual {
+            return Err(KafkaError::Topic {
+                topic: name.to_string(),
+                reason: format!(
+                    "has {n} partitions but {} has {actual}; they must be co-partitioned",
+                    topics.messages
+                ),
+            });
+        }
+    }
+    Ok(actual)
+}
+
+/// Partitions of `topic` now (one metadata request; blocking).
+pub fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> Result<i32, KafkaError> {
+    let md = consumer.fetch_metadata(Some(topic), META_TIMEOUT)?;
+    match md.topics().first() {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+        _ => Err(KafkaError::Topic {
+            topic: topic.to_string(),
+            reason: "does not exist".into(),
+        }),
+    }
+}
+
+/// Partitions of `topic`, waiting briefly for a new topic's metadata to settle.
+pub async fn partition_count(cfg: &ClientConfig, topic: &str) -> Result<i32, KafkaError> {
+    let consumer: BaseConsumer = manual_consumer(cfg, group::METADATA).create()?;
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut last = None;
+        for _ in 0..50 {
+            match topic_partitions(&consumer, &topic) {
+                Ok(n) => return Ok(n),
+                Err(e @ KafkaError::Topic { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err(last.unwrap_or(KafkaError::Timeout { what: "metadata" }))
+    })
+    .await
+    .map_err(|_| KafkaError::Timeout { what: "metadata" })?
+}

@@ -1,0 +1,21 @@
+//! MeshChat's wire contract, the one place both binaries take it from: the records that cross
+//! Kafka (JSON, versioned), Kafka's placement (murmur2), the topics with their layout, consumer
+//! groups and the commit format, the Kafka clients built the same way on both sides, and what
+//! the operator tells a worker ([`worker`]).
+#![forbid(unsafe_code)]
+
+pub mod kafka;
+mod partition;
+mod records;
+mod topics;
+pub mod worker;
+
+pub use partition::{murmur2, partition_for};
+pub use records::{
+    AgentReply, AssignReason, AssignmentTable, ChatRecord, ConversationSnapshot,
+    DEFAULT_HEARTBEAT_TIMEOUT_MS, EpochFence, FENCE_KEY, HandoffEvent, HandoffStep, LoadReport, MeshEvent,
+    MigrateRequest, PartitionAssignment, PartitionLoad, PresenceEvent, PresenceKind, Record, RecordError,
+    ReplyChunk, ReplyError, ReplyErrorKind, SCHEMA_VERSION, SnapshotEntry, SystemEvent, UserMessage,
+    WorkerInfo, decode, encode,
+};
+pub use topics::{EVENTS_PARTITIONS, Partitioning, TopicSpec, Topics};

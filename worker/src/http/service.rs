@@ -1,0 +1,172 @@
+//! What the HTTP layer needs from a worker. Handlers depend on this trait only: the worker
+//! implements it over its components (`crate::node`), and the handler tests implement it with
+//! canned answers, so bad input, error shapes and forwarding decisions are tested with
+//! `app(service).oneshot(request)` and no Kafka.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshchat_wire::worker::Ownership;
+use meshchat_wire::{AssignmentTable, HandoffEvent, LoadReport, MigrateRequest, PresenceKind, UserMessage};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::drain::Drained;
+use crate::mesh::Peer;
+use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition};
+use crate::view::{ConversationView, LiveEvent};
+
+/// Who this worker is and what it accepts.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Worker id.
+    pub node_id: String,
+    /// Partitions of `chat.messages`.
+    pub partitions: i32,
+    /// Largest message content, in bytes.
+    pub max_content_bytes: usize,
+    /// Where partitions come from.
+    pub ownership: Ownership,
+    /// A move's time when none was measured yet.
+    pub handoff_grace: Duration,
+}
+
+/// A conversation as this worker can serve it from memory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Local {
+    /// Its partition is not live here.
+    NotHere,
+    /// Its partition is live here and the conversation does not exist.
+    Missing,
+    /// Its partition is live here.
+    Found(ConversationView),
+}
+
+/// An owner's answer to a forwarded read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forwarded {
+    /// HTTP status.
+    pub status: u16,
+    /// Body (JSON).
+    pub body: bytes::Bytes,
+}
+
+/// This worker's health and load.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerStatus {
+    /// Smoothed load factor.
+    pub load_factor: f64,
+    /// Conversations with a message pending or being answered.
+    pub active_conversations: usize,
+    /// Conversations in memory.
+    pub resident_conversations: usize,
+    /// Smoothed user messages per second.
+    pub messages_per_second: f64,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Held partitions.
+    pub held: BTreeMap<Partition, HeldPartition>,
+    /// Assignment generation applied.
+    pub generation: u64,
+    /// LLM calls running.
+    pub in_flight: u32,
+    /// Answers waiting for an LLM slot.
+    pub queued: u32,
+    /// LLM slots.
+    pub concurrency_limit: u32,
+}
+
+/// What readiness is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Kafka answered the last probe.
+    pub kafka: bool,
+    /// Every partition this worker should own is live here.
+    pub caught_up: bool,
+    /// The live fan-out is assigned.
+    pub live: bool,
+    /// The worker is draining.
+    pub draining: bool,
+}
+
+impl Readiness {
+    /// Ready to serve.
+    pub fn ready(&self) -> bool {
+        self.kafka && self.caught_up && self.live && !self.draining
+    }
+}
+
+/// The mesh as this worker sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MeshView {
+    /// ChatAgent (table key).
+    pub agent: String,
+    /// The latest assignment table.
+    pub table: Option<AssignmentTable>,
+    /// Every worker heard from, with the age of its latest report.
+    pub reports: Vec<(LoadReport, Duration)>,
+    /// Silence after which a worker counts as gone.
+    pub heartbeat_timeout: Duration,
+    /// Recent handoff steps, oldest first.
+    pub recent_moves: Vec<HandoffEvent>,
+}
+
+/// The worker behind the HTTP API.
+pub trait ChatService: Send + Sync + 'static {
+    /// Identity and limits.
+    fn settings(&self) -> &HttpSettings;
+
+    /// Appends an accepted user message to its conversation's log; resolves once the broker
+    /// acknowledged it (`Err`: why it did not, for a 503).
+    fn append(&self, message: UserMessage) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// The conversation from memory, when its partition is live here.
+    fn local_conversation(&self, id: &str) -> Local;
+
+    /// Who owns the partition of conversation `id`, when known.
+    fn owner_of(&self, id: &str) -> Option<OwnerInfo>;
+
+    /// Asks the owner at `url` for conversation `id` (a forwarded read).
+    fn forward_read(&self, url: &str, id: &str) -> impl Future<Output = Result<Forwarded, String>> + Send;
+
+    /// Rebuilds conversation `id` from the log (`Ok(None)`: the log has no record of it).
+    fn read_log(&self, id: &str) -> impl Future<Output = Result<Option<ConversationView>, String>> + Send;
+
+    /// This worker's live events of `conversation`, from now on.
+    fn subscribe(&self, conversation: &str) -> broadcast::Receiver<Arc<LiveEvent>>;
+
+    /// Publishes a user's presence in a conversation.
+    fn presence(&self, conversation: &str, user: &str, kind: PresenceKind);
+
+    /// Fired when the worker stops: live streams close.
+    fn closing(&self) -> CancellationToken;
+
+    /// This worker's health and load.
+    fn status(&self) -> WorkerStatus;
+
+    /// What readiness is made of.
+    fn readiness(&self) -> Readiness;
+
+    /// The current assignment (what this worker should own, who owns the rest).
+    fn assignment(&self) -> Assignment;
+
+    /// The mesh as this worker sees it.
+    fn mesh(&self) -> MeshView;
+
+    /// What this worker knows of worker `id`.
+    fn peer(&self, id: &str) -> Peer;
+
+    /// Smoothed time of a partition's move, once one was measured here.
+    fn handoff_estimate(&self) -> Option<Duration>;
+
+    /// Publishes a migrate request for the balancer; resolves once the broker acknowledged it.
+    fn request_migration(&self, request: MigrateRequest) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Starts draining and resolves when it ends, with the partitions still held.
+    fn drain(&self) -> impl Future<Output = (Drained, usize)> + Send;
+
+    /// Prometheus text.
+    fn metrics_text(&self) -> Result<String, std::fmt::Error>;
+}

@@ -1,0 +1,564 @@
+//! The handlers against a fake worker: bad input, error shapes, forwarding decisions and what
+//! reaches the log, without Kafka.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use meshchat_wire::worker::Ownership;
+use meshchat_wire::{AssignmentTable, LoadReport, MigrateRequest, PresenceKind, UserMessage};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::*;
+use crate::drain::Drained;
+use crate::mesh::Peer;
+use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition, Phase};
+use crate::view::{ConversationView, LiveEvent};
+
+/// A worker with canned answers that records what the handlers ask of it.
+struct Fake {
+    settings: HttpSettings,
+    readiness: Readiness,
+    append: Result<(), String>,
+    appended: Mutex<Vec<UserMessage>>,
+    local: BTreeMap<String, Local>,
+    owners: BTreeMap<String, OwnerInfo>,
+    forward: Result<Forwarded, String>,
+    forwarded: Mutex<Vec<String>>,
+    log: Result<Option<ConversationView>, String>,
+    log_reads: Mutex<Vec<String>>,
+    assignment: Assignment,
+    held: BTreeMap<Partition, HeldPartition>,
+    peers: BTreeMap<String, Peer>,
+    migrations: Mutex<Vec<MigrateRequest>>,
+}
+
+fn fake() -> Fake {
+    Fake {
+        settings: HttpSettings {
+            node_id: "node-0".into(),
+            partitions: 4,
+            max_content_bytes: 64,
+            ownership: Ownership::Dynamic,
+            handoff_grace: Duration::from_secs(2),
+        },
+        readiness: Readiness {
+            kafka: true,
+            caught_up: true,
+            live: true,
+            draining: false,
+        },
+        append: Ok(()),
+        appended: Mutex::default(),
+        local: BTreeMap::new(),
+        owners: BTreeMap::new(),
+        forward: Err("unreachable".into()),
+        forwarded: Mutex::default(),
+        log: Ok(None),
+        log_reads: Mutex::default(),
+        assignment: Assignment::default(),
+        held: BTreeMap::new(),
+        peers: BTreeMap::new(),
+        migrations: Mutex::default(),
+    }
+}
+
+fn owner(node: &str) -> OwnerInfo {
+    OwnerInfo {
+        node_id: node.into(),
+        url: format!("http://{node}"),
+        epoch: 1,
+        from: None,
+        failover: false,
+    }
+}
+
+fn conversation(id: &str) -> ConversationView {
+    ConversationView {
+        id: id.into(),
+        participants: vec!["u".into()],
+        messages: Vec::new(),
+    }
+}
+
+fn report(id: &str, draining: bool) -> LoadReport {
+    LoadReport {
+        v: 1,
+        worker_id: id.into(),
+        address: format!("http://{id}"),
+        generation: 1,
+        partitions: Vec::new(),
+        load_factor: 0.0,
+        draining,
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    }
+}
+
+impl ChatService for Fake {
+    fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    async fn append(&self, message: UserMessage) -> Result<(), String> {
+        self.append.clone()?;
+        self.appended.lock().expect("lock").push(message);
+        Ok(())
+    }
+
+    fn local_conversation(&self, id: &str) -> Local {
+        self.local.get(id).cloned().unwrap_or(Local::NotHere)
+    }
+
+    fn owner_of(&self, id: &str) -> Option<OwnerInfo> {
+        self.owners.get(id).cloned()
+    }
+
+    async fn forward_read(&self, url: &str, id: &str) -> Result<Forwarded, String> {
+        self.forwarded.lock().expect("lock").push(format!("{url}/{id}"));
+        self.forward.clone()
+    }
+
+    async fn read_log(&self, id: &str) -> Result<Option<ConversationView>, String> {
+        self.log_reads.lock().expect("lock").push(id.into());
+        self.log.clone()
+    }
+
+    fn subscribe(&self, _conversation: &str) -> broadcast::Receiver<Arc<LiveEvent>> {
+        broadcast::channel(1).1
+    }
+
+    fn presence(&self, _conversation: &str, _user: &str, _kind: PresenceKind) {}
+
+    fn closing(&self) -> CancellationToken {
+        CancellationToken::new()
+    }
+
+    fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            held: self.held.clone(),
+            uptime_secs: 9000,
+            ..WorkerStatus::default()
+        }
+    }
+
+    fn readiness(&self) -> Readiness {
+        self.readiness
+    }
+
+    fn assignment(&self) -> Assignment {
+        self.assignment.clone()
+    }
+
+    fn mesh(&self) -> MeshView {
+        MeshView {
+            agent: "mesh".into(),
+            table: Some(AssignmentTable {
+                generation: 7,
+                ..AssignmentTable::default()
+            }),
+            reports: vec![(report("node-1", false), Duration::from_secs(9))],
+            heartbeat_timeout: Duration::from_secs(5),
+            recent_moves: Vec::new(),
+        }
+    }
+
+    fn peer(&self, id: &str) -> Peer {
+        self.peers.get(id).cloned().unwrap_or(Peer::Unknown)
+    }
+
+    fn handoff_estimate(&self) -> Option<Duration> {
+        Some(Duration::from_millis(150))
+    }
+
+    async fn request_migration(&self, request: MigrateRequest) -> Result<(), String> {
+        self.migrations.lock().expect("lock").push(request);
+        Ok(())
+    }
+
+    async fn drain(&self) -> (Drained, usize) {
+        (Drained::HandedOver, 0)
+    }
+
+    fn metrics_text(&self) -> Result<String, std::fmt::Error> {
+        Ok("# EOF\n".into())
+    }
+}
+
+async fn call(service: &Arc<Fake>, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app(service.clone()).oneshot(req).await.expect("a response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn post(path: &str, body: Value) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request")
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).expect("request")
+}
+
+#[tokio::test]
+async fn a_valid_send_reaches_the_log_with_this_worker_as_acceptor() {
+    let s = Arc::new(fake());
+    let (status, body) = call(
+        &s,
+        post(
+            "/api/chat/send",
+            json!({"conversationId": "c-1", "userId": "u-1", "content": "hi"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "Message sent");
+    let appended = s.appended.lock().expect("lock").clone();
+    assert_eq!(appended.len(), 1);
+    let m = &appended[0];
+    assert_eq!(body["messageId"], m.id.as_str());
+    assert_eq!((m.conversation_id.as_str(), m.content.as_str()), ("c-1", "hi"));
+    assert_eq!(m.accepted_by, "node-0");
+}
+
+#[tokio::test]
+async fn bad_sends_name_the_field_and_append_nothing() {
+    let s = Arc::new(fake());
+    let cases = [
+        (
+            json!({"userId": "u", "content": "x"}),
+            StatusCode::BAD_REQUEST,
+            "conversationId",
+        ),
+        (
+            json!({"conversationId": "c", "userId": "u", "content": ""}),
+            StatusCode::BAD_REQUEST,
+            "content",
+        ),
+        (
+            json!({"conversationId": "a b", "userId": "u", "content": "x"}),
+            StatusCode::BAD_REQUEST,
+            "conversationId",
+        ),
+        (
+            json!({"conversationId": "c", "userId": "u", "content": "x".repeat(65)}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "content",
+        ),
+    ];
+    for (body, want, field) in cases {
+        let (status, err) = call(&s, post("/api/chat/send", body.clone())).await;
+        assert_eq!(status, want, "{body}: {err}");
+        assert_eq!(err["field"], field, "{err}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| m.starts_with(field)),
+            "{err}"
+        );
+    }
+    let resp = app(s.clone())
+        .oneshot(
+            Request::post("/api/chat/send")
+                .body(Body::from("{not json"))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        s.appended.lock().expect("lock").is_empty(),
+        "nothing reaches the log"
+    );
+}
+
+#[tokio::test]
+async fn a_send_kafka_refuses_or_a_draining_worker_answers_503() {
+    let mut f = fake();
+    f.append = Err("broker down".into());
+    let s = Arc::new(f);
+    let msg = json!({"conversationId": "c", "userId": "u", "content": "x"});
+    let (status, body) = call(&s, post("/api/chat/send", msg.clone())).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "unavailable");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("broker down")),
+        "{body}"
+    );
+    let mut f = fake();
+    f.readiness.draining = true;
+    let s = Arc::new(f);
+    let (status, _) = call(&s, post("/api/chat/send", msg)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(s.appended.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn a_read_is_served_here_forwarded_once_or_read_from_the_log() {
+    let mut f = fake();
+    f.local.insert("here".into(), Local::Found(conversation("here")));
+    f.local.insert("gone".into(), Local::Missing);
+    f.owners.insert("there".into(), owner("node-2"));
+    f.owners.insert("mine".into(), owner("node-0"));
+    f.forward = Ok(Forwarded {
+        status: 200,
+        body: bytes::Bytes::from_static(br#"{"id":"there","participants":[],"messages":[]}"#),
+    });
+    f.log = Ok(Some(conversation("from-log")));
+    let s = Arc::new(f);
+    // owned and live here: from memory, nothing forwarded or read
+    let (status, body) = call(&s, get("/api/chat/conversation/here")).await;
+    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("here")));
+    let (status, _) = call(&s, get("/api/chat/conversation/gone")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // owned elsewhere: forwarded to the owner
+    let (status, body) = call(&s, get("/api/chat/conversation/there")).await;
+    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("there")));
+    assert_eq!(*s.forwarded.lock().expect("lock"), vec!["http://node-2/there"]);
+    // a forwarded read is never forwarded again: it reads the log
+    let req = Request::get("/api/chat/conversation/there")
+        .header(FORWARDED, "node-1")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = call(&s, req).await;
+    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("from-log")));
+    assert_eq!(s.forwarded.lock().expect("lock").len(), 1);
+    // this worker is the owner but not live yet (replaying): the log
+    let (status, _) = call(&s, get("/api/chat/conversation/mine")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(*s.log_reads.lock().expect("lock"), vec!["there", "mine"]);
+}
+
+#[tokio::test]
+async fn an_unreachable_owner_falls_back_to_the_log_and_unknown_ids_are_404() {
+    let mut f = fake();
+    f.owners.insert("c".into(), owner("node-2"));
+    let s = Arc::new(f);
+    let (status, body) = call(&s, get("/api/chat/conversation/c")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"], "not_found");
+    assert_eq!(s.forwarded.lock().expect("lock").len(), 1);
+    assert_eq!(s.log_reads.lock().expect("lock").len(), 1);
+    let (status, body) = call(&s, get("/api/chat/conversation/bad%20id")).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("id"))
+    );
+    let mut f = fake();
+    f.log = Err("broker down".into());
+    let (status, body) = call(&Arc::new(f), get("/api/chat/conversation/c")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
+
+fn migratable() -> Fake {
+    let mut f = fake();
+    for p in 0..4 {
+        let node = if p < 2 { "node-0" } else { "node-1" };
+        f.assignment.owners.insert(p, owner(node));
+        if node == "node-0" {
+            f.assignment.owned.insert(p, 1);
+            f.held.insert(
+                p,
+                HeldPartition {
+                    epoch: 1,
+                    phase: Phase::Live,
+                    answers: 0,
+                    writable: true,
+                },
+            );
+        }
+    }
+    f.peers
+        .insert("node-1".into(), Peer::Alive(report("node-1", false)));
+    f.peers.insert("node-2".into(), Peer::Silent);
+    f.peers
+        .insert("node-3".into(), Peer::Alive(report("node-3", true)));
+    f
+}
+
+#[tokio::test]
+async fn a_migration_publishes_what_moves() {
+    let s = Arc::new(migratable());
+    let (status, body) = call(&s, post("/api/agent/migrate", json!({"targetNode": "node-1"}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["partitions"], json!([0, 1]));
+    assert_eq!(
+        (body["sourceNode"].as_str(), body["estimatedTime"].as_str()),
+        (Some("node-0"), Some("150ms"))
+    );
+    let (status, body) = call(
+        &s,
+        post(
+            "/api/agent/migrate",
+            json!({"targetNode": "node-1", "partitions": [3, 1, 1]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["partitions"], json!([1]), "partition 3 is on node-1 already");
+    let sent = s.migrations.lock().expect("lock").clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        (sent[1].target.as_str(), sent[1].partitions.clone()),
+        ("node-1", vec![1])
+    );
+    assert_eq!(sent[1].source, "node-0,node-1");
+}
+
+#[tokio::test]
+async fn refused_migrations_say_why_and_publish_nothing() {
+    let cases: Vec<(Fake, Value, StatusCode, &str)> = vec![
+        (
+            migratable(),
+            json!({"targetNode": "nobody"}),
+            StatusCode::BAD_REQUEST,
+            "targetNode",
+        ),
+        (
+            migratable(),
+            json!({"targetNode": "node-2"}),
+            StatusCode::CONFLICT,
+            "not alive",
+        ),
+        (
+            migratable(),
+            json!({"targetNode": "node-3"}),
+            StatusCode::CONFLICT,
+            "draining",
+        ),
+        (
+            migratable(),
+            json!({"targetNode": "node-1", "partitions": [9]}),
+            StatusCode::BAD_REQUEST,
+            "partitions",
+        ),
+        (
+            migratable(),
+            json!({"targetNode": "node-1", "partitions": [2, 3]}),
+            StatusCode::CONFLICT,
+            "already on",
+        ),
+        (
+            migratable(),
+            json!({"target": "node-1"}),
+            StatusCode::BAD_REQUEST,
+            "targetNode",
+        ),
+        (
+            {
+                let mut f = migratable();
+                f.held.insert(
+                    1,
+                    HeldPartition {
+                        epoch: 1,
+                        phase: Phase::Releasing,
+                        answers: 1,
+                        writable: true,
+                    },
+                );
+                f
+            },
+            json!({"targetNode": "node-1"}),
+            StatusCode::CONFLICT,
+            "in flight",
+        ),
+        (
+            {
+                let mut f = migratable();
+                f.readiness.draining = true;
+                f
+            },
+            json!({"targetNode": "node-1"}),
+            StatusCode::CONFLICT,
+            "draining",
+        ),
+        (
+            {
+                let mut f = migratable();
+                f.assignment.owned.clear();
+                f
+            },
+            json!({"targetNode": "node-1"}),
+            StatusCode::CONFLICT,
+            "owns no partitions",
+        ),
+        (
+            {
+                let mut f = migratable();
+                f.settings.ownership = Ownership::Static;
+                f
+            },
+            json!({"targetNode": "node-1"}),
+            StatusCode::NOT_IMPLEMENTED,
+            "statically",
+        ),
+    ];
+    for (f, body, want, says) in cases {
+        let s = Arc::new(f);
+        let (status, err) = call(&s, post("/api/agent/migrate", body.clone())).await;
+        assert_eq!(status, want, "{body}: {err}");
+        let text = err.to_string();
+        assert!(text.contains(says), "{body}: {text}");
+        assert!(s.migrations.lock().expect("lock").is_empty(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn status_mesh_health_and_unknown_routes() {
+    let s = Arc::new(migratable());
+    let (status, body) = call(&s, get("/api/agent/status")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["nodeId"], "node-0");
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["uptime"], "2h 30m");
+    assert_eq!(body["ownedPartitions"], json!([0, 1]));
+    assert_eq!(body["phases"], json!({"0": "live", "1": "live"}));
+    assert_eq!(body["ownership"], "dynamic");
+    let (_, body) = call(&s, get("/api/mesh")).await;
+    assert_eq!(body["generation"], 7);
+    assert_eq!(body["workers"][0]["alive"], false, "heard 9 s ago, timeout 5 s");
+    let (status, _) = call(&s, get("/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(&s, get("/readyz")).await;
+    assert_eq!((status, body["ready"].as_bool()), (StatusCode::OK, Some(true)));
+    let mut f = fake();
+    f.readiness.caught_up = false;
+    let (status, body) = call(&Arc::new(f), get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["checks"]["caughtUp"], false);
+    let (status, body) = call(&s, get("/no/such/route")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn live_streams_refuse_bad_queries_before_upgrading() {
+    let s = Arc::new(fake());
+    let (status, body) = call(&s, get("/api/chat/ws")).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("conversationId"))
+    );
+    let (status, body) = call(&s, get("/api/chat/ws?conversationId=c")).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("upgrade"))
+    );
+    let (status, body) = call(&s, get("/api/chat/conversation/c/events?userId=bad%20user")).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("userId"))
+    );
+}

@@ -1,0 +1,232 @@
+//! The log: this worker's connection to Kafka. It creates the topics, owns the one producer,
+//! appends what clients send, publishes mesh events and presence, reads a conversation back
+//! from the log for workers that do not own it, and probes whether Kafka answers.
+
+mod history;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use meshchat_wire::kafka::{self, KafkaError, Producer};
+use meshchat_wire::{
+    ChatRecord, MeshEvent, PresenceEvent, SCHEMA_VERSION, SystemEvent, Topics, UserMessage, encode,
+    partition_for,
+};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::ownership::Partition;
+use crate::store::Conversation;
+
+/// How to reach Kafka and lay out the topics.
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    /// Bootstrap servers.
+    pub bootstrap: String,
+    /// Extra librdkafka settings.
+    pub properties: Vec<(String, String)>,
+    /// SASL credentials (from a Secret, never the config file).
+    pub sasl: Option<(String, String)>,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// Partitions when creating the conversation topics.
+    pub partitions: i32,
+    /// Replication factor when creating topics.
+    pub replication_factor: i32,
+}
+
+/// This worker's Kafka: settings, topics, partition counts and the producer.
+pub struct Log {
+    kafka: ClientConfig,
+    topics: Topics,
+    partitions: i32,
+    events_partitions: i32,
+    producer: Producer,
+    owner_group: String,
+    reachable: AtomicBool,
+}
+
+// === impl Log ===
+
+impl Log {
+    /// Connects, creating missing topics (retrying for up to two minutes while Kafka starts).
+    pub async fn connect(settings: &LogSettings) -> anyhow::Result<Self> {
+        let mut cfg = kafka::client_config(&settings.bootstrap, "meshchat-worker", &settings.properties);
+        if let Some((user, password)) = &settings.sasl {
+            cfg.set("sasl.username", user).set("sasl.password", password);
+        }
+        let topics = Topics::with_prefix(&settings.topic_prefix);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let partitions = loop {
+            match kafka::ensure_topics(&cfg, &topics, settings.partitions, settings.replication_factor).await
+            {
+                Ok(n) => break n,
+                Err(e @ KafkaError::Topic { .. }) => return Err(e.into()),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, bootstrap = %settings.bootstrap, "Kafka not ready; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => anyhow::bail!("Kafka at {} unreachable: {e}", settings.bootstrap),
+            }
+        };
+        if partitions != settings.partitions {
+            tracing::warn!(
+                configured = settings.partitions,
+                actual = partitions,
+                "chat.messages already exists; using its partition count"
+            );
+        }
+        let events_partitions = kafka::partition_count(&cfg, &topics.events).await?;
+        Ok(Self {
+            producer: Producer::new(&cfg)?,
+            owner_group: kafka::group::owners(&settings.topic_prefix),
+            kafka: cfg,
+            topics,
+            partitions,
+            events_partitions,
+            reachable: AtomicBool::new(true),
+        })
+    }
+
+    /// Client settings, for the consumers the components build.
+    pub fn kafka(&self) -> &ClientConfig {
+        &self.kafka
+    }
+
+    /// Topic names.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Partitions of `chat.messages`.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// The owners' consumer group (their commits carry the fence before them).
+    pub fn owner_group(&self) -> &str {
+        &self.owner_group
+    }
+
+    /// The producer every write goes through.
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// The partition a conversation lives on.
+    pub fn partition_of(&self, conversation: &str) -> Partition {
+        partition_for(conversation, self.partitions)
+    }
+
+    /// Appends a user message to its conversation's log; answers once the broker acknowledged it.
+    pub async fn append(&self, message: UserMessage) -> Result<i64, KafkaError> {
+        let partition = self.partition_of(&message.conversation_id);
+        let key = message.conversation_id.clone();
+        let bytes = encode(&ChatRecord::UserMessage(message))?;
+        self.producer
+            .send(&self.topics.messages, partition, &key, &bytes)
+            .await
+    }
+
+    /// Publishes a mesh event keyed `key` and waits for the broker.
+    pub async fn publish_event(&self, key: &str, event: &MeshEvent) -> Result<i64, KafkaError> {
+        let bytes = encode(event)?;
+        let p = partition_for(key, self.events_partitions);
+        self.producer.send(&self.topics.events, p, key, &bytes).await
+    }
+
+    /// Queues a mesh event keyed `key` (handoff steps: informational, a lost one delays nothing
+    /// but a new owner's wait for a release, which times out).
+    pub fn publish_event_nowait(&self, key: &str, event: &MeshEvent) {
+        match encode(event) {
+            Ok(bytes) => {
+                let p = partition_for(key, self.events_partitions);
+                self.producer.send_nowait(&self.topics.events, p, key, &bytes);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not encode a mesh event"),
+        }
+    }
+
+    /// Publishes a lifecycle event (`workerStarted`, `workerStopping`), waiting up to 5 s.
+    pub async fn publish_system(&self, node: &str, kind: &str, detail: &str) {
+        let event = MeshEvent::System(SystemEvent {
+            v: SCHEMA_VERSION,
+            node: node.to_string(),
+            kind: kind.to_string(),
+            detail: detail.to_string(),
+            timestamp: OffsetDateTime::now_utc(),
+        });
+        if let Ok(Err(e)) =
+            tokio::time::timeout(Duration::from_secs(5), self.publish_event(node, &event)).await
+        {
+            tracing::warn!(error = %e, "could not publish {kind}");
+        }
+    }
+
+    /// Queues a presence event (a lost one is a stale "online").
+    pub fn publish_presence(&self, event: &PresenceEvent) {
+        match encode(event) {
+            Ok(bytes) => {
+                let p = self.partition_of(&event.conversation_id);
+                self.producer
+                    .send_nowait(&self.topics.users, p, &event.conversation_id, &bytes);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not encode presence"),
+        }
+    }
+
+    /// One conversation rebuilt from its latest snapshot and the log after it (blocking: call
+    /// from a blocking thread); `None` when the log has no record of it.
+    pub fn read_conversation(
+        &self,
+        id: &str,
+        history_limit: usize,
+        count: impl Fn(&str) -> u32,
+    ) -> Result<Option<Conversation>, KafkaError> {
+        history::read_conversation(
+            &self.kafka,
+            &self.topics,
+            self.partitions,
+            id,
+            history_limit,
+            count,
+        )
+    }
+
+    /// Kafka answered the last probe.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Asks Kafka for metadata every 3 s until `stop`, marking it (un)reachable.
+    pub async fn probe(self: Arc<Self>, stop: CancellationToken) {
+        let consumer = match kafka::manual_consumer(&self.kafka, kafka::group::PROBE).create::<BaseConsumer>()
+        {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the Kafka probe");
+                self.reachable.store(false, Ordering::Relaxed);
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(3));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let (c, t) = (consumer.clone(), self.topics.messages.clone());
+            let reachable = tokio::task::spawn_blocking(move || {
+                c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if self.reachable.swap(reachable, Ordering::Relaxed) != reachable {
+                tracing::warn!(reachable, "Kafka reachability changed");
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The "read the log" path: one conversation rebuilt from its latest snapshot and the log after
+//! it, for a worker that does not own it.
+
+use meshchat_wire::kafka::{KafkaError, read_partition, supersedes};
+use meshchat_wire::{ChatRecord, ConversationSnapshot, FENCE_KEY, Topics, decode, partition_for};
+use rdkafka::ClientConfig;
+
+use crate::ownership::Fences;
+use crate::store::{Conversation, content_of};
+
+/// One conversation rebuilt from its latest snapshot and the log after it; `None` when the
+/// log has no record of it.
+pub fn read_conversation(
+    cfg: &ClientConfig,
+    topics: &Topics,
+    partitions: i32,
+    id: &str,
+    history_limit: usize,
+    count: impl Fn(&str) -> u32,
+) -> Result<Option<Conversation>, KafkaError> {
+    let p = partition_for(id, partitions);
+    let mut snapshot = None;
+    read_partition(cfg, &topics.conversations, p, 0, |raw| {
+        if raw.key.as_deref() == Some(id.as_bytes())
+            && let Some(payload) = raw.payload
+            && let Ok(s) = decode::<ConversationSnapshot>(&payload)
+            && supersedes(&s, snapshot.as_ref())
+        {
+            snapshot = Some(s);
+        }
+    })?;
+    let mut conv = snapshot.map(|s| Conversation::from_snapshot(s, &count));
+    // fences count from the start of the retained log, so scan it all; apply from `from`
+    let from = conv.as_ref().map_or(0, |c| c.last_offset + 1);
+    let mut fences = Fences::default();
+    read_partition(cfg, &topics.messages, p, 0, |raw| {
+        let Some(payload) = raw.payload else { return };
+        let ours = raw.key.as_deref() == Some(id.as_bytes());
+        if !ours && raw.key.as_deref() != Some(FENCE_KEY.as_bytes()) {
+            return;
+        }
+        match decode::<ChatRecord>(&payload) {
+            Ok(ChatRecord::EpochFence(f)) => {
+                fences.observe(p, f.epoch);
+            }
+            Ok(record) if ours && raw.offset >= from => {
+                let tokens = count(content_of(&record));
+                conv.get_or_insert_with(|| Conversation::new(id)).apply(
+                    raw.offset,
+                    record,
+                    tokens,
+                    history_limit,
+                    fences.get(p),
+                );
+            }
+            _ => {}
+        }
+    })?;
+    Ok(conv)
+}

@@ -1,0 +1,150 @@
+//! Applying consumed records to the conversations, and starting answers.
+
+use std::collections::VecDeque;
+
+use meshchat_wire::{ChatRecord, PresenceEvent, PresenceKind, SCHEMA_VERSION, decode};
+use time::OffsetDateTime;
+
+use super::{Owner, Run};
+use crate::context::{Role, Turn, trim_to_budget};
+use crate::owner::answer::Job;
+use crate::ownership::{Epoch, Event, Partition};
+use crate::store::{Applied, content_of};
+
+// === impl Owner ===
+
+impl Owner {
+    /// A record of `p` at `offset`; with `answer_at` the partition is live and answers start.
+    pub(super) fn apply(
+        &self,
+        p: Partition,
+        offset: i64,
+        payload: &[u8],
+        answer_at: Option<Epoch>,
+        run: &mut Run,
+        then: &mut VecDeque<Event>,
+    ) {
+        let record = match decode::<ChatRecord>(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(partition = p, offset, error = %e, "skipping unreadable record");
+                return;
+            }
+        };
+        let conv_id = record.conversation_id().to_string();
+        let tokens = self.tokenizer.count(content_of(&record));
+        let user = match &record {
+            ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
+            ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) => None,
+        };
+        let applied = {
+            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+            store.apply(p, offset, record, tokens)
+        };
+        match applied {
+            Applied::UserMessage { new_participant } => {
+                self.metrics.messages_handled.inc();
+                self.load.message(p);
+                if new_participant
+                    && answer_at.is_some()
+                    && let Some(user) = user
+                {
+                    self.joined(&conv_id, &user);
+                }
+            }
+            Applied::DuplicateReply => {
+                tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a duplicate reply");
+            }
+            Applied::Fenced => {
+                tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a fenced (zombie) reply");
+            }
+            Applied::Fence => {
+                let epoch = self.store.read().unwrap_or_else(|p| p.into_inner()).fence(p);
+                then.push_back(Event::FenceRead { partition: p, epoch });
+                return;
+            }
+            Applied::Reply | Applied::Stale => {}
+        }
+        if let Some(epoch) = answer_at
+            && !conv_id.is_empty()
+        {
+            self.answer_next(p, epoch, &conv_id, run, then);
+        }
+    }
+
+    /// Starts answering every conversation of `p` with unanswered messages.
+    pub(super) fn start_answers(
+        &self,
+        p: Partition,
+        epoch: Epoch,
+        run: &mut Run,
+        then: &mut VecDeque<Event>,
+    ) {
+        let ids: Vec<String> = {
+            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+            let partitions = self.log.partitions();
+            store
+                .iter()
+                .filter(|c| !c.pending.is_empty() && meshchat_wire::partition_for(&c.id, partitions) == p)
+                .map(|c| c.id.clone())
+                .collect()
+        };
+        for id in ids {
+            self.answer_next(p, epoch, &id, run, then);
+        }
+    }
+
+    /// Starts answering the conversation's oldest unanswered message, if none is in flight.
+    fn answer_next(
+        &self,
+        p: Partition,
+        epoch: Epoch,
+        conv_id: &str,
+        run: &mut Run,
+        then: &mut VecDeque<Event>,
+    ) {
+        let job = {
+            let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+            let Some(conv) = store.get_mut(conv_id) else {
+                return;
+            };
+            let Some((offset, message)) = conv.next_to_answer() else {
+                return;
+            };
+            let message = message.clone();
+            conv.in_flight = Some(message.id.clone());
+            let system = (!self.settings.system_prompt.is_empty()).then(|| Turn {
+                role: Role::System,
+                content: self.settings.system_prompt.clone(),
+                tokens: self.tokenizer.count(&self.settings.system_prompt),
+            });
+            let context = trim_to_budget(system, &conv.turns_until(offset), self.settings.context_tokens);
+            Job {
+                partition: p,
+                user_offset: offset,
+                message,
+                context,
+                epoch,
+                cancel: run.cancels.entry(p).or_default().child_token(),
+            }
+        };
+        let answerer = self.answerer.clone();
+        run.answers.spawn(async move {
+            answerer.answer(job).await;
+            (p, epoch)
+        });
+        then.push_back(Event::AnswerStarted { partition: p, epoch });
+    }
+
+    /// A user's first message in a conversation.
+    fn joined(&self, conv_id: &str, user: &str) {
+        self.log.publish_presence(&PresenceEvent {
+            v: SCHEMA_VERSION,
+            conversation_id: conv_id.to_string(),
+            user_id: user.to_string(),
+            kind: PresenceKind::Joined,
+            timestamp: OffsetDateTime::now_utc(),
+            node: self.settings.node_id.clone(),
+        });
+    }
+}
