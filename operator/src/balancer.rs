@@ -3,7 +3,9 @@
 
 mod task;
 
-pub use task::{BalancerSettings, LocalOptions, Report, policy_of, run, run_local, shutdown_signal};
+pub use task::{
+    BalancerSettings, LocalOptions, Report, balance, balance_locally, policy_of, shutdown_signal,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +17,7 @@ use crate::planner::{self, Input, Move, Owner, Policy, Reason, Worker};
 
 /// Balancer timing, from the ChatAgent's `rebalance` spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Timing {
+pub struct RoundTiming {
     /// Milliseconds between periodic rounds.
     pub interval_ms: u64,
     /// Milliseconds without a heartbeat before a worker is dead.
@@ -42,7 +44,7 @@ pub struct Balancer {
     agent: String,
     partitions: i32,
     policy: Policy,
-    timing: Timing,
+    timing: RoundTiming,
     started_ms: u64,
     workers: BTreeMap<String, Seen>,
     table: AssignmentTable,
@@ -111,7 +113,7 @@ impl Balancer {
         agent: &str,
         partitions: i32,
         policy: Policy,
-        timing: Timing,
+        timing: RoundTiming,
         table: Option<AssignmentTable>,
         now_ms: u64,
     ) -> Self {
@@ -141,6 +143,7 @@ impl Balancer {
     }
 
     /// The latest table.
+    #[cfg(test)]
     pub fn table(&self) -> &AssignmentTable {
         &self.table
     }

@@ -485,10 +485,5 @@ pub fn render(file: &WorkerFile) -> Result<String, ChildError> {
     serde_saphyr::to_string(file).map_err(|e| ChildError::Render(e.to_string()))
 }
 
-/// [`worker_file`] rendered.
-pub fn worker_config(agent: &ChatAgent) -> Result<String, ChildError> {
-    render(&worker_file(agent)?)
-}
-
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use meshchat_crds::{ChatAgent, ChatAgentStatus};
@@ -26,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::autoscale::Autoscaler;
 use crate::balancer::{BalancerSettings, Report, policy_of};
-use crate::balancers::Balancers;
 use crate::children::{self, ChildError, MANAGER, Settings, agent_key};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::status::{Observed, kinds, status};
+use crate::supervisor::Supervisor;
 
 /// A reconcile that did not finish; retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +59,8 @@ pub struct Context {
     pub client: Client,
     /// Operator-wide settings for children.
     pub settings: Settings,
-    /// Running balancers.
-    pub balancers: Balancers,
+    /// Owns the balancers, one per ChatAgent.
+    pub supervisor: Supervisor,
     /// Autoscaler state per ChatAgent key.
     pub autoscalers: Mutex<BTreeMap<String, Autoscaler>>,
     /// Consecutive failures per ChatAgent key (backoff).
@@ -75,7 +76,7 @@ impl Context {
     pub fn new(
         client: Client,
         settings: Settings,
-        balancers: Balancers,
+        supervisor: Supervisor,
         metrics: Metrics,
         reporter: Reporter,
     ) -> Self {
@@ -83,7 +84,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
-            balancers,
+            supervisor,
             autoscalers: Mutex::default(),
             failures: Mutex::default(),
             metrics,
@@ -91,11 +92,17 @@ impl Context {
     }
 }
 
-/// How often a settled ChatAgent is looked at again (status follows the balancer's reports).
-pub const RESYNC: Duration = Duration::from_secs(5);
+/// How often a settled ChatAgent is looked at again anyway: changes of its children and of its
+/// balancer's report trigger reconciles themselves.
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// How often one with autoscaling is looked at again (its decisions wait out time windows).
+pub const AUTOSCALE_RESYNC: Duration = Duration::from_secs(5);
 
-/// Runs the controller until `stop`.
-pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+/// Reconcile requests the supervisor makes when a balancer's report changes.
+pub type Triggers = futures::channel::mpsc::UnboundedReceiver<ObjectRef<ChatAgent>>;
+
+/// Runs the controller until `stop`; `triggers` are reconciles asked for by the supervisor.
+pub async fn reconcile_chat_agents(ctx: Arc<Context>, triggers: Triggers, stop: CancellationToken) {
     let client = ctx.client.clone();
     let agents: Api<ChatAgent> = Api::all(client.clone());
     let controller = Controller::new(agents, watcher::Config::default())
@@ -104,7 +111,8 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
             watcher::Config::default(),
         )
         .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Service>::all(client), watcher::Config::default());
+        .owns(Api::<Service>::all(client), watcher::Config::default())
+        .reconcile_on(triggers);
     let store = controller.store();
     let sweeper = {
         // ChatAgents deleted: stop their balancers (no finalizer: nothing outside the cluster
@@ -120,8 +128,8 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
                     continue;
                 }
                 let keep: BTreeSet<String> = store.state().iter().filter_map(|a| agent_key(a).ok()).collect();
-                ctx.balancers.retain(&keep);
-                ctx.metrics.balancers.set(ctx.balancers.len() as i64);
+                ctx.supervisor.retain(&keep);
+                ctx.metrics.balancers.set(ctx.supervisor.running() as i64);
             }
         })
     };
@@ -137,7 +145,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         })
         .await;
     sweeper.abort();
-    ctx.balancers.stop_all();
+    ctx.supervisor.stop_all();
 }
 
 async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
@@ -192,12 +200,12 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
     let previous = agent.status.clone().unwrap_or_default();
     let (report, base, problem) = match balancer_settings(agent, &ctx.client, &ns).await {
         Ok(settings) => {
-            let (r, b) = ctx.balancers.ensure(&key, settings, previous.migrations);
+            let (r, b) = ctx.supervisor.want(&key, settings, previous.migrations);
             (r, b, None)
         }
         Err(problem) => (Report::default(), previous.migrations, Some(problem)),
     };
-    ctx.metrics.balancers.set(ctx.balancers.len() as i64);
+    ctx.metrics.balancers.set(ctx.supervisor.running() as i64);
 
     if let Some(auto) = agent.spec.autoscaling.as_ref().filter(|a| a.enabled) {
         let now_ms = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
@@ -238,7 +246,12 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
         )
         .await?;
     }
-    Ok(Action::requeue(RESYNC))
+    let autoscaled = agent.spec.autoscaling.as_ref().is_some_and(|a| a.enabled);
+    Ok(Action::requeue(if autoscaled {
+        AUTOSCALE_RESYNC
+    } else {
+        RESYNC
+    }))
 }
 
 /// The balancer settings of `agent`, with SASL credentials and the CA read from its Secrets.

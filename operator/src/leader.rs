@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Election timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timing {
+pub struct ElectionTiming {
     /// How long a Lease holds without renewal.
     pub lease: Duration,
     /// A leader that has not renewed for this long steps down.
@@ -25,7 +25,7 @@ pub struct Timing {
     pub retry: Duration,
 }
 
-impl Default for Timing {
+impl Default for ElectionTiming {
     fn default() -> Self {
         // client-go's defaults
         Self {
@@ -53,7 +53,7 @@ pub enum Decision {
 }
 
 /// Decides from the Lease as read (pure).
-pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp, timing: &Timing) -> Decision {
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp, timing: &ElectionTiming) -> Decision {
     let Some(spec) = lease else {
         return Decision::Create;
     };
@@ -86,7 +86,7 @@ pub fn next_spec(
     decision: &Decision,
     me: &str,
     now: Timestamp,
-    timing: &Timing,
+    timing: &ElectionTiming,
 ) -> Option<LeaseSpec> {
     let duration = i32::try_from(timing.lease.as_secs()).unwrap_or(i32::MAX);
     match decision {
@@ -108,12 +108,12 @@ pub fn next_spec(
 }
 
 /// Runs an election for Lease `name` until `stop`, publishing whether we lead on `leading`.
-pub async fn run(
+pub async fn campaign(
     client: Client,
     namespace: String,
     name: String,
     identity: String,
-    timing: Timing,
+    timing: ElectionTiming,
     leading: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
@@ -160,7 +160,12 @@ pub async fn run(
 }
 
 /// One round: read, decide, write. Ok(true) when we hold the Lease afterwards.
-async fn attempt(api: &Api<Lease>, name: &str, identity: &str, timing: &Timing) -> Result<bool, kube::Error> {
+async fn attempt(
+    api: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    timing: &ElectionTiming,
+) -> Result<bool, kube::Error> {
     let current = api.get_opt(name).await?;
     let now = Timestamp::now();
     let decision = decide(
@@ -238,7 +243,7 @@ mod tests {
 
     #[test]
     fn candidates_follow_a_live_leader_and_take_over_an_expired_one() {
-        let t = Timing::default();
+        let t = ElectionTiming::default();
         assert_eq!(decide(None, "b", at(100), &t), Decision::Create);
         assert_eq!(decide(Some(&held("a", 100)), "a", at(101), &t), Decision::Renew);
         assert_eq!(
@@ -258,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_take_over_counts_a_transition_and_a_renewal_keeps_the_holder() {
-        let t = Timing::default();
+        let t = ElectionTiming::default();
         let cur = held("a", 100);
         let next = next_spec(Some(&cur), &Decision::TakeOver, "b", at(120), &t).expect("spec");
         assert_eq!(next.holder_identity.as_deref(), Some("b"));

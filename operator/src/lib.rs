@@ -3,16 +3,21 @@
 //! Kubernetes with leader election; `meshchat-operator local -f` runs one balancer without it.
 #![forbid(unsafe_code)]
 
-pub mod autoscale;
-pub mod balancer;
-pub mod balancers;
-pub mod children;
-pub mod controller;
-pub mod leader;
-pub mod metrics;
+mod autoscale;
+mod balancer;
+mod children;
+mod controller;
+mod leader;
+mod metrics;
 pub mod planner;
-pub mod serve;
-pub mod status;
+mod serve;
+mod status;
+mod supervisor;
+
+pub use balancer::{LocalOptions, balance_locally, shutdown_signal};
+pub use children::Settings as ChildSettings;
+pub use leader::ElectionTiming;
+pub use serve::{Options, operate};
 
 use meshchat_crds::ChatAgent;
 

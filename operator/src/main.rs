@@ -1,4 +1,5 @@
 //! The `meshchat-operator` binary.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -81,18 +82,18 @@ fn main() -> ExitCode {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                 format!("{}-{}", host.trim(), std::process::id())
             });
-            let mut settings = meshchat_operator::children::Settings::default();
+            let mut settings = meshchat_operator::ChildSettings::default();
             if let Some(image) = worker_image {
                 settings.default_image = image;
             }
             let lease = std::time::Duration::from_secs(lease_seconds.max(3));
-            let opts = meshchat_operator::serve::Options {
+            let opts = meshchat_operator::Options {
                 listen,
                 identity,
                 lease_namespace,
                 lease_name,
                 settings,
-                timing: meshchat_operator::leader::Timing {
+                timing: meshchat_operator::ElectionTiming {
                     lease,
                     renew_deadline: lease * 2 / 3,
                     retry: (lease / 7).max(std::time::Duration::from_millis(500)),
@@ -112,11 +113,11 @@ fn main() -> ExitCode {
                 let stop = tokio_util::sync::CancellationToken::new();
                 let on_signal = stop.clone();
                 tokio::spawn(async move {
-                    meshchat_operator::balancer::shutdown_signal().await;
+                    meshchat_operator::shutdown_signal().await;
                     tracing::info!("stopping: handing the lease over");
                     on_signal.cancel();
                 });
-                meshchat_operator::serve::run(client, opts, stop).await
+                meshchat_operator::operate(client, opts, stop).await
             });
             runtime.shutdown_timeout(SHUTDOWN_WAIT);
             match result {
@@ -145,8 +146,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let opts = meshchat_operator::balancer::LocalOptions { bootstrap };
-            let result = runtime.block_on(meshchat_operator::balancer::run_local(agent, opts));
+            let opts = meshchat_operator::LocalOptions { bootstrap };
+            let result = runtime.block_on(meshchat_operator::balance_locally(agent, opts));
             // a Kafka call still waiting on an unreachable broker must not hold up the exit
             runtime.shutdown_timeout(SHUTDOWN_WAIT);
             match result {

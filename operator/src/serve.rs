@@ -14,11 +14,11 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::balancers::Balancers;
 use crate::children::Settings;
 use crate::controller::{self, Context};
 use crate::leader;
 use crate::metrics::Metrics;
+use crate::supervisor::Supervisor;
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -34,7 +34,7 @@ pub struct Options {
     /// Children settings.
     pub settings: Settings,
     /// Election timing.
-    pub timing: leader::Timing,
+    pub timing: leader::ElectionTiming,
 }
 
 #[derive(Clone)]
@@ -63,7 +63,7 @@ async fn ready(State(w): State<Web>) -> impl IntoResponse {
 }
 
 /// Runs until `stop`.
-pub async fn run(client: Client, opts: Options, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn operate(client: Client, opts: Options, stop: CancellationToken) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let web = Web {
         metrics: metrics.clone(),
@@ -84,7 +84,7 @@ pub async fn run(client: Client, opts: Options, stop: CancellationToken) -> anyh
     });
 
     let (leading_tx, mut leading) = watch::channel(false);
-    let election = tokio::spawn(leader::run(
+    let election = tokio::spawn(leader::campaign(
         client.clone(),
         opts.lease_namespace.clone(),
         opts.lease_name.clone(),
@@ -102,15 +102,16 @@ pub async fn run(client: Client, opts: Options, stop: CancellationToken) -> anyh
         }
         metrics.leader.set(1);
         let term = CancellationToken::new();
+        let (supervisor, triggers) = Supervisor::new();
         let ctx = Arc::new(Context::new(
             client.clone(),
             opts.settings.clone(),
-            Balancers::default(),
+            supervisor,
             metrics.clone(),
             controller::reporter(),
         ));
         tracing::info!("leading: starting the ChatAgent controller");
-        let running = tokio::spawn(controller::run(ctx, term.clone()));
+        let running = tokio::spawn(controller::reconcile_chat_agents(ctx, triggers, term.clone()));
         tokio::select! {
             () = stop.cancelled() => {}
             _ = leading.wait_for(|l| !*l) => tracing::warn!("lost the lease: stopping the controller and balancers"),

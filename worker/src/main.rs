@@ -1,4 +1,5 @@
 //! The `meshchat-worker` binary.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -1,4 +1,5 @@
 //! Writes the ChatAgent CRD YAML to the paths given (or prints it).
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 

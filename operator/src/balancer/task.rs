@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Balancer, Outcome, Summary, Timing};
+use super::{Balancer, Outcome, RoundTiming, Summary};
 use crate::planner::Policy;
 
 /// How `meshchat-operator local` runs.
@@ -34,7 +34,7 @@ fn now_ms() -> u64 {
 }
 
 /// The balancing policy a ChatAgent asks for.
-pub fn policy_of(agent: &ChatAgent) -> (Policy, Timing) {
+pub fn policy_of(agent: &ChatAgent) -> (Policy, RoundTiming) {
     let r = &agent.spec.rebalance;
     let policy = Policy {
         high_watermark: r.high_watermark,
@@ -44,7 +44,7 @@ pub fn policy_of(agent: &ChatAgent) -> (Policy, Timing) {
         consolidate: agent.spec.autoscaling.as_ref().is_some_and(|a| a.enabled),
         ..Policy::default()
     };
-    let timing = Timing {
+    let timing = RoundTiming {
         interval_ms: u64::from(r.interval_seconds) * 1000,
         heartbeat_timeout_ms: u64::from(r.heartbeat_timeout_seconds) * 1000,
     };
@@ -65,11 +65,11 @@ pub struct BalancerSettings {
     /// Placement policy.
     pub policy: Policy,
     /// Round interval and heartbeat timeout.
-    pub timing: Timing,
+    pub timing: RoundTiming,
 }
 
 /// Runs the balancer for `name` from a manifest, without Kubernetes, until SIGINT/SIGTERM.
-pub async fn run_local(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<()> {
+pub async fn balance_locally(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<()> {
     let name = agent
         .metadata
         .name
@@ -93,7 +93,7 @@ pub async fn run_local(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<(
         on_signal.cancel();
     });
     let (tx, _rx) = watch::channel(Report::default());
-    run(settings, stop, tx).await
+    balance(settings, stop, tx).await
 }
 
 /// What a running balancer tells its host (the operator's status).
@@ -109,7 +109,7 @@ pub struct Report {
 
 /// Runs one balancer until `stop`: reads heartbeats and migrate requests, publishes tables,
 /// and reports its state on `report` (about once a second).
-pub async fn run(
+pub async fn balance(
     settings: BalancerSettings,
     stop: CancellationToken,
     report: watch::Sender<Report>,

@@ -2,8 +2,8 @@ use super::*;
 use meshchat_wire::PartitionLoad;
 use time::OffsetDateTime;
 
-fn timing() -> Timing {
-    Timing {
+fn timing() -> RoundTiming {
+    RoundTiming {
         interval_ms: 30_000,
         heartbeat_timeout_ms: 5_000,
     }
@@ -209,7 +209,7 @@ fn a_table_with_another_heartbeat_timeout_is_republished_with_ours_at_once() {
     );
     // a restarted balancer whose ChatAgent now says 8 s: before its warm-up ends (and anyone
     // could be declared dead under 8 s) the workers get a table saying so, owners unchanged
-    let slower = Timing {
+    let slower = RoundTiming {
         heartbeat_timeout_ms: 8_000,
         ..timing()
     };

@@ -108,7 +108,7 @@ fn the_stateful_set_runs_workers_that_drain_before_stopping() {
 #[test]
 fn the_rendered_config_is_what_the_worker_reads() {
     let agent = sample();
-    let text = worker_config(&agent).expect("render");
+    let text = render(&worker_file(&agent).expect("file")).expect("render");
     let map: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(&text).expect("yaml");
     assert_eq!(map["ownership"], "dynamic");
     assert_eq!(map["agent"], "team-a/support");
@@ -179,7 +179,7 @@ fn sasl_and_tls_become_client_settings_and_secret_references() {
             key: "ca.pem".into(),
         }),
     });
-    let text = worker_config(&a).expect("render");
+    let text = render(&worker_file(&a).expect("file")).expect("render");
     assert!(text.contains(
         "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,ssl.ca.location=/etc/meshchat/kafka-ca/ca.crt"
     ));

@@ -151,7 +151,7 @@ fn context() -> (Arc<Context>, ApiServerVerifier) {
     let ctx = Context::new(
         client,
         Settings::default(),
-        Balancers::dry(),
+        Supervisor::dry(),
         Metrics::default(),
         Reporter {
             controller: MANAGER.into(),
@@ -188,7 +188,7 @@ async fn a_new_agent_gets_its_children_a_balancer_and_a_status() {
     assert_eq!(condition(&status, "Ready")["reason"], "WorkersNotReady");
     assert_eq!(condition(&status, "KafkaReachable")["status"], "Unknown");
     let settings = ctx
-        .balancers
+        .supervisor
         .settings("team-a/support")
         .expect("a balancer for the agent");
     assert_eq!(settings.bootstrap, "kafka:9092");
@@ -348,7 +348,7 @@ async fn a_missing_credentials_secret_degrades_the_agent_with_an_event() {
     );
     assert_eq!(degraded["message"], "Secret kafka-user not found");
     assert!(
-        ctx.balancers.settings("team-a/support").is_none(),
+        ctx.supervisor.settings("team-a/support").is_none(),
         "no balancer without credentials"
     );
 }

@@ -302,7 +302,7 @@ fn log_step(s: &Step) {
 /// Steps the rate up from `start` by ×1.5 until the mesh no longer keeps up (at most `max_steps`),
 /// tries once between the last kept and the missed rate, then measures at 50 % and 90 % of the
 /// highest rate it kept up with.
-pub async fn run(
+pub async fn measure(
     mesh: &TestMesh,
     conversations: usize,
     start: f64,

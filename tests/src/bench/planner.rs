@@ -160,7 +160,7 @@ fn worker(i: usize) -> Worker {
 
 /// Runs the simulation: `rounds` balancing rounds from a contiguous placement, then a scale-out
 /// (after the mesh settled), then a failover.
-pub fn run(s: Sizes, rounds: usize) -> PlannerReport {
+pub fn measure(s: Sizes, rounds: usize) -> PlannerReport {
     let load = partition_loads(&s);
     let total: f64 = load.values().sum();
     let hottest = load.values().copied().fold(0.0, f64::max);
@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn the_smoke_simulation_balances_and_reports_every_case() {
-        let r = run(Sizes::smoke(1.0), 3);
+        let r = measure(Sizes::smoke(1.0), 3);
         assert_eq!(r.rounds.len(), 3);
         assert!(r.initial_max_over_mean > r.rounds[1].max_over_mean, "{r:?}");
         assert!(r.scale_out.moves > 0, "the new worker receives partitions");

@@ -166,7 +166,7 @@ fn send(
 }
 
 /// Runs both phases, each `secs` long.
-pub async fn run(bootstrap: &str, partitions: i32, size: usize, secs: f64) -> anyhow::Result<RawReport> {
+pub async fn measure(bootstrap: &str, partitions: i32, size: usize, secs: f64) -> anyhow::Result<RawReport> {
     let topic = format!("bench-raw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     create_topic(bootstrap, &topic, partitions).await?;
     let (b, t) = (bootstrap.to_string(), topic.clone());

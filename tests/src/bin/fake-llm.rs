@@ -10,6 +10,7 @@
 //!
 //! Or globally with `POST /control {"failNext": 3, "status": 500}` / `{"stallNext": 1}`;
 //! `GET /stats` counts requests.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

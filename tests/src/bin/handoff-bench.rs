@@ -2,6 +2,7 @@
 //! per moved partition the pause (old owner stops answering → new owner live), records
 //! replayed per handoff, and the time from SIGKILL of an owner to every partition served
 //! again. Prints a Markdown report; `--json FILE` also writes the figures.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 //! and failover (the `handoff-bench` process) — written to `docs/benchmarks.json`, PNG charts
 //! and the generated section of `docs/benchmarks.md`. `--smoke` runs everything in seconds
 //! (CI keeps it working; its numbers mean nothing).
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -477,7 +478,7 @@ async fn chat_run(
     roles.add("fake LLM", mesh.llm.pid());
     roles.add("balancer", mesh.balancer.pid());
     roles.add("load generator", Some(std::process::id()));
-    let report = chat::run(
+    let report = chat::measure(
         &mesh,
         ramp.conversations,
         ramp.start,
@@ -521,7 +522,7 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     planner::Sizes::full(s)
                 };
-                planner::run(sizes, 6)
+                planner::measure(sizes, 6)
             })
             .collect::<Vec<_>>()
     })
@@ -552,7 +553,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("==> raw broker round trip");
     let bootstrap = broker().await?;
     let secs = if args.smoke { 1.0 } else { args.raw_secs };
-    let rw = raw::run(&bootstrap, 24, 256, secs).await?;
+    let rw = raw::measure(&bootstrap, 24, 256, secs).await?;
 
     let mut runs: Vec<ChatRun> = Vec::new();
     let mut memory = None;
