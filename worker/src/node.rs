@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
-use meshchat_wire::kafka::{self, TailFetch};
+use meshchat_wire::kafka;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -18,13 +18,13 @@ use crate::config::Config;
 use crate::drain::Drain;
 use crate::http::HttpSettings;
 use crate::live::{Fanout, Hub};
-use crate::llm::{Llm, LlmSettings};
+use crate::llm::Llm;
 use crate::load::Load;
-use crate::log::{Log, LogSettings};
+use crate::log::Log;
 use crate::mesh::{Heartbeat, Mesh};
 use crate::metrics::Metrics;
-use crate::owner::{AnswerSettings, Answerer, Owner, OwnerSettings};
-use crate::ownership::{AssignmentSource, HeartbeatLease, Held, PartitionMachine, Timeouts};
+use crate::owner::{Answerer, Owner};
+use crate::ownership::{AssignmentSource, HeartbeatLease, Held, PartitionMachine};
 use crate::store::Store;
 use crate::tokenizer::Tokenizer;
 
@@ -132,41 +132,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Builds every component from `config` (connecting to Kafka and creating missing topics).
 async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
-    let sasl = config
-        .kafka_sasl_username
-        .clone()
-        .zip(config.kafka_sasl_password.clone());
-    let log = Arc::new(
-        Log::connect(&LogSettings {
-            bootstrap: config.kafka_bootstrap.clone(),
-            properties: config.kafka_properties.0.clone(),
-            sasl,
-            topic_prefix: config.topic_prefix.clone(),
-            partitions: config.partitions,
-            replication_factor: config.replication_factor,
-        })
-        .await?,
-    );
+    let log = Arc::new(Log::connect(&config.log_settings()).await?);
     let partitions = log.partitions();
     let url = config.advertise_url();
     let assignments = Arc::new(if config.dynamic() {
         AssignmentSource::dynamic(&config.node_id)
     } else {
-        let owned = config.owned(partitions)?;
-        let peers = config.peer_list(partitions)?;
+        let (owned, peers) = (config.owned(partitions)?, config.peer_list(partitions)?);
         AssignmentSource::fixed(&config.node_id, &url, &owned, &peers)
     });
-    let held = Held::new(PartitionMachine::new(
-        &config.node_id,
-        Timeouts {
-            handoff_grace: Duration::from_secs_f64(config.handoff_grace_secs),
-            release_timeout: Duration::from_secs_f64(config.release_timeout_secs),
-            retry: Duration::from_secs(1),
-        },
-    ));
-    let heartbeat_every = Duration::from_millis(config.heartbeat_ms);
+    let held = Held::new(PartitionMachine::new(&config.node_id, config.timeouts()));
     // follows the balancer's timeout from its tables; never lapses with static ownership
-    let lease = Arc::new(HeartbeatLease::new(heartbeat_every, Instant::now()));
+    let lease = Arc::new(HeartbeatLease::new(config.heartbeat_every(), Instant::now()));
     let mesh = Arc::new(Mesh::new(&config.agent));
     let tokenizer = Tokenizer::new(config.tokenizer.name())?;
     let (metrics, registry) = Metrics::new();
@@ -176,23 +153,9 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         metrics.llm_in_flight.clone(),
     ));
     let store = Arc::new(RwLock::new(Store::new(config.history_limit)));
-    let llm = Llm::new(LlmSettings {
-        base_url: config.llm_base_url.clone(),
-        api_key: config.api_key(),
-        model: config.llm_model.clone(),
-        temperature: config.llm_temperature,
-        max_tokens: config.llm_max_tokens,
-        timeout: config.llm_timeout(),
-        retries: config.llm_retries,
-        backoff: Duration::from_millis(config.llm_backoff_ms),
-        chunk_interval: Duration::from_millis(u64::from(config.chunk_interval_ms)),
-    });
     let answerer = Arc::new(Answerer::new(
-        AnswerSettings {
-            node_id: config.node_id.clone(),
-            agent_name: config.agent_name.clone(),
-        },
-        llm,
+        config.answer_settings(),
+        Llm::new(config.llm_settings()),
         config.llm_concurrency,
         log.clone(),
         load.clone(),
@@ -201,16 +164,8 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         held.clone(),
         lease.clone(),
     ));
-    let fetch = TailFetch::from_batch_ms(config.fetch_batch_ms);
     let owner = Owner::new(
-        OwnerSettings {
-            node_id: config.node_id.clone(),
-            system_prompt: config.system_prompt.clone(),
-            context_tokens: config.context_tokens,
-            snapshot_interval: Duration::from_secs_f64(config.snapshot_interval_secs),
-            fetch,
-            shutdown_grace: Duration::from_secs_f64(config.shutdown_grace_secs),
-        },
+        config.owner_settings(),
         log.clone(),
         assignments.clone(),
         held.clone(),
@@ -227,7 +182,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
     let fanout = Fanout {
         log: log.clone(),
         node_id: config.node_id.clone(),
-        fetch,
+        fetch: config.fetch(),
         hub: hub.clone(),
         ready: live_ready.clone(),
     };
@@ -235,7 +190,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
     let heartbeat = Heartbeat {
         node_id: config.node_id.clone(),
         address: url,
-        interval: heartbeat_every,
+        interval: config.heartbeat_every(),
         log: log.clone(),
         held: held.clone(),
         load: load.clone(),
@@ -249,18 +204,12 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         draining,
         dynamic: config.dynamic(),
         timeout: Duration::from_secs_f64(config.drain_timeout_secs),
-        heartbeat: heartbeat_every,
+        heartbeat: config.heartbeat_every(),
         held: held.clone(),
         mesh: mesh.clone(),
     };
     let node = Node {
-        http: HttpSettings {
-            node_id: config.node_id.clone(),
-            partitions,
-            max_content_bytes: config.max_content_bytes,
-            ownership: config.ownership,
-            handoff_grace: Duration::from_secs_f64(config.handoff_grace_secs),
-        },
+        http: config.http_settings(partitions),
         agent_name: config.agent_name.clone(),
         history_limit: config.history_limit,
         log,
@@ -281,14 +230,12 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         drain,
         closing: CancellationToken::new(),
     };
-    Ok((
-        node,
-        Tasks {
-            owner,
-            fanout,
-            heartbeat,
-        },
-    ))
+    let tasks = Tasks {
+        owner,
+        fanout,
+        heartbeat,
+    };
+    Ok((node, tasks))
 }
 
 /// Runs a loop until it returns cleanly or `stop` fires, restarting it after failures

@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use time::OffsetDateTime;
 
 fn ts() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_762_857_000).expect("valid timestamp")

@@ -1,0 +1,276 @@
+//! Conversation records: the log of `chat.messages`, token chunks on `chat.stream`, presence on
+//! `chat.users`, and snapshots on `chat.conversations`.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{Record, v1};
+
+/// A record on `chat.messages`, the ordered log of one conversation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ChatRecord {
+    /// A message a user sent.
+    UserMessage(UserMessage),
+    /// The agent's final reply (or an explicit error reply) to one user message.
+    AgentReply(AgentReply),
+    /// Written by a new owner into the partition it takes over: replies of older epochs that
+    /// come after it in the log are void.
+    EpochFence(EpochFence),
+}
+
+impl Record for ChatRecord {
+    fn version(&self) -> u16 {
+        match self {
+            ChatRecord::UserMessage(m) => m.v,
+            ChatRecord::AgentReply(r) => r.v,
+            ChatRecord::EpochFence(f) => f.v,
+        }
+    }
+}
+
+impl ChatRecord {
+    /// The conversation this record belongs to (also its Kafka key); fences belong to none.
+    pub fn conversation_id(&self) -> &str {
+        match self {
+            ChatRecord::UserMessage(m) => &m.conversation_id,
+            ChatRecord::AgentReply(r) => &r.conversation_id,
+            ChatRecord::EpochFence(_) => "",
+        }
+    }
+
+    /// The record's message id (empty for fences).
+    pub fn id(&self) -> &str {
+        match self {
+            ChatRecord::UserMessage(m) => &m.id,
+            ChatRecord::AgentReply(r) => &r.id,
+            ChatRecord::EpochFence(_) => "",
+        }
+    }
+}
+
+/// A message a user sent, as accepted by a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserMessage {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Message id, unique in the mesh.
+    pub id: String,
+    /// Conversation id (the Kafka key).
+    pub conversation_id: String,
+    /// The sending user.
+    pub user_id: String,
+    /// Message text.
+    pub content: String,
+    /// When the user sent it (client-supplied or acceptance time).
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    /// The worker that accepted the send.
+    pub accepted_by: String,
+    /// When that worker accepted it (server clock; `timestamp` may be the client's).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub accepted_at: Option<OffsetDateTime>,
+}
+
+/// The final reply to one user message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReply {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Reply id.
+    pub id: String,
+    /// Conversation id (the Kafka key).
+    pub conversation_id: String,
+    /// The user message this answers.
+    pub in_reply_to: String,
+    /// The agent's name.
+    pub sender: String,
+    /// Reply text (empty for an error reply).
+    pub content: String,
+    /// When the reply was completed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    /// The worker that answered.
+    pub node: String,
+    /// Ownership epoch of the partition when the answer was produced (fencing token).
+    pub epoch: u64,
+    /// Set when the LLM could not answer: the reply is an explicit error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReplyError>,
+    /// Completion tokens the reply used, as counted by the worker.
+    #[serde(default)]
+    pub completion_tokens: u32,
+    /// LLM attempt that produced this reply (0 = first); streamed chunks of other attempts are void.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Number of `chat.stream` chunks that attempt produced, so live readers know when they have all.
+    #[serde(default)]
+    pub chunks: u32,
+}
+
+/// Kafka key of fence records; readers recognise fences by their type, never by key.
+pub const FENCE_KEY: &str = "__meshchat.fence";
+
+/// A new owner's mark in its partition of `chat.messages`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochFence {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// The partition taken over.
+    pub partition: i32,
+    /// The new owner's epoch.
+    pub epoch: u64,
+    /// The new owner.
+    pub owner: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+}
+
+/// Why a reply is an error reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyError {
+    /// Class of failure.
+    pub kind: ReplyErrorKind,
+    /// Human-readable cause (never secrets).
+    pub message: String,
+    /// LLM attempts made.
+    pub attempts: u32,
+}
+
+/// Class of LLM failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplyErrorKind {
+    /// No answer within the timeout.
+    Timeout,
+    /// The LLM answered with an error status.
+    Upstream,
+    /// The LLM could not be reached.
+    Unavailable,
+    /// The request itself was refused (4xx other than 429).
+    Rejected,
+}
+
+/// One piece of a reply streaming from the LLM, on `chat.stream`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyChunk {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Conversation id (the Kafka key).
+    pub conversation_id: String,
+    /// The user message being answered.
+    pub in_reply_to: String,
+    /// Offset of that user message in `chat.messages`, so readers order chunks after it.
+    pub user_offset: i64,
+    /// Id the final reply will carry.
+    pub reply_id: String,
+    /// LLM attempt this chunk belongs to; a higher attempt restarts the reply text.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Chunk number within the attempt, from 0.
+    pub seq: u32,
+    /// Text of this chunk.
+    pub delta: String,
+    /// The answering worker.
+    pub node: String,
+    /// Ownership epoch of the partition.
+    pub epoch: u64,
+}
+
+impl Record for ReplyChunk {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+/// A user's presence change, on `chat.users`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceEvent {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Conversation id (the Kafka key).
+    pub conversation_id: String,
+    /// The user.
+    pub user_id: String,
+    /// What changed.
+    pub kind: PresenceKind,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    /// Worker that observed it.
+    pub node: String,
+}
+
+impl Record for PresenceEvent {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+/// Kinds of presence change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PresenceKind {
+    /// First message from this user in the conversation.
+    Joined,
+    /// The user left.
+    Left,
+    /// A live connection opened.
+    Online,
+    /// A live connection closed.
+    Offline,
+}
+
+/// A conversation's state at a log offset, on compacted `chat.conversations`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationSnapshot {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Conversation id (the Kafka key).
+    pub conversation_id: String,
+    /// Users who wrote in the conversation, in order of first message, then the agent.
+    pub participants: Vec<String>,
+    /// The retained history, oldest first, each with its `chat.messages` offset.
+    pub entries: Vec<SnapshotEntry>,
+    /// Ids of user messages in `entries` that have no reply yet.
+    #[serde(default)]
+    pub pending: Vec<String>,
+    /// The last `chat.messages` offset reflected in this snapshot.
+    pub last_offset: i64,
+    /// Epoch of the writer.
+    pub epoch: u64,
+}
+
+impl Record for ConversationSnapshot {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+/// One retained log record in a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotEntry {
+    /// Offset in `chat.messages`.
+    pub offset: i64,
+    /// The record.
+    pub record: ChatRecord,
+}

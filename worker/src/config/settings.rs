@@ -1,0 +1,97 @@
+//! What each component takes from the configuration: the one place that maps options to the
+//! settings structs the components are built with.
+
+use std::time::Duration;
+
+use meshchat_wire::kafka::TailFetch;
+
+use super::Config;
+use crate::http::HttpSettings;
+use crate::llm::LlmSettings;
+use crate::log::LogSettings;
+use crate::owner::{AnswerSettings, OwnerSettings};
+use crate::ownership::Timeouts;
+
+// === impl Config ===
+
+impl Config {
+    /// How to reach Kafka and lay out the topics.
+    pub fn log_settings(&self) -> LogSettings {
+        LogSettings {
+            bootstrap: self.kafka_bootstrap.clone(),
+            properties: self.kafka_properties.0.clone(),
+            sasl: self
+                .kafka_sasl_username
+                .clone()
+                .zip(self.kafka_sasl_password.clone()),
+            topic_prefix: self.topic_prefix.clone(),
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+        }
+    }
+
+    /// How the owner works.
+    pub fn owner_settings(&self) -> OwnerSettings {
+        OwnerSettings {
+            node_id: self.node_id.clone(),
+            system_prompt: self.system_prompt.clone(),
+            context_tokens: self.context_tokens,
+            snapshot_interval: Duration::from_secs_f64(self.snapshot_interval_secs),
+            fetch: self.fetch(),
+            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_secs),
+        }
+    }
+
+    /// Who answers.
+    pub fn answer_settings(&self) -> AnswerSettings {
+        AnswerSettings {
+            node_id: self.node_id.clone(),
+            agent_name: self.agent_name.clone(),
+        }
+    }
+
+    /// The LLM client.
+    pub fn llm_settings(&self) -> LlmSettings {
+        LlmSettings {
+            base_url: self.llm_base_url.clone(),
+            api_key: self.api_key(),
+            model: self.llm_model.clone(),
+            temperature: self.llm_temperature,
+            max_tokens: self.llm_max_tokens,
+            timeout: self.llm_timeout(),
+            retries: self.llm_retries,
+            backoff: Duration::from_millis(self.llm_backoff_ms),
+            chunk_interval: Duration::from_millis(u64::from(self.chunk_interval_ms)),
+        }
+    }
+
+    /// The partition machine's waits.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            handoff_grace: Duration::from_secs_f64(self.handoff_grace_secs),
+            release_timeout: Duration::from_secs_f64(self.release_timeout_secs),
+            retry: Duration::from_secs(1),
+        }
+    }
+
+    /// The HTTP API's, once the log knows the partition count.
+    pub fn http_settings(&self, partitions: i32) -> HttpSettings {
+        HttpSettings {
+            node_id: self.node_id.clone(),
+            partitions,
+            max_content_bytes: self.max_content_bytes,
+            ownership: self.ownership,
+            handoff_grace: Duration::from_secs_f64(self.handoff_grace_secs),
+        }
+    }
+
+    /// How tail consumers fetch.
+    pub fn fetch(&self) -> TailFetch {
+        TailFetch::from_batch_ms(self.fetch_batch_ms)
+    }
+
+    /// Time between heartbeats.
+    pub fn heartbeat_every(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}
