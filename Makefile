@@ -43,7 +43,9 @@ kafka-stop:
 	scripts/kafka.sh stop 9092
 
 # Tests get their own broker with a fresh data dir; it is stopped however the tests end.
-test: lint
+# `build` first: the binaries as `make run` builds them (tests/tests/make_run.rs runs it), so
+# that test finds them built.
+test: lint build
 	@scripts/kafka.sh fetch
 	@echo "==> Kubernetes control plane for the operator tests (first time: built from the Go module proxy, 5-30 min)"
 	@tests/k8s/build.sh >/dev/null

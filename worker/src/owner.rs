@@ -98,7 +98,9 @@ struct Run {
     lag_reader: Arc<BaseConsumer>,
     readers: Arc<ReaderPool>,
     results: mpsc::Sender<TakeoverResult>,
-    answers: JoinSet<(Partition, Epoch)>,
+    answers: JoinSet<()>,
+    /// What each answer task answers for (reported when it ends, even by a panic).
+    answering: HashMap<tokio::task::Id, (Partition, Epoch)>,
     cancels: HashMap<Partition, CancellationToken>,
     /// Snapshots of the commit read being stepped (see `takeover_event`).
     read: Option<((Partition, Epoch), Vec<ConversationSnapshot>)>,
@@ -114,6 +116,25 @@ struct Run {
 struct Consumed<'a> {
     offset: i64,
     payload: Option<&'a [u8]>,
+}
+
+// === impl Run ===
+
+impl Run {
+    /// The event for an answer task that ended (written, failed, cancelled or panicked).
+    fn answer_ended(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> Option<Event> {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "an answer panicked");
+                }
+                e.id()
+            }
+        };
+        let (partition, epoch) = self.answering.remove(&id)?;
+        Some(Event::AnswerEnded { partition, epoch })
+    }
 }
 
 // === impl Owner ===
@@ -181,6 +202,7 @@ impl Owner {
             readers,
             results,
             answers: JoinSet::new(),
+            answering: HashMap::new(),
             cancels: HashMap::new(),
             read: None,
             snapshots: HashMap::new(),
@@ -235,9 +257,9 @@ impl Owner {
                     self.step(Event::SnapshotDue { lease_holds }, &mut run, None).await?;
                 }
                 _ = lag_tick.tick() => self.report_lag(&run.lag_reader, &self.held.positions()),
-                Some(done) = run.answers.join_next(), if !run.answers.is_empty() => {
-                    if let Ok((partition, epoch)) = done {
-                        self.step(Event::AnswerEnded { partition, epoch }, &mut run, None).await?;
+                Some(done) = run.answers.join_next_with_id(), if !run.answers.is_empty() => {
+                    if let Some(event) = run.answer_ended(done) {
+                        self.step(event, &mut run, None).await?;
                     }
                 }
             }
@@ -491,10 +513,9 @@ impl Owner {
         );
         self.answerer.stop_new();
         let finished = tokio::time::timeout(self.settings.shutdown_grace, async {
-            while let Some(done) = run.answers.join_next().await {
-                if let Ok((partition, epoch)) = done {
-                    self.held
-                        .on(Event::AnswerEnded { partition, epoch }, Instant::now());
+            while let Some(done) = run.answers.join_next_with_id().await {
+                if let Some(event) = run.answer_ended(done) {
+                    self.held.on(event, Instant::now());
                 }
             }
         })

@@ -148,7 +148,7 @@ pub fn parse_send(body: &[u8], max_content: usize) -> Result<SendRequest, FieldE
 
 /// A validated `POST /api/agent/migrate` body.
 #[derive(Clone, Debug, PartialEq)]
-pub struct MigrateRequest {
+pub struct MigrateBody {
     /// Node to move to.
     pub target_node: String,
     /// Move only this conversation's partition.
@@ -158,7 +158,7 @@ pub struct MigrateRequest {
 }
 
 /// Parses and validates a migrate body.
-pub fn parse_migrate(body: &[u8]) -> Result<MigrateRequest, FieldError> {
+pub fn parse_migrate(body: &[u8]) -> Result<MigrateBody, FieldError> {
     let map = object(body)?;
     let target_node = required_str(&map, "targetNode")?;
     check_id("targetNode", target_node)?;
@@ -195,7 +195,7 @@ pub fn parse_migrate(body: &[u8]) -> Result<MigrateRequest, FieldError> {
             ));
         }
     };
-    Ok(MigrateRequest {
+    Ok(MigrateBody {
         target_node: target_node.to_string(),
         conversation_id,
         partitions,

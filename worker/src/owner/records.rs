@@ -129,10 +129,10 @@ impl Owner {
             }
         };
         let answerer = self.answerer.clone();
-        run.answers.spawn(async move {
+        let task = run.answers.spawn(async move {
             answerer.answer(job).await;
-            (p, epoch)
         });
+        run.answering.insert(task.id(), (p, epoch));
         then.push_back(Event::AnswerStarted { partition: p, epoch });
     }
 

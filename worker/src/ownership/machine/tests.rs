@@ -91,6 +91,21 @@ fn live_at(m: &mut PartitionMachine, p: Partition, epoch: Epoch, t: Instant) {
     assert_eq!(phase(m, p), Some(Phase::Live));
 }
 
+/// A machine holding partition 0 live at epoch 1 with one answer running.
+fn answering_on_0(t: Instant) -> PartitionMachine {
+    let mut m = PartitionMachine::new(ME, timeouts());
+    m.on(Event::Assigned(table(1, &[(0, ME, 1, None, false)])), t);
+    live_at(&mut m, 0, 1, t);
+    m.on(
+        Event::AnswerStarted {
+            partition: 0,
+            epoch: 1,
+        },
+        t,
+    );
+    m
+}
+
 #[test]
 fn a_static_take_over_reads_the_commit_then_fences_then_replays() {
     let t = Instant::now();
@@ -154,16 +169,7 @@ fn a_static_take_over_reads_the_commit_then_fences_then_replays() {
 #[test]
 fn a_planned_move_away_waits_for_answers_then_releases_and_announces() {
     let t = Instant::now();
-    let mut m = PartitionMachine::new(ME, timeouts());
-    m.on(Event::Assigned(table(1, &[(0, ME, 1, None, false)])), t);
-    live_at(&mut m, 0, 1, t);
-    m.on(
-        Event::AnswerStarted {
-            partition: 0,
-            epoch: 1,
-        },
-        t,
-    );
+    let mut m = answering_on_0(t);
     let fx = m.on(Event::Assigned(table(2, &[(0, "b", 2, Some(ME), false)])), t);
     assert_eq!(
         fx,
@@ -229,16 +235,7 @@ fn a_planned_move_away_waits_for_answers_then_releases_and_announces() {
 #[test]
 fn a_release_goes_ahead_when_the_grace_ends_and_a_failed_write_is_not_announced() {
     let t = Instant::now();
-    let mut m = PartitionMachine::new(ME, timeouts());
-    m.on(Event::Assigned(table(1, &[(0, ME, 1, None, false)])), t);
-    live_at(&mut m, 0, 1, t);
-    m.on(
-        Event::AnswerStarted {
-            partition: 0,
-            epoch: 1,
-        },
-        t,
-    );
+    let mut m = answering_on_0(t);
     m.on(Event::Assigned(table(2, &[(0, "b", 2, Some(ME), false)])), t);
     let fx = m.on(Event::Tick { lease_holds: true }, t + GRACE);
     assert!(fx.contains(&Effect::Release {
@@ -307,16 +304,7 @@ fn a_planned_move_in_waits_for_the_release_or_its_timeout() {
 #[test]
 fn a_failover_move_away_abandons_without_a_write() {
     let t = Instant::now();
-    let mut m = PartitionMachine::new(ME, timeouts());
-    m.on(Event::Assigned(table(1, &[(0, ME, 1, None, false)])), t);
-    live_at(&mut m, 0, 1, t);
-    m.on(
-        Event::AnswerStarted {
-            partition: 0,
-            epoch: 1,
-        },
-        t,
-    );
+    let mut m = answering_on_0(t);
     let fx = m.on(Event::Assigned(table(2, &[(0, "b", 2, Some(ME), true)])), t);
     assert_eq!(
         fx[..2],
