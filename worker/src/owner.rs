@@ -5,8 +5,10 @@
 //! and starting answers (`records.rs`), answers themselves (`answer.rs`), snapshots, commits and
 //! lag (`commit.rs`).
 
+mod announce;
 mod answer;
 mod commit;
+mod consumer;
 mod records;
 mod takeover;
 
@@ -16,11 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use meshchat_wire::ConversationSnapshot;
 use meshchat_wire::kafka::{self, KafkaError, ReaderPool, TailFetch};
-use meshchat_wire::{ConversationSnapshot, HandoffEvent, HandoffStep, MeshEvent, SCHEMA_VERSION};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use time::OffsetDateTime;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, StreamConsumer};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -29,9 +30,7 @@ use crate::load::Load;
 use crate::log::Log;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::ownership::{
-    Abandon, Announcement, AssignmentSource, Effect, Epoch, Event, HeartbeatLease, Held, Partition,
-};
+use crate::ownership::{Abandon, AssignmentSource, Effect, Epoch, Event, HeartbeatLease, Held, Partition};
 use crate::store::Store;
 use crate::tokenizer::Tokenizer;
 
@@ -385,56 +384,6 @@ impl Owner {
         holds
     }
 
-    /// Assigns the consumer exactly `positions`.
-    ///
-    /// librdkafka keeps one fetch per broker in flight, and an added partition joins only the
-    /// next one: with the consumer's long poll a take-over's replay could wait up to that wait
-    /// on a quiet mesh. So when partitions are added while others are being fetched, the
-    /// highest fence this owner has read in one of those is restated — a record the in-flight
-    /// fetch returns at once (when that partition has the same leader as the added one; with
-    /// several brokers the added one may still wait for its leader's poll). Readers keep the
-    /// highest fence per partition, so the restatement changes no reader's state.
-    fn assign(&self, positions: &BTreeMap<Partition, i64>, run: &mut Run) -> Result<(), KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in positions {
-            tpl.add_partition_offset(&self.log.topics().messages, *p, Offset::Offset(*o))?;
-        }
-        run.consumer.assign(&tpl)?;
-        let now: BTreeSet<Partition> = positions.keys().copied().collect();
-        let added = now.difference(&run.assigned).next().is_some();
-        // with fetch batching a fetch waits for 1 MB, which one small record does not end
-        if added && self.settings.fetch == TailFetch::LongPoll {
-            self.wake(now.intersection(&run.assigned));
-        }
-        run.assigned = now;
-        Ok(())
-    }
-
-    /// Restates, in the first of `fetched` where this owner has read a fence, the highest one
-    /// (see [`Self::assign`]); queued, not awaited. Nothing is written while the heartbeat lease
-    /// has lapsed, nor in a partition whose fence is not read yet (a replay still before it).
-    fn wake<'a>(&self, fetched: impl Iterator<Item = &'a Partition>) {
-        if !self.lease.holds_now() {
-            return;
-        }
-        let known = {
-            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
-            fetched
-                .map(|q| (*q, store.fence(*q)))
-                .find(|(_, fence)| *fence > 0)
-        };
-        let Some((q, epoch)) = known else { return };
-        match meshchat_wire::encode(&takeover::fence(q, epoch, &self.settings.node_id)) {
-            Ok(bytes) => self.log.producer().send_nowait(
-                &self.log.topics().messages,
-                q,
-                meshchat_wire::FENCE_KEY,
-                &bytes,
-            ),
-            Err(e) => tracing::warn!(partition = q, error = %e, "could not encode a fence"),
-        }
-    }
-
     /// Drops a partition: its answers, conversations, fence and what its take-over read.
     fn forget(&self, partition: Partition, run: &mut Run) {
         if let Some(c) = run.cancels.remove(&partition) {
@@ -445,64 +394,6 @@ impl Owner {
         let partitions = self.log.partitions();
         store.retain(|c| meshchat_wire::partition_for(&c.id, partitions) != partition);
         store.forget_fence(partition);
-    }
-
-    /// Publishes a handoff step on chat.events (for peers, dashboards and measurements).
-    fn announce(&self, a: Announcement) {
-        let me = self.settings.node_id.as_str();
-        let event = |partition, epoch, from: &str, to: &str, step| HandoffEvent {
-            v: SCHEMA_VERSION,
-            partition,
-            epoch,
-            from: from.to_string(),
-            to: to.to_string(),
-            step,
-            committed_offset: None,
-            replayed: None,
-            timestamp: OffsetDateTime::now_utc(),
-        };
-        let ev = match a {
-            Announcement::Releasing {
-                partition,
-                to,
-                to_epoch,
-            } => {
-                tracing::info!(partition, to = %to, "releasing");
-                event(partition, to_epoch, me, &to, HandoffStep::Releasing)
-            }
-            Announcement::Released {
-                partition,
-                to,
-                to_epoch,
-                committed,
-            } => {
-                tracing::info!(partition, to = %to, committed, "released");
-                HandoffEvent {
-                    committed_offset: Some(committed),
-                    ..event(partition, to_epoch, me, &to, HandoffStep::Released)
-                }
-            }
-            Announcement::Live {
-                partition,
-                epoch,
-                replayed,
-                took,
-            } => {
-                self.mesh.record_handoff(took);
-                tracing::info!(
-                    partition,
-                    epoch,
-                    took_ms = took.as_millis() as u64,
-                    "partition live"
-                );
-                HandoffEvent {
-                    replayed: Some(replayed),
-                    ..event(partition, epoch, "", me, HandoffStep::Live)
-                }
-            }
-        };
-        let key = format!("p{}", ev.partition);
-        self.log.publish_event_nowait(&key, &MeshEvent::Handoff(ev));
     }
 
     /// Shutdown: no new answers, grace for in-flight ones, then snapshots and a final commit.
