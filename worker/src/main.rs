@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use meshchat_worker::Config;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long an exiting worker waits for work still running on the runtime (a Kafka client
+/// closing against a broker that is gone).
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn main() -> ExitCode {
     let config = match Config::load() {
         Ok(c) => c,
         Err(meshchat_worker::ConfigError::Clap(e)) => e.exit(),
@@ -24,7 +27,16 @@ async fn main() -> ExitCode {
     } else {
         subscriber.init();
     }
-    match meshchat_worker::serve(config).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshchat-worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(meshchat_worker::serve(config));
+    runtime.shutdown_timeout(EXIT_WAIT);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

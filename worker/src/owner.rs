@@ -422,12 +422,26 @@ impl Owner {
         let stopping = Event::Stopping {
             lease_holds: self.lease.holds_now(),
         };
+        let mut result = Ok(());
         for effect in self.held.on(stopping, Instant::now()) {
             if let Effect::SnapshotAndCommit { positions, .. } = effect {
-                self.snapshot_and_commit(&run.consumer, &positions, true).await?;
+                result = self.snapshot_and_commit(&run.consumer, &positions, true).await;
             }
         }
-        tracing::info!("owner loop drained: snapshots written, offsets committed");
-        Ok(())
+        match &result {
+            Ok(()) => tracing::info!("owner loop drained: snapshots written, offsets committed"),
+            Err(e) => tracing::warn!(error = %e, "owner loop drained without its final commit"),
+        }
+        // closing a consumer of a group waits for its coordinator, which a stopping mesh's
+        // broker may no longer answer (measured: minutes): close it aside, the process exits
+        // without it
+        let consumer = run.consumer;
+        let closing = std::thread::Builder::new()
+            .name("consumer-close".into())
+            .spawn(move || drop(consumer));
+        if let Err(e) = closing {
+            tracing::debug!(error = %e, "closing the owner's consumer inline");
+        }
+        result
     }
 }
