@@ -395,6 +395,7 @@ async fn a_live_stream_started_after_a_fence_hides_a_zombie_reply() -> anyhow::R
         v: SCHEMA_VERSION,
         id: "rep-zombie".into(),
         conversation_id: conv.into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
         in_reply_to: second.clone(),
         sender: "agent".into(),
         content: "a reply from a worker declared dead".into(),

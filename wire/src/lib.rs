@@ -7,6 +7,7 @@
 pub mod kafka;
 mod partition;
 mod records;
+mod tenant;
 mod topics;
 pub mod worker;
 
@@ -18,4 +19,5 @@ pub use records::{
     ReplyChunk, ReplyError, ReplyErrorKind, SCHEMA_VERSION, SnapshotEntry, SystemEvent, UserMessage,
     WorkerInfo, decode, encode,
 };
+pub use tenant::{DEFAULT_TENANT, conversation_key, split_key};
 pub use topics::{EVENTS_PARTITIONS, Partitioning, TopicSpec, Topics};

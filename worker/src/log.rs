@@ -123,8 +123,8 @@ impl Log {
 
     /// Appends a user message to its conversation's log; answers once the broker acknowledged it.
     pub async fn append(&self, message: UserMessage) -> Result<i64, KafkaError> {
-        let partition = self.partition_of(&message.conversation_id);
-        let key = message.conversation_id.clone();
+        let key = message.key();
+        let partition = self.partition_of(&key);
         let bytes = encode(&ChatRecord::UserMessage(message))?;
         self.producer
             .send(&self.topics.messages, partition, &key, &bytes)
@@ -170,19 +170,19 @@ impl Log {
     pub fn publish_presence(&self, event: &PresenceEvent) {
         match encode(event) {
             Ok(bytes) => {
-                let p = self.partition_of(&event.conversation_id);
-                self.producer
-                    .send_nowait(&self.topics.users, p, &event.conversation_id, &bytes);
+                let key = event.key();
+                let p = self.partition_of(&key);
+                self.producer.send_nowait(&self.topics.users, p, &key, &bytes);
             }
             Err(e) => tracing::warn!(error = %e, "could not encode presence"),
         }
     }
 
-    /// One conversation rebuilt from its latest snapshot and the log after it (blocking: call
-    /// from a blocking thread); `None` when the log has no record of it.
+    /// One conversation (by key) rebuilt from its latest snapshot and the log after it
+    /// (blocking: call from a blocking thread); `None` when the log has no record of it.
     pub fn read_conversation(
         &self,
-        id: &str,
+        key: &str,
         history_limit: usize,
         count: impl Fn(&str) -> u32,
     ) -> Result<Option<Conversation>, KafkaError> {
@@ -190,7 +190,7 @@ impl Log {
             &self.kafka,
             &self.topics,
             self.partitions,
-            id,
+            key,
             history_limit,
             count,
         )

@@ -392,7 +392,7 @@ impl Owner {
         run.snapshots.retain(|(p, _), _| *p != partition);
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
         let partitions = self.log.partitions();
-        store.retain(|c| meshchat_wire::partition_for(&c.id, partitions) != partition);
+        store.retain(|c| meshchat_wire::partition_for(&c.key, partitions) != partition);
         store.forget_fence(partition);
     }
 

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use meshchat_wire::{ChatRecord, ConversationSnapshot, SCHEMA_VERSION, SnapshotEntry, UserMessage};
+use meshchat_wire::{
+    ChatRecord, ConversationSnapshot, SCHEMA_VERSION, SnapshotEntry, UserMessage, split_key,
+};
 
 use crate::context::{Role, Turn};
 use crate::ownership::{Epoch, Fences, Partition, Verdict, verdict};
@@ -23,8 +25,9 @@ pub struct Entry {
 /// One conversation's state.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Conversation {
-    /// Conversation id.
-    pub id: String,
+    /// Its key: the conversation id within its tenant (`meshchat_wire::conversation_key`), which
+    /// is also its Kafka key.
+    pub key: String,
     /// Users in order of first message.
     pub participants: Vec<String>,
     /// Retained history, oldest first.
@@ -64,10 +67,10 @@ pub enum Applied {
 // === impl Conversation ===
 
 impl Conversation {
-    /// An empty conversation.
-    pub fn new(id: &str) -> Self {
+    /// An empty conversation with key `key`.
+    pub fn new(key: &str) -> Self {
         Self {
-            id: id.to_string(),
+            key: key.to_string(),
             // most conversations are short: room for one exchange (a deque's first growth
             // would reserve four ~300-byte entries)
             entries: VecDeque::with_capacity(2),
@@ -182,9 +185,11 @@ impl Conversation {
 
     /// The conversation as a snapshot record.
     pub fn to_snapshot(&self, epoch: u64) -> ConversationSnapshot {
+        let (tenant, id) = split_key(&self.key);
         ConversationSnapshot {
             v: SCHEMA_VERSION,
-            conversation_id: self.id.clone(),
+            conversation_id: id.to_string(),
+            tenant: tenant.to_string(),
             participants: self.participants.clone(),
             entries: self
                 .entries
@@ -202,7 +207,7 @@ impl Conversation {
 
     /// Restores a conversation from its snapshot; `count` gives token counts.
     pub fn from_snapshot(s: ConversationSnapshot, count: impl Fn(&str) -> u32) -> Self {
-        let mut conv = Conversation::new(&s.conversation_id);
+        let mut conv = Conversation::new(&s.key());
         conv.participants = s.participants;
         conv.last_offset = s.last_offset;
         for e in s.entries {
@@ -263,10 +268,10 @@ impl Store {
         }
         let fence = self.fences.get(partition);
         let limit = self.history_limit;
-        let id = record.conversation_id().to_string();
+        let key = record.key();
         self.conversations
-            .entry(id.clone())
-            .or_insert_with(|| Conversation::new(&id))
+            .entry(key)
+            .or_insert_with_key(|key| Conversation::new(key))
             .apply(offset, record, tokens, limit, fence)
     }
 
@@ -288,10 +293,10 @@ impl Store {
 
     /// Installs a restored conversation, unless a newer state is already held.
     pub fn restore(&mut self, conv: Conversation) {
-        match self.conversations.get(&conv.id) {
+        match self.conversations.get(&conv.key) {
             Some(have) if have.last_offset >= conv.last_offset => {}
             _ => {
-                self.conversations.insert(conv.id.clone(), conv);
+                self.conversations.insert(conv.key.clone(), conv);
             }
         }
     }

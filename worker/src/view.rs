@@ -99,7 +99,7 @@ impl ConversationView {
             participants.push(agent_name.to_string());
         }
         Self {
-            id: conv.id.clone(),
+            id: meshchat_wire::split_key(&conv.key).1.to_string(),
             participants,
             messages: conv
                 .entries

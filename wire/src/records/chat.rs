@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{Record, v1};
+use crate::tenant::{conversation_key, default_tenant, is_default_tenant};
 
 /// A record on `chat.messages`, the ordered log of one conversation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,7 +31,17 @@ impl Record for ChatRecord {
 }
 
 impl ChatRecord {
-    /// The conversation this record belongs to (also its Kafka key); fences belong to none.
+    /// The record's Kafka key: its conversation within its tenant (see
+    /// [`conversation_key`]); fences have their own key.
+    pub fn key(&self) -> String {
+        match self {
+            ChatRecord::UserMessage(m) => m.key(),
+            ChatRecord::AgentReply(r) => conversation_key(&r.tenant, &r.conversation_id),
+            ChatRecord::EpochFence(_) => FENCE_KEY.to_string(),
+        }
+    }
+
+    /// The conversation this record belongs to, within its tenant; fences belong to none.
     pub fn conversation_id(&self) -> &str {
         match self {
             ChatRecord::UserMessage(m) => &m.conversation_id,
@@ -60,6 +71,10 @@ pub struct UserMessage {
     pub id: String,
     /// Conversation id (the Kafka key).
     pub conversation_id: String,
+    /// Tenant the conversation belongs to (absent in records written before tenants, and for
+    /// the default tenant: those read as [`crate::DEFAULT_TENANT`]).
+    #[serde(default = "default_tenant", skip_serializing_if = "is_default_tenant")]
+    pub tenant: String,
     /// The sending user.
     pub user_id: String,
     /// Message text.
@@ -78,6 +93,13 @@ pub struct UserMessage {
     pub accepted_at: Option<OffsetDateTime>,
 }
 
+impl UserMessage {
+    /// Its Kafka key: the conversation within its tenant.
+    pub fn key(&self) -> String {
+        conversation_key(&self.tenant, &self.conversation_id)
+    }
+}
+
 /// The final reply to one user message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -89,6 +111,10 @@ pub struct AgentReply {
     pub id: String,
     /// Conversation id (the Kafka key).
     pub conversation_id: String,
+    /// Tenant the conversation belongs to (absent in records written before tenants, and for
+    /// the default tenant: those read as [`crate::DEFAULT_TENANT`]).
+    #[serde(default = "default_tenant", skip_serializing_if = "is_default_tenant")]
+    pub tenant: String,
     /// The user message this answers.
     pub in_reply_to: String,
     /// The agent's name.
@@ -172,6 +198,10 @@ pub struct ReplyChunk {
     pub v: u16,
     /// Conversation id (the Kafka key).
     pub conversation_id: String,
+    /// Tenant the conversation belongs to (absent in records written before tenants, and for
+    /// the default tenant: those read as [`crate::DEFAULT_TENANT`]).
+    #[serde(default = "default_tenant", skip_serializing_if = "is_default_tenant")]
+    pub tenant: String,
     /// The user message being answered.
     pub in_reply_to: String,
     /// Offset of that user message in `chat.messages`, so readers order chunks after it.
@@ -191,6 +221,13 @@ pub struct ReplyChunk {
     pub epoch: u64,
 }
 
+impl ReplyChunk {
+    /// Its Kafka key: the conversation within its tenant.
+    pub fn key(&self) -> String {
+        conversation_key(&self.tenant, &self.conversation_id)
+    }
+}
+
 impl Record for ReplyChunk {
     fn version(&self) -> u16 {
         self.v
@@ -206,6 +243,10 @@ pub struct PresenceEvent {
     pub v: u16,
     /// Conversation id (the Kafka key).
     pub conversation_id: String,
+    /// Tenant the conversation belongs to (absent in records written before tenants, and for
+    /// the default tenant: those read as [`crate::DEFAULT_TENANT`]).
+    #[serde(default = "default_tenant", skip_serializing_if = "is_default_tenant")]
+    pub tenant: String,
     /// The user.
     pub user_id: String,
     /// What changed.
@@ -215,6 +256,13 @@ pub struct PresenceEvent {
     pub timestamp: OffsetDateTime,
     /// Worker that observed it.
     pub node: String,
+}
+
+impl PresenceEvent {
+    /// Its Kafka key: the conversation within its tenant.
+    pub fn key(&self) -> String {
+        conversation_key(&self.tenant, &self.conversation_id)
+    }
 }
 
 impl Record for PresenceEvent {
@@ -246,6 +294,10 @@ pub struct ConversationSnapshot {
     pub v: u16,
     /// Conversation id (the Kafka key).
     pub conversation_id: String,
+    /// Tenant the conversation belongs to (absent in records written before tenants, and for
+    /// the default tenant: those read as [`crate::DEFAULT_TENANT`]).
+    #[serde(default = "default_tenant", skip_serializing_if = "is_default_tenant")]
+    pub tenant: String,
     /// Users who wrote in the conversation, in order of first message, then the agent.
     pub participants: Vec<String>,
     /// The retained history, oldest first, each with its `chat.messages` offset.
@@ -257,6 +309,13 @@ pub struct ConversationSnapshot {
     pub last_offset: i64,
     /// Epoch of the writer.
     pub epoch: u64,
+}
+
+impl ConversationSnapshot {
+    /// Its Kafka key: the conversation within its tenant.
+    pub fn key(&self) -> String {
+        conversation_key(&self.tenant, &self.conversation_id)
+    }
 }
 
 impl Record for ConversationSnapshot {

@@ -11,6 +11,7 @@ fn user(content: &str) -> ChatRecord {
         v: SCHEMA_VERSION,
         id: "msg-1".into(),
         conversation_id: "conv-123".into(),
+        tenant: crate::DEFAULT_TENANT.into(),
         user_id: "user-456".into(),
         content: content.into(),
         timestamp: ts(),
@@ -77,6 +78,7 @@ fn arb_reply() -> impl Strategy<Value = ChatRecord> {
                 v: SCHEMA_VERSION,
                 id: "r".into(),
                 conversation_id: "c".into(),
+                tenant: crate::DEFAULT_TENANT.into(),
                 in_reply_to,
                 sender: "agent".into(),
                 content,
@@ -170,4 +172,28 @@ fn a_table_without_a_heartbeat_timeout_reads_the_default() {
     )
     .expect("decode");
     assert_eq!(back.heartbeat_timeout_ms, 1_234);
+}
+
+#[test]
+fn tenants_travel_in_records_and_keys_and_the_default_is_unchanged_on_the_wire() {
+    let default = user("hi");
+    let json: serde_json::Value = serde_json::from_slice(&encode(&default).expect("encode")).expect("json");
+    assert!(
+        json.get("tenant").is_none(),
+        "the default tenant writes what was written before: {json}"
+    );
+    assert_eq!(default.key(), "conv-123");
+    let mut acme = default.clone();
+    if let ChatRecord::UserMessage(m) = &mut acme {
+        m.tenant = "acme".into();
+    }
+    let json: serde_json::Value = serde_json::from_slice(&encode(&acme).expect("encode")).expect("json");
+    assert_eq!(json["tenant"], "acme");
+    assert_eq!(acme.key(), "acme/conv-123");
+    let back: ChatRecord = decode(&encode(&acme).expect("encode")).expect("decode");
+    assert_eq!(back, acme);
+    // a record written before tenants existed reads as the default tenant's
+    let old = br#"{"type":"agentReply","id":"r","conversationId":"c","inReplyTo":"m","sender":"a","content":"x","timestamp":"2025-11-11T10:30:00Z","node":"n","epoch":1}"#;
+    let old = decode::<ChatRecord>(old).expect("decode");
+    assert_eq!(old.key(), "c");
 }

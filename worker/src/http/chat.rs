@@ -32,6 +32,7 @@ pub async fn send<S: ChatService>(State(s): State<Arc<S>>, Body(body): Body) -> 
         v: SCHEMA_VERSION,
         id: format!("msg-{}", uuid::Uuid::now_v7().simple()),
         conversation_id: req.conversation_id,
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
         user_id: req.user_id,
         content: req.content,
         timestamp: req.timestamp.unwrap_or(now),

@@ -8,20 +8,20 @@ use rdkafka::ClientConfig;
 use crate::ownership::Fences;
 use crate::store::{Conversation, content_of};
 
-/// One conversation rebuilt from its latest snapshot and the log after it; `None` when the
-/// log has no record of it.
+/// One conversation (by its key) rebuilt from its latest snapshot and the log after it; `None`
+/// when the log has no record of it.
 pub fn read_conversation(
     cfg: &ClientConfig,
     topics: &Topics,
     partitions: i32,
-    id: &str,
+    key: &str,
     history_limit: usize,
     count: impl Fn(&str) -> u32,
 ) -> Result<Option<Conversation>, KafkaError> {
-    let p = partition_for(id, partitions);
+    let p = partition_for(key, partitions);
     let mut snapshot = None;
     read_partition(cfg, &topics.conversations, p, 0, |raw| {
-        if raw.key.as_deref() == Some(id.as_bytes())
+        if raw.key.as_deref() == Some(key.as_bytes())
             && let Some(payload) = raw.payload
             && let Ok(s) = decode::<ConversationSnapshot>(&payload)
             && supersedes(&s, snapshot.as_ref())
@@ -35,7 +35,7 @@ pub fn read_conversation(
     let mut fences = Fences::default();
     read_partition(cfg, &topics.messages, p, 0, |raw| {
         let Some(payload) = raw.payload else { return };
-        let ours = raw.key.as_deref() == Some(id.as_bytes());
+        let ours = raw.key.as_deref() == Some(key.as_bytes());
         if !ours && raw.key.as_deref() != Some(FENCE_KEY.as_bytes()) {
             return;
         }
@@ -45,7 +45,7 @@ pub fn read_conversation(
             }
             Ok(record) if ours && raw.offset >= from => {
                 let tokens = count(content_of(&record));
-                conv.get_or_insert_with(|| Conversation::new(id)).apply(
+                conv.get_or_insert_with(|| Conversation::new(key)).apply(
                     raw.offset,
                     record,
                     tokens,

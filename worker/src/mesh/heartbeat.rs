@@ -75,7 +75,7 @@ impl Heartbeat {
         let mut resident: BTreeMap<Partition, u32> = BTreeMap::new();
         if let Ok(store) = self.store.read() {
             for c in store.iter() {
-                *resident.entry(self.log.partition_of(&c.id)).or_default() += 1;
+                *resident.entry(self.log.partition_of(&c.key)).or_default() += 1;
             }
         }
         let partitions = self

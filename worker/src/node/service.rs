@@ -80,6 +80,7 @@ impl ChatService for Node {
         self.log.publish_presence(&PresenceEvent {
             v: SCHEMA_VERSION,
             conversation_id: conversation.to_string(),
+            tenant: meshchat_wire::DEFAULT_TENANT.into(),
             user_id: user.to_string(),
             kind,
             timestamp: time::OffsetDateTime::now_utc(),

@@ -167,6 +167,7 @@ impl Answerer {
             v: SCHEMA_VERSION,
             id: reply_id,
             conversation_id: job.message.conversation_id.clone(),
+            tenant: job.message.tenant.clone(),
             in_reply_to: job.message.id.clone(),
             sender: self.settings.agent_name.clone(),
             content,
@@ -211,6 +212,7 @@ impl Answerer {
         let chunk = ReplyChunk {
             v: SCHEMA_VERSION,
             conversation_id: job.message.conversation_id.clone(),
+            tenant: job.message.tenant.clone(),
             in_reply_to: job.message.id.clone(),
             user_offset: job.user_offset,
             reply_id: reply_id.to_string(),
@@ -224,7 +226,7 @@ impl Answerer {
             Ok(bytes) => self.log.producer().send_nowait(
                 &self.log.topics().stream,
                 job.partition,
-                &chunk.conversation_id,
+                &chunk.key(),
                 &bytes,
             ),
             Err(e) => tracing::warn!(error = %e, "could not encode chunk"),
@@ -240,14 +242,13 @@ impl Answerer {
                 return false;
             }
         };
+        let key = job.message.key();
         let mut delay = Duration::from_millis(100);
         loop {
-            let send = self.log.producer().send(
-                &self.log.topics().messages,
-                job.partition,
-                &job.message.conversation_id,
-                &bytes,
-            );
+            let send = self
+                .log
+                .producer()
+                .send(&self.log.topics().messages, job.partition, &key, &bytes);
             tokio::select! {
                 r = send => match r {
                     Ok(_) => return true,

@@ -41,7 +41,7 @@ impl Owner {
             let snapshots = store
                 .iter_mut()
                 .filter_map(|c| {
-                    let (_, epoch) = positions.get(&meshchat_wire::partition_for(&c.id, partitions))?;
+                    let (_, epoch) = positions.get(&meshchat_wire::partition_for(&c.key, partitions))?;
                     c.dirty.then(|| {
                         c.dirty = false;
                         c.to_snapshot(*epoch)
@@ -53,17 +53,18 @@ impl Owner {
         let topics = self.log.topics();
         let sends = snapshots.iter().map(|s| async {
             let bytes = encode(s)?;
-            let p = meshchat_wire::partition_for(&s.conversation_id, partitions);
+            let key = s.key();
+            let p = meshchat_wire::partition_for(&key, partitions);
             self.log
                 .producer()
-                .send(&topics.conversations, p, &s.conversation_id, &bytes)
+                .send(&topics.conversations, p, &key, &bytes)
                 .await
         });
         let results = futures::future::join_all(sends).await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
             for s in &snapshots {
-                if let Some(c) = store.get_mut(&s.conversation_id) {
+                if let Some(c) = store.get_mut(&s.key()) {
                     c.dirty = true;
                 }
             }

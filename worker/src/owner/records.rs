@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use meshchat_wire::{ChatRecord, PresenceEvent, PresenceKind, SCHEMA_VERSION, decode};
+use meshchat_wire::{ChatRecord, PresenceEvent, PresenceKind, SCHEMA_VERSION, decode, split_key};
 use time::OffsetDateTime;
 
 use super::{Owner, Run};
@@ -31,7 +31,11 @@ impl Owner {
                 return;
             }
         };
-        let conv_id = record.conversation_id().to_string();
+        // fences have their own key and belong to no conversation
+        let key = match record {
+            ChatRecord::EpochFence(_) => String::new(),
+            _ => record.key(),
+        };
         let tokens = self.tokenizer.count(content_of(&record));
         let user = match &record {
             ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
@@ -49,14 +53,14 @@ impl Owner {
                     && answer_at.is_some()
                     && let Some(user) = user
                 {
-                    self.joined(&conv_id, &user);
+                    self.joined(&key, &user);
                 }
             }
             Applied::DuplicateReply => {
-                tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a duplicate reply");
+                tracing::info!(partition = p, offset, conversation = %key, "dropped a duplicate reply");
             }
             Applied::Fenced => {
-                tracing::info!(partition = p, offset, conversation = %conv_id, "dropped a fenced (zombie) reply");
+                tracing::info!(partition = p, offset, conversation = %key, "dropped a fenced (zombie) reply");
             }
             Applied::Fence => {
                 let epoch = self.store.read().unwrap_or_else(|p| p.into_inner()).fence(p);
@@ -66,9 +70,9 @@ impl Owner {
             Applied::Reply | Applied::Stale => {}
         }
         if let Some(epoch) = answer_at
-            && !conv_id.is_empty()
+            && !key.is_empty()
         {
-            self.answer_next(p, epoch, &conv_id, run, then);
+            self.answer_next(p, epoch, &key, run, then);
         }
     }
 
@@ -85,8 +89,8 @@ impl Owner {
             let partitions = self.log.partitions();
             store
                 .iter()
-                .filter(|c| !c.pending.is_empty() && meshchat_wire::partition_for(&c.id, partitions) == p)
-                .map(|c| c.id.clone())
+                .filter(|c| !c.pending.is_empty() && meshchat_wire::partition_for(&c.key, partitions) == p)
+                .map(|c| c.key.clone())
                 .collect()
         };
         for id in ids {
@@ -95,17 +99,10 @@ impl Owner {
     }
 
     /// Starts answering the conversation's oldest unanswered message, if none is in flight.
-    fn answer_next(
-        &self,
-        p: Partition,
-        epoch: Epoch,
-        conv_id: &str,
-        run: &mut Run,
-        then: &mut VecDeque<Event>,
-    ) {
+    fn answer_next(&self, p: Partition, epoch: Epoch, key: &str, run: &mut Run, then: &mut VecDeque<Event>) {
         let job = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            let Some(conv) = store.get_mut(conv_id) else {
+            let Some(conv) = store.get_mut(key) else {
                 return;
             };
             let Some((offset, message)) = conv.next_to_answer() else {
@@ -136,11 +133,13 @@ impl Owner {
         then.push_back(Event::AnswerStarted { partition: p, epoch });
     }
 
-    /// A user's first message in a conversation.
-    fn joined(&self, conv_id: &str, user: &str) {
+    /// A user's first message in the conversation of key `key`.
+    fn joined(&self, key: &str, user: &str) {
+        let (tenant, id) = split_key(key);
         self.log.publish_presence(&PresenceEvent {
             v: SCHEMA_VERSION,
-            conversation_id: conv_id.to_string(),
+            conversation_id: id.to_string(),
+            tenant: tenant.to_string(),
             user_id: user.to_string(),
             kind: PresenceKind::Joined,
             timestamp: OffsetDateTime::now_utc(),

@@ -8,6 +8,7 @@ fn user(id: &str, user: &str) -> ChatRecord {
         v: 1,
         id: id.into(),
         conversation_id: "c".into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
         user_id: user.into(),
         content: format!("question {id}"),
         timestamp: OffsetDateTime::UNIX_EPOCH,
@@ -21,6 +22,7 @@ fn reply(to: &str) -> ChatRecord {
         v: 1,
         id: format!("r-{to}"),
         conversation_id: "c".into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
         in_reply_to: to.into(),
         sender: "agent".into(),
         content: format!("answer {to}"),
@@ -170,4 +172,31 @@ fn replies_older_than_the_fence_are_void() {
     // fences are per partition
     assert_eq!(s.fence(0), 2);
     assert_eq!(s.fence(1), 0);
+}
+
+#[test]
+fn the_same_id_under_two_tenants_is_two_conversations() {
+    let mut s = Store::new(10);
+    let mut acme = user("m1", "alice");
+    if let ChatRecord::UserMessage(m) = &mut acme {
+        m.tenant = "acme".into();
+    }
+    let plain = user("m2", "bob");
+    s.apply(0, 1, acme, 1);
+    s.apply(0, 2, plain, 1);
+    assert_eq!(s.len(), 2);
+    let a = s.get("acme/c").expect("acme's conversation");
+    assert_eq!(a.participants, vec!["alice"]);
+    assert_eq!(
+        s.get("c").expect("the default tenant's").participants,
+        vec!["bob"]
+    );
+    // a snapshot keeps the tenant, and restores under the same key
+    let snap = a.to_snapshot(1);
+    assert_eq!(
+        (snap.conversation_id.as_str(), snap.tenant.as_str(), snap.key()),
+        ("c", "acme", "acme/c".to_string())
+    );
+    let back = Conversation::from_snapshot(snap, |_| 1);
+    assert_eq!(back.key, "acme/c");
 }

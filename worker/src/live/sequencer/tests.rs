@@ -8,6 +8,7 @@ fn user(i: usize) -> ChatRecord {
         v: 1,
         id: format!("m{i}"),
         conversation_id: "c".into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
         user_id: "u".into(),
         content: format!("q{i}"),
         timestamp: OffsetDateTime::UNIX_EPOCH,
@@ -21,6 +22,7 @@ fn reply(i: usize, chunks: u32) -> ChatRecord {
         v: 1,
         id: format!("r{i}"),
         conversation_id: "c".into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
         in_reply_to: format!("m{i}"),
         sender: "agent".into(),
         content: format!("a{i}"),
@@ -38,6 +40,7 @@ fn chunk(i: usize, user_offset: i64, seq: u32) -> ReplyChunk {
     ReplyChunk {
         v: 1,
         conversation_id: "c".into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
         in_reply_to: format!("m{i}"),
         user_offset,
         reply_id: format!("r{i}"),
