@@ -61,8 +61,12 @@ pub struct ChatAgentSpec {
     /// Scheduling affinity of the worker pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    /// Extra environment variables of the worker container (`MESHCHAT_*` override settings).
+    /// Extra environment variables of the worker container. `MESHCHAT_*` names are refused:
+    /// the operator sets those from this resource's fields (and a ChatAgent must not point the
+    /// worker's credentials elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('MESHCHAT_'))").message("env must not set MESHCHAT_* variables: the operator sets them from the ChatAgent's fields"))]
     pub env: Option<Vec<EnvVar>>,
     /// Extra annotations on the worker pods (e.g. for a metrics scraper).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +81,7 @@ pub struct ChatAgentSpec {
     pub agent_name: String,
     /// Kafka connection and topics.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("!has(self.sasl) || has(self.tls) || (has(self.allowPlaintextSasl) && self.allowPlaintextSasl)").message("sasl without tls sends the credentials in clear: add tls, or set allowPlaintextSasl: true"))]
     pub kafka: KafkaSpec,
     /// LLM endpoint and generation settings.
     #[serde(default)]
@@ -137,6 +142,10 @@ pub struct KafkaSpec {
     /// TLS to the brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Allow SASL without TLS (credentials in clear on the network; for a broker on a trusted
+    /// network only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext_sasl: bool,
 }
 
 /// SASL authentication to Kafka.
@@ -414,6 +423,7 @@ impl Default for KafkaSpec {
             partitions: default_partitions(),
             sasl: None,
             tls: None,
+            allow_plaintext_sasl: false,
         }
     }
 }

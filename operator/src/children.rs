@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -318,6 +318,7 @@ fn pod_template(
         }]),
         env: Some(env(agent, ns, &names.peers)),
         resources: spec.resources.clone(),
+        security_context: Some(container_security()),
         volume_mounts: Some(mounts),
         readiness_probe: Some(probe(paths::READINESS, 2, 3)),
         liveness_probe: Some(probe(paths::LIVENESS, 10, 6)),
@@ -344,6 +345,7 @@ fn pod_template(
         spec: Some(PodSpec {
             service_account_name: Some(names.service_account.clone()),
             automount_service_account_token: Some(false),
+            security_context: Some(pod_security()),
             termination_grace_period_seconds: Some(
                 spec.termination_grace_period_seconds
                     .unwrap_or_else(|| worker::termination_grace_secs(file)),
@@ -355,6 +357,38 @@ fn pod_template(
             affinity: spec.affinity.clone(),
             ..PodSpec::default()
         }),
+    }
+}
+
+/// The user worker pods run as: not root (the images' numeric user).
+pub const WORKER_UID: i64 = 65532;
+
+/// Pod Security Admission `restricted`: not root, the runtime's default seccomp profile.
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(WORKER_UID),
+        run_as_group: Some(WORKER_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Pod Security Admission `restricted` for the worker container: no privilege escalation, no
+/// capability, and a read-only root filesystem (a worker writes nothing to disk).
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
     }
 }
 
@@ -382,7 +416,8 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 }
 
 /// The worker's environment: identity from the pod, secrets by reference, then the user's
-/// variables (a user variable of the same name replaces ours).
+/// variables — never a `MESHCHAT_*` one (the API server refuses them; a ChatAgent from before
+/// that rule must not steer the worker's settings or credentials either).
 fn env(agent: &ChatAgent, ns: &str, peers: &str) -> Vec<EnvVar> {
     let mut env = vec![
         EnvVar {
@@ -420,6 +455,9 @@ fn env(agent: &ChatAgent, ns: &str, peers: &str) -> Vec<EnvVar> {
         ));
     }
     for user in agent.spec.env.iter().flatten() {
+        if user.name.starts_with("MESHCHAT_") {
+            continue;
+        }
         env.retain(|e| e.name != user.name);
         env.push(user.clone());
     }

@@ -65,6 +65,27 @@ pub fn parse_manifest(yaml: &str) -> Result<ChatAgent, ManifestError> {
             ),
         );
     }
+    if let Some(e) = spec
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name.starts_with("MESHCHAT_"))
+    {
+        return invalid(
+            "env",
+            format!(
+                "must not set MESHCHAT_* variables ({}): the operator sets them from the ChatAgent's fields",
+                e.name
+            ),
+        );
+    }
+    if spec.kafka.sasl.is_some() && spec.kafka.tls.is_none() && !spec.kafka.allow_plaintext_sasl {
+        return invalid(
+            "kafka",
+            "sasl without tls sends the credentials in clear: add tls, or set allowPlaintextSasl: true"
+                .into(),
+        );
+    }
     if let Some(a) = &spec.autoscaling
         && a.min_replicas > a.max_replicas
     {
@@ -111,5 +132,28 @@ mod tests {
             parse_manifest("kind: [oops"),
             Err(ManifestError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn a_chat_agent_cannot_steer_the_workers_settings_or_send_credentials_in_clear() {
+        let env = SAMPLE.replace(
+            "spec:\n",
+            "spec:\n  env:\n    - name: MESHCHAT_LLM_API_KEY\n      value: x\n",
+        );
+        let err = parse_manifest(&env).expect_err("MESHCHAT_* env");
+        assert!(err.to_string().starts_with("spec.env"), "{err}");
+        let ok = SAMPLE.replace(
+            "spec:\n",
+            "spec:\n  env:\n    - name: HTTPS_PROXY\n      value: http://proxy:3128\n",
+        );
+        assert!(parse_manifest(&ok).is_ok(), "other variables are the user's");
+        let sasl = SAMPLE.replace(
+            "  kafka:\n",
+            "  kafka:\n    sasl:\n      mechanism: PLAIN\n      credentialsSecretRef: {name: kafka-creds}\n",
+        );
+        let err = parse_manifest(&sasl).expect_err("sasl without tls");
+        assert!(err.to_string().contains("allowPlaintextSasl"), "{err}");
+        let explicit = sasl.replace("  kafka:\n", "  kafka:\n    allowPlaintextSasl: true\n");
+        assert!(parse_manifest(&explicit).is_ok());
     }
 }

@@ -81,6 +81,8 @@ async fn ready_pods(cp: &ControlPlane, name: &str) -> anyhow::Result<usize> {
 }
 
 const SYSTEM: &str = "meshchat-system";
+/// The Pod Security Admission level every pod of this test must meet.
+const RESTRICTED: &str = "pod-security.kubernetes.io/enforce=restricted";
 
 /// What ChatAgent `support` owns.
 const CHILDREN: [(&str, &str); 6] = [
@@ -123,6 +125,12 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     ])
     .await?;
     cp.ok(&["create", "namespace", SYSTEM]).await?;
+    // Pod Security Admission refuses any pod below `restricted` in both namespaces: the
+    // operator's (the chart's Deployment) and the workers' (the ChatAgent's StatefulSet)
+    for ns in [SYSTEM, "default"] {
+        cp.ok(&["label", "namespace", ns, "--overwrite", RESTRICTED])
+            .await?;
+    }
     let chart = cp
         .helm_template("meshchat", std::path::Path::new("../charts/meshchat"), SYSTEM)
         .await?;
@@ -147,6 +155,22 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         !denied.status.success(),
         "the operator's account cannot list pods"
     );
+    // the chart's operator pods are admitted under `restricted` (kwok runs them: pods exist)
+    wait_for(
+        "the chart's operator pods, admitted under restricted",
+        SETTLE,
+        || async {
+            let out = cp
+                .ok(&["get", "deployment", "meshchat", "-n", SYSTEM, "-o", "json"])
+                .await
+                .ok()?;
+            let d: Value = serde_json::from_str(&out).ok()?;
+            (d["status"]["replicas"].as_i64() == d["spec"]["replicas"].as_i64()
+                && d["status"]["replicas"].as_i64() > Some(0))
+            .then_some(())
+        },
+    )
+    .await?;
     let mut ops = [
         Operator::start(&kubeconfig, SYSTEM, "operator-a", &dir).await?,
         Operator::start(&kubeconfig, SYSTEM, "operator-b", &dir).await?,
@@ -156,6 +180,23 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
 
     // 2. a sample ChatAgent applies; its children appear with the right specs; pods get Ready
     let name = "support";
+    // a ChatAgent cannot steer the workers' settings or send Kafka credentials in clear
+    let steer = sample("steer", &bootstrap, &prefix, 1).replace(
+        "spec:\n",
+        "spec:\n  env:\n    - name: MESHCHAT_LLM_API_KEY\n      valueFrom: {secretKeyRef: {name: other, key: k}}\n",
+    );
+    let plain_sasl = sample("plain", &bootstrap, &prefix, 1).replace(
+        "  kafka:\n",
+        "  kafka:\n    sasl:\n      mechanism: PLAIN\n      credentialsSecretRef: {name: creds}\n",
+    );
+    for (manifest, says) in [(steer, "MESHCHAT_"), (plain_sasl, "allowPlaintextSasl")] {
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "refused naming {says}: {err}"
+        );
+    }
     let manifest = sample(name, &bootstrap, &prefix, 3);
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -194,10 +235,23 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     }
     let peers = cp.get("service", "support-peers").await?.unwrap_or_default();
     assert_eq!(peers["spec"]["clusterIP"], "None");
-    wait_for("3 ready pods", SETTLE, || async {
+    if let Err(e) = wait_for("3 ready pods", SETTLE, || async {
         (ready_pods(&cp, name).await.ok()? == 3).then_some(())
     })
-    .await?;
+    .await
+    {
+        let events = cp
+            .ok(&["get", "events", "-n", "default", "-o", "wide"])
+            .await
+            .unwrap_or_default();
+        let pods = cp
+            .ok(&["get", "pods", "-n", "default", "-o", "wide"])
+            .await
+            .unwrap_or_default();
+        // why pods are missing (admission refusals show as the StatefulSet's events)
+        println!("events:\n{events}\npods:\n{pods}");
+        return Err(e);
+    }
     let a = wait_for("status.readyReplicas = 3", SETTLE, || async {
         let a = agent(&cp, name).await.ok()?;
         (a["status"]["readyReplicas"] == 3).then_some(a)

@@ -125,7 +125,7 @@ fn the_rendered_config_is_what_the_worker_reads() {
 }
 
 #[test]
-fn a_config_change_rolls_the_pods_and_user_env_wins() {
+fn a_config_change_rolls_the_pods_and_user_env_cannot_override_ours() {
     let a = sample();
     let mut b = sample();
     b.spec.llm.model = "gpt-4.1".into();
@@ -159,7 +159,15 @@ fn a_config_change_rolls_the_pods_and_user_env_wins() {
         1,
         "one entry per name (server-side apply keys env by name)"
     );
-    assert_eq!(formats[0].value.as_deref(), Some("text"));
+    assert_eq!(
+        formats[0].value.as_deref(),
+        Some("json"),
+        "the operator's, not the user's"
+    );
+    assert!(
+        env.iter().any(|e| e.name == "EXTRA"),
+        "the user's other variables stay"
+    );
 }
 
 #[test]
@@ -220,4 +228,24 @@ fn an_agent_not_from_the_api_server_is_refused() {
         desired(&a, &Settings::default()),
         Err(ChildError::Missing("namespace"))
     ));
+}
+
+#[test]
+fn worker_pods_meet_the_restricted_pod_security_standard() {
+    let c = desired(&sample(), &Settings::default()).expect("children");
+    let pod = c.stateful_set.spec.expect("spec").template.spec.expect("pod");
+    let p = pod.security_context.expect("pod security context");
+    assert_eq!(p.run_as_non_root, Some(true));
+    assert!(p.run_as_user.is_some_and(|u| u != 0));
+    assert_eq!(
+        p.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    let w = pod.containers[0]
+        .security_context
+        .clone()
+        .expect("container security context");
+    assert_eq!(w.allow_privilege_escalation, Some(false));
+    assert_eq!(w.read_only_root_filesystem, Some(true));
+    assert_eq!(w.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
 }
