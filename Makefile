@@ -79,6 +79,8 @@ bench:
 	@scripts/kafka.sh start $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR)
 	@status=0; MESHCHAT_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
 	  $(CARGO_TARGET_DIR)/release/meshchat-bench --out $(BENCH_OUT) $(BENCH_ARGS) || status=$$?; \
+	  MESHCHAT_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
+	  $(CARGO_TARGET_DIR)/release/auth-bench --out $(BENCH_OUT) || status=$$?; \
 	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); exit $$status
 
 clean:

@@ -49,7 +49,11 @@ mkdir -p "$root/.run"
   >"$root/.run/e2e-operator.log" 2>&1 &
 op_pid=$!
 
-step "ChatAgent $ns/$name"
+step "API keys Secret and ChatAgent $ns/$name"
+token=e2e_$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')
+hash=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
+$kubectl -n "$ns" create secret generic "$name-api-keys" \
+  --from-literal=keys.yaml="keys: [{tenant: e2e, user: e2e, role: admin, sha256: $hash}]" >/dev/null
 cat <<EOF | $kubectl apply -f - >/dev/null
 apiVersion: meshchat.io/v1alpha1
 kind: ChatAgent
@@ -60,6 +64,7 @@ spec:
   imagePullPolicy: IfNotPresent
   kafka: {bootstrapServers: "$kafka", partitions: 6}
   rebalance: {intervalSeconds: 5, heartbeatTimeoutSeconds: 5}
+  auth: {apiKeysSecretRef: {name: $name-api-keys, key: keys.yaml}}
 EOF
 wait_for "the StatefulSet" 60 $kubectl -n "$ns" get statefulset "$name"
 for child in service/$name service/$name-peers configmap/$name-config poddisruptionbudget/$name serviceaccount/$name-worker; do
@@ -77,10 +82,13 @@ if [ "$workers_run" = 1 ]; then
   $kubectl -n "$ns" port-forward "service/$name" 18088:8080 >/dev/null 2>&1 &
   pf=$!
   sleep 2
-  id=$(curl -sf -X POST localhost:18088/api/chat/send -H 'content-type: application/json' \
-    -d '{"conversationId":"e2e","userId":"e2e","content":"hello"}' | sed -n 's/.*"messageId":"\([^"]*\)".*/\1/p')
+  [ "$(curl -s -o /dev/null -w '%{http_code}' localhost:18088/api/chat/conversation/e2e)" = 401 ] \
+    || fail "a read without a credential was not refused"
+  id=$(curl -sf -X POST localhost:18088/api/chat/send -H "Authorization: Bearer $token" \
+    -H 'content-type: application/json' -d '{"conversationId":"e2e","content":"hello"}' \
+    | sed -n 's/.*"messageId":"\([^"]*\)".*/\1/p')
   [ -n "$id" ] || fail "send failed"
-  replied() { curl -sf localhost:18088/api/chat/conversation/e2e | grep -q "\"inReplyTo\":\"$id\""; }
+  replied() { curl -sf localhost:18088/api/chat/conversation/e2e -H "Authorization: Bearer $token" | grep -q "\"inReplyTo\":\"$id\""; }
   wait_for "a reply" 120 replied
   kill "$pf" 2>/dev/null || true
 fi

@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # The whole local mesh: Kafka on 127.0.0.1:9092, an LLM (the fake one unless
-# MESHCHAT_LLM_BASE_URL or OPENAI_API_KEY is set), three workers on :8080 :8081 :8082 with
+# MESHCHAT_LLM_BASE_URL or OPENAI_API_KEY is set), three workers on :8080 :8081 :8082 (their
+# internal listeners — probes, metrics, the drain, peers' reads — on :9080 :9081 :9082) with
 # dynamic ownership, and the balancer (`meshchat-operator local -f docs/examples/local-mesh.yaml`)
 # assigning the 24 partitions. A process that dies is reported and the rest keep serving (kill -9
 # a worker: its partitions move to the others); Ctrl-C stops everything.
 #
 # Ports and directories can be moved (the tests run `make run` beside a developer's mesh):
 #   MESHCHAT_RUN_KAFKA_PORT (9092), MESHCHAT_RUN_KAFKA_DIR (kafka.sh's default for the port),
-#   MESHCHAT_RUN_PORT (8080: workers on it and the next two), MESHCHAT_RUN_LLM_PORT (8090),
-#   MESHCHAT_RUN_LOGS (.run/logs).
+#   MESHCHAT_RUN_PORT (8080: workers on it and the next two), MESHCHAT_RUN_INTERNAL_PORT (9080),
+#   MESHCHAT_RUN_LLM_PORT (8090), MESHCHAT_RUN_STATE (.run: the mesh secret, development
+#   credentials, logs).
+#
+# Every public route needs a credential: the first run creates development API keys for two
+# tenants (acme and globex: a user and an admin each) and the mesh's operator, kept in
+# $state/dev-credentials.json (and .env, to `source`); the workers get only their hashes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$HOME/.cache/meshchat/target}/debug
 kafka_port=${MESHCHAT_RUN_KAFKA_PORT:-9092}
 kafka_dir=${MESHCHAT_RUN_KAFKA_DIR:-}
 http_port=${MESHCHAT_RUN_PORT:-8080}
+internal_port=${MESHCHAT_RUN_INTERNAL_PORT:-9080}
 llm_port=${MESHCHAT_RUN_LLM_PORT:-8090}
-logs=${MESHCHAT_RUN_LOGS:-$root/.run/logs}
+state=${MESHCHAT_RUN_STATE:-$root/.run}
+logs=$state/logs
 mkdir -p "$logs"
+chmod 700 "$state"
 pids=()
 declare -A names
 started_kafka=
@@ -63,22 +72,65 @@ if [ -z "$llm_url" ]; then
   export MESHCHAT_LLM_MODEL=${MESHCHAT_LLM_MODEL:-fake-model}
 fi
 
+# what the workers present to each other's internal listener (kept across runs, never printed)
+if [ ! -s "$state/mesh-secret" ]; then
+  (umask 077; head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$state/mesh-secret")
+fi
+MESHCHAT_MESH_SECRET=$(cat "$state/mesh-secret")
+export MESHCHAT_MESH_SECRET
+
+# development credentials: API keys, kept across runs; the workers load only the hashes
+creds=$state/dev-credentials.json
+if [ ! -s "$creds" ] || [ ! -s "$state/api-keys.json" ] || [ ! -s "$state/dev-credentials.env" ]; then
+  echo "==> creating development credentials in $creds"
+  dev=(
+    "ACME_USER acme alice user"
+    "ACME_ADMIN acme acme-admin admin"
+    "GLOBEX_USER globex carol user"
+    "GLOBEX_ADMIN globex globex-admin admin"
+    "MESH_OPERATOR default mesh-operator operator"
+  )
+  (
+    umask 077
+    json='{"credentials": ['
+    keys='{"keys": ['
+    env="# MeshChat development credentials (make run). Never use them outside development."$'\n'
+    sep=
+    for line in "${dev[@]}"; do
+      read -r var tenant user role <<<"$line"
+      token=mcdev_$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')
+      hash=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
+      json+="$sep"$'\n'"  {\"tenant\": \"$tenant\", \"user\": \"$user\", \"role\": \"$role\", \"token\": \"$token\"}"
+      keys+="$sep"$'\n'"  {\"id\": \"dev-$user\", \"tenant\": \"$tenant\", \"user\": \"$user\", \"role\": \"$role\", \"sha256\": \"$hash\"}"
+      env+="$var=$token"$'\n'
+      sep=,
+    done
+    printf '%s\n]}\n' "$json" >"$creds"
+    printf '%s\n]}\n' "$keys" >"$state/api-keys.json"
+    printf '%s' "$env" >"$state/dev-credentials.env"
+  )
+fi
+export MESHCHAT_API_KEYS_FILE=$state/api-keys.json
+
 urls=()
+internal=()
 for i in 0 1 2; do
   port=$((http_port + i))
+  iport=$((internal_port + i))
   urls+=("http://127.0.0.1:$port")
-  MESHCHAT_NODE_ID=node-$i MESHCHAT_LISTEN=127.0.0.1:$port \
+  internal+=("http://127.0.0.1:$iport")
+  MESHCHAT_NODE_ID=node-$i MESHCHAT_LISTEN=127.0.0.1:$port MESHCHAT_INTERNAL_LISTEN=127.0.0.1:$iport \
   MESHCHAT_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port MESHCHAT_LLM_BASE_URL=$llm_url \
   MESHCHAT_OWNERSHIP=dynamic MESHCHAT_AGENT=meshchat \
     spawn "worker node-$i" "$logs/node-$i.log" "$bin/meshchat-worker"
-  echo "==> worker node-$i on http://127.0.0.1:$port (pid ${pids[-1]})"
+  echo "==> worker node-$i on http://127.0.0.1:$port, internal http://127.0.0.1:$iport (pid ${pids[-1]})"
 done
 
 echo "==> balancer (meshchat-operator local -f docs/examples/local-mesh.yaml)"
 spawn "balancer" "$logs/balancer.log" \
   "$bin/meshchat-operator" local -f "$root/docs/examples/local-mesh.yaml" --bootstrap "127.0.0.1:$kafka_port"
 
-for url in "${urls[@]}"; do
+for url in "${internal[@]}"; do
   for _ in $(seq 1 120); do
     curl -fs "$url/readyz" >/dev/null 2>&1 && break
     for pid in "${pids[@]}"; do
@@ -88,9 +140,10 @@ for url in "${urls[@]}"; do
   done
 done
 
+operator_token=$(sed -n 's/^MESH_OPERATOR=//p' "$state/dev-credentials.env")
 echo "==> waiting for the balancer's first assignment"
 for _ in $(seq 1 60); do
-  owned=$(curl -fs "${urls[0]}/api/mesh" 2>/dev/null | grep -o '"owner"' | wc -l || true)
+  owned=$(curl -fs "${urls[0]}/api/mesh" -H "Authorization: Bearer $operator_token" 2>/dev/null | grep -o '"owner"' | wc -l || true)
   [ "$owned" -ge 24 ] && break
   sleep 0.5
 done
@@ -99,20 +152,24 @@ cat <<TXT
 
 MeshChat is running.
   workers:   ${urls[*]}
-  mesh:      ${urls[0]}/api/mesh   (assignment, loads, recent moves)
+  internal:  ${internal[*]}   (/healthz /readyz /metrics /drain: the mesh's, not clients')
+  mesh:      ${urls[0]}/api/mesh   (assignment, loads, recent moves; admin or operator)
   LLM:       $llm_url
   Kafka:     127.0.0.1:$kafka_port
   logs:      $logs
   processes: $(for pid in "${pids[@]}"; do printf '%s=%s ' "${names[$pid]// /-}" "$pid"; done)
+  credentials: $creds (development only; every route needs one)
+$(sed -n 's/^\([A-Z_]*\)=\(.*\)/    \1=\2/p' "$state/dev-credentials.env")
 
 Try it:
-  curl -s -X POST ${urls[0]}/api/chat/send -H 'Content-Type: application/json' \\
-    -d '{"conversationId":"conv-123","userId":"user-456","content":"Hello, how are you?"}'
-  curl -s ${urls[1]}/api/chat/conversation/conv-123
-  curl -N ${urls[2]}/api/chat/conversation/conv-123/events   # live (SSE)
-  curl -s ${urls[0]}/api/agent/status
-  curl -s -X POST ${urls[0]}/api/agent/migrate -H 'Content-Type: application/json' \\
-    -d '{"targetNode":"node-1"}'                                        # move node-0's partitions
+  source $state/dev-credentials.env
+  curl -s -X POST ${urls[0]}/api/chat/send -H "Authorization: Bearer \$ACME_USER" \\
+    -H 'Content-Type: application/json' -d '{"conversationId":"conv-123","content":"Hello, how are you?"}'
+  curl -s ${urls[1]}/api/chat/conversation/conv-123 -H "Authorization: Bearer \$ACME_USER"
+  curl -N ${urls[2]}/api/chat/conversation/conv-123/events -H "Authorization: Bearer \$ACME_USER"   # live (SSE)
+  curl -s ${urls[1]}/api/chat/conversation/conv-123 -H "Authorization: Bearer \$GLOBEX_USER"   # 404: another tenant
+  curl -s -X POST ${urls[0]}/api/agent/migrate -H "Authorization: Bearer \$MESH_OPERATOR" \\
+    -H 'Content-Type: application/json' -d '{"targetNode":"node-1"}'   # move node-0's partitions
   kill -9 ${pids[-2]}                # worker node-2: its partitions move to the others
 
 Press Ctrl-C to stop.

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.auth)").message("spec.auth is required: who may call the workers — apiKeysSecretRef and/or jwt, or mode: None for development only"))]
 pub struct ChatAgentSpec {
     /// Number of worker pods.
     #[serde(default = "default_replicas")]
@@ -94,6 +95,70 @@ pub struct ChatAgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
     pub autoscaling: Option<AutoscalingSpec>,
+    /// Who may call the workers' public API (required: every route is authenticated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.mode == 'None' || has(self.apiKeysSecretRef) || has(self.jwt)").message("auth needs apiKeysSecretRef and/or jwt (or mode: None, for development only)"))]
+    pub auth: Option<AuthSpec>,
+}
+
+/// Authentication of the workers' public API.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `Required` (every route needs a credential) or `None` (development only: everyone is an
+    /// admin of the default tenant; the workers say so loudly).
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Secret key holding the API keys file (JSON or YAML: tenant, user, role and the key's
+    /// SHA-256 — never the key). Mounted into the workers, which pick up edits without a
+    /// restart (within the kubelet's Secret sync, about a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_secret_ref: Option<SecretKeyRef>,
+    /// JWTs from an identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+    /// Migrate requests a tenant may send per minute (default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 6000))]
+    pub migrate_per_minute: Option<u32>,
+}
+
+/// Whether the public API asks for credentials.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AuthMode {
+    /// Every public route needs a credential.
+    #[default]
+    Required,
+    /// Nothing is checked (development only).
+    None,
+}
+
+/// JWT verification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// The provider's JWKS URL (HS256, RS256 and ES256 keys are used).
+    #[schemars(length(min = 1, max = 2048))]
+    pub jwks_url: String,
+    /// Required `iss`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: String,
+    /// Required `aud`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: String,
+    /// Claim naming the tenant (default `tenant`; dotted names reach into objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_claim: Option<String>,
+    /// Claim naming the user (default `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_claim: Option<String>,
+    /// Claim naming the role: `user`, `admin` or `operator`, or a list (default `role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub leeway_seconds: Option<u32>,
 }
 
 /// When the kubelet pulls the worker image.

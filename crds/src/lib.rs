@@ -5,8 +5,9 @@
 mod chatagent;
 
 pub use chatagent::{
-    AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, CredentialsSecretRef, ImagePullPolicy,
-    KafkaSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec, SecretKeyRef, TlsSpec, WorkerLoadStatus,
+    AuthMode, AuthSpec, AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, CredentialsSecretRef,
+    ImagePullPolicy, JwtSpec, KafkaSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec, SecretKeyRef,
+    TlsSpec, WorkerLoadStatus,
 };
 
 /// The `ChatAgent` CRD as YAML, exactly as `crdgen` writes it into the repository.

@@ -49,6 +49,9 @@ pub struct Balancer {
     workers: BTreeMap<String, Seen>,
     table: AssignmentTable,
     last_moved: BTreeMap<i32, u64>,
+    /// When a client's migrate request last moved each partition: requests go through the
+    /// cooldown too, so nobody can make a partition ping-pong between workers.
+    last_requested: BTreeMap<i32, u64>,
     last_round_ms: u64,
     membership: BTreeSet<(String, bool, bool)>,
     smoothed: BTreeMap<i32, Smoothed>,
@@ -133,6 +136,7 @@ impl Balancer {
             workers: BTreeMap::new(),
             table,
             last_moved: BTreeMap::new(),
+            last_requested: BTreeMap::new(),
             last_round_ms: now_ms,
             membership: BTreeSet::new(),
             smoothed: BTreeMap::new(),
@@ -275,6 +279,17 @@ impl Balancer {
             if prev.as_ref().is_some_and(|o| o.worker == req.target) {
                 continue;
             }
+            let owner_alive = prev.as_ref().is_some_and(|o| self.alive(&o.worker, now_ms));
+            if let Some(t) = self.last_requested.get(p)
+                && owner_alive
+                && now_ms.saturating_sub(*t) < self.policy.cooldown_ms
+            {
+                return Err(format!(
+                    "partition {p} was moved on request {} s ago; the cooldown is {} s",
+                    now_ms.saturating_sub(*t) / 1000,
+                    self.policy.cooldown_ms / 1000
+                ));
+            }
             let epoch = prev.as_ref().map_or(0, |o| o.epoch) + 1;
             let from = prev.map(|o| o.worker);
             let reason = match &from {
@@ -299,6 +314,9 @@ impl Balancer {
         }
         if moves.is_empty() {
             return Ok(None);
+        }
+        for m in &moves {
+            self.last_requested.insert(m.partition, now_ms);
         }
         Ok(Some(self.publish(next, moves, now_ms)))
     }
@@ -402,8 +420,11 @@ impl Balancer {
             .collect();
         for (id, s) in &self.workers {
             if owns(id) || self.alive(id, now_ms) {
-                let address = s.report.address.clone();
-                workers.insert(id.clone(), WorkerInfo { address });
+                let info = WorkerInfo {
+                    address: s.report.address.clone(),
+                    internal_address: s.report.internal_address.clone(),
+                };
+                workers.insert(id.clone(), info);
             }
         }
         for m in &moves {

@@ -1,23 +1,26 @@
 //! What a ChatAgent owns, as pure functions of the resource: a StatefulSet of workers (stable
 //! pod names are stable worker ids, so a restarted pod takes its own partitions back), a
 //! headless Service for peer addresses, a client Service, a ConfigMap with the rendered worker
-//! configuration, a PodDisruptionBudget and a ServiceAccount. The controller applies them with
-//! server-side apply; nothing here talks to the API server.
+//! configuration, a PodDisruptionBudget and a ServiceAccount, and the Secret the workers share
+//! (the mesh secret, see [`mesh_secret`]). The controller applies them with server-side apply;
+//! nothing here talks to the API server.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
-use meshchat_crds::ChatAgent;
+use meshchat_crds::{AuthMode, AuthSpec, ChatAgent};
 use meshchat_wire::murmur2;
 use meshchat_wire::worker::{self, Ownership, WorkerFile, env as worker_env, paths};
 
@@ -38,8 +41,14 @@ impl Default for Settings {
 
 /// The one field manager of every object the operator applies.
 pub const MANAGER: &str = "meshchat-operator";
-/// Port workers serve HTTP on.
+/// Port workers serve their public API on.
 pub const HTTP_PORT: i32 = worker::HTTP_PORT as i32;
+/// Port of the workers' internal listener (probes, metrics, the drain, peers' reads).
+pub const INTERNAL_PORT: i32 = worker::INTERNAL_PORT as i32;
+/// The key of the mesh Secret that holds the secret.
+pub const MESH_SECRET_KEY: &str = "secret";
+/// The worker binary in the images (the preStop hook runs `meshchat-worker drain`).
+pub const WORKER_BINARY: &str = "/usr/local/bin/meshchat-worker";
 /// Where the Kafka CA bundle is mounted.
 const KAFKA_CA_DIR: &str = "/etc/meshchat/kafka-ca";
 /// Pod template annotation that changes with the configuration, so pods roll when it does.
@@ -84,6 +93,8 @@ pub struct Names {
     pub config: String,
     /// ServiceAccount.
     pub service_account: String,
+    /// Secret with the mesh secret.
+    pub mesh_secret: String,
 }
 
 impl Names {
@@ -94,6 +105,7 @@ impl Names {
             peers: format!("{name}-peers"),
             config: format!("{name}-config"),
             service_account: format!("{name}-worker"),
+            mesh_secret: format!("{name}-mesh"),
         }
     }
 }
@@ -152,6 +164,25 @@ fn meta(agent: &ChatAgent, name: &str, owner: &OwnerReference) -> Result<ObjectM
     })
 }
 
+/// The Secret the workers of `agent` share: `value` is what peers present to each other's
+/// internal listener. Created once (never applied again: a new value would split the mesh until
+/// every pod restarted); owned by the ChatAgent, so it goes with it.
+pub fn mesh_secret(agent: &ChatAgent, value: &str) -> Result<Secret, ChildError> {
+    let (_, name) = id(agent)?;
+    let owner = agent
+        .controller_owner_ref(&())
+        .ok_or(ChildError::Missing("uid"))?;
+    Ok(Secret {
+        metadata: meta(agent, &Names::of(&name).mesh_secret, &owner)?,
+        data: Some(BTreeMap::from([(
+            MESH_SECRET_KEY.to_string(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    })
+}
+
 /// Builds every child of `agent`.
 pub fn desired(agent: &ChatAgent, settings: &Settings) -> Result<Children, ChildError> {
     let (ns, name) = id(agent)?;
@@ -175,10 +206,10 @@ pub fn desired(agent: &ChatAgent, settings: &Settings) -> Result<Children, Child
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     };
-    let http_port = ServicePort {
-        name: Some(worker::HTTP_PORT_NAME.into()),
-        port: HTTP_PORT,
-        target_port: Some(IntOrString::String(worker::HTTP_PORT_NAME.into())),
+    let service_port = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
         ..ServicePort::default()
     };
     let peers = Service {
@@ -188,7 +219,7 @@ pub fn desired(agent: &ChatAgent, settings: &Settings) -> Result<Children, Child
             // peers forward reads to owners that may not be ready yet (replaying)
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(&name)),
-            ports: Some(vec![http_port.clone()]),
+            ports: Some(vec![service_port(worker::INTERNAL_PORT_NAME, INTERNAL_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -197,7 +228,8 @@ pub fn desired(agent: &ChatAgent, settings: &Settings) -> Result<Children, Child
         metadata: meta(agent, &names.workers, &owner)?,
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(&name)),
-            ports: Some(vec![http_port]),
+            // clients reach the public port only
+            ports: Some(vec![service_port(worker::HTTP_PORT_NAME, HTTP_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -289,10 +321,33 @@ fn pod_template(
             ..VolumeMount::default()
         });
     }
+    // the API keys: a Secret volume (not a subPath), so the kubelet's updates reach the file
+    // and the worker reloads it without a restart
+    if let Some(keys) = spec.auth.as_ref().and_then(|a| a.api_keys_secret_ref.as_ref()) {
+        volumes.push(Volume {
+            name: "api-keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(keys.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: keys.key.clone(),
+                    path: worker::API_KEYS_FILE.into(),
+                    ..KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "api-keys".into(),
+            mount_path: worker::API_KEYS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String(worker::HTTP_PORT_NAME.into()),
+            port: IntOrString::String(worker::INTERNAL_PORT_NAME.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -311,24 +366,31 @@ fn pod_template(
             "--config".into(),
             format!("{}/{}", worker::CONFIG_DIR, worker::CONFIG_FILE),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some(worker::HTTP_PORT_NAME.into()),
-            container_port: HTTP_PORT,
-            ..ContainerPort::default()
-        }]),
-        env: Some(env(agent, ns, &names.peers)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(worker::HTTP_PORT_NAME.into()),
+                container_port: HTTP_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(worker::INTERNAL_PORT_NAME.into()),
+                container_port: INTERNAL_PORT,
+                ..ContainerPort::default()
+            },
+        ]),
+        env: Some(env(agent, ns, names)),
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
         volume_mounts: Some(mounts),
         readiness_probe: Some(probe(paths::READINESS, 2, 3)),
         liveness_probe: Some(probe(paths::LIVENESS, 10, 6)),
-        // hand partitions away before SIGTERM: the kubelet waits for this GET to return
+        // hand partitions away before SIGTERM: the kubelet waits for this command to return.
+        // It calls the drain on loopback, the only caller the worker accepts without the mesh
+        // secret: nothing outside the pod can take a worker out of service.
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
-                http_get: Some(HTTPGetAction {
-                    path: Some(paths::DRAIN.into()),
-                    port: IntOrString::String(worker::HTTP_PORT_NAME.into()),
-                    ..HTTPGetAction::default()
+                exec: Some(ExecAction {
+                    command: Some(vec![WORKER_BINARY.into(), "drain".into()]),
                 }),
                 ..LifecycleHandler::default()
             }),
@@ -360,8 +422,8 @@ fn pod_template(
     }
 }
 
-/// The user worker pods run as: not root (the images' numeric user).
-pub const WORKER_UID: i64 = 65532;
+/// The user worker pods run as: not root (the images' numeric user, docker/Dockerfile).
+pub const WORKER_UID: i64 = 10001;
 
 /// Pod Security Admission `restricted`: not root, the runtime's default seccomp profile.
 fn pod_security() -> PodSecurityContext {
@@ -418,7 +480,8 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 /// The worker's environment: identity from the pod, secrets by reference, then the user's
 /// variables — never a `MESHCHAT_*` one (the API server refuses them; a ChatAgent from before
 /// that rule must not steer the worker's settings or credentials either).
-fn env(agent: &ChatAgent, ns: &str, peers: &str) -> Vec<EnvVar> {
+fn env(agent: &ChatAgent, ns: &str, names: &Names) -> Vec<EnvVar> {
+    let peers = &names.peers;
     let mut env = vec![
         EnvVar {
             name: "POD_NAME".into(),
@@ -436,6 +499,11 @@ fn env(agent: &ChatAgent, ns: &str, peers: &str) -> Vec<EnvVar> {
             worker_env::ADVERTISE_URL,
             format!("http://$(POD_NAME).{peers}.{ns}.svc:{HTTP_PORT}"),
         ),
+        plain(
+            worker_env::INTERNAL_ADVERTISE_URL,
+            format!("http://$(POD_NAME).{peers}.{ns}.svc:{INTERNAL_PORT}"),
+        ),
+        from_secret(worker_env::MESH_SECRET, &names.mesh_secret, MESH_SECRET_KEY),
         plain(worker_env::LOG_FORMAT, worker::LogFormat::Json.as_str()),
     ];
     if let Some(k) = &agent.spec.llm.api_key_secret_ref {
@@ -515,7 +583,40 @@ pub fn worker_file(agent: &ChatAgent) -> Result<WorkerFile, ChildError> {
         context_tokens: spec.llm.context_tokens,
         llm_concurrency: spec.llm.concurrency,
         llm_timeout_secs: spec.llm.timeout_seconds,
+        ..auth_options(spec.auth.as_ref())
     })
+}
+
+/// The worker options of `spec.auth`. Without it (the API server refuses such a ChatAgent; an
+/// old object may lack it) the worker gets no credentials and refuses to start, loudly: never
+/// an open API by omission.
+fn auth_options(auth: Option<&AuthSpec>) -> WorkerFile {
+    let Some(auth) = auth else {
+        return WorkerFile {
+            auth: Some("required".into()),
+            ..WorkerFile::default()
+        };
+    };
+    let jwt = auth.jwt.as_ref();
+    WorkerFile {
+        auth: Some(match auth.mode {
+            AuthMode::Required => "required".into(),
+            AuthMode::None => "none".into(),
+        }),
+        api_keys_file: auth
+            .api_keys_secret_ref
+            .as_ref()
+            .map(|_| format!("{}/{}", worker::API_KEYS_DIR, worker::API_KEYS_FILE)),
+        jwks_url: jwt.map(|j| j.jwks_url.clone()),
+        jwt_issuer: jwt.map(|j| j.issuer.clone()),
+        jwt_audience: jwt.map(|j| j.audience.clone()),
+        jwt_tenant_claim: jwt.and_then(|j| j.tenant_claim.clone()),
+        jwt_user_claim: jwt.and_then(|j| j.user_claim.clone()),
+        jwt_role_claim: jwt.and_then(|j| j.role_claim.clone()),
+        jwt_leeway_secs: jwt.and_then(|j| j.leeway_seconds),
+        migrate_per_minute: auth.migrate_per_minute,
+        ..WorkerFile::default()
+    }
 }
 
 /// The worker configuration file's text.

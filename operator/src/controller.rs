@@ -12,7 +12,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -41,6 +41,9 @@ pub enum Error {
     /// The children could not be built.
     #[error(transparent)]
     Child(#[from] ChildError),
+    /// The system gave no randomness for the mesh secret.
+    #[error("no randomness for the mesh secret: {0}")]
+    Random(String),
 }
 
 impl Error {
@@ -49,6 +52,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Child(_) => "spec",
+            Error::Random(_) => "random",
         }
     }
 }
@@ -102,18 +106,36 @@ pub const AUTOSCALE_RESYNC: Duration = Duration::from_secs(5);
 pub type Triggers = futures::channel::mpsc::UnboundedReceiver<ObjectRef<ChatAgent>>;
 
 /// Runs the controller until `stop`; `triggers` are reconciles asked for by the supervisor.
-pub async fn reconcile_chat_agents(ctx: Arc<Context>, triggers: Triggers, stop: CancellationToken) {
+/// `namespaces` empty: every namespace (cluster-wide RBAC); else one watch per namespace, so
+/// Roles in those namespaces are all the operator needs.
+pub async fn reconcile_chat_agents(
+    ctx: Arc<Context>,
+    triggers: Triggers,
+    namespaces: Vec<String>,
+    stop: CancellationToken,
+) {
     let client = ctx.client.clone();
-    let agents: Api<ChatAgent> = Api::all(client.clone());
-    let controller = Controller::new(agents, watcher::Config::default())
-        .owns(
-            Api::<StatefulSet>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Service>::all(client), watcher::Config::default())
-        .reconcile_on(triggers);
-    let store = controller.store();
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let mut routes = BTreeMap::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        routes.insert(scope.clone(), tx);
+        controllers.push(controller_in(&client, scope.as_deref()).reconcile_on(rx));
+    }
+    // a supervisor's trigger goes to the watch of its ChatAgent's namespace
+    let router = tokio::spawn(triggers.for_each(move |r: ObjectRef<ChatAgent>| {
+        let tx = routes.get(&r.namespace).or_else(|| routes.get(&None));
+        if let Some(tx) = tx {
+            let _ = tx.unbounded_send(r);
+        }
+        async {}
+    }));
+    let stores: Vec<_> = controllers.iter().map(Controller::store).collect();
     let sweeper = {
         // ChatAgents deleted: stop their balancers (no finalizer: nothing outside the cluster
         // to clean, and owner references delete the children)
@@ -124,28 +146,54 @@ pub async fn reconcile_chat_agents(ctx: Arc<Context>, triggers: Triggers, stop: 
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
-                if store.wait_until_ready().await.is_err() {
+                let mut keep = BTreeSet::new();
+                let mut ready = true;
+                for store in &stores {
+                    ready &= store.wait_until_ready().await.is_ok();
+                    keep.extend(store.state().iter().filter_map(|a| agent_key(a).ok()));
+                }
+                if !ready {
                     continue;
                 }
-                let keep: BTreeSet<String> = store.state().iter().filter_map(|a| agent_key(a).ok()).collect();
                 ctx.supervisor.retain(&keep);
                 ctx.metrics.balancers.set(ctx.supervisor.running() as i64);
             }
         })
     };
-    let shutdown = stop.clone();
-    controller
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(agent = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
+    let runs = controllers.into_iter().map(|controller| {
+        let (shutdown, ctx) = (stop.clone(), ctx.clone());
+        controller
+            .graceful_shutdown_on(async move { shutdown.cancelled().await })
+            .run(reconcile, error_policy, ctx)
+            .for_each(|res| async move {
+                match res {
+                    Ok((obj, _)) => tracing::debug!(agent = %obj.name, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+                }
+            })
+    });
+    futures::future::join_all(runs).await;
+    router.abort();
     sweeper.abort();
     ctx.supervisor.stop_all();
+}
+
+/// The ChatAgent controller over one namespace, or all of them.
+fn controller_in(client: &Client, namespace: Option<&str>) -> Controller<ChatAgent> {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let cfg = watcher::Config::default;
+    Controller::new(api::<ChatAgent>(client, namespace), cfg())
+        .owns(api::<StatefulSet>(client, namespace), cfg())
+        .owns(api::<ConfigMap>(client, namespace), cfg())
+        .owns(api::<Service>(client, namespace), cfg())
 }
 
 async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
@@ -195,6 +243,7 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
     apply(&ctx.client, &ns, &c.peers).await?;
     apply(&ctx.client, &ns, &c.service).await?;
     apply(&ctx.client, &ns, &c.pdb).await?;
+    ensure_mesh_secret(agent, &ctx.client, &ns).await?;
     let sts = apply(&ctx.client, &ns, &c.stateful_set).await?;
 
     let previous = agent.status.clone().unwrap_or_default();
@@ -252,6 +301,28 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
     } else {
         RESYNC
     }))
+}
+
+/// Creates the workers' mesh secret unless it exists: a create that the API server refuses with
+/// 409 when it does, so the operator never needs to read a Secret it did not get named.
+async fn ensure_mesh_secret(agent: &ChatAgent, client: &Client, ns: &str) -> Result<(), Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    let value = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+    let secret = children::mesh_secret(agent, &value)?;
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = %secret.metadata.name.unwrap_or_default(), "created the mesh secret");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The balancer settings of `agent`, with SASL credentials and the CA read from its Secrets.

@@ -19,7 +19,7 @@ pub use children::Settings as ChildSettings;
 pub use leader::ElectionTiming;
 pub use serve::{Options, operate};
 
-use meshchat_crds::ChatAgent;
+use meshchat_crds::{AuthMode, ChatAgent};
 
 /// A ChatAgent manifest that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,23 @@ pub fn parse_manifest(yaml: &str) -> Result<ChatAgent, ManifestError> {
                 .into(),
         );
     }
+    match &spec.auth {
+        None => {
+            return invalid(
+                "auth",
+                "is required: who may call the workers — apiKeysSecretRef and/or jwt, or mode: None \
+                 for development only"
+                    .into(),
+            );
+        }
+        Some(a) if a.mode == AuthMode::Required && a.api_keys_secret_ref.is_none() && a.jwt.is_none() => {
+            return invalid(
+                "auth",
+                "auth needs apiKeysSecretRef and/or jwt (or mode: None, for development only)".into(),
+            );
+        }
+        Some(_) => {}
+    }
     if let Some(a) = &spec.autoscaling
         && a.min_replicas > a.max_replicas
     {
@@ -105,6 +122,7 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = include_str!("../../docs/examples/chatagent.yaml");
+    const AUTH: &str = "  auth:\n    apiKeysSecretRef:\n      name: support-api-keys\n      key: keys.yaml\n";
 
     #[test]
     fn the_documented_sample_parses() {
@@ -155,5 +173,18 @@ mod tests {
         assert!(err.to_string().contains("allowPlaintextSasl"), "{err}");
         let explicit = sasl.replace("  kafka:\n", "  kafka:\n    allowPlaintextSasl: true\n");
         assert!(parse_manifest(&explicit).is_ok());
+    }
+
+    #[test]
+    fn a_chat_agent_says_who_may_call_its_workers() {
+        let (with, without) = (SAMPLE, SAMPLE.replace(AUTH, ""));
+        assert!(parse_manifest(with).is_ok());
+        let err = parse_manifest(&without).expect_err("no auth");
+        assert!(err.to_string().starts_with("spec.auth: is required"), "{err}");
+        let empty = SAMPLE.replace(AUTH, "  auth: {mode: Required}\n");
+        let err = parse_manifest(&empty).expect_err("no credentials");
+        assert!(err.to_string().contains("apiKeysSecretRef"), "{err}");
+        let open = SAMPLE.replace(AUTH, "  auth: {mode: None}\n");
+        assert!(parse_manifest(&open).is_ok(), "development only, but explicit");
     }
 }

@@ -44,6 +44,10 @@ enum Command {
         /// Worker image for ChatAgents that name none.
         #[arg(long, env = "MESHCHAT_WORKER_IMAGE")]
         worker_image: Option<String>,
+        /// Manage only the ChatAgents of these namespaces (comma-separated; a namespace-scoped
+        /// install whose RBAC covers only them). Default: every namespace.
+        #[arg(long, env = "MESHCHAT_WATCH_NAMESPACES", value_delimiter = ',')]
+        namespaces: Vec<String>,
     },
     /// Run the balancer for one ChatAgent against Kafka, without Kubernetes.
     Local {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             lease_name,
             lease_seconds,
             worker_image,
+            namespaces,
         } => {
             let identity = identity.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
                     renew_deadline: lease * 2 / 3,
                     retry: (lease / 7).max(std::time::Duration::from_millis(500)),
                 },
+                namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,

@@ -35,6 +35,8 @@ pub struct Options {
     pub settings: Settings,
     /// Election timing.
     pub timing: leader::ElectionTiming,
+    /// Namespaces whose ChatAgents this operator manages; empty: every namespace.
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -111,7 +113,12 @@ pub async fn operate(client: Client, opts: Options, stop: CancellationToken) -> 
             controller::reporter(),
         ));
         tracing::info!("leading: starting the ChatAgent controller");
-        let running = tokio::spawn(controller::reconcile_chat_agents(ctx, triggers, term.clone()));
+        let running = tokio::spawn(controller::reconcile_chat_agents(
+            ctx,
+            triggers,
+            opts.namespaces.clone(),
+            term.clone(),
+        ));
         tokio::select! {
             () = stop.cancelled() => {}
             _ = leading.wait_for(|l| !*l) => tracing::warn!("lost the lease: stopping the controller and balancers"),

@@ -133,10 +133,22 @@ impl ControlPlane {
         chart: &Path,
         namespace: &str,
     ) -> anyhow::Result<String> {
+        self.helm_template_with(release, chart, namespace, &[]).await
+    }
+
+    /// Renders the chart with helm and extra arguments (`--set …`).
+    pub async fn helm_template_with(
+        &self,
+        release: &str,
+        chart: &Path,
+        namespace: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
         let out = tokio::process::Command::new(self.bin.join("helm"))
             .args(["template", release])
             .arg(chart)
             .args(["--namespace", namespace])
+            .args(extra)
             .output()
             .await?;
         if !out.status.success() {
@@ -187,12 +199,24 @@ impl Operator {
         identity: &str,
         dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with(kubeconfig, namespace, identity, dir, &[]).await
+    }
+
+    /// Like [`Operator::start`] with extra arguments of `meshchat-operator run`.
+    pub async fn start_with(
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{identity}.log"));
         let out = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new(bin("meshchat-operator"))
             .args(["run", "--identity", identity, "--lease-seconds", "6"])
             .args(["--lease-namespace", namespace])
             .args(["--listen", &format!("127.0.0.1:{}", free_port()?)])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("MESHCHAT_LOG", "info,rdkafka=warn,kube=warn")
             .stdout(out.try_clone()?)

@@ -2,6 +2,7 @@
 //! and gives tests small clients for REST, WebSocket, SSE and the topics themselves.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod bench;
 pub mod k8s;
 mod kafka;
@@ -10,9 +11,9 @@ mod mesh;
 mod procs;
 
 pub use kafka::{TopicRecord, broker, committed, end_offsets, produce, read_topic};
-pub use live::{LiveClient, connect_sse, connect_ws, connect_ws_query};
+pub use live::{LiveClient, connect_sse, connect_sse_as, connect_ws, connect_ws_as, connect_ws_query};
 pub use mesh::{BalancerProc, Load, MeshOptions, TestMesh, serial, verify_exactly_once, watch_all};
-pub use procs::{FakeLlm, Worker, WorkerSpec, bin, unique_prefix};
+pub use procs::{FakeLlm, MESH_SECRET, Worker, WorkerSpec, bin, unique_prefix};
 
 use std::time::Duration;
 
@@ -53,10 +54,22 @@ pub fn http() -> reqwest::Client {
     CLIENT.clone()
 }
 
-/// Sends a chat message; returns the message id.
+/// Sends a chat message as `user` (an admin of the default tenant); returns the message id.
 pub async fn send(base: &str, conversation: &str, user: &str, content: &str) -> anyhow::Result<String> {
+    send_as(base, &auth::admin(user), conversation, user, content).await
+}
+
+/// Sends a chat message with the bearer `token`; returns the message id.
+pub async fn send_as(
+    base: &str,
+    token: &str,
+    conversation: &str,
+    user: &str,
+    content: &str,
+) -> anyhow::Result<String> {
     let resp = http()
         .post(format!("{base}/api/chat/send"))
+        .bearer_auth(token)
         .json(&json!({"conversationId": conversation, "userId": user, "content": content}))
         .send()
         .await?;
@@ -71,10 +84,16 @@ pub async fn send(base: &str, conversation: &str, user: &str, content: &str) -> 
         .context("no messageId in send response")
 }
 
-/// `GET /api/chat/conversation/{id}`: status and body.
+/// `GET /api/chat/conversation/{id}` as the default tenant's admin: status and body.
 pub async fn conversation(base: &str, id: &str) -> anyhow::Result<(u16, Value)> {
+    conversation_as(base, &auth::admin("harness"), id).await
+}
+
+/// `GET /api/chat/conversation/{id}` with the bearer `token`: status and body.
+pub async fn conversation_as(base: &str, token: &str, id: &str) -> anyhow::Result<(u16, Value)> {
     let resp = http()
         .get(format!("{base}/api/chat/conversation/{id}"))
+        .bearer_auth(token)
         .send()
         .await?;
     let status = resp.status().as_u16();

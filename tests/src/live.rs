@@ -45,10 +45,22 @@ pub async fn connect_ws(base: &str, conversation: &str) -> anyhow::Result<LiveCl
     connect_ws_query(base, &format!("conversationId={conversation}")).await
 }
 
-/// Opens `ws://…/api/chat/ws?<query>`.
+/// Opens `ws://…/api/chat/ws?<query>` as the default tenant's admin.
 pub async fn connect_ws_query(base: &str, query: &str) -> anyhow::Result<LiveClient> {
+    connect_ws_as(base, query, Some(&crate::auth::admin("harness"))).await
+}
+
+/// Opens `ws://…/api/chat/ws?<query>` with `Authorization: Bearer <token>` when given.
+pub async fn connect_ws_as(base: &str, query: &str, token: Option<&str>) -> anyhow::Result<LiveClient> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("{}/api/chat/ws?{query}", base.replacen("http://", "ws://", 1));
-    let (socket, _) = tokio_tungstenite::connect_async(&url)
+    let mut request = url.as_str().into_client_request()?;
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    let (socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .with_context(|| format!("connecting {url}"))?;
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -67,10 +79,24 @@ pub async fn connect_ws_query(base: &str, query: &str) -> anyhow::Result<LiveCli
     Ok(LiveClient { events, task })
 }
 
-/// Opens `GET …/api/chat/conversation/{id}/events` and parses `data:` lines.
+/// Opens `GET …/api/chat/conversation/{id}/events` as the default tenant's admin and parses
+/// `data:` lines.
 pub async fn connect_sse(base: &str, conversation: &str) -> anyhow::Result<LiveClient> {
+    connect_sse_as(base, conversation, Some(&crate::auth::admin("harness"))).await
+}
+
+/// Opens the SSE stream of `conversation` with the bearer `token` when given.
+pub async fn connect_sse_as(
+    base: &str,
+    conversation: &str,
+    token: Option<&str>,
+) -> anyhow::Result<LiveClient> {
     let url = format!("{base}/api/chat/conversation/{conversation}/events");
-    let resp = reqwest::Client::new().get(&url).send().await?; // no overall timeout: a stream
+    let mut request = reqwest::Client::new().get(&url); // no overall timeout: a stream
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let resp = request.send().await?;
     if resp.status() != 200 {
         bail!("SSE {url} answered {}", resp.status());
     }

@@ -145,7 +145,7 @@ impl TestMesh {
         std::fs::write(
             &manifest,
             format!(
-                "apiVersion: meshchat.io/v1alpha1\nkind: ChatAgent\nmetadata:\n  name: {agent}\nspec:\n  replicas: {}\n  kafka:\n    bootstrapServers: {bootstrap}\n    topicPrefix: \"{prefix}\"\n    partitions: {}\n  rebalance:\n    intervalSeconds: {}\n    heartbeatTimeoutSeconds: {}\n    cooldownSeconds: {}\n",
+                "apiVersion: meshchat.io/v1alpha1\nkind: ChatAgent\nmetadata:\n  name: {agent}\nspec:\n  replicas: {}\n  kafka:\n    bootstrapServers: {bootstrap}\n    topicPrefix: \"{prefix}\"\n    partitions: {}\n  rebalance:\n    intervalSeconds: {}\n    heartbeatTimeoutSeconds: {}\n    cooldownSeconds: {}\n  auth:\n    apiKeysSecretRef: {{name: {agent}-api-keys, key: keys.json}}\n",
                 opts.workers,
                 opts.partitions,
                 opts.interval_secs,
@@ -184,7 +184,9 @@ impl TestMesh {
             .env("MESHCHAT_LLM_CONCURRENCY", self.opts.concurrency.to_string())
             // the heartbeat timeout comes with the balancer's tables
             .env("MESHCHAT_HEARTBEAT_MS", "500")
-            .env("MESHCHAT_SHUTDOWN_GRACE_SECS", "5");
+            .env("MESHCHAT_SHUTDOWN_GRACE_SECS", "5")
+            // benches and tests migrate often; the limit has its own test (identity.rs)
+            .env("MESHCHAT_MIGRATE_PER_MINUTE", "6000");
         self.workers.push(Worker::start(spec).await?);
         Ok(())
     }
@@ -193,6 +195,7 @@ impl TestMesh {
     pub async fn status(&self, i: usize) -> anyhow::Result<Value> {
         Ok(http()
             .get(format!("{}/api/agent/status", self.workers[i].url))
+            .bearer_auth(crate::auth::admin("harness"))
             .send()
             .await?
             .json()

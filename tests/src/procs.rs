@@ -92,8 +92,10 @@ pub struct WorkerSpec {
     pub bootstrap: String,
     /// LLM base URL.
     pub llm_url: String,
-    /// HTTP port (fixed once chosen, so restarts keep the address).
+    /// Public port (fixed once chosen, so restarts keep the address).
     pub port: u16,
+    /// Internal listener's port (probes, metrics, the drain, peers' reads).
+    pub internal_port: u16,
     /// Extra environment.
     pub env: Vec<(String, String)>,
 }
@@ -107,6 +109,7 @@ impl WorkerSpec {
             bootstrap: bootstrap.to_string(),
             llm_url: llm_url.to_string(),
             port: free_port()?,
+            internal_port: free_port()?,
             env: Vec::new(),
         })
     }
@@ -117,17 +120,27 @@ impl WorkerSpec {
         self
     }
 
-    /// Base URL the worker will serve on.
+    /// Base URL the worker will serve its public API on.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Base URL of its internal listener.
+    pub fn internal_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.internal_port)
+    }
 }
+
+/// The mesh secret test workers share.
+pub const MESH_SECRET: &str = "test-mesh-secret-0f3c9a";
 
 /// A running worker process.
 pub struct Worker {
     child: Option<Child>,
-    /// Base URL.
+    /// Base URL of the public API.
     pub url: String,
+    /// Base URL of the internal listener.
+    pub internal_url: String,
     /// How it was started.
     pub spec: WorkerSpec,
     /// Its log file (stdout and stderr).
@@ -145,6 +158,7 @@ impl Worker {
         let mut w = Self {
             child: None,
             url: spec.url(),
+            internal_url: spec.internal_url(),
             spec,
             log,
         };
@@ -161,6 +175,15 @@ impl Worker {
         let child = Command::new(bin("meshchat-worker"))
             .env("MESHCHAT_NODE_ID", &s.node_id)
             .env("MESHCHAT_LISTEN", format!("127.0.0.1:{}", s.port))
+            .env(
+                "MESHCHAT_INTERNAL_LISTEN",
+                format!("127.0.0.1:{}", s.internal_port),
+            )
+            .env("MESHCHAT_MESH_SECRET", MESH_SECRET)
+            .env("MESHCHAT_JWKS_FILE", crate::auth::jwks_file())
+            .env("MESHCHAT_JWT_ISSUER", crate::auth::ISSUER)
+            .env("MESHCHAT_JWT_AUDIENCE", crate::auth::AUDIENCE)
+            .env("MESHCHAT_API_KEYS_FILE", crate::auth::api_keys_file())
             .env("MESHCHAT_KAFKA_BOOTSTRAP", &s.bootstrap)
             .env("MESHCHAT_TOPIC_PREFIX", &s.prefix)
             .env("MESHCHAT_LLM_BASE_URL", &s.llm_url)
@@ -176,7 +199,7 @@ impl Worker {
         self.child = Some(child);
         let ready = crate::wait_for("worker readiness", Duration::from_secs(90), || async {
             let r = crate::http()
-                .get(format!("{}/readyz", self.url))
+                .get(format!("{}/readyz", self.internal_url))
                 .send()
                 .await
                 .ok()?;
@@ -232,6 +255,29 @@ impl Worker {
             bail!("worker still running");
         }
         self.spawn().await
+    }
+
+    /// Runs `meshchat-worker drain [args]` against it, as the kubelet's preStop hook does
+    /// inside the pod; returns the command's output (the worker's JSON answer).
+    pub async fn drain_command(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let out = Command::new(bin("meshchat-worker"))
+            .arg("drain")
+            .args(args)
+            .env(
+                "MESHCHAT_INTERNAL_LISTEN",
+                format!("127.0.0.1:{}", self.spec.internal_port),
+            )
+            .env_remove("MESHCHAT_MESH_SECRET")
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "meshchat-worker drain failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// The last lines of its log.

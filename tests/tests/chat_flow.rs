@@ -44,7 +44,7 @@ async fn reply_reaches_get_ws_and_sse_on_every_worker() -> anyhow::Result<()> {
     let prefix = unique_prefix("flow");
     let llm = FakeLlm::start(&["--token-latency-ms", "15"]).await?;
     let owner_spec = WorkerSpec::new("owner", &prefix, &bootstrap, &llm.url)?.env("MESHCHAT_PARTITIONS", "8");
-    let peer = format!("owner={}|all", owner_spec.url());
+    let peer = format!("owner={}|all", owner_spec.internal_url());
     let owner = Worker::start(owner_spec).await?;
     let front = Worker::start(
         WorkerSpec::new("front", &prefix, &bootstrap, &llm.url)?
@@ -99,7 +99,12 @@ async fn reply_reaches_get_ws_and_sse_on_every_worker() -> anyhow::Result<()> {
     }
 
     // presence: a user's live connection shows as online, then offline, to other watchers
-    let user_ws = connect_ws_query(&owner.url, &format!("conversationId={conv}&userId=carol")).await?;
+    let user_ws = connect_ws_as(
+        &owner.url,
+        &format!("conversationId={conv}&presence"),
+        Some(&auth::admin("carol")),
+    )
+    .await?;
     let is = |kind: &'static str| {
         move |e: &Value| e["type"] == "presence" && e["userId"] == "carol" && e["kind"] == kind
     };

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use meshchat_tests::{conversation, http, reply_to, send, wait_for};
+use meshchat_tests::{conversation_as, http, reply_to, send_as, wait_for};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -18,6 +18,7 @@ use tokio::process::{Child, Command};
 struct Env {
     kafka_port: u16,
     http_port: u16,
+    internal_port: u16,
     llm_port: u16,
     dir: PathBuf,
 }
@@ -60,7 +61,8 @@ impl MakeRun {
             .env("MESHCHAT_RUN_KAFKA_DIR", env.dir.join("kafka"))
             .env("MESHCHAT_RUN_PORT", env.http_port.to_string())
             .env("MESHCHAT_RUN_LLM_PORT", env.llm_port.to_string())
-            .env("MESHCHAT_RUN_LOGS", env.dir.join("logs"))
+            .env("MESHCHAT_RUN_INTERNAL_PORT", env.internal_port.to_string())
+            .env("MESHCHAT_RUN_STATE", env.dir.join("state"))
             .env_remove("OPENAI_API_KEY")
             .env_remove("MESHCHAT_LLM_BASE_URL")
             .stdout(Stdio::piped())
@@ -144,7 +146,7 @@ impl MakeRun {
 fn readme_curls(env: &Env) -> anyhow::Result<Vec<String>> {
     let readme = std::fs::read_to_string(repo().join("README.md"))?;
     let start = readme
-        .find("```sh\ncurl ")
+        .find("```sh\nsource .run/dev-credentials.env")
         .context("README: no quick-start curl block")?;
     let block = &readme[start + 6..];
     let block = &block[..block.find("```").context("README: unterminated block")?];
@@ -166,12 +168,24 @@ fn readme_curls(env: &Env) -> anyhow::Result<Vec<String>> {
         }
     }
     let port = |i: u16| (8080 + i, env.http_port + i);
-    Ok(commands
-        .into_iter()
+    let state = env.dir.join("state");
+    let credentials = format!("{}/", state.display());
+    // the first line sources the credentials: each command runs in a shell of its own
+    let (source, curls) = commands.split_first().context("README: an empty curl block")?;
+    anyhow::ensure!(
+        source.starts_with("source "),
+        "README: the block starts with {source}"
+    );
+    let source = source.replace(".run/", &credentials);
+    Ok(curls
+        .iter()
         .map(|c| {
-            [port(0), port(1), port(2)].iter().fold(c, |c, (from, to)| {
-                c.replace(&format!(":{from}/"), &format!(":{to}/"))
-            })
+            let c = [port(0), port(1), port(2)]
+                .iter()
+                .fold(c.clone(), |c, (from, to)| {
+                    c.replace(&format!(":{from}/"), &format!(":{to}/"))
+                });
+            format!("{source}; {c}")
         })
         .collect())
 }
@@ -191,10 +205,21 @@ async fn json_of(command: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{command}: not JSON: {text}"))
 }
 
+/// A development credential `make run` created (`ACME_USER`, `MESH_OPERATOR`…).
+fn dev_token(env: &Env, name: &str) -> anyhow::Result<String> {
+    let file = std::fs::read_to_string(env.dir.join("state/dev-credentials.env"))?;
+    file.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .map(str::to_string)
+        .with_context(|| format!("no {name} in dev-credentials.env"))
+}
+
 /// Partitions worker `url` holds live, `None` while a handoff is under way or it is down.
 async fn owned(url: &str) -> Option<Vec<i64>> {
+    let token = TOKEN.get()?;
     let s: Value = http()
         .get(format!("{url}/api/agent/status"))
+        .bearer_auth(token)
         .send()
         .await
         .ok()?
@@ -225,6 +250,9 @@ async fn all_held_by(urls: &[String], timeout: Duration) -> anyhow::Result<Vec<u
     .await
 }
 
+/// The credential the test's own status reads use (set once `make run` created it).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 #[tokio::test(flavor = "multi_thread")]
 async fn make_run_serves_survives_a_kill_and_restarts_balanced() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("meshchat-make-run-{}", std::process::id()));
@@ -233,17 +261,61 @@ async fn make_run_serves_survives_a_kill_and_restarts_balanced() -> anyhow::Resu
     let env = Env {
         kafka_port: free_ports(2)?,
         http_port: free_ports(3)?,
+        internal_port: free_ports(3)?,
         llm_port: free_ports(1)?,
         dir,
     };
     let urls: Vec<String> = (0..3)
         .map(|i| format!("http://127.0.0.1:{}", env.http_port + i))
         .collect();
+    let internal: Vec<String> = (0..3)
+        .map(|i| format!("http://127.0.0.1:{}", env.internal_port + i))
+        .collect();
     let run = MakeRun::start(&env).await?;
-    for u in &urls {
+    for u in urls.iter().chain(&internal) {
         anyhow::ensure!(run.printed(u).is_some(), "make run did not print {u}");
     }
+    // development credentials: two tenants with a user and an admin each, and the operator
+    let creds: Value = serde_json::from_str(&std::fs::read_to_string(
+        env.dir.join("state/dev-credentials.json"),
+    )?)?;
+    let creds = creds["credentials"].as_array().context("credentials")?.clone();
+    for (tenant, role) in [
+        ("acme", "user"),
+        ("acme", "admin"),
+        ("globex", "user"),
+        ("globex", "admin"),
+    ] {
+        anyhow::ensure!(
+            creds
+                .iter()
+                .any(|c| c["tenant"] == tenant && c["role"] == role && c["token"].is_string()),
+            "no {tenant} {role} credential in {creds:?}"
+        );
+    }
+    let acme_user = dev_token(&env, "ACME_USER")?;
+    anyhow::ensure!(
+        run.printed(&acme_user).is_some(),
+        "make run did not print the credentials"
+    );
+    let _ = TOKEN.set(dev_token(&env, "ACME_ADMIN")?);
     all_held_by(&urls, Duration::from_secs(30)).await?;
+
+    // what a client reached before: the drain, probes and metrics are on the internal port only.
+    // A `GET /drain` on the public port answers 404 and the worker goes on serving.
+    for path in ["/drain", "/healthz", "/readyz", "/metrics"] {
+        let resp = http().get(format!("{}{path}", urls[0])).send().await?;
+        assert_eq!(resp.status(), 404, "{path} on the public port");
+    }
+    let resp = http().get(format!("{}/readyz", internal[0])).send().await?;
+    assert_eq!(resp.status(), 200, "still ready");
+    let metrics = http()
+        .get(format!("{}/metrics", internal[0]))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(metrics.contains("meshchat_"), "metrics on the internal port");
 
     // the README's curl lines, in order; the live stream is opened before the message is sent
     let curls = readme_curls(&env)?;
@@ -288,6 +360,17 @@ async fn make_run_serves_survives_a_kill_and_restarts_balanced() -> anyhow::Resu
     )
     .await?;
     assert_eq!(conv["id"], "conv-123");
+    assert_eq!(
+        conv["participants"][0], "alice",
+        "the sender is the credential's user"
+    );
+    let foreign = json_of(&find("GLOBEX_USER")?).await?;
+    assert_eq!(foreign["error"], "not_found", "another tenant's read: {foreign}");
+    let anonymous = http()
+        .get(format!("{}/api/chat/conversation/conv-123", urls[1]))
+        .send()
+        .await?;
+    assert_eq!(anonymous.status(), 401, "no credential");
     wait_for(
         "the reply on the README's SSE stream",
         Duration::from_secs(10),
@@ -345,19 +428,19 @@ async fn make_run_serves_survives_a_kill_and_restarts_balanced() -> anyhow::Resu
     // a conversation of a partition node-2 held is answered by the survivors
     let conv = (0..1000)
         .map(|i| format!("after-kill-{i}"))
-        .find(|c| node2_held.contains(&i64::from(meshchat_wire::partition_for(c, 24))))
+        .find(|c| node2_held.contains(&i64::from(meshchat_wire::partition_for(&format!("acme/{c}"), 24))))
         .context("a conversation on node-2's partitions")?;
-    let id = send(&urls[0], &conv, "user-1", "still there?").await?;
+    let id = send_as(&urls[0], &acme_user, &conv, "ignored", "still there?").await?;
     wait_for("a reply from the survivors", Duration::from_secs(30), || async {
-        let (_, c) = conversation(&urls[1], &conv).await.ok()?;
+        let (_, c) = conversation_as(&urls[1], &acme_user, &conv).await.ok()?;
         reply_to(&c, &id).is_some().then_some(())
     })
     .await?;
     anyhow::ensure!(run.pgid().is_ok(), "make run stopped when a worker died");
     run.interrupt().await?;
-    for u in &urls {
+    for u in urls.iter().chain(&internal) {
         anyhow::ensure!(
-            http().get(format!("{u}/healthz")).send().await.is_err(),
+            http().get(format!("{u}/api/agent/status")).send().await.is_err(),
             "{u} still serves after Ctrl-C"
         );
     }
@@ -380,6 +463,34 @@ async fn make_run_serves_survives_a_kill_and_restarts_balanced() -> anyhow::Resu
     .await?;
     println!("after a restart: partitions per worker {counts:?}");
     run.interrupt().await?;
+    // no credential and not the mesh secret in any log of the whole run
+    let mut secrets: Vec<String> = creds
+        .iter()
+        .filter_map(|c| c["token"].as_str().map(str::to_string))
+        .collect();
+    secrets.push(
+        std::fs::read_to_string(env.dir.join("state/mesh-secret"))?
+            .trim()
+            .to_string(),
+    );
+    let mut files = 0;
+    for entry in std::fs::read_dir(env.dir.join("state/logs"))? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        files += 1;
+        for s in &secrets {
+            anyhow::ensure!(
+                !text.contains(s.as_str()),
+                "{} holds a credential",
+                path.display()
+            );
+        }
+    }
+    anyhow::ensure!(files >= 5, "the run's logs: {files} files");
+    println!(
+        "{files} log files of the whole run hold none of {} secrets",
+        secrets.len()
+    );
     let _ = std::fs::remove_dir_all(&env.dir);
     Ok(())
 }

@@ -35,6 +35,8 @@ spec:
     intervalSeconds: 2
     heartbeatTimeoutSeconds: 3
     cooldownSeconds: 5
+  auth:
+    apiKeysSecretRef: {{name: {name}-api-keys, key: keys.yaml}}
 "
     )
 }
@@ -85,13 +87,14 @@ const SYSTEM: &str = "meshchat-system";
 const RESTRICTED: &str = "pod-security.kubernetes.io/enforce=restricted";
 
 /// What ChatAgent `support` owns.
-const CHILDREN: [(&str, &str); 6] = [
+const CHILDREN: [(&str, &str); 7] = [
     ("statefulset", "support"),
     ("service", "support"),
     ("service", "support-peers"),
     ("configmap", "support-config"),
     ("poddisruptionbudget", "support"),
     ("serviceaccount", "support-worker"),
+    ("secret", "support-mesh"),
 ];
 
 async fn lease_holder(cp: &ControlPlane) -> Option<String> {
@@ -132,16 +135,59 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
             .await?;
     }
     let chart = cp
-        .helm_template("meshchat", std::path::Path::new("../charts/meshchat"), SYSTEM)
+        .helm_template_with(
+            "meshchat",
+            std::path::Path::new("../charts/meshchat"),
+            SYSTEM,
+            &["--set", "networkPolicy.namespaces={default}"],
+        )
         .await?;
     let out = cp
-        .kubectl_stdin(&["apply", "-n", SYSTEM, "-f", "-"], Some(&chart))
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&chart))
         .await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = cp
         .ok(&["create", "token", "meshchat", "-n", SYSTEM, "--duration=2h"])
         .await?;
     let kubeconfig = cp.kubeconfig_with_token(&token, &dir.join("operator.kubeconfig"))?;
+    // the workers' NetworkPolicy: clients on 8080, the mesh, the operator and the kubelet on 9080
+    let np: Value = serde_json::from_str(
+        &cp.ok(&["get", "networkpolicy", "meshchat-workers", "-o", "json"])
+            .await?,
+    )?;
+    let ports: Vec<i64> = np["spec"]["ingress"]
+        .as_array()
+        .map(|rules| {
+            rules
+                .iter()
+                .filter_map(|r| r["ports"][0]["port"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ports, vec![8080, 9080], "{np}");
+    assert!(
+        np["spec"]["ingress"][0]["from"].is_null(),
+        "anyone reaches the public port"
+    );
+    assert_eq!(
+        np["spec"]["ingress"][1]["from"].as_array().map(Vec::len),
+        Some(2),
+        "{np}"
+    );
+    // a cluster-wide install reads no Secret anywhere; it only creates each mesh's
+    let can = |kubeconfig: std::path::PathBuf, args: Vec<&'static str>| {
+        let cp = &cp;
+        async move {
+            let k = kubeconfig.to_string_lossy().to_string();
+            let mut full = vec!["--kubeconfig", k.as_str(), "auth", "can-i"];
+            full.extend(args);
+            let out = cp.kubectl(&full).await?;
+            anyhow::Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+        }
+    };
+    assert!(!can(kubeconfig.clone(), vec!["get", "secrets", "-n", "default"]).await?);
+    assert!(!can(kubeconfig.clone(), vec!["list", "secrets", "-A"]).await?);
+    assert!(can(kubeconfig.clone(), vec!["create", "secrets", "-n", "default"]).await?);
     let denied = cp
         .kubectl(&[
             "--kubeconfig",
@@ -189,7 +235,22 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         "  kafka:\n",
         "  kafka:\n    sasl:\n      mechanism: PLAIN\n      credentialsSecretRef: {name: creds}\n",
     );
-    for (manifest, says) in [(steer, "MESHCHAT_"), (plain_sasl, "allowPlaintextSasl")] {
+    // and every mesh says who may call it: no auth at all, or a Required one without credentials
+    let no_auth = sample("open", &bootstrap, &prefix, 1).replace(
+        "  auth:\n    apiKeysSecretRef: {name: open-api-keys, key: keys.yaml}\n",
+        "",
+    );
+    let empty_auth = sample("empty", &bootstrap, &prefix, 1).replace(
+        "  auth:\n    apiKeysSecretRef: {name: empty-api-keys, key: keys.yaml}\n",
+        "  auth:\n    mode: Required\n",
+    );
+    assert!(!no_auth.contains("auth:") && empty_auth.contains("mode: Required"));
+    for (manifest, says) in [
+        (steer, "MESHCHAT_"),
+        (plain_sasl, "allowPlaintextSasl"),
+        (no_auth, "spec.auth is required"),
+        (empty_auth, "auth needs apiKeysSecretRef"),
+    ] {
         let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -211,8 +272,20 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     let worker = &pod["containers"][0];
     assert_eq!(worker["image"], "ghcr.io/meshchat/worker:test");
     assert_eq!(worker["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(worker["lifecycle"]["preStop"]["httpGet"]["path"], "/drain");
+    assert_eq!(worker["readinessProbe"]["httpGet"]["port"], "internal");
+    assert_eq!(
+        worker["lifecycle"]["preStop"]["exec"]["command"],
+        serde_json::json!(["/usr/local/bin/meshchat-worker", "drain"])
+    );
     assert_eq!(pod["terminationGracePeriodSeconds"], 35);
+    // the API keys Secret is mounted (a volume the kubelet updates, so keys rotate in place)
+    let keys = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "api-keys"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(keys["secret"]["secretName"], "support-api-keys", "{keys}");
+    assert_eq!(keys["secret"]["items"][0]["key"], "keys.yaml");
     for (kind, child) in CHILDREN {
         let obj: Value = serde_json::from_str(
             &cp.ok(&["get", kind, child, "-o", "json", "--show-managed-fields"])
@@ -226,7 +299,10 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         );
         let applied = obj["metadata"]["managedFields"].as_array().is_some_and(|m| {
             m.iter()
-                .any(|f| f["manager"] == "meshchat-operator" && f["operation"] == "Apply")
+                // the mesh secret is created once (a value applied again would change it)
+                .any(|f| {
+                    f["manager"] == "meshchat-operator" && (f["operation"] == "Apply" || kind == "secret")
+                })
         });
         assert!(
             applied,
@@ -471,6 +547,99 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         (ready_pods(&cp, name).await.ok()? == 0).then_some(())
     })
     .await?;
+
+    // 10. a namespace-scoped install: Roles in its namespace and nothing cluster-wide; its
+    //     operator manages the ChatAgents there and nothing elsewhere
+    for o in &mut ops {
+        o.kill().await?;
+    }
+    let scoped = "team-scoped";
+    cp.ok(&["create", "namespace", scoped]).await?;
+    cp.ok(&["label", "namespace", scoped, "--overwrite", RESTRICTED])
+        .await?;
+    let chart = cp
+        .helm_template_with(
+            "scoped",
+            std::path::Path::new("../charts/meshchat"),
+            SYSTEM,
+            &[
+                "--set",
+                "watchNamespaces={team-scoped}",
+                "--set",
+                "operator.replicas=0",
+            ],
+        )
+        .await?;
+    let out = cp
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&chart))
+        .await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = cp
+        .ok(&[
+            "create",
+            "token",
+            "scoped-meshchat",
+            "-n",
+            SYSTEM,
+            "--duration=1h",
+        ])
+        .await?;
+    let scoped_kc = cp.kubeconfig_with_token(&token, &dir.join("scoped.kubeconfig"))?;
+    for (args, want) in [
+        (vec!["list", "chatagents.meshchat.io", "-n", scoped], true),
+        (vec!["get", "secrets", "-n", scoped], true),
+        (vec!["list", "chatagents.meshchat.io", "-A"], false),
+        (vec!["list", "statefulsets", "-n", "default"], false),
+        (vec!["get", "secrets", "-n", "default"], false),
+    ] {
+        assert_eq!(
+            can(scoped_kc.clone(), args.clone()).await?,
+            want,
+            "scoped can-i {args:?}"
+        );
+    }
+    let mut scoped_op = Operator::start_with(
+        &scoped_kc,
+        SYSTEM,
+        "operator-scoped",
+        &dir,
+        &["--namespaces", scoped, "--lease-name", "meshchat-scoped"],
+    )
+    .await?;
+    let inside = sample("inside", &bootstrap, &format!("{prefix}in."), 1)
+        .replace("namespace: default", "namespace: team-scoped");
+    let outside = sample("outside", &bootstrap, &format!("{prefix}out."), 1);
+    for m in [&inside, &outside] {
+        cp.kubectl_stdin(&["apply", "-f", "-"], Some(m)).await?;
+    }
+    wait_for(
+        "the scoped operator's StatefulSet and mesh Secret",
+        SETTLE,
+        || async {
+            cp.ok(&["get", "statefulset", "inside", "-n", scoped])
+                .await
+                .ok()?;
+            cp.ok(&["get", "secret", "inside-mesh", "-n", scoped])
+                .await
+                .ok()?;
+            cp.ok(&["get", "networkpolicy", "scoped-meshchat-workers", "-n", scoped])
+                .await
+                .ok()
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        cp.get("statefulset", "outside").await?.is_none(),
+        "the scoped operator left the ChatAgent outside its namespace alone"
+    );
+    let log = std::fs::read_to_string(&scoped_op.log).unwrap_or_default();
+    assert!(
+        !log.contains("forbidden"),
+        "the scoped operator's RBAC sufficed: {log}"
+    );
+    println!("namespace-scoped install: reconciled {scoped}/inside, left default/outside alone");
+    scoped_op.kill().await?;
     for w in &mut workers {
         w.kill().await?;
     }

@@ -63,6 +63,7 @@ async fn planned_migration_through_the_api() -> anyhow::Result<()> {
     let before = mesh.owned(0).await.unwrap_or_default();
     let resp = http()
         .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
+        .bearer_auth(meshchat_tests::auth::operator())
         .json(&json!({"targetNode": "node-1"}))
         .send()
         .await?;
@@ -81,12 +82,14 @@ async fn planned_migration_through_the_api() -> anyhow::Result<()> {
     // leaves it there) is a conflict; an unknown target a bad request
     let again = http()
         .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
+        .bearer_auth(meshchat_tests::auth::operator())
         .json(&json!({"targetNode": "node-1", "partitions": [before[0]]}))
         .send()
         .await?;
     assert_eq!(again.status(), 409, "{}", again.text().await?);
     let unknown = http()
         .post(format!("{}/api/agent/migrate", mesh.workers[1].url))
+        .bearer_auth(meshchat_tests::auth::operator())
         .json(&json!({"targetNode": "node-9"}))
         .send()
         .await?;
@@ -192,21 +195,21 @@ async fn sigterm_drains_a_worker() -> anyhow::Result<()> {
     assert!(status.success(), "drained worker exits cleanly: {status}");
     println!("drain took {:.1}s", t.elapsed().as_secs_f64());
     mesh.wait_owned_by(&[0, 2], SETTLE).await?;
-    // the Kubernetes way: the kubelet's preStop hook GETs /drain, which returns once every
-    // partition is handed over; the SIGTERM that follows finds nothing left to move
-    drop_url(&targets, &mesh.workers[2].url);
-    let drained: serde_json::Value = http()
-        .get(format!("{}/drain", mesh.workers[2].url))
-        .timeout(SETTLE)
-        .send()
-        .await?
-        .json()
-        .await?;
+    // a client cannot drain a worker: the public port has no /drain, and it still serves
+    let w2 = &mesh.workers[2];
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        let resp = http().request(method, format!("{}/drain", w2.url)).send().await?;
+        assert_eq!(resp.status(), 404, "no drain on the public port");
+    }
+    let resp = http().get(format!("{}/readyz", w2.internal_url)).send().await?;
+    assert_eq!(resp.status(), 200, "still ready after a public /drain");
+    // the Kubernetes way: the kubelet's preStop hook runs `meshchat-worker drain` in the pod,
+    // which returns once every partition is handed over; the SIGTERM that follows finds nothing
+    // left to move
+    drop_url(&targets, &w2.url);
+    let drained = w2.drain_command(&[]).await?;
     assert_eq!(drained, json!({"drained": "handedOver", "partitionsHeld": 0}));
-    let ready = http()
-        .get(format!("{}/readyz", mesh.workers[2].url))
-        .send()
-        .await?;
+    let ready = http().get(format!("{}/readyz", w2.internal_url)).send().await?;
     assert_eq!(ready.status(), 503, "a draining worker is not ready");
     mesh.wait_owned_by(&[0], SETTLE).await?;
     let status = mesh.workers[2].stop().await?;
@@ -217,6 +220,24 @@ async fn sigterm_drains_a_worker() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let accepted = load.stop().await;
     assert_exact(verify_exactly_once(&mesh.workers[0].url, &accepted, &live, SETTLE).await?);
+
+    // a drain SIGTERM did not follow (the last worker: no one takes its partitions) is undone,
+    // and the worker serves again — before, a drained worker stayed out of service for good
+    let w0 = &mesh.workers[0];
+    let drained = w0.drain_command(&[]).await?;
+    assert_eq!(drained["drained"], "noTakers", "{drained}");
+    let ready = http().get(format!("{}/readyz", w0.internal_url)).send().await?;
+    assert_eq!(ready.status(), 503);
+    assert!(
+        send(&w0.url, "after-drain", "u", "refused").await.is_err(),
+        "a draining worker refuses sends"
+    );
+    let undone = w0.drain_command(&["--undo"]).await?;
+    assert_eq!(undone, json!({"draining": false, "wasDraining": true}));
+    let ready = http().get(format!("{}/readyz", w0.internal_url)).send().await?;
+    assert_eq!(ready.status(), 200, "ready again");
+    let id = send(&w0.url, "after-undo", "u", "back in service?").await?;
+    wait_reply(&w0.url, "after-undo", &id, SETTLE).await?;
     Ok(())
 }
 
@@ -276,6 +297,7 @@ async fn the_mesh_keeps_serving_without_a_balancer() -> anyhow::Result<()> {
     assert_exact(verify_exactly_once(&mesh.workers[1].url, &accepted, &live, SETTLE).await?);
     let mesh_view: serde_json::Value = http()
         .get(format!("{}/api/mesh", mesh.workers[0].url))
+        .bearer_auth(meshchat_tests::auth::operator())
         .send()
         .await?
         .json()
@@ -330,6 +352,7 @@ async fn skewed_load_is_balanced_within_the_limits() -> anyhow::Result<()> {
     }
     let view: serde_json::Value = http()
         .get(format!("{}/api/mesh", mesh.workers[0].url))
+        .bearer_auth(meshchat_tests::auth::operator())
         .send()
         .await?
         .json()

@@ -13,7 +13,7 @@ async fn history_survives_restarts_and_nothing_is_answered_twice() -> anyhow::Re
     let prefix = unique_prefix("restart");
     let llm = FakeLlm::start(&["--token-latency-ms", "1"]).await?;
     let spec = WorkerSpec::new("owner", &prefix, &bootstrap, &llm.url)?.env("MESHCHAT_PARTITIONS", "4");
-    let peers = format!("owner={}|all", spec.url());
+    let peers = format!("owner={}|all", spec.internal_url());
     let mut owner = Worker::start(spec).await?;
     let front = Worker::start(
         WorkerSpec::new("front", &prefix, &bootstrap, &llm.url)?

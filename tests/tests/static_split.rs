@@ -18,7 +18,7 @@ async fn static_split_answers_every_message_exactly_once_in_order() -> anyhow::R
     let peers = specs
         .iter()
         .zip(parts)
-        .map(|(s, p)| format!("{}={}|{p}", s.node_id, s.url()))
+        .map(|(s, p)| format!("{}={}|{p}", s.node_id, s.internal_url()))
         .collect::<Vec<_>>()
         .join(";");
     let mut workers = Vec::new();
@@ -91,6 +91,7 @@ async fn static_split_answers_every_message_exactly_once_in_order() -> anyhow::R
     for url in &urls {
         let status: serde_json::Value = http()
             .get(format!("{url}/api/agent/status"))
+            .bearer_auth(meshchat_tests::auth::admin("harness"))
             .send()
             .await?
             .json()

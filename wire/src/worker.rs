@@ -5,12 +5,17 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The port a worker serves HTTP on (REST, WebSocket, SSE, probes, metrics).
+/// The port a worker serves its public API on (REST, WebSocket, SSE).
 pub const HTTP_PORT: u16 = 8080;
-/// The container port's name, which probes and Services refer to.
+/// The public container port's name, which the client Service refers to.
 pub const HTTP_PORT_NAME: &str = "http";
+/// The port of what only the mesh and the kubelet use: probes, metrics, the drain, peers'
+/// forwarded reads. Never the clients'.
+pub const INTERNAL_PORT: u16 = 9080;
+/// The internal container port's name, which probes and the peers' Service refer to.
+pub const INTERNAL_PORT_NAME: &str = "internal";
 
-/// HTTP paths the platform calls.
+/// HTTP paths of the internal listener.
 pub mod paths {
     /// Liveness: the process serves HTTP.
     pub const LIVENESS: &str = "/healthz";
@@ -20,14 +25,35 @@ pub mod paths {
     pub const DRAIN: &str = "/drain";
     /// Prometheus metrics.
     pub const METRICS: &str = "/metrics";
+    /// A peer's read of a conversation it does not own, by key (`GET {FORWARDED_READ}/{key}`).
+    pub const FORWARDED_READ: &str = "/internal/conversation";
+    /// Whether a user takes part in a conversation, asked of its owner
+    /// (`GET {MEMBERSHIP}/{key}?user=…`).
+    pub const MEMBERSHIP: &str = "/internal/membership";
 }
 
 /// Environment variables the operator sets on a worker.
 pub mod env {
     /// Worker id (the pod name).
     pub const NODE_ID: &str = "MESHCHAT_NODE_ID";
-    /// The URL peers reach the worker on.
+    /// The URL clients reach the worker's public API on.
     pub const ADVERTISE_URL: &str = "MESHCHAT_ADVERTISE_URL";
+    /// The URL peers reach the worker's internal listener on.
+    pub const INTERNAL_ADVERTISE_URL: &str = "MESHCHAT_INTERNAL_ADVERTISE_URL";
+    /// The secret peers present to each other's internal listener (from a Secret).
+    pub const MESH_SECRET: &str = "MESHCHAT_MESH_SECRET";
+    /// `required` or `none` (development only).
+    pub const AUTH: &str = "MESHCHAT_AUTH";
+    /// API keys file (hashes only).
+    pub const API_KEYS_FILE: &str = "MESHCHAT_API_KEYS_FILE";
+    /// JWKS file.
+    pub const JWKS_FILE: &str = "MESHCHAT_JWKS_FILE";
+    /// JWKS URL.
+    pub const JWKS_URL: &str = "MESHCHAT_JWKS_URL";
+    /// Required JWT issuer.
+    pub const JWT_ISSUER: &str = "MESHCHAT_JWT_ISSUER";
+    /// Required JWT audience.
+    pub const JWT_AUDIENCE: &str = "MESHCHAT_JWT_AUDIENCE";
     /// `text` or `json`.
     pub const LOG_FORMAT: &str = "MESHCHAT_LOG_FORMAT";
     /// The LLM API key (from a Secret).
@@ -156,7 +182,42 @@ pub struct WorkerFile {
     /// Seconds per LLM attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_timeout_secs: Option<u32>,
+    /// `required` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The mounted API keys file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_file: Option<String>,
+    /// JWKS URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Required JWT issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    /// Required JWT audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    /// Tenant claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_tenant_claim: Option<String>,
+    /// User claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_user_claim: Option<String>,
+    /// Role claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_role_claim: Option<String>,
+    /// Leeway on `exp`/`nbf`, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_leeway_secs: Option<u32>,
+    /// Migrate requests per tenant and minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_per_minute: Option<u32>,
 }
+
+/// Where the operator mounts a ChatAgent's API keys file in a worker.
+pub const API_KEYS_DIR: &str = "/etc/meshchat/auth";
+/// The API keys file's name in [`API_KEYS_DIR`].
+pub const API_KEYS_FILE: &str = "api-keys";
 
 #[cfg(test)]
 mod tests {

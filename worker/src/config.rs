@@ -25,9 +25,20 @@ pub struct Config {
     /// Address the HTTP server listens on.
     #[arg(long, env = "MESHCHAT_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], worker::HTTP_PORT)))]
     pub listen: SocketAddr,
-    /// Base URL peers use to reach this worker (default: http://<listen>).
+    /// Base URL clients reach the public API on (default: http://<listen>).
     #[arg(long, env = env::ADVERTISE_URL)]
     pub advertise_url: Option<String>,
+    /// Address of the internal listener: probes, metrics, the drain and peers' forwarded reads
+    /// (never clients').
+    #[arg(long, env = "MESHCHAT_INTERNAL_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], worker::INTERNAL_PORT)))]
+    pub internal_listen: SocketAddr,
+    /// Base URL peers reach the internal listener on (default: http://<internal-listen>).
+    #[arg(long, env = env::INTERNAL_ADVERTISE_URL)]
+    pub internal_advertise_url: Option<String>,
+    /// Secret peers present to each other's internal listener (forwarded reads, the drain from
+    /// outside the pod); without it only the network guards the internal port.
+    #[arg(long, env = env::MESH_SECRET, hide_env_values = true)]
+    pub mesh_secret: Option<String>,
     /// Name agent replies carry as sender.
     #[arg(long, env = "MESHCHAT_AGENT_NAME", default_value = "meshchat-agent")]
     pub agent_name: String,
@@ -57,8 +68,8 @@ pub struct Config {
     /// Partitions this worker owns: `all`, or a list like `0-7,12`.
     #[arg(long, env = "MESHCHAT_OWNED_PARTITIONS", default_value = "all")]
     pub owned_partitions: String,
-    /// Other workers and what they own, for forwarding reads:
-    /// `node-1=http://10.0.0.2:8080|8-15;node-2=http://10.0.0.3:8080|16-23`.
+    /// Other workers' internal listeners and what they own, for forwarding reads:
+    /// `node-1=http://10.0.0.2:9080|8-15;node-2=http://10.0.0.3:9080|16-23`.
     #[arg(long, env = "MESHCHAT_PEERS", default_value = "")]
     pub peers: String,
 
@@ -153,6 +164,52 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// `required`: every public route needs a bearer credential (API key or JWT). `none`: no
+    /// credential is asked for and every caller is an admin of the default tenant — for
+    /// development only; the worker says so at start and on /api/agent/status.
+    #[arg(long, env = env::AUTH, value_enum, default_value_t = AuthMode::Required)]
+    pub auth: AuthMode,
+    /// API keys file (JSON or YAML, SHA-256 hashes only), re-read when it changes.
+    #[arg(long, env = env::API_KEYS_FILE)]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// JWKS file with the keys JWTs are signed with (HS256, RS256, ES256), re-read when it
+    /// changes.
+    #[arg(long, env = env::JWKS_FILE, conflicts_with = "jwks_url")]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// JWKS URL (refetched every 5 minutes and when a token names an unknown key id).
+    #[arg(long, env = env::JWKS_URL)]
+    pub jwks_url: Option<String>,
+    /// The `iss` a JWT must carry.
+    #[arg(long, env = env::JWT_ISSUER)]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` a JWT must carry.
+    #[arg(long, env = env::JWT_AUDIENCE)]
+    pub jwt_audience: Option<String>,
+    /// The claim naming the tenant (dotted names reach into objects).
+    #[arg(long, env = "MESHCHAT_JWT_TENANT_CLAIM", default_value = "tenant")]
+    pub jwt_tenant_claim: String,
+    /// The claim naming the user.
+    #[arg(long, env = "MESHCHAT_JWT_USER_CLAIM", default_value = "sub")]
+    pub jwt_user_claim: String,
+    /// The claim naming the role (a string or a list; `user` when absent).
+    #[arg(long, env = "MESHCHAT_JWT_ROLE_CLAIM", default_value = "role")]
+    pub jwt_role_claim: String,
+    /// Seconds of clock skew allowed on a JWT's `exp` and `nbf`.
+    #[arg(long, env = "MESHCHAT_JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub jwt_leeway_secs: u64,
+    /// Migrate requests a tenant may send per minute (bursts up to a third of it).
+    #[arg(long, env = "MESHCHAT_MIGRATE_PER_MINUTE", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=6000))]
+    pub migrate_per_minute: u32,
+}
+
+/// `--auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Every public route needs a credential.
+    Required,
+    /// Nothing is checked (development only).
+    None,
 }
 
 /// `--kafka-properties`: extra librdkafka settings as pairs.
@@ -170,6 +227,16 @@ impl std::fmt::Display for KafkaProperties {
         let pairs: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
         f.write_str(&pairs.join(","))
     }
+}
+
+/// `http://<addr>`, loopback for an unspecified address.
+fn url_of(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}", addr.port())
 }
 
 /// A non-negative, finite number of seconds.
@@ -256,7 +323,7 @@ impl From<clap::Error> for ConfigError {
 pub struct Peer {
     /// Worker id.
     pub node_id: String,
-    /// Base URL.
+    /// Base URL of its internal listener.
     pub url: String,
     /// Partitions it owns.
     pub partitions: Vec<i32>,
@@ -315,14 +382,14 @@ impl Config {
 
     /// URL peers reach this worker on.
     pub fn advertise_url(&self) -> String {
-        self.advertise_url.clone().unwrap_or_else(|| {
-            let host = if self.listen.ip().is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                self.listen.ip().to_string()
-            };
-            format!("http://{host}:{}", self.listen.port())
-        })
+        self.advertise_url.clone().unwrap_or_else(|| url_of(self.listen))
+    }
+
+    /// URL peers reach the internal listener on.
+    pub fn internal_advertise_url(&self) -> String {
+        self.internal_advertise_url
+            .clone()
+            .unwrap_or_else(|| url_of(self.internal_listen))
     }
 
     /// The LLM API key, from the option or OPENAI_API_KEY.
@@ -370,6 +437,25 @@ fn check_values(c: &Config) -> Result<(), ConfigError> {
     }
     c.owned(c.partitions)?;
     c.peer_list(c.partitions)?;
+    if c.auth == AuthMode::Required {
+        let jwks = c.jwks_file.is_some() || c.jwks_url.is_some();
+        if c.api_keys_file.is_none() && !jwks {
+            return Err(ConfigError::Invalid {
+                option: "auth".into(),
+                reason: "no credentials are configured: give --api-keys-file and/or --jwks-file or \
+                         --jwks-url (or --auth none, for development only)"
+                    .into(),
+            });
+        }
+        for (option, value) in [("jwt-issuer", &c.jwt_issuer), ("jwt-audience", &c.jwt_audience)] {
+            if jwks && value.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Invalid {
+                    option: option.into(),
+                    reason: "is required with --jwks-file or --jwks-url".into(),
+                });
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,6 +1,10 @@
 //! Draining: the worker reports `draining`, the balancer moves every partition away, and the
 //! worker waits until it holds none. Started by SIGTERM or by the kubelet's preStop hook
-//! (`/drain`), whichever comes first; the second caller just waits for the same outcome.
+//! (`meshchat-worker drain`, which calls the internal listener's `/drain` from inside the pod),
+//! whichever comes first; the second caller just waits for the same outcome. A drain that SIGTERM
+//! did not follow can be undone.
+
+pub mod client;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +24,16 @@ pub enum Drained {
     TimedOut,
     /// Static ownership: nothing moves; the owner loop's own drain commits and snapshots.
     Static,
+    /// The drain was undone before it ended.
+    Undone,
+}
+
+/// Why a drain cannot be undone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UndoRefused {
+    /// SIGTERM came: the worker is stopping.
+    #[error("the worker is stopping (SIGTERM); its drain cannot be undone")]
+    Stopping,
 }
 
 impl Drained {
@@ -30,6 +44,7 @@ impl Drained {
             Self::NoTakers => "noTakers",
             Self::TimedOut => "timedOut",
             Self::Static => "static",
+            Self::Undone => "undone",
         }
     }
 }
@@ -40,6 +55,8 @@ pub struct Drain {
     pub node_id: String,
     /// Set when draining starts (readiness turns false, sends get 503, heartbeats say so).
     pub draining: Arc<AtomicBool>,
+    /// Set by SIGTERM: from then on the drain cannot be undone.
+    pub stopping: AtomicBool,
     /// With static ownership nothing moves.
     pub dynamic: bool,
     /// Longest wait for the partitions to move away.
@@ -67,6 +84,13 @@ impl Drain {
             // give peers two heartbeats to report whether they are draining too
             tokio::time::sleep(self.heartbeat * 2).await;
             while !self.held.partitions().is_empty() {
+                if !self.draining.load(Ordering::Relaxed) {
+                    if !self.stopping.load(Ordering::Relaxed) {
+                        return Drained::Undone;
+                    }
+                    // an undo raced SIGTERM: SIGTERM wins
+                    self.draining.store(true, Ordering::Relaxed);
+                }
                 let timeout = self.mesh.heartbeat_timeout();
                 let takers = self
                     .mesh
@@ -86,8 +110,67 @@ impl Drain {
             Drained::HandedOver => tracing::info!("all partitions handed over"),
             Drained::NoTakers => tracing::info!("no peer can take the partitions; stopping with them"),
             Drained::TimedOut => tracing::warn!("drain timeout: stopping with partitions still held"),
+            Drained::Undone => tracing::info!("drain undone: serving again"),
             Drained::Static => {}
         }
         outcome
+    }
+
+    /// SIGTERM: drains, and nothing can undo it any more.
+    pub async fn stop(&self) -> Drained {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.drain().await
+    }
+
+    /// Undoes a drain that SIGTERM did not follow: the worker is ready again and its heartbeats
+    /// say it takes partitions (the balancer's next rounds give it some back).
+    pub fn undo(&self) -> Result<bool, UndoRefused> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(UndoRefused::Stopping);
+        }
+        let was = self.draining.swap(false, Ordering::Relaxed);
+        if was {
+            tracing::info!("drain undone");
+        }
+        Ok(was)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ownership::{PartitionMachine, Timeouts};
+
+    fn drain(dynamic: bool) -> Drain {
+        Drain {
+            node_id: "node-0".into(),
+            draining: Arc::default(),
+            stopping: AtomicBool::new(false),
+            dynamic,
+            timeout: Duration::from_secs(1),
+            heartbeat: Duration::from_millis(10),
+            held: Held::new(PartitionMachine::new(
+                "node-0",
+                Timeouts {
+                    handoff_grace: Duration::from_secs(1),
+                    release_timeout: Duration::from_secs(1),
+                    retry: Duration::from_secs(1),
+                },
+            )),
+            mesh: Arc::new(Mesh::new("mesh")),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drain_is_undone_unless_sigterm_came() {
+        let d = drain(false);
+        assert_eq!(d.undo(), Ok(false), "nothing to undo");
+        assert_eq!(d.drain().await, Drained::Static);
+        assert!(d.draining.load(Ordering::Relaxed));
+        assert_eq!(d.undo(), Ok(true));
+        assert!(!d.draining.load(Ordering::Relaxed), "ready again");
+        assert_eq!(d.stop().await, Drained::Static);
+        assert_eq!(d.undo(), Err(UndoRefused::Stopping));
+        assert!(d.draining.load(Ordering::Relaxed), "SIGTERM's drain stays");
     }
 }

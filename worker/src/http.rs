@@ -1,15 +1,23 @@
-//! The HTTP API: REST, WebSocket and SSE, health and metrics. Handlers depend only on
-//! [`ChatService`], so they are tested without Kafka (`http/tests.rs`).
+//! The HTTP API, on two listeners: the public one (REST, WebSocket and SSE, for clients) and
+//! the internal one (probes, metrics, the drain and peers' forwarded reads, for the mesh and the
+//! kubelet only). Handlers depend only on [`ChatService`], so they are tested without Kafka
+//! (`http/tests.rs`).
 
 mod agent;
+mod caller;
 mod chat;
 mod error;
 mod health;
+mod internal;
 mod service;
 mod stream;
+mod ticket;
 
+pub use agent::AUTH_NONE_WARNING;
 pub use error::AppError;
-pub use service::{ChatService, Forwarded, HttpSettings, Local, MeshView, Readiness, WorkerStatus};
+pub use service::{
+    ChatService, Forwarded, HttpSettings, Local, Membership, MeshView, Readiness, WorkerStatus,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +29,12 @@ use meshchat_wire::worker::paths;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-/// Header marking a read forwarded by another worker (never forwarded again).
+/// Header naming the worker that forwarded a read (for the owner's logs; the internal route it
+/// goes to never forwards again, and the public routes ignore it).
 pub const FORWARDED: &str = "x-meshchat-forwarded-by";
 
-/// The router over `service`.
+/// The public router over `service`: what clients call. Every route authenticates its caller
+/// (the handlers take a [`Caller`]) and scopes what it touches to the caller's tenant.
 pub fn app<S: ChatService>(service: Arc<S>) -> Router {
     let body_limit = service.settings().max_content_bytes * 2 + 16 * 1024;
     let api = Router::new()
@@ -33,10 +43,7 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
         .route("/api/agent/status", get(agent::status::<S>))
         .route("/api/agent/migrate", post(agent::migrate::<S>))
         .route("/api/mesh", get(agent::mesh::<S>))
-        .route(paths::LIVENESS, get(health::healthz))
-        .route(paths::READINESS, get(health::readyz::<S>))
-        .route(paths::DRAIN, get(health::drain::<S>).post(health::drain::<S>))
-        .route(paths::METRICS, get(health::metrics::<S>))
+        .route("/api/auth/ticket", post(ticket::issue::<S>))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
             Duration::from_secs(30),
@@ -47,6 +54,32 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
     api.merge(live)
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(service)
+}
+
+/// The internal router over `service`: what only the mesh and the kubelet call. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: the drain accepts loopback callers.
+pub fn internal_app<S: ChatService>(service: Arc<S>) -> Router {
+    Router::new()
+        .route(paths::LIVENESS, get(health::healthz))
+        .route(paths::READINESS, get(health::readyz::<S>))
+        .route(paths::METRICS, get(health::metrics::<S>))
+        .route(
+            paths::DRAIN,
+            get(internal::drain::<S>)
+                .post(internal::drain::<S>)
+                .delete(internal::undo_drain::<S>),
+        )
+        .route(
+            &format!("{}/{{*key}}", paths::FORWARDED_READ),
+            get(internal::forwarded_read::<S>),
+        )
+        .route(
+            &format!("{}/{{*key}}", paths::MEMBERSHIP),
+            get(internal::membership::<S>),
+        )
+        .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(TraceLayer::new_for_http())
         .with_state(service)
 }

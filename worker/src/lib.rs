@@ -4,9 +4,10 @@
 //! Components (docs/architecture.md has the map): the log (`log`, Kafka), the owner (`owner`,
 //! carrying out the pure partition machine of `ownership` over the conversation `store`, with
 //! answers from the `llm`), live delivery (`live`), the mesh view (`mesh`), and the HTTP API
-//! (`http`) over a service trait; `node` assembles them from the `config`.
+//! (`http`) over a service trait, with callers resolved by `auth`; `node` assembles them from the `config`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod config;
 mod context;
 mod drain;
@@ -26,6 +27,7 @@ mod validate;
 mod view;
 
 pub use config::{Config, ConfigError};
+pub use drain::client as drain_client;
 pub use meshchat_wire::worker::LogFormat;
 pub use node::serve;
 pub use store::Store;

@@ -11,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("drain") {
+        return drain();
+    }
     let config = match Config::load() {
         Ok(c) => c,
         Err(meshchat_worker::ConfigError::Clap(e)) => e.exit(),
@@ -41,6 +44,29 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("meshchat-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshchat-worker drain [--undo]`: the preStop hook (see `meshchat_worker::drain_client`).
+fn drain() -> ExitCode {
+    use clap::Parser;
+    let args = meshchat_worker::drain_client::DrainArgs::parse_from(std::env::args().skip(1));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshchat-worker drain: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(meshchat_worker::drain_client::call(&args)) {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meshchat-worker drain: {e}");
             ExitCode::FAILURE
         }
     }

@@ -5,6 +5,8 @@
 
 mod service;
 
+use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use meshchat_wire::kafka;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::http::HttpSettings;
@@ -47,9 +50,20 @@ pub struct Node {
     client: reqwest::Client,
     started: Instant,
     drain: Drain,
+    auth: Authenticator,
+    /// (conversation key, user) pairs known to take part: membership only grows, so a
+    /// positive answer never goes stale, and a user's sends after the first skip the owner.
+    members: quick_cache::sync::Cache<(String, String), ()>,
+    /// Migrate requests per tenant.
+    migrations: MigrateLimiter,
     /// Fired on shutdown: closes live streams.
     closing: CancellationToken,
 }
+
+type MigrateLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+/// How many (conversation, user) memberships a worker remembers.
+const MEMBER_CACHE: usize = 100_000;
 
 /// The background work of a node, started by [`serve`].
 struct Tasks {
@@ -103,16 +117,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    tracing::info!(node = %config.node_id, %url, partitions = node.log.partitions(), ownership = %config.ownership, "serving");
+    let internal_listener = tokio::net::TcpListener::bind(config.internal_listen).await?;
+    let internal_url = config.internal_advertise_url();
+    tracing::info!(node = %config.node_id, %url, internal = %internal_url, partitions = node.log.partitions(), ownership = %config.ownership, "serving");
+    if config.mesh_secret.is_none() {
+        tracing::warn!("no mesh secret: peers' forwarded reads are guarded by the network only");
+    }
+    if node.auth.disabled() {
+        tracing::warn!("{}", crate::http::AUTH_NONE_WARNING);
+    }
     let draining = node.clone();
-    let server = axum::serve(listener, crate::http::app(node.clone())).with_graceful_shutdown(async move {
+    let public = axum::serve(listener, crate::http::app(node.clone())).with_graceful_shutdown(async move {
         signal().await;
         tracing::info!("shutdown requested: draining");
         // the balancer sees `draining` in the next heartbeat and moves every partition away
-        draining.drain.drain().await;
+        draining.drain.stop().await;
         draining.closing.cancel();
     });
-    let server_result = server.await;
+    // probes, metrics and peers' reads go on while the public side drains
+    let internal = axum::serve(
+        internal_listener,
+        crate::http::internal_app(node.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(closing.clone().cancelled_owned());
+    let (server_result, internal_result) = tokio::join!(public.into_future(), internal.into_future());
     closing.cancel();
     node.log
         .publish_system(&config.node_id, "workerStopping", "drained")
@@ -127,11 +155,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     node.log.producer().flush(Duration::from_secs(10))?;
     tracing::info!("stopped");
     server_result?;
+    internal_result?;
     Ok(())
 }
 
 /// Builds every component from `config` (connecting to Kafka and creating missing topics).
 async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
+    let closing = CancellationToken::new();
+    let auth = Authenticator::start(
+        &config.auth_settings(),
+        config.mesh_secret.as_deref(),
+        closing.clone(),
+    )
+    .await?;
     let log = Arc::new(Log::connect(&config.log_settings()).await?);
     let partitions = log.partitions();
     let url = config.advertise_url();
@@ -139,7 +175,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         AssignmentSource::dynamic(&config.node_id)
     } else {
         let (owned, peers) = (config.owned(partitions)?, config.peer_list(partitions)?);
-        AssignmentSource::fixed(&config.node_id, &url, &owned, &peers)
+        AssignmentSource::fixed(&config.node_id, &config.internal_advertise_url(), &owned, &peers)
     });
     let held = Held::new(PartitionMachine::new(&config.node_id, config.timeouts()));
     // follows the balancer's timeout from its tables; never lapses with static ownership
@@ -190,6 +226,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
     let heartbeat = Heartbeat {
         node_id: config.node_id.clone(),
         address: url,
+        internal_address: config.internal_advertise_url(),
         interval: config.heartbeat_every(),
         log: log.clone(),
         held: held.clone(),
@@ -202,6 +239,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
     let drain = Drain {
         node_id: config.node_id.clone(),
         draining,
+        stopping: AtomicBool::new(false),
         dynamic: config.dynamic(),
         timeout: Duration::from_secs_f64(config.drain_timeout_secs),
         heartbeat: config.heartbeat_every(),
@@ -228,7 +266,10 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
             .build()?,
         started: Instant::now(),
         drain,
-        closing: CancellationToken::new(),
+        auth,
+        members: quick_cache::sync::Cache::new(MEMBER_CACHE),
+        migrations: migrate_limiter(config.migrate_per_minute),
+        closing,
     };
     let tasks = Tasks {
         owner,
@@ -236,6 +277,13 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         heartbeat,
     };
     Ok((node, tasks))
+}
+
+/// `per_minute` requests a minute per tenant, in bursts of up to a third of that.
+fn migrate_limiter(per_minute: u32) -> MigrateLimiter {
+    let rate = std::num::NonZeroU32::new(per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(per_minute.div_ceil(3)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_minute(rate).allow_burst(burst))
 }
 
 /// Runs a loop until it returns cleanly or `stop` fires, restarting it after failures

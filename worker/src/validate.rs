@@ -35,8 +35,9 @@ impl FieldError {
 pub struct SendRequest {
     /// Conversation id.
     pub conversation_id: String,
-    /// Sending user.
-    pub user_id: String,
+    /// Sending user, when the body names it and it is trusted (`--auth none` only); with
+    /// authentication the sender is the caller and a `userId` here is ignored.
+    pub user_id: Option<String>,
     /// Message text.
     pub content: String,
     /// Client timestamp, if given.
@@ -103,13 +104,24 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Parses and validates a send body. `max_content` is in bytes of UTF-8.
-pub fn parse_send(body: &[u8], max_content: usize) -> Result<SendRequest, FieldError> {
+/// Parses and validates a send body. `max_content` is in bytes of UTF-8. `sender_from_body`:
+/// the body's `userId` names the sender (`--auth none`), so it is required and checked;
+/// otherwise it is accepted and ignored, whatever it holds.
+pub fn parse_send(
+    body: &[u8],
+    max_content: usize,
+    sender_from_body: bool,
+) -> Result<SendRequest, FieldError> {
     let map = object(body)?;
     let conversation_id = required_str(&map, "conversationId")?;
     check_id("conversationId", conversation_id)?;
-    let user_id = required_str(&map, "userId")?;
-    check_id("userId", user_id)?;
+    let user_id = if sender_from_body {
+        let u = required_str(&map, "userId")?;
+        check_id("userId", u)?;
+        Some(u.to_string())
+    } else {
+        None
+    };
     let content = required_str(&map, "content")?;
     if content.trim().is_empty() {
         return Err(FieldError::new("content", "must not be empty"));
@@ -140,7 +152,7 @@ pub fn parse_send(body: &[u8], max_content: usize) -> Result<SendRequest, FieldE
     };
     Ok(SendRequest {
         conversation_id: conversation_id.to_string(),
-        user_id: user_id.to_string(),
+        user_id,
         content: content.to_string(),
         timestamp,
     })

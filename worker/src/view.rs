@@ -1,13 +1,13 @@
 //! JSON shapes served to clients (the seed's API), built from log records.
 
 use meshchat_wire::{ChatRecord, ReplyChunk, ReplyError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::store::Conversation;
 
 /// One message as `GET /api/chat/conversation/{id}` and live streams show it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     /// Message id.
@@ -71,7 +71,7 @@ impl From<&ChatRecord> for MessageView {
 }
 
 /// A whole conversation.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConversationView {
     /// Conversation id.
     pub id: String,

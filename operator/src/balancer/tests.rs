@@ -14,6 +14,7 @@ fn report(id: &str, parts: &[i32], load: f64, draining: bool) -> LoadReport {
         v: 1,
         worker_id: id.into(),
         address: format!("http://{id}"),
+        internal_address: Some(format!("http://{id}:9080")),
         generation: 0,
         partitions: parts
             .iter()
@@ -125,6 +126,40 @@ fn migrate_requests_move_at_once_and_refuse_dead_targets() {
         ..req
     };
     assert!(b.migrate(&dead, 6_000).is_err());
+}
+
+#[test]
+fn migrate_requests_go_through_the_cooldown() {
+    let mut b = started(3);
+    let p = owners(b.table())["w0"][0];
+    let req = |target: &str| MigrateRequest {
+        v: 1,
+        id: "m".into(),
+        source: String::new(),
+        target: target.into(),
+        partitions: vec![p],
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    };
+    for w in ["w0", "w1", "w2"] {
+        b.observe(report(w, &[], 0.1, false), 6_000);
+    }
+    assert!(b.migrate(&req("w1"), 6_000).expect("first").is_some());
+    let cooldown = Policy::default().cooldown_ms;
+    for w in ["w0", "w1", "w2"] {
+        b.observe(report(w, &[], 0.1, false), 6_000 + cooldown / 2);
+    }
+    let back = b
+        .migrate(&req("w2"), 6_000 + cooldown / 2)
+        .expect_err("ping-pong refused");
+    assert!(back.contains("cooldown"), "{back}");
+    for w in ["w0", "w1", "w2"] {
+        b.observe(report(w, &[], 0.1, false), 6_000 + cooldown);
+    }
+    assert!(
+        b.migrate(&req("w2"), 6_000 + cooldown + 1)
+            .expect("after the cooldown")
+            .is_some()
+    );
 }
 
 #[test]

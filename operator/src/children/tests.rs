@@ -1,5 +1,8 @@
 use super::*;
-use meshchat_crds::{ChatAgentSpec, CredentialsSecretRef, SaslMechanism, SaslSpec, SecretKeyRef, TlsSpec};
+use meshchat_crds::{
+    AuthMode, AuthSpec, ChatAgentSpec, CredentialsSecretRef, JwtSpec, SaslMechanism, SaslSpec, SecretKeyRef,
+    TlsSpec,
+};
 
 fn agent(spec: ChatAgentSpec) -> ChatAgent {
     let mut a = ChatAgent::new("support", spec);
@@ -73,24 +76,68 @@ fn the_stateful_set_runs_workers_that_drain_before_stopping() {
         w.image.as_deref(),
         Some(Settings::default().default_image.as_str())
     );
+    // probes go to the internal port; clients' Service reaches only the public one
     let get = |p: &Option<Probe>| {
         p.as_ref()
             .and_then(|p| p.http_get.as_ref())
-            .and_then(|g| g.path.clone())
+            .map(|g| (g.path.clone().unwrap_or_default(), g.port.clone()))
     };
-    assert_eq!(get(&w.readiness_probe).as_deref(), Some("/readyz"));
-    assert_eq!(get(&w.liveness_probe).as_deref(), Some("/healthz"));
+    let internal = IntOrString::String("internal".into());
+    assert_eq!(
+        get(&w.readiness_probe),
+        Some(("/readyz".into(), internal.clone()))
+    );
+    assert_eq!(get(&w.liveness_probe), Some(("/healthz".into(), internal)));
+    let ports: Vec<_> = w
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("http".to_string(), 8080), ("internal".to_string(), 9080)]
+    );
+    let service_ports = |s: &Service| -> Vec<i32> {
+        s.spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .map(|p| p.port)
+            .collect()
+    };
+    assert_eq!(service_ports(&c.service), [8080]);
+    assert_eq!(service_ports(&c.peers), [9080]);
+    // the preStop hook drains from inside the pod (the only caller allowed without the secret)
     let pre_stop = w
         .lifecycle
         .as_ref()
         .and_then(|l| l.pre_stop.as_ref())
-        .and_then(|h| h.http_get.as_ref());
-    assert_eq!(pre_stop.and_then(|g| g.path.as_deref()), Some("/drain"));
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone());
+    assert_eq!(
+        pre_stop,
+        Some(vec![
+            "/usr/local/bin/meshchat-worker".to_string(),
+            "drain".to_string()
+        ])
+    );
     let env: BTreeMap<_, _> = w.env.iter().flatten().map(|e| (e.name.as_str(), e)).collect();
     assert_eq!(env["MESHCHAT_NODE_ID"].value.as_deref(), Some("$(POD_NAME)"));
     assert_eq!(
         env["MESHCHAT_ADVERTISE_URL"].value.as_deref(),
         Some("http://$(POD_NAME).support-peers.team-a.svc:8080")
+    );
+    assert_eq!(
+        env["MESHCHAT_INTERNAL_ADVERTISE_URL"].value.as_deref(),
+        Some("http://$(POD_NAME).support-peers.team-a.svc:9080")
+    );
+    let mesh = env["MESHCHAT_MESH_SECRET"]
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref());
+    assert_eq!(
+        mesh.map(|k| (k.name.as_str(), k.key.as_str())),
+        Some(("support-mesh", "secret"))
     );
     let key = env["MESHCHAT_LLM_API_KEY"]
         .value_from
@@ -167,6 +214,77 @@ fn a_config_change_rolls_the_pods_and_user_env_cannot_override_ours() {
     assert!(
         env.iter().any(|e| e.name == "EXTRA"),
         "the user's other variables stay"
+    );
+}
+
+#[test]
+fn auth_becomes_worker_options_and_a_mounted_keys_file() {
+    let mut a = sample();
+    a.spec.auth = Some(AuthSpec {
+        mode: AuthMode::Required,
+        api_keys_secret_ref: Some(SecretKeyRef {
+            name: "support-keys".into(),
+            key: "keys.yaml".into(),
+        }),
+        jwt: Some(JwtSpec {
+            jwks_url: "https://idp/jwks.json".into(),
+            issuer: "https://idp/".into(),
+            audience: "meshchat".into(),
+            tenant_claim: Some("org".into()),
+            user_claim: None,
+            role_claim: None,
+            leeway_seconds: Some(10),
+        }),
+        migrate_per_minute: Some(3),
+    });
+    let text = render(&worker_file(&a).expect("file")).expect("render");
+    for line in [
+        "auth: required",
+        "api-keys-file: /etc/meshchat/auth/api-keys",
+        "jwks-url: https://idp/jwks.json",
+        "jwt-issuer: https://idp/",
+        "jwt-audience: meshchat",
+        "jwt-tenant-claim: org",
+        "jwt-leeway-secs: 10",
+        "migrate-per-minute: 3",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    assert!(
+        !text.contains("jwt-user-claim"),
+        "unset claims keep the worker's defaults"
+    );
+    let c = desired(&a, &Settings::default()).expect("children");
+    let pod = c.stateful_set.spec.expect("spec").template.spec.expect("pod");
+    let keys = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "api-keys")
+        .and_then(|v| v.secret)
+        .expect("the keys Secret is a volume");
+    assert_eq!(keys.secret_name.as_deref(), Some("support-keys"));
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path == "/etc/meshchat/auth" && m.sub_path.is_none())
+    );
+    // no auth at all (an object the API server would refuse) renders a worker that refuses to
+    // start without credentials, never an open one
+    let text = render(&worker_file(&sample()).expect("file")).expect("render");
+    assert!(
+        text.contains("auth: required") && !text.contains("api-keys-file"),
+        "{text}"
+    );
+    a.spec.auth = Some(AuthSpec {
+        mode: AuthMode::None,
+        ..AuthSpec::default()
+    });
+    assert!(
+        render(&worker_file(&a).expect("file"))
+            .expect("render")
+            .contains("auth: none")
     );
 }
 

@@ -73,8 +73,14 @@ impl ApiServerVerifier {
         body
     }
 
-    /// The six children of ChatAgent `support` in `team-a`, in order.
+    /// The six children of ChatAgent `support` in `team-a`, in order, and the mesh secret's
+    /// create (which finds it there already).
     async fn children(&mut self) -> Value {
+        self.children_creating(false).await
+    }
+
+    /// The children; `first`: the mesh secret does not exist yet.
+    async fn children_creating(&mut self, first: bool) -> Value {
         let ns = "/api/v1/namespaces/team-a";
         self.apply(
             &format!("{ns}/serviceaccounts/support-worker"),
@@ -102,6 +108,23 @@ impl ApiServerVerifier {
             "support",
         )
         .await;
+        let (status, reply) = if first {
+            (StatusCode::CREATED, None)
+        } else {
+            let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "AlreadyExists", "code": 409, "message": "secrets \"support-mesh\" already exists"});
+            (StatusCode::CONFLICT, Some(exists))
+        };
+        let secret = self
+            .expect(Method::POST, &format!("{ns}/secrets"), "", status, |b| {
+                reply.unwrap_or_else(|| b.clone())
+            })
+            .await;
+        assert_eq!(secret["metadata"]["name"], "support-mesh");
+        assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "ChatAgent");
+        let value = secret["data"]["secret"].as_str().unwrap_or_default();
+        // 32 random bytes, base64url, base64-encoded again as Secret data
+        assert!(value.len() >= 56, "{value}");
         self.apply(
             "/apis/apps/v1/namespaces/team-a/statefulsets/support",
             "StatefulSet",
@@ -173,7 +196,7 @@ async fn a_new_agent_gets_its_children_a_balancer_and_a_status() {
     let (ctx, mut api) = context();
     let a = Arc::new(agent());
     let verifier = tokio::spawn(async move {
-        let sts = api.children().await;
+        let sts = api.children_creating(true).await;
         assert_eq!(sts["spec"]["replicas"], 3);
         assert_eq!(sts["spec"]["serviceName"], "support-peers");
         api.status().await

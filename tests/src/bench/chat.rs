@@ -108,7 +108,12 @@ async fn watch(mesh: &TestMesh, conversations: &[String], seen: &Seen) -> anyhow
             "{}/api/chat/ws?conversationId={c}",
             base.replacen("http://", "ws://", 1)
         );
-        let (socket, _) = tokio_tungstenite::connect_async(&url).await?;
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url.as_str())?;
+        request
+            .headers_mut()
+            .extend(crate::auth::headers(&crate::auth::admin("bench")));
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
         let seen = seen.clone();
         set.spawn(async move {
             let (_, mut read) = socket.split();
@@ -317,6 +322,7 @@ pub async fn measure(
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
+        .default_headers(crate::auth::headers(&crate::auth::admin("bench")))
         .build()?;
     let urls: Vec<String> = mesh.workers.iter().map(|w| w.url.clone()).collect();
     let target = Target {
@@ -397,6 +403,7 @@ pub async fn memory(mesh: &TestMesh, targets: &[usize]) -> anyhow::Result<Memory
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
+        .default_headers(crate::auth::headers(&crate::auth::admin("bench")))
         .build()?;
     let urls: Vec<String> = mesh.workers.iter().map(|w| w.url.clone()).collect();
     let mut points = Vec::new();

@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         let resp = http()
             .post(format!("{}/api/agent/migrate", mesh.workers[(m + 1) % 3].url))
+            .bearer_auth(meshchat_tests::auth::operator())
             .json(&json!({"targetNode": format!("node-{target}"), "partitions": parts}))
             .send()
             .await?;

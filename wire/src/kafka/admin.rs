@@ -73,6 +73,23 @@ pub fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> Result<i32, Kaf
     }
 }
 
+/// Errors a topic created a moment ago answers with until its metadata settled on the broker
+/// (seen: `NotLeaderForPartition` right after creation on a fresh KRaft broker).
+fn settling(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Topic { .. } => true,
+        KafkaError::Client(c) => matches!(
+            c.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::NotLeaderForPartition
+                    | RDKafkaErrorCode::LeaderNotAvailable
+                    | RDKafkaErrorCode::UnknownTopicOrPartition
+            )
+        ),
+        _ => false,
+    }
+}
+
 /// Partitions of `topic`, waiting briefly for a new topic's metadata to settle.
 pub async fn partition_count(cfg: &ClientConfig, topic: &str) -> Result<i32, KafkaError> {
     let consumer: BaseConsumer = manual_consumer(cfg, group::METADATA).create()?;
@@ -82,7 +99,7 @@ pub async fn partition_count(cfg: &ClientConfig, topic: &str) -> Result<i32, Kaf
         for _ in 0..50 {
             match topic_partitions(&consumer, &topic) {
                 Ok(n) => return Ok(n),
-                Err(e @ KafkaError::Topic { .. }) => last = Some(e),
+                Err(e) if settling(&e) => last = Some(e),
                 Err(e) => return Err(e),
             }
             std::thread::sleep(std::time::Duration::from_millis(100));

@@ -62,8 +62,12 @@ pub struct LoadReport {
     pub v: u16,
     /// Worker id.
     pub worker_id: String,
-    /// Base URL peers and clients reach it on.
+    /// Base URL clients reach it on.
     pub address: String,
+    /// Base URL of its internal listener (peers' forwarded reads); absent from workers that
+    /// predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_address: Option<String>,
     /// Assignment generation the worker has applied.
     pub generation: u64,
     /// Load per owned partition.
@@ -311,6 +315,9 @@ pub struct PartitionAssignment {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerInfo {
-    /// Base URL.
+    /// Base URL of its public API.
     pub address: String,
+    /// Base URL of its internal listener, where peers forward reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_address: Option<String>,
 }

@@ -110,6 +110,7 @@ proptest! {
             v: SCHEMA_VERSION,
             worker_id: "w".into(),
             address: "http://127.0.0.1:8080".into(),
+            internal_address: Some("http://127.0.0.1:9080".into()),
             generation: 3,
             partitions: parts.into_iter().map(|partition| PartitionLoad { partition, ..Default::default() }).collect(),
             load_factor: lf,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use meshchat_wire::kafka::TailFetch;
 
-use super::Config;
+use super::{AuthMode, Config};
+use crate::auth::{AuthSettings, ClaimNames, JwtSettings};
 use crate::http::HttpSettings;
 use crate::llm::LlmSettings;
 use crate::log::LogSettings;
@@ -82,6 +83,28 @@ impl Config {
             max_content_bytes: self.max_content_bytes,
             ownership: self.ownership,
             handoff_grace: Duration::from_secs_f64(self.handoff_grace_secs),
+            mesh_secret: self.mesh_secret.clone(),
+        }
+    }
+
+    /// How callers are authenticated.
+    pub fn auth_settings(&self) -> AuthSettings {
+        let jwks = self.jwks_file.is_some() || self.jwks_url.is_some();
+        AuthSettings {
+            disabled: self.auth == AuthMode::None,
+            api_keys_file: self.api_keys_file.clone(),
+            jwt: jwks.then(|| JwtSettings {
+                jwks_file: self.jwks_file.clone(),
+                jwks_url: self.jwks_url.clone(),
+                issuer: self.jwt_issuer.clone().unwrap_or_default(),
+                audience: self.jwt_audience.clone().unwrap_or_default(),
+                claims: ClaimNames {
+                    tenant: self.jwt_tenant_claim.clone(),
+                    user: self.jwt_user_claim.clone(),
+                    role: self.jwt_role_claim.clone(),
+                },
+                leeway: Duration::from_secs(self.jwt_leeway_secs),
+            }),
         }
     }
 

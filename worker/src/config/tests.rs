@@ -1,7 +1,10 @@
 use super::*;
 
+/// Arguments after the program name; credentials are not what these tests are about, so
+/// they run with `--auth none` (`auth_needs_credentials` is about them).
 fn args(extra: &[&str]) -> Vec<String> {
-    std::iter::once("meshchat-worker")
+    ["meshchat-worker", "--auth", "none"]
+        .into_iter()
         .chain(extra.iter().copied())
         .map(String::from)
         .collect()
@@ -41,6 +44,38 @@ fn file_fills_unset_options_and_flags_win() {
     std::fs::write(&path, "no-such-option: 1\n").expect("write");
     let err = Config::load_from(args(&["--config", &p])).expect_err("unknown key");
     assert!(err.to_string().contains("no-such-option"), "{err}");
+}
+
+#[test]
+fn auth_needs_credentials_unless_explicitly_off() {
+    let bare = |extra: &[&str]| {
+        Config::load_from(
+            std::iter::once("meshchat-worker")
+                .chain(extra.iter().copied())
+                .map(String::from)
+                .collect(),
+        )
+    };
+    let err = bare(&[]).expect_err("no credentials");
+    assert!(err.to_string().starts_with("--auth: no credentials"), "{err}");
+    let c = bare(&["--api-keys-file", "/etc/keys.yaml"]).expect("keys");
+    assert!(!c.auth_settings().disabled);
+    let err = bare(&["--jwks-file", "/etc/jwks.json", "--jwt-audience", "a"]).expect_err("no issuer");
+    assert!(err.to_string().starts_with("--jwt-issuer"), "{err}");
+    let c = bare(&[
+        "--jwks-url",
+        "https://idp/jwks",
+        "--jwt-issuer",
+        "i",
+        "--jwt-audience",
+        "a",
+    ])
+    .expect("jwt");
+    let jwt = c.auth_settings().jwt.expect("jwt settings");
+    assert_eq!((jwt.issuer.as_str(), jwt.leeway.as_secs()), ("i", 30));
+    assert!(bare(&["--auth", "none"]).expect("off").auth_settings().disabled);
+    let err = bare(&["--auth", "off"]).expect_err("bad mode");
+    assert!(err.to_string().starts_with("--auth"), "{err}");
 }
 
 #[test]
@@ -135,13 +170,25 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
         context_tokens: Some(8000),
         llm_concurrency: Some(12),
         llm_timeout_secs: Some(45),
+        auth: Some("required".into()),
+        api_keys_file: Some("/etc/meshchat/auth/api-keys".into()),
+        jwks_url: Some("https://idp.example/jwks.json".into()),
+        jwt_issuer: Some("https://idp.example".into()),
+        jwt_audience: Some("meshchat".into()),
+        jwt_tenant_claim: Some("org".into()),
+        jwt_user_claim: Some("email".into()),
+        jwt_role_claim: Some("roles".into()),
+        jwt_leeway_secs: Some(10),
+        migrate_per_minute: Some(12),
     };
     let dir = std::env::temp_dir().join(format!("meshchat-file-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let path = dir.join(worker::CONFIG_FILE);
     std::fs::write(&path, serde_saphyr::to_string(&file).expect("yaml")).expect("write");
     let p = path.to_string_lossy().to_string();
-    let c = Config::load_from(args(&["--config", &p])).expect("the worker reads what the operator renders");
+    // no --auth none here: the file's auth options are part of what is checked
+    let bare = vec!["meshchat-worker".to_string(), "--config".into(), p.clone()];
+    let c = Config::load_from(bare).expect("the worker reads what the operator renders");
     assert_eq!(c.ownership, file.ownership);
     assert_eq!(c.agent, file.agent);
     assert_eq!(c.agent_name, file.agent_name);
@@ -165,6 +212,19 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
     assert_eq!(Some(c.context_tokens), file.context_tokens);
     assert_eq!(Some(c.llm_concurrency), file.llm_concurrency);
     assert_eq!(Some(c.llm_timeout_secs), file.llm_timeout_secs.map(f64::from));
+    assert_eq!(c.auth, AuthMode::Required);
+    assert_eq!(
+        c.api_keys_file.map(|f| f.to_string_lossy().to_string()),
+        file.api_keys_file
+    );
+    assert_eq!(c.jwks_url, file.jwks_url);
+    assert_eq!(c.jwt_issuer, file.jwt_issuer);
+    assert_eq!(c.jwt_audience, file.jwt_audience);
+    assert_eq!(Some(c.jwt_tenant_claim), file.jwt_tenant_claim);
+    assert_eq!(Some(c.jwt_user_claim), file.jwt_user_claim);
+    assert_eq!(Some(c.jwt_role_claim), file.jwt_role_claim);
+    assert_eq!(Some(c.jwt_leeway_secs), file.jwt_leeway_secs.map(u64::from));
+    assert_eq!(Some(c.migrate_per_minute), file.migrate_per_minute);
     // the defaults the operator leaves out are the contract's
     let c = Config::load_from(args(&[])).expect("defaults");
     assert_eq!(c.listen.port(), worker::HTTP_PORT);

@@ -10,14 +10,16 @@ use meshchat_wire::{MigrateRequest, SCHEMA_VERSION, partition_for};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::ChatService;
+use super::caller::Caller;
 use super::error::{AppError, Body};
+use super::{ChatService, Membership};
+use crate::auth::Role;
 use crate::mesh::Peer;
 use crate::ownership::Phase;
-use crate::validate::{FieldError, parse_migrate};
+use crate::validate::{FieldError, MigrateBody, parse_migrate};
 
-/// This worker's health and load.
-pub async fn status<S: ChatService>(State(s): State<Arc<S>>) -> Json<Value> {
+/// This worker's health and load (any authenticated caller).
+pub async fn status<S: ChatService>(State(s): State<Arc<S>>, _caller: Caller) -> Json<Value> {
     let st = s.status();
     let ready = s.readiness();
     let status = if ready.draining {
@@ -49,15 +51,62 @@ pub async fn status<S: ChatService>(State(s): State<Arc<S>>) -> Json<Value> {
         "queued": st.queued,
         "concurrencyLimit": st.concurrency_limit,
         "draining": ready.draining,
+        "auth": if s.auth().disabled() { "none" } else { "required" },
+        "warnings": if s.auth().disabled() {
+            vec![AUTH_NONE_WARNING]
+        } else {
+            Vec::new()
+        },
     }))
 }
 
+/// What a worker started with `--auth none` says at start and on its status.
+pub const AUTH_NONE_WARNING: &str = "authentication is disabled (--auth none): anyone who reaches \
+     this worker reads and writes every conversation as an admin; never run it like this outside \
+     development";
+
 /// Asks the balancer to move partitions: all of this node's, one conversation's, or a list.
+/// An admin moves its tenant's conversations; only the mesh's operator moves partitions or a
+/// whole worker (their conversations belong to every tenant). Rate limited per tenant.
 pub async fn migrate<S: ChatService>(
     State(s): State<Arc<S>>,
+    caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>, AppError> {
-    let request = plan_migration(&*s, &body)?;
+    caller.sees_mesh()?;
+    let req = parse_migrate(&body)?;
+    let who = &caller.who;
+    let conversation_key = match (&req.conversation_id, who.role) {
+        (Some(id), _) if req.partitions.is_none() => {
+            let key = who.key(id);
+            if !caller.anonymous && who.role == Role::Admin {
+                match s.membership(&key, &who.user).await {
+                    Ok(Membership::Missing) => {
+                        return Err(AppError::NotFound(format!("conversation {id:?} not found")));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(AppError::Unavailable(format!(
+                            "could not look the conversation up: {e}"
+                        )));
+                    }
+                }
+            }
+            Some(key)
+        }
+        (_, Role::Admin) if !caller.anonymous => return Err(AppError::Forbidden),
+        _ => None,
+    };
+    let request = plan_migration(&*s, req, conversation_key)?;
+    // only requests that would publish count: a refused one moves nothing
+    s.admit_migration(&who.tenant)
+        .map_err(|retry_after| AppError::TooManyRequests {
+            message: format!(
+                "too many migrate requests for tenant {:?}; retry later",
+                who.tenant
+            ),
+            retry_after,
+        })?;
     s.request_migration(request.clone())
         .await
         .map_err(|e| AppError::Unavailable(format!("Kafka did not accept the request: {e}")))?;
@@ -72,9 +121,13 @@ pub async fn migrate<S: ChatService>(
     })))
 }
 
-/// The migrate request `body` asks for, or why it cannot be made.
-fn plan_migration<S: ChatService>(s: &S, body: &[u8]) -> Result<MigrateRequest, AppError> {
-    let req = parse_migrate(body)?;
+/// The migrate request `req` asks for (`conversation`: the key of the conversation it names,
+/// within the caller's tenant), or why it cannot be made.
+fn plan_migration<S: ChatService>(
+    s: &S,
+    req: MigrateBody,
+    conversation: Option<String>,
+) -> Result<MigrateRequest, AppError> {
     if s.settings().ownership != Ownership::Dynamic {
         return Err(AppError::NotImplemented(format!(
             "this worker's partitions are assigned statically (--ownership static); migration to {:?} \
@@ -107,7 +160,7 @@ fn plan_migration<S: ChatService>(s: &S, body: &[u8]) -> Result<MigrateRequest, 
     }
     let assignment = s.assignment();
     let total = s.settings().partitions;
-    let partitions: Vec<i32> = match (&req.partitions, &req.conversation_id) {
+    let partitions: Vec<i32> = match (&req.partitions, &conversation) {
         (Some(ps), _) => {
             if let Some(bad) = ps.iter().find(|p| **p >= total) {
                 return Err(FieldError::new(
@@ -166,8 +219,10 @@ fn plan_migration<S: ChatService>(s: &S, body: &[u8]) -> Result<MigrateRequest, 
     })
 }
 
-/// The whole mesh as this worker sees it: assignment, workers with load, recent moves.
-pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>) -> Json<Value> {
+/// The whole mesh as this worker sees it: assignment, workers with load, recent moves (admins
+/// and the operator).
+pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>, caller: Caller) -> Result<Json<Value>, AppError> {
+    caller.sees_mesh()?;
     let m = s.mesh();
     let workers: Vec<Value> = m
         .reports
@@ -192,7 +247,7 @@ pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "agent": m.agent,
         "ownership": s.settings().ownership,
         "generation": m.table.as_ref().map_or(0, |t| t.generation),
@@ -202,7 +257,7 @@ pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>) -> Json<Value> {
         "heartbeatTimeoutMs": m.heartbeat_timeout.as_millis() as u64,
         "workers": workers,
         "recentMoves": m.recent_moves,
-    }))
+    })))
 }
 
 fn round3(x: f64) -> f64 {

@@ -5,41 +5,56 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use meshchat_wire::{SCHEMA_VERSION, UserMessage};
 use serde_json::json;
 use time::OffsetDateTime;
 
+use crate::view::ConversationView;
+
+use super::caller::Caller;
 use super::error::{AppError, Body};
-use super::{ChatService, FORWARDED, Local};
+use super::{ChatService, Local, Membership};
+use crate::auth::Role;
 use crate::validate::{check_id, parse_send};
 
 /// How long a send waits for the broker's acknowledgement.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Accepts a user message: validates it, writes it to `chat.messages` and answers once the
-/// broker has acknowledged it. Any worker accepts any conversation.
-pub async fn send<S: ChatService>(State(s): State<Arc<S>>, Body(body): Body) -> Result<Response, AppError> {
-    let req = parse_send(&body, s.settings().max_content_bytes)?;
+/// broker has acknowledged it. Any worker accepts any conversation. The sender is the caller;
+/// a `user` may post to a conversation it takes part in or to a new one.
+pub async fn send<S: ChatService>(
+    State(s): State<Arc<S>>,
+    caller: Caller,
+    Body(body): Body,
+) -> Result<Response, AppError> {
+    caller.chats()?;
+    let req = parse_send(&body, s.settings().max_content_bytes, caller.anonymous)?;
     if s.readiness().draining {
         return Err(AppError::Unavailable(
             "this worker is shutting down; send to another".into(),
         ));
+    }
+    let who = &caller.who;
+    let key = who.key(&req.conversation_id);
+    if who.role == Role::User {
+        may_take_part(&*s, &key, &who.user, &req.conversation_id).await?;
     }
     let now = OffsetDateTime::now_utc();
     let message = UserMessage {
         v: SCHEMA_VERSION,
         id: format!("msg-{}", uuid::Uuid::now_v7().simple()),
         conversation_id: req.conversation_id,
-        tenant: meshchat_wire::DEFAULT_TENANT.into(),
-        user_id: req.user_id,
+        tenant: who.tenant.clone(),
+        user_id: req.user_id.unwrap_or_else(|| who.user.clone()),
         content: req.content,
         timestamp: req.timestamp.unwrap_or(now),
         accepted_by: s.settings().node_id.clone(),
         accepted_at: Some(now),
     };
-    let id = message.id.clone();
+    let (id, sender) = (message.id.clone(), message.user_id.clone());
     match tokio::time::timeout(SEND_TIMEOUT, s.append(message)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -53,34 +68,66 @@ pub async fn send<S: ChatService>(State(s): State<Arc<S>>, Body(body): Body) -> 
             ));
         }
     }
+    s.joined(&key, &sender);
     let timestamp = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     Ok(Json(json!({"message": "Message sent", "messageId": id, "timestamp": timestamp})).into_response())
 }
 
+/// Refuses a `user` posting to (or watching) a conversation of its tenant that exists and that
+/// it does not take part in — as not found, so nobody learns which ids others use.
+pub(super) async fn may_take_part<S: ChatService>(
+    s: &S,
+    key: &str,
+    user: &str,
+    id: &str,
+) -> Result<Membership, AppError> {
+    match s.membership(key, user).await {
+        Ok(Membership::Stranger) => Err(not_found(id)),
+        Ok(m) => Ok(m),
+        Err(e) => Err(AppError::Unavailable(format!(
+            "could not check the conversation's participants: {e}"
+        ))),
+    }
+}
+
 /// Serves a conversation: from memory when this worker owns its partition, else from the
-/// owner (forwarded once), else from the log itself. The answer is the same either way.
+/// owner's internal listener (which never forwards again), else from the log itself. The answer
+/// is the same either way. A `user` sees only conversations it takes part in.
 pub async fn conversation<S: ChatService>(
     State(s): State<Arc<S>>,
+    caller: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, AppError> {
+    caller.chats()?;
     check_id("id", &id)?;
-    match s.local_conversation(&id) {
-        Local::Found(view) => return Ok(Json(view).into_response()),
-        Local::Missing => return Err(not_found(&id)),
+    let who = &caller.who;
+    let view = read(&*s, &who.key(&id), &id).await?;
+    if who.role == Role::User && !view.participants.contains(&who.user) {
+        return Err(not_found(&id));
+    }
+    Ok(Json(view).into_response())
+}
+
+async fn read<S: ChatService>(s: &S, key: &str, id: &str) -> Result<ConversationView, AppError> {
+    match s.local_conversation(key) {
+        Local::Found(view) => return Ok(view),
+        Local::Missing => return Err(not_found(id)),
         Local::NotHere => {}
     }
-    if !headers.contains_key(FORWARDED)
-        && let Some(owner) = s.owner_of(&id)
+    if let Some(owner) = s.owner_of(key)
         && owner.node_id != s.settings().node_id
+        && let Some(url) = owner.internal_url
     {
-        match s.forward_read(&owner.url, &id).await {
-            Ok(f) if f.status == StatusCode::OK.as_u16() || f.status == StatusCode::NOT_FOUND.as_u16() => {
-                let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::OK);
-                return Ok((status, [(header::CONTENT_TYPE, "application/json")], f.body).into_response());
-            }
+        match s.forward_read(&url, key).await {
+            Ok(f) if f.status == StatusCode::OK.as_u16() => match serde_json::from_slice(&f.body) {
+                Ok(view) => return Ok(view),
+                Err(e) => {
+                    tracing::warn!(owner = %owner.node_id, error = %e, "owner's answer is not a conversation; reading the log")
+                }
+            },
+            Ok(f) if f.status == StatusCode::NOT_FOUND.as_u16() => return Err(not_found(id)),
             Ok(f) => {
                 tracing::warn!(owner = %owner.node_id, status = f.status, "owner could not serve; reading the log")
             }
@@ -89,12 +136,10 @@ pub async fn conversation<S: ChatService>(
             }
         }
     }
-    let view = s
-        .read_log(&id)
+    s.read_log(key)
         .await
-        .map_err(|e| AppError::Unavailable(format!("could not read the log: {e}")))?;
-    let view = view.ok_or_else(|| not_found(&id))?;
-    Ok(Json(view).into_response())
+        .map_err(|e| AppError::Unavailable(format!("could not read the log: {e}")))?
+        .ok_or_else(|| not_found(id))
 }
 
 fn not_found(id: &str) -> AppError {

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
@@ -28,6 +28,20 @@ pub enum AppError {
     /// The request conflicts with the mesh's state (draining, dead target, move in flight).
     #[error("{0}")]
     Conflict(String),
+    /// No credential, or not a valid one. The answer never says which part was wrong.
+    #[error("a valid bearer credential is required")]
+    Unauthorized,
+    /// A valid credential whose role does not allow the route.
+    #[error("this credential's role does not allow this request")]
+    Forbidden,
+    /// Over a rate limit; retry after the given time.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was limited.
+        message: String,
+        /// When a retry can succeed.
+        retry_after: std::time::Duration,
+    },
 }
 
 impl IntoResponse for AppError {
@@ -55,6 +69,21 @@ impl IntoResponse for AppError {
                 json!({"error": "not_implemented", "message": m}),
             ),
             AppError::Conflict(m) => (StatusCode::CONFLICT, json!({"error": "conflict", "message": m})),
+            AppError::Unauthorized => {
+                let body = json!({"error": "unauthorized", "message": self.to_string()});
+                let challenge = [(header::WWW_AUTHENTICATE, r#"Bearer realm="meshchat""#)];
+                return (StatusCode::UNAUTHORIZED, challenge, Json(body)).into_response();
+            }
+            AppError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "forbidden", "message": self.to_string()}),
+            ),
+            AppError::TooManyRequests { message, retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let body = json!({"error": "rate_limited", "message": message, "retryAfterSeconds": secs});
+                let header = [(header::RETRY_AFTER, secs.to_string())];
+                return (StatusCode::TOO_MANY_REQUESTS, header, Json(body)).into_response();
+            }
         };
         (status, Json(body)).into_response()
     }

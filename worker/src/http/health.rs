@@ -1,4 +1,4 @@
-//! Liveness, readiness, the drain hook and metrics.
+//! Liveness, readiness and metrics (internal listener).
 
 use std::sync::Arc;
 
@@ -31,14 +31,6 @@ pub async fn readyz<S: ChatService>(State(s): State<Arc<S>>) -> impl IntoRespons
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(json!({"ready": r.ready(), "checks": checks})))
-}
-
-/// `GET|POST /drain`: the kubelet's preStop hook (which can only GET). Starts draining and
-/// answers once every partition is handed over, or the drain timeout passed; SIGTERM then finds
-/// nothing left to move.
-pub async fn drain<S: ChatService>(State(s): State<Arc<S>>) -> impl IntoResponse {
-    let (outcome, held) = s.drain().await;
-    Json(json!({"drained": outcome.as_str(), "partitionsHeld": held}))
 }
 
 /// `GET /metrics`: Prometheus text format.

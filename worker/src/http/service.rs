@@ -13,7 +13,8 @@ use meshchat_wire::{AssignmentTable, HandoffEvent, LoadReport, MigrateRequest, P
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::drain::Drained;
+use crate::auth::Authenticator;
+use crate::drain::{Drained, UndoRefused};
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition};
 use crate::view::{ConversationView, LiveEvent};
@@ -31,6 +32,8 @@ pub struct HttpSettings {
     pub ownership: Ownership,
     /// A move's time when none was measured yet.
     pub handoff_grace: Duration,
+    /// What peers present to the internal listener, when set.
+    pub mesh_secret: Option<String>,
 }
 
 /// A conversation as this worker can serve it from memory.
@@ -42,6 +45,18 @@ pub enum Local {
     Missing,
     /// Its partition is live here.
     Found(ConversationView),
+}
+
+/// Whether a user takes part in a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Membership {
+    /// The conversation does not exist (yet).
+    Missing,
+    /// It exists and the user takes part in it.
+    Member,
+    /// It exists and the user does not take part in it.
+    Stranger,
 }
 
 /// An owner's answer to a forwarded read.
@@ -118,6 +133,23 @@ pub trait ChatService: Send + Sync + 'static {
     /// Identity and limits.
     fn settings(&self) -> &HttpSettings;
 
+    /// Who callers are.
+    fn auth(&self) -> &Authenticator;
+
+    /// Whether `user` takes part in the conversation keyed `key`: from memory when this worker
+    /// owns it, else from its owner, else from the log.
+    fn membership(&self, key: &str, user: &str) -> impl Future<Output = Result<Membership, String>> + Send;
+
+    /// [`membership`](Self::membership) from memory alone (`None`: the partition is not live
+    /// here).
+    fn local_membership(&self, key: &str, user: &str) -> Option<Membership>;
+
+    /// `user`'s message to the conversation keyed `key` was accepted: it takes part from now on.
+    fn joined(&self, key: &str, user: &str);
+
+    /// Whether `tenant` may send another migrate request now (`Err`: when it may).
+    fn admit_migration(&self, tenant: &str) -> Result<(), Duration>;
+
     /// Appends an accepted user message to its conversation's log; resolves once the broker
     /// acknowledged it (`Err`: why it did not, for a 503).
     fn append(&self, message: UserMessage) -> impl Future<Output = Result<(), String>> + Send;
@@ -128,8 +160,9 @@ pub trait ChatService: Send + Sync + 'static {
     /// Who owns the partition of conversation `id`, when known.
     fn owner_of(&self, id: &str) -> Option<OwnerInfo>;
 
-    /// Asks the owner at `url` for conversation `id` (a forwarded read).
-    fn forward_read(&self, url: &str, id: &str) -> impl Future<Output = Result<Forwarded, String>> + Send;
+    /// Asks the owner's internal listener at `url` for the conversation keyed `key` (a
+    /// forwarded read).
+    fn forward_read(&self, url: &str, key: &str) -> impl Future<Output = Result<Forwarded, String>> + Send;
 
     /// Rebuilds conversation `id` from the log (`Ok(None)`: the log has no record of it).
     fn read_log(&self, id: &str) -> impl Future<Output = Result<Option<ConversationView>, String>> + Send;
@@ -137,8 +170,8 @@ pub trait ChatService: Send + Sync + 'static {
     /// This worker's live events of `conversation`, from now on.
     fn subscribe(&self, conversation: &str) -> broadcast::Receiver<Arc<LiveEvent>>;
 
-    /// Publishes a user's presence in a conversation.
-    fn presence(&self, conversation: &str, user: &str, kind: PresenceKind);
+    /// Publishes a user's presence in a conversation of `tenant`.
+    fn presence(&self, tenant: &str, conversation: &str, user: &str, kind: PresenceKind);
 
     /// Fired when the worker stops: live streams close.
     fn closing(&self) -> CancellationToken;
@@ -166,6 +199,9 @@ pub trait ChatService: Send + Sync + 'static {
 
     /// Starts draining and resolves when it ends, with the partitions still held.
     fn drain(&self) -> impl Future<Output = (Drained, usize)> + Send;
+
+    /// Undoes a drain SIGTERM did not follow (`Ok(false)`: there was none).
+    fn undo_drain(&self) -> Result<bool, UndoRefused>;
 
     /// Prometheus text.
     fn metrics_text(&self) -> Result<String, std::fmt::Error>;

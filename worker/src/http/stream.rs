@@ -1,8 +1,14 @@
 //! Live streams: `GET /api/chat/ws?conversationId=…` (WebSocket) and
 //! `GET /api/chat/conversation/{id}/events` (SSE). Both carry the same JSON events.
+//!
+//! A `user` may watch a conversation it takes part in, or one that does not exist yet (to
+//! watch the conversation it is about to start). In the second case the stream shows nothing
+//! until the conversation's first message arrives, and ends if someone else sent it: a
+//! conversation started by another user is not this user's to watch.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -10,47 +16,154 @@ use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, Stream, StreamExt};
+use meshchat_wire::PresenceKind;
+use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
-use std::sync::Arc;
-
-use meshchat_wire::PresenceKind;
-
-use super::ChatService;
+use super::caller::{Caller, LiveCaller, WS_PROTOCOL};
+use super::chat::may_take_part;
 use super::error::AppError;
+use super::{ChatService, Membership};
+use crate::auth::Role;
 use crate::validate::{FieldError, check_id};
+use crate::view::LiveEvent;
 
 /// Upgrades to a WebSocket that receives the conversation's live events as JSON text frames.
 pub async fn websocket<S: ChatService>(
     State(state): State<Arc<S>>,
+    live: LiveCaller,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    live.caller.chats()?;
     let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
     let conversation = query
         .get("conversationId")
         .ok_or_else(|| FieldError::new("conversationId", "query parameter is required"))?
         .clone();
     check_id("conversationId", &conversation)?;
-    let user = optional_user(&query)?;
     let ws =
         ws.map_err(|e| FieldError::new("upgrade", format!("not a WebSocket handshake: {}", e.body_text())))?;
-    // subscribe before the upgrade completes, so nothing sent after the 101 is missed
-    let rx = state.subscribe(&conversation);
+    let watch = Watch::open(&state, &live.caller, &conversation, &query).await?;
+    let ws = if live.via_protocol {
+        ws.protocols([WS_PROTOCOL])
+    } else {
+        ws
+    };
     Ok(ws
-        .on_upgrade(move |socket| async move {
-            let _online = user.map(|u| Online::new(&state, &conversation, u));
-            serve_socket(state, socket, rx).await;
-        })
+        .on_upgrade(move |socket| async move { serve_socket(state, socket, watch).await })
         .into_response())
 }
 
-fn optional_user(query: &HashMap<String, String>) -> Result<Option<String>, FieldError> {
-    match query.get("userId") {
-        None => Ok(None),
-        Some(u) => {
-            check_id("userId", u)?;
-            Ok(Some(u.clone()))
+/// Server-sent events of a conversation; the event name is the event's `type`.
+pub async fn sse<S: ChatService>(
+    State(state): State<Arc<S>>,
+    live: LiveCaller,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    live.caller.chats()?;
+    check_id("id", &id)?;
+    let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
+    let mut watch = Watch::open(&state, &live.caller, &id, &query).await?;
+    let shutdown = state.closing();
+    let stream = async_stream(move |yield_| async move {
+        loop {
+            let event = tokio::select! {
+                e = watch.next() => e,
+                () = shutdown.cancelled() => return,
+            };
+            let ev = match event {
+                Next::Event(e) => Event::default()
+                    .event(e.name())
+                    .data(serde_json::to_string(&*e).unwrap_or_default()),
+                Next::Lagged(n) => Event::default()
+                    .event("lagged")
+                    .data(format!(r#"{{"type":"lagged","missed":{n}}}"#)),
+                Next::End => return,
+            };
+            if yield_.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One caller's view of a conversation's live events.
+struct Watch<S: ChatService> {
+    rx: Receiver<Arc<LiveEvent>>,
+    /// Set while a `user` watches a conversation that did not exist: the user whose message
+    /// must come first.
+    starter: Option<String>,
+    _online: Option<Online<S>>,
+}
+
+enum Next {
+    Event(Arc<LiveEvent>),
+    Lagged(u64),
+    End,
+}
+
+impl<S: ChatService> Watch<S> {
+    async fn open(
+        state: &Arc<S>,
+        caller: &Caller,
+        id: &str,
+        query: &HashMap<String, String>,
+    ) -> Result<Self, AppError> {
+        let who = &caller.who;
+        let key = who.key(id);
+        let membership = if who.role == Role::User {
+            may_take_part(&**state, &key, &who.user, id).await?
+        } else {
+            Membership::Member
+        };
+        // subscribe before answering, so nothing sent after the 101 or the SSE headers is missed
+        let rx = state.subscribe(&key);
+        // presence is asked for with `?presence` (or the original API's `?userId=`); the user
+        // shown is the caller — a query's userId is trusted only with --auth none
+        let presence_of = if caller.anonymous {
+            match query.get("userId") {
+                Some(u) => {
+                    check_id("userId", u)?;
+                    Some(u.clone())
+                }
+                None => None,
+            }
+        } else if (query.contains_key("presence") || query.contains_key("userId"))
+            && membership == Membership::Member
+        {
+            Some(who.user.clone())
+        } else {
+            None
+        };
+        Ok(Self {
+            rx,
+            starter: (membership == Membership::Missing).then(|| who.user.clone()),
+            _online: presence_of.map(|u| Online::new(state, &who.tenant, id, u)),
+        })
+    }
+
+    async fn next(&mut self) -> Next {
+        loop {
+            let event = match self.rx.recv().await {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => return Next::Lagged(n),
+                Err(RecvError::Closed) => return Next::End,
+            };
+            let Some(starter) = &self.starter else {
+                return Next::Event(event);
+            };
+            match &*event {
+                LiveEvent::Message { message } if message.sender == *starter => {
+                    self.starter = None;
+                    return Next::Event(event);
+                }
+                // someone else started it: not this user's conversation
+                LiveEvent::Message { .. } => return Next::End,
+                _ => {}
+            }
         }
     }
 }
@@ -58,15 +171,17 @@ fn optional_user(query: &HashMap<String, String>) -> Result<Option<String>, Fiel
 /// Publishes `online` for a user while their live connection lasts, `offline` when it ends.
 struct Online<S: ChatService> {
     service: Arc<S>,
+    tenant: String,
     conversation: String,
     user: String,
 }
 
 impl<S: ChatService> Online<S> {
-    fn new(service: &Arc<S>, conversation: &str, user: String) -> Self {
-        service.presence(conversation, &user, PresenceKind::Online);
+    fn new(service: &Arc<S>, tenant: &str, conversation: &str, user: String) -> Self {
+        service.presence(tenant, conversation, &user, PresenceKind::Online);
         Self {
             service: service.clone(),
+            tenant: tenant.to_string(),
             conversation: conversation.to_string(),
             user,
         }
@@ -75,28 +190,28 @@ impl<S: ChatService> Online<S> {
 
 impl<S: ChatService> Drop for Online<S> {
     fn drop(&mut self) {
-        self.service
-            .presence(&self.conversation, &self.user, PresenceKind::Offline);
+        self.service.presence(
+            &self.tenant,
+            &self.conversation,
+            &self.user,
+            PresenceKind::Offline,
+        );
     }
 }
 
-async fn serve_socket<S: ChatService>(
-    state: Arc<S>,
-    socket: WebSocket,
-    mut rx: tokio::sync::broadcast::Receiver<Arc<crate::view::LiveEvent>>,
-) {
+async fn serve_socket<S: ChatService>(state: Arc<S>, socket: WebSocket, mut watch: Watch<S>) {
     let (mut tx, mut incoming) = socket.split();
     let shutdown = state.closing();
     let mut send = tokio::spawn(async move {
         loop {
             let event = tokio::select! {
-                e = rx.recv() => e,
+                e = watch.next() => e,
                 () = shutdown.cancelled() => break,
             };
             let text = match event {
-                Ok(e) => serde_json::to_string(&*e).unwrap_or_default(),
-                Err(RecvError::Lagged(n)) => format!(r#"{{"type":"lagged","missed":{n}}}"#),
-                Err(RecvError::Closed) => break,
+                Next::Event(e) => serde_json::to_string(&*e).unwrap_or_default(),
+                Next::Lagged(n) => format!(r#"{{"type":"lagged","missed":{n}}}"#),
+                Next::End => break,
             };
             if tx.send(Message::Text(text.into())).await.is_err() {
                 return;
@@ -116,42 +231,6 @@ async fn serve_socket<S: ChatService>(
         _ = &mut send => recv.abort(),
         _ = &mut recv => send.abort(),
     }
-}
-
-/// Server-sent events of a conversation; the event name is the event's `type`.
-pub async fn sse<S: ChatService>(
-    State(state): State<Arc<S>>,
-    Path(id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    check_id("id", &id)?;
-    let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
-    let user = optional_user(&query)?;
-    let mut rx = state.subscribe(&id);
-    let shutdown = state.closing();
-    let online = user.map(|u| Online::new(&state, &id, u));
-    let stream = async_stream(move |yield_| async move {
-        let _online = online;
-        loop {
-            let event = tokio::select! {
-                e = rx.recv() => e,
-                () = shutdown.cancelled() => return,
-            };
-            let ev = match event {
-                Ok(e) => Event::default()
-                    .event(e.name())
-                    .data(serde_json::to_string(&*e).unwrap_or_default()),
-                Err(RecvError::Lagged(n)) => Event::default()
-                    .event("lagged")
-                    .data(format!(r#"{{"type":"lagged","missed":{n}}}"#)),
-                Err(RecvError::Closed) => return,
-            };
-            if yield_.send(Ok(ev)).await.is_err() {
-                return;
-            }
-        }
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// A stream fed by a task through a bounded channel (ends when the task ends or the client

@@ -1,5 +1,8 @@
 //! The handlers against a fake worker: bad input, error shapes, forwarding decisions and what
-//! reaches the log, without Kafka.
+//! reaches the log, without Kafka. The internal listener's are in `tests/internal.rs`.
+
+mod access;
+mod internal;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::*;
+use crate::auth::{ApiKeyEntry, ApiKeys, Authenticator, Role, Tickets, hash_key};
 use crate::drain::Drained;
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition, Phase};
@@ -38,6 +42,41 @@ struct Fake {
     held: BTreeMap<Partition, HeldPartition>,
     peers: BTreeMap<String, Peer>,
     migrations: Mutex<Vec<MigrateRequest>>,
+    drains: Mutex<Vec<&'static str>>,
+    stopping: bool,
+    auth: Authenticator,
+    members: BTreeMap<(String, String), Membership>,
+    joined: Mutex<Vec<(String, String)>>,
+    admit: Result<(), Duration>,
+}
+
+/// The fake's credentials: `(token, tenant, user, role)`.
+const KEYS: [(&str, &str, &str, Role); 6] = [
+    ("k-admin", "default", "root", Role::Admin),
+    ("k-op", "default", "mesh", Role::Operator),
+    ("k-u", "default", "u", Role::User),
+    ("k-v", "default", "v", Role::User),
+    ("k-alice", "acme", "alice", Role::User),
+    ("k-acme-admin", "acme", "boss", Role::Admin),
+];
+
+fn authenticator(disabled: bool) -> Authenticator {
+    let entries: Vec<ApiKeyEntry> = KEYS
+        .iter()
+        .map(|(token, tenant, user, role)| ApiKeyEntry {
+            id: None,
+            tenant: (*tenant).into(),
+            user: (*user).into(),
+            role: *role,
+            sha256: hash_key(token).iter().map(|b| format!("{b:02x}")).collect(),
+        })
+        .collect();
+    Authenticator::from_parts(
+        disabled,
+        Some(ApiKeys::from_entries(&entries).expect("keys")),
+        None,
+        Tickets::new(Some("mesh-secret")).expect("tickets"),
+    )
 }
 
 fn fake() -> Fake {
@@ -48,6 +87,7 @@ fn fake() -> Fake {
             max_content_bytes: 64,
             ownership: Ownership::Dynamic,
             handoff_grace: Duration::from_secs(2),
+            mesh_secret: None,
         },
         readiness: Readiness {
             kafka: true,
@@ -67,13 +107,19 @@ fn fake() -> Fake {
         held: BTreeMap::new(),
         peers: BTreeMap::new(),
         migrations: Mutex::default(),
+        drains: Mutex::default(),
+        stopping: false,
+        auth: authenticator(false),
+        members: BTreeMap::new(),
+        joined: Mutex::default(),
+        admit: Ok(()),
     }
 }
 
 fn owner(node: &str) -> OwnerInfo {
     OwnerInfo {
         node_id: node.into(),
-        url: format!("http://{node}"),
+        internal_url: Some(format!("http://{node}")),
         epoch: 1,
         from: None,
         failover: false,
@@ -93,6 +139,7 @@ fn report(id: &str, draining: bool) -> LoadReport {
         v: 1,
         worker_id: id.into(),
         address: format!("http://{id}"),
+        internal_address: None,
         generation: 1,
         partitions: Vec::new(),
         load_factor: 0.0,
@@ -104,6 +151,30 @@ fn report(id: &str, draining: bool) -> LoadReport {
 impl ChatService for Fake {
     fn settings(&self) -> &HttpSettings {
         &self.settings
+    }
+
+    fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    async fn membership(&self, key: &str, user: &str) -> Result<Membership, String> {
+        Ok(self
+            .members
+            .get(&(key.to_string(), user.to_string()))
+            .copied()
+            .unwrap_or(Membership::Missing))
+    }
+
+    fn local_membership(&self, _key: &str, _user: &str) -> Option<Membership> {
+        None
+    }
+
+    fn joined(&self, key: &str, user: &str) {
+        self.joined.lock().expect("lock").push((key.into(), user.into()));
+    }
+
+    fn admit_migration(&self, _tenant: &str) -> Result<(), Duration> {
+        self.admit
     }
 
     async fn append(&self, message: UserMessage) -> Result<(), String> {
@@ -134,7 +205,7 @@ impl ChatService for Fake {
         broadcast::channel(1).1
     }
 
-    fn presence(&self, _conversation: &str, _user: &str, _kind: PresenceKind) {}
+    fn presence(&self, _tenant: &str, _conversation: &str, _user: &str, _kind: PresenceKind) {}
 
     fn closing(&self) -> CancellationToken {
         CancellationToken::new()
@@ -183,7 +254,16 @@ impl ChatService for Fake {
     }
 
     async fn drain(&self) -> (Drained, usize) {
+        self.drains.lock().expect("lock").push("drain");
         (Drained::HandedOver, 0)
+    }
+
+    fn undo_drain(&self) -> Result<bool, crate::drain::UndoRefused> {
+        if self.stopping {
+            return Err(crate::drain::UndoRefused::Stopping);
+        }
+        self.drains.lock().expect("lock").push("undo");
+        Ok(true)
     }
 
     fn metrics_text(&self) -> Result<String, std::fmt::Error> {
@@ -199,15 +279,29 @@ async fn call(service: &Arc<Fake>, req: Request<Body>) -> (StatusCode, Value) {
     (status, body)
 }
 
+/// A POST as the default tenant's admin.
 fn post(path: &str, body: Value) -> Request<Body> {
+    post_as("k-admin", path, body)
+}
+
+fn post_as(token: &str, path: &str, body: Value) -> Request<Body> {
     Request::post(path)
         .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
         .body(Body::from(body.to_string()))
         .expect("request")
 }
 
+/// A GET as the default tenant's admin.
 fn get(path: &str) -> Request<Body> {
-    Request::get(path).body(Body::empty()).expect("request")
+    get_as("k-admin", path)
+}
+
+fn get_as(token: &str, path: &str) -> Request<Body> {
+    Request::get(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request")
 }
 
 #[tokio::test]
@@ -229,6 +323,12 @@ async fn a_valid_send_reaches_the_log_with_this_worker_as_acceptor() {
     assert_eq!(body["messageId"], m.id.as_str());
     assert_eq!((m.conversation_id.as_str(), m.content.as_str()), ("c-1", "hi"));
     assert_eq!(m.accepted_by, "node-0");
+    // the sender is the caller, whatever the body says; the tenant is the caller's
+    assert_eq!((m.user_id.as_str(), m.tenant.as_str()), ("root", "default"));
+    assert_eq!(
+        *s.joined.lock().expect("lock"),
+        vec![("c-1".to_string(), "root".to_string())]
+    );
 }
 
 #[tokio::test]
@@ -268,6 +368,7 @@ async fn bad_sends_name_the_field_and_append_nothing() {
     let resp = app(s.clone())
         .oneshot(
             Request::post("/api/chat/send")
+                .header("authorization", "Bearer k-admin")
                 .body(Body::from("{not json"))
                 .expect("request"),
         )
@@ -325,18 +426,20 @@ async fn a_read_is_served_here_forwarded_once_or_read_from_the_log() {
     let (status, body) = call(&s, get("/api/chat/conversation/there")).await;
     assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("there")));
     assert_eq!(*s.forwarded.lock().expect("lock"), vec!["http://node-2/there"]);
-    // a forwarded read is never forwarded again: it reads the log
+    // the public side ignores a client's forwarded-by header: forwarded all the same (only
+    // the internal listener serves peers, and it never forwards)
     let req = Request::get("/api/chat/conversation/there")
         .header(FORWARDED, "node-1")
+        .header("authorization", "Bearer k-admin")
         .body(Body::empty())
         .expect("request");
     let (status, body) = call(&s, req).await;
-    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("from-log")));
-    assert_eq!(s.forwarded.lock().expect("lock").len(), 1);
+    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("there")));
+    assert_eq!(s.forwarded.lock().expect("lock").len(), 2);
     // this worker is the owner but not live yet (replaying): the log
     let (status, _) = call(&s, get("/api/chat/conversation/mine")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(*s.log_reads.lock().expect("lock"), vec!["there", "mine"]);
+    assert_eq!(*s.log_reads.lock().expect("lock"), vec!["mine"]);
 }
 
 #[tokio::test]
@@ -389,7 +492,11 @@ fn migratable() -> Fake {
 #[tokio::test]
 async fn a_migration_publishes_what_moves() {
     let s = Arc::new(migratable());
-    let (status, body) = call(&s, post("/api/agent/migrate", json!({"targetNode": "node-1"}))).await;
+    let (status, body) = call(
+        &s,
+        post_as("k-op", "/api/agent/migrate", json!({"targetNode": "node-1"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["partitions"], json!([0, 1]));
     assert_eq!(
@@ -398,7 +505,8 @@ async fn a_migration_publishes_what_moves() {
     );
     let (status, body) = call(
         &s,
-        post(
+        post_as(
+            "k-op",
             "/api/agent/migrate",
             json!({"targetNode": "node-1", "partitions": [3, 1, 1]}),
         ),
@@ -505,7 +613,7 @@ async fn refused_migrations_say_why_and_publish_nothing() {
     ];
     for (f, body, want, says) in cases {
         let s = Arc::new(f);
-        let (status, err) = call(&s, post("/api/agent/migrate", body.clone())).await;
+        let (status, err) = call(&s, post_as("k-op", "/api/agent/migrate", body.clone())).await;
         assert_eq!(status, want, "{body}: {err}");
         let text = err.to_string();
         assert!(text.contains(says), "{body}: {text}");
@@ -514,7 +622,7 @@ async fn refused_migrations_say_why_and_publish_nothing() {
 }
 
 #[tokio::test]
-async fn status_mesh_health_and_unknown_routes() {
+async fn status_mesh_and_unknown_routes() {
     let s = Arc::new(migratable());
     let (status, body) = call(&s, get("/api/agent/status")).await;
     assert_eq!(status, StatusCode::OK);
@@ -527,15 +635,6 @@ async fn status_mesh_health_and_unknown_routes() {
     let (_, body) = call(&s, get("/api/mesh")).await;
     assert_eq!(body["generation"], 7);
     assert_eq!(body["workers"][0]["alive"], false, "heard 9 s ago, timeout 5 s");
-    let (status, _) = call(&s, get("/healthz")).await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, body) = call(&s, get("/readyz")).await;
-    assert_eq!((status, body["ready"].as_bool()), (StatusCode::OK, Some(true)));
-    let mut f = fake();
-    f.readiness.caught_up = false;
-    let (status, body) = call(&Arc::new(f), get("/readyz")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body["checks"]["caughtUp"], false);
     let (status, body) = call(&s, get("/no/such/route")).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -556,7 +655,14 @@ async fn live_streams_refuse_bad_queries_before_upgrading() {
         (status, body["field"].as_str()),
         (StatusCode::BAD_REQUEST, Some("upgrade"))
     );
-    let (status, body) = call(&s, get("/api/chat/conversation/c/events?userId=bad%20user")).await;
+    // with --auth none the query's userId names the user shown online, so it is checked
+    let mut f = fake();
+    f.auth = authenticator(true);
+    let s = Arc::new(f);
+    let req = Request::get("/api/chat/conversation/c/events?userId=bad%20user")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = call(&s, req).await;
     assert_eq!(
         (status, body["field"].as_str()),
         (StatusCode::BAD_REQUEST, Some("userId"))

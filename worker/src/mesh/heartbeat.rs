@@ -20,8 +20,10 @@ use crate::store::Store;
 pub struct Heartbeat {
     /// This worker.
     pub node_id: String,
-    /// Its URL.
+    /// Its public API's URL.
     pub address: String,
+    /// Its internal listener's URL (peers forward reads there).
+    pub internal_address: String,
     /// Period.
     pub interval: Duration,
     /// Where it is published.
@@ -99,6 +101,7 @@ impl Heartbeat {
             v: SCHEMA_VERSION,
             worker_id: self.node_id.clone(),
             address: self.address.clone(),
+            internal_address: Some(self.internal_address.clone()),
             generation: self.assignments.current().generation,
             partitions,
             load_factor: self.load.load_factor(),

@@ -9,17 +9,57 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::Node;
-use crate::drain::Drained;
+use crate::auth::Authenticator;
+use crate::drain::{Drained, UndoRefused};
 use crate::http::{
-    ChatService, FORWARDED, Forwarded, HttpSettings, Local, MeshView, Readiness, WorkerStatus,
+    ChatService, FORWARDED, Forwarded, HttpSettings, Local, Membership, MeshView, Readiness, WorkerStatus,
 };
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, OwnerInfo};
 use crate::view::{ConversationView, LiveEvent};
+use meshchat_wire::worker::paths;
 
 impl ChatService for Node {
     fn settings(&self) -> &HttpSettings {
         &self.http
+    }
+
+    fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    async fn membership(&self, key: &str, user: &str) -> Result<Membership, String> {
+        if self.members.get(&(key.to_string(), user.to_string())).is_some() {
+            return Ok(Membership::Member);
+        }
+        let answer = self.ask_membership(key, user).await?;
+        if answer == Membership::Member {
+            self.joined(key, user);
+        }
+        Ok(answer)
+    }
+
+    fn local_membership(&self, key: &str, user: &str) -> Option<Membership> {
+        if !self.held.is_live(self.log.partition_of(key)) {
+            return None;
+        }
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        Some(match store.get(key) {
+            None => Membership::Missing,
+            Some(c) if c.participants.iter().any(|p| p == user) => Membership::Member,
+            Some(_) => Membership::Stranger,
+        })
+    }
+
+    fn joined(&self, key: &str, user: &str) {
+        self.members.insert((key.to_string(), user.to_string()), ());
+    }
+
+    fn admit_migration(&self, tenant: &str) -> Result<(), Duration> {
+        use governor::clock::{Clock, DefaultClock};
+        self.migrations
+            .check_key(&tenant.to_string())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     async fn append(&self, message: UserMessage) -> Result<(), String> {
@@ -43,14 +83,16 @@ impl ChatService for Node {
         self.assignments.owner_of(self.log.partition_of(id))
     }
 
-    async fn forward_read(&self, url: &str, id: &str) -> Result<Forwarded, String> {
-        let resp = self
+    async fn forward_read(&self, url: &str, key: &str) -> Result<Forwarded, String> {
+        let request = self
             .client
-            .get(format!("{url}/api/chat/conversation/{id}"))
-            .header(FORWARDED, &self.http.node_id)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .get(format!("{url}{}/{key}", paths::FORWARDED_READ))
+            .header(FORWARDED, &self.http.node_id);
+        let request = match &self.http.mesh_secret {
+            Some(secret) => request.bearer_auth(secret),
+            None => request,
+        };
+        let resp = request.send().await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| e.to_string())?;
         Ok(Forwarded { status, body })
@@ -76,11 +118,11 @@ impl ChatService for Node {
         self.hub.subscribe(conversation)
     }
 
-    fn presence(&self, conversation: &str, user: &str, kind: PresenceKind) {
+    fn presence(&self, tenant: &str, conversation: &str, user: &str, kind: PresenceKind) {
         self.log.publish_presence(&PresenceEvent {
             v: SCHEMA_VERSION,
             conversation_id: conversation.to_string(),
-            tenant: meshchat_wire::DEFAULT_TENANT.into(),
+            tenant: tenant.to_string(),
             user_id: user.to_string(),
             kind,
             timestamp: time::OffsetDateTime::now_utc(),
@@ -161,9 +203,61 @@ impl ChatService for Node {
         (outcome, self.held.partitions().len())
     }
 
+    fn undo_drain(&self) -> Result<bool, UndoRefused> {
+        self.drain.undo()
+    }
+
     fn metrics_text(&self) -> Result<String, std::fmt::Error> {
         let mut body = String::new();
         prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
         Ok(body)
+    }
+}
+
+impl Node {
+    /// Membership from memory, else the owner's internal listener, else the log.
+    async fn ask_membership(&self, key: &str, user: &str) -> Result<Membership, String> {
+        if let Some(m) = self.local_membership(key, user) {
+            return Ok(m);
+        }
+        if let Some(owner) = self.owner_of(key)
+            && owner.node_id != self.http.node_id
+            && let Some(url) = owner.internal_url
+        {
+            match self.ask_owner(&url, key, user).await {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::warn!(owner = %owner.node_id, error = %e, "owner could not answer a membership check; reading the log")
+                }
+            }
+        }
+        let view = self.read_log(key).await?;
+        Ok(match view {
+            None => Membership::Missing,
+            Some(v) if v.participants.iter().any(|p| p == user) => Membership::Member,
+            Some(_) => Membership::Stranger,
+        })
+    }
+
+    async fn ask_owner(&self, url: &str, key: &str, user: &str) -> Result<Membership, String> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            membership: Membership,
+        }
+        let request = self
+            .client
+            .get(format!("{url}{}/{key}", paths::MEMBERSHIP))
+            .query(&[("user", user)])
+            .header(FORWARDED, &self.http.node_id);
+        let request = match &self.http.mesh_secret {
+            Some(secret) => request.bearer_auth(secret),
+            None => request,
+        };
+        let resp = request.send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("answered {}", resp.status()));
+        }
+        let answer: Answer = resp.json().await.map_err(|e| e.to_string())?;
+        Ok(answer.membership)
     }
 }

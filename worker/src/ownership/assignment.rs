@@ -17,8 +17,8 @@ use crate::config::Peer;
 pub struct OwnerInfo {
     /// Worker id.
     pub node_id: String,
-    /// Base URL.
-    pub url: String,
+    /// Base URL of its internal listener (where reads are forwarded), when known.
+    pub internal_url: Option<String>,
     /// Epoch of this ownership.
     pub epoch: Epoch,
     /// Previous owner, when the ownership began with a move.
@@ -51,12 +51,13 @@ pub struct AssignmentSource {
 // === impl AssignmentSource ===
 
 impl AssignmentSource {
-    /// Ownership fixed by configuration: this worker owns `owned` at epoch 1; peers own theirs.
+    /// Ownership fixed by configuration: this worker (internal listener at `url`) owns `owned`
+    /// at epoch 1; peers own theirs.
     pub fn fixed(node_id: &str, url: &str, owned: &[Partition], peers: &[Peer]) -> Self {
         let mut view = Assignment::default();
         let info = |id: &str, url: &str| OwnerInfo {
             node_id: id.to_string(),
-            url: url.to_string(),
+            internal_url: Some(url.to_string()),
             epoch: 1,
             from: None,
             failover: false,
@@ -120,16 +121,15 @@ pub fn assignment_of(me: &str, table: &AssignmentTable) -> Assignment {
         ..Default::default()
     };
     for a in &table.partitions {
-        let url = table
+        let internal_url = table
             .workers
             .get(&a.owner)
-            .map(|w| w.address.clone())
-            .unwrap_or_default();
+            .and_then(|w| w.internal_address.clone());
         view.owners.insert(
             a.partition,
             OwnerInfo {
                 node_id: a.owner.clone(),
-                url,
+                internal_url,
                 epoch: a.epoch,
                 from: a.from.clone(),
                 failover: a.failover,

@@ -2,7 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn send(body: &str) -> Result<SendRequest, FieldError> {
-    parse_send(body.as_bytes(), 32 * 1024)
+    parse_send(body.as_bytes(), 32 * 1024, true)
 }
 
 #[test]
@@ -11,6 +11,19 @@ fn accepts_the_seed_example() {
         .expect("valid");
     assert_eq!(req.conversation_id, "conv-123");
     assert_eq!(req.timestamp.map(|t| t.unix_timestamp()), Some(1_762_857_000));
+}
+
+#[test]
+fn an_authenticated_send_ignores_whatever_userid_holds() {
+    for body in [
+        r#"{"conversationId":"c","content":"x"}"#,
+        r#"{"conversationId":"c","userId":"someone-else","content":"x"}"#,
+        r#"{"conversationId":"c","userId":"u/x y","content":"x"}"#,
+        r#"{"conversationId":"c","userId":42,"content":"x"}"#,
+    ] {
+        let req = parse_send(body.as_bytes(), 100, false).expect(body);
+        assert_eq!(req.user_id, None, "{body}");
+    }
 }
 
 #[test]
@@ -61,14 +74,14 @@ fn content_over_limit_is_too_large() {
         r#"{{"conversationId":"c","userId":"u","content":"{}"}}"#,
         "a".repeat(101)
     );
-    let err = parse_send(body.as_bytes(), 100).expect_err("over limit");
+    let err = parse_send(body.as_bytes(), 100, true).expect_err("over limit");
     assert_eq!(err.field, "content");
     assert!(err.too_large);
     let ok = format!(
         r#"{{"conversationId":"c","userId":"u","content":"{}"}}"#,
         "a".repeat(100)
     );
-    assert!(parse_send(ok.as_bytes(), 100).is_ok());
+    assert!(parse_send(ok.as_bytes(), 100, true).is_ok());
 }
 
 #[test]
@@ -113,7 +126,8 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = parse_send(&body, 1024);
+        let _ = parse_send(&body, 1024, true);
+        let _ = parse_send(&body, 1024, false);
         let _ = parse_migrate(&body);
     }
 }

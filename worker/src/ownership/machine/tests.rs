@@ -19,7 +19,7 @@ fn timeouts() -> Timeouts {
 fn owner(node: &str, epoch: Epoch, from: Option<&str>, failover: bool) -> OwnerInfo {
     OwnerInfo {
         node_id: node.into(),
-        url: format!("http://{node}"),
+        internal_url: Some(format!("http://{node}")),
         epoch,
         from: from.map(String::from),
         failover,

@@ -348,7 +348,7 @@ impl World {
                         p,
                         OwnerInfo {
                             node_id: next.clone(),
-                            url: String::new(),
+                            internal_url: None,
                             epoch,
                             from,
                             failover,

@@ -1,0 +1,142 @@
+//! The internal listener's handlers: what only the mesh and the kubelet call. Probes and metrics
+//! are open (the network policy keeps clients away); the drain needs a caller inside the pod
+//! (loopback) or the mesh secret; peers' forwarded reads need the mesh secret when one is set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Path, Query, State};
+use axum::http::{Extensions, HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use meshchat_wire::split_key;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::error::AppError;
+use super::{ChatService, Local, Membership};
+use crate::validate::check_id;
+
+/// Whether the request carries `Authorization: Bearer <mesh secret>`. Compared in constant time.
+fn has_mesh_secret(headers: &HeaderMap, secret: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    bool::from(given.as_bytes().ct_eq(secret.as_bytes()))
+}
+
+/// A caller inside the pod: the connection came over loopback.
+fn from_loopback(extensions: &Extensions) -> bool {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback())
+}
+
+/// The drain's guard: from inside the pod, or with the mesh secret.
+fn may_drain<S: ChatService>(s: &S, extensions: &Extensions, headers: &HeaderMap) -> Result<(), AppError> {
+    let secret_ok = s
+        .settings()
+        .mesh_secret
+        .as_deref()
+        .is_some_and(|secret| has_mesh_secret(headers, secret));
+    if from_loopback(extensions) || secret_ok {
+        Ok(())
+    } else {
+        Err(AppError::Unauthorized)
+    }
+}
+
+/// `GET|POST /drain`: the preStop hook (`meshchat-worker drain`). Starts draining and answers
+/// once every partition is handed over, or the drain timeout passed; SIGTERM then finds nothing
+/// left to move.
+pub async fn drain<S: ChatService>(
+    State(s): State<Arc<S>>,
+    extensions: Extensions,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    may_drain(s.as_ref(), &extensions, &headers)?;
+    let (outcome, held) = s.drain().await;
+    Ok(Json(json!({"drained": outcome.as_str(), "partitionsHeld": held})).into_response())
+}
+
+/// `DELETE /drain`: undoes a drain SIGTERM did not follow (a preStop hook whose pod was not
+/// deleted after all, a drain started by hand).
+pub async fn undo_drain<S: ChatService>(
+    State(s): State<Arc<S>>,
+    extensions: Extensions,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    may_drain(s.as_ref(), &extensions, &headers)?;
+    let was = s.undo_drain().map_err(|e| AppError::Conflict(e.to_string()))?;
+    Ok(Json(json!({"draining": false, "wasDraining": was})).into_response())
+}
+
+/// Peers present the mesh secret, when the mesh has one.
+fn from_peer<S: ChatService>(s: &S, headers: &HeaderMap) -> Result<(), AppError> {
+    match s.settings().mesh_secret.as_deref() {
+        Some(secret) if !has_mesh_secret(headers, secret) => Err(AppError::Unauthorized),
+        _ => Ok(()),
+    }
+}
+
+fn check_key(key: &str) -> Result<&str, AppError> {
+    let (tenant, id) = split_key(key);
+    check_id("tenant", tenant)?;
+    check_id("id", id)?;
+    Ok(id)
+}
+
+/// `GET /internal/conversation/{key}`: a peer's read of a conversation this worker owns.
+/// Served from memory, or from the log when the partition moved meanwhile; never forwarded
+/// again.
+pub async fn forwarded_read<S: ChatService>(
+    State(s): State<Arc<S>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    from_peer(&*s, &headers)?;
+    let id = check_key(&key)?;
+    match s.local_conversation(&key) {
+        Local::Found(view) => return Ok(Json(view).into_response()),
+        Local::Missing => return Err(AppError::NotFound(format!("conversation {id:?} not found"))),
+        Local::NotHere => {}
+    }
+    let view = s
+        .read_log(&key)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("could not read the log: {e}")))?;
+    let view = view.ok_or_else(|| AppError::NotFound(format!("conversation {id:?} not found")))?;
+    Ok(Json(view).into_response())
+}
+
+/// `GET /internal/membership/{key}?user=…`: whether a user takes part in a conversation this
+/// worker owns (a peer checks before accepting that user's message). From memory, or from the
+/// log when the partition moved meanwhile; never forwarded again.
+pub async fn membership<S: ChatService>(
+    State(s): State<Arc<S>>,
+    Path(key): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    from_peer(&*s, &headers)?;
+    check_key(&key)?;
+    let user = query.get("user").map(String::as_str).unwrap_or_default();
+    let membership = match s.local_membership(&key, user) {
+        Some(m) => m,
+        None => match s
+            .read_log(&key)
+            .await
+            .map_err(|e| AppError::Unavailable(format!("could not read the log: {e}")))?
+        {
+            None => Membership::Missing,
+            Some(view) if view.participants.iter().any(|p| p == user) => Membership::Member,
+            Some(_) => Membership::Stranger,
+        },
+    };
+    Ok(Json(json!({"membership": membership})).into_response())
+}
