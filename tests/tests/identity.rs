@@ -396,6 +396,47 @@ async fn tenants_never_see_each_other_over_rest_websocket_or_sse() -> anyhow::Re
             404
         );
     }
+    // a user joins a conversation when one of its participants adds it
+    let bob = jwt("acme", "bob", "user");
+    let added = http()
+        .post(format!(
+            "{}/api/chat/conversation/{id}/participants",
+            workers[1].url
+        ))
+        .bearer_auth(&alice)
+        .json(&json!({"userId": "bob"}))
+        .send()
+        .await?;
+    assert_eq!(added.status(), 200, "alice adds bob");
+    let globex_add = http()
+        .post(format!(
+            "{}/api/chat/conversation/{id}/participants",
+            workers[0].url
+        ))
+        .bearer_auth(jwt("globex", "gadmin", "admin"))
+        .json(&json!({"userId": "mallory"}))
+        .send()
+        .await?;
+    assert_eq!(
+        globex_add.status(),
+        200,
+        "globex's admin adds to globex's own same-id"
+    );
+    for w in &workers {
+        wait_for("bob to see acme's conversation", T, || async {
+            let (status, conv) = conversation_as(&w.url, &bob, id).await.ok()?;
+            (status == 200 && conv["participants"].to_string().contains("bob")).then_some(())
+        })
+        .await?;
+    }
+    let b = send_as(&workers[0].url, &bob, id, "ignored", "bob is here").await?;
+    wait_reply_as(&workers[1].url, &bob, id, &b).await?;
+    let (_, globex_view) = conversation_as(&workers[0].url, &carol, id).await?;
+    assert!(
+        !globex_view.to_string().contains("bob"),
+        "acme's participant is not globex's: {globex_view}"
+    );
+
     // and in the log: two keys, tenants recorded
     let log = read_topic(&bootstrap, &format!("{prefix}chat.messages")).await?;
     let keys: std::collections::BTreeSet<&str> = log

@@ -142,9 +142,7 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
             &["--set", "networkPolicy.namespaces={default}"],
         )
         .await?;
-    let out = cp
-        .kubectl_stdin(&["apply", "-f", "-"], Some(&chart))
-        .await?;
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&chart)).await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = cp
         .ok(&["create", "token", "meshchat", "-n", SYSTEM, "--duration=2h"])
@@ -570,9 +568,7 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
             ],
         )
         .await?;
-    let out = cp
-        .kubectl_stdin(&["apply", "-f", "-"], Some(&chart))
-        .await?;
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&chart)).await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = cp
         .ok(&[

@@ -40,6 +40,10 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
     let api = Router::new()
         .route("/api/chat/send", post(chat::send::<S>))
         .route("/api/chat/conversation/{id}", get(chat::conversation::<S>))
+        .route(
+            "/api/chat/conversation/{id}/participants",
+            post(chat::add_participant::<S>),
+        )
         .route("/api/agent/status", get(agent::status::<S>))
         .route("/api/agent/migrate", post(agent::migrate::<S>))
         .route("/api/mesh", get(agent::mesh::<S>))

@@ -123,9 +123,14 @@ impl Log {
 
     /// Appends a user message to its conversation's log; answers once the broker acknowledged it.
     pub async fn append(&self, message: UserMessage) -> Result<i64, KafkaError> {
-        let key = message.key();
+        self.append_record(&ChatRecord::UserMessage(message)).await
+    }
+
+    /// Appends a conversation's record (keyed by its conversation) and waits for the broker.
+    pub async fn append_record(&self, record: &ChatRecord) -> Result<i64, KafkaError> {
+        let key = record.key();
         let partition = self.partition_of(&key);
-        let bytes = encode(&ChatRecord::UserMessage(message))?;
+        let bytes = encode(record)?;
         self.producer
             .send(&self.topics.messages, partition, &key, &bytes)
             .await

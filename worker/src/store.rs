@@ -62,6 +62,11 @@ pub enum Applied {
     Fenced,
     /// A new owner's fence: replies of older epochs after it are void.
     Fence,
+    /// A user was added to the conversation.
+    Participant {
+        /// The user did not take part before.
+        new_participant: bool,
+    },
 }
 
 // === impl Conversation ===
@@ -127,6 +132,15 @@ impl Conversation {
                 Applied::Reply
             }
             ChatRecord::EpochFence(_) => return Applied::Fence,
+            ChatRecord::ParticipantAdded(p) => {
+                // membership, not history: the participant list (snapshotted) is where it lives
+                let new_participant = !self.participants.contains(&p.user_id);
+                if new_participant {
+                    self.participants.push(p.user_id.clone());
+                    self.dirty = true;
+                }
+                return Applied::Participant { new_participant };
+            }
         };
         self.entries.push_back(Entry {
             offset,
@@ -178,7 +192,9 @@ impl Conversation {
                     content: r.content.clone(),
                     tokens: e.tokens,
                 }),
-                ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) => None,
+                ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) => {
+                    None
+                }
             })
             .collect()
     }
@@ -234,7 +250,7 @@ pub fn content_of(record: &ChatRecord) -> &str {
     match record {
         ChatRecord::UserMessage(m) => &m.content,
         ChatRecord::AgentReply(r) => &r.content,
-        ChatRecord::EpochFence(_) => "",
+        ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) => "",
     }
 }
 

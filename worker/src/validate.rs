@@ -158,6 +158,14 @@ pub fn parse_send(
     })
 }
 
+/// Parses `{"userId": …}`, the body of `POST /api/chat/conversation/{id}/participants`.
+pub fn parse_participant(body: &[u8]) -> Result<String, FieldError> {
+    let map = object(body)?;
+    let user = required_str(&map, "userId")?;
+    check_id("userId", user)?;
+    Ok(user.to_string())
+}
+
 /// A validated `POST /api/agent/migrate` body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MigrateBody {

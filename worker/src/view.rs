@@ -54,6 +54,15 @@ impl From<&ChatRecord> for MessageView {
                 node: Some(r.node.clone()),
                 error: r.error.clone(),
             },
+            ChatRecord::ParticipantAdded(p) => MessageView {
+                id: p.id.clone(),
+                sender: "system".into(),
+                content: format!("{} added {}", p.added_by, p.user_id),
+                timestamp: p.timestamp,
+                in_reply_to: None,
+                node: None,
+                error: None,
+            },
             ChatRecord::EpochFence(f) => MessageView {
                 id: format!("fence-{}-{}", f.partition, f.epoch),
                 sender: "system".into(),

@@ -18,6 +18,8 @@ pub enum ChatRecord {
     /// Written by a new owner into the partition it takes over: replies of older epochs that
     /// come after it in the log are void.
     EpochFence(EpochFence),
+    /// A user added to a conversation (by its tenant's admin or one of its participants).
+    ParticipantAdded(ParticipantAdded),
 }
 
 impl Record for ChatRecord {
@@ -26,6 +28,7 @@ impl Record for ChatRecord {
             ChatRecord::UserMessage(m) => m.v,
             ChatRecord::AgentReply(r) => r.v,
             ChatRecord::EpochFence(f) => f.v,
+            ChatRecord::ParticipantAdded(p) => p.v,
         }
     }
 }
@@ -38,6 +41,7 @@ impl ChatRecord {
             ChatRecord::UserMessage(m) => m.key(),
             ChatRecord::AgentReply(r) => conversation_key(&r.tenant, &r.conversation_id),
             ChatRecord::EpochFence(_) => FENCE_KEY.to_string(),
+            ChatRecord::ParticipantAdded(p) => conversation_key(&p.tenant, &p.conversation_id),
         }
     }
 
@@ -47,6 +51,7 @@ impl ChatRecord {
             ChatRecord::UserMessage(m) => &m.conversation_id,
             ChatRecord::AgentReply(r) => &r.conversation_id,
             ChatRecord::EpochFence(_) => "",
+            ChatRecord::ParticipantAdded(p) => &p.conversation_id,
         }
     }
 
@@ -56,6 +61,7 @@ impl ChatRecord {
             ChatRecord::UserMessage(m) => &m.id,
             ChatRecord::AgentReply(r) => &r.id,
             ChatRecord::EpochFence(_) => "",
+            ChatRecord::ParticipantAdded(p) => &p.id,
         }
     }
 }
@@ -140,6 +146,30 @@ pub struct AgentReply {
     /// Number of `chat.stream` chunks that attempt produced, so live readers know when they have all.
     #[serde(default)]
     pub chunks: u32,
+}
+
+/// A user added to a conversation: from then on a `user` credential of that user may read,
+/// watch and post to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantAdded {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Record id.
+    pub id: String,
+    /// Conversation id.
+    pub conversation_id: String,
+    /// Tenant (absent for the default tenant).
+    #[serde(default = "default_tenant", skip_serializing_if = "is_default_tenant")]
+    pub tenant: String,
+    /// The user added.
+    pub user_id: String,
+    /// Who added them.
+    pub added_by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
 }
 
 /// Kafka key of fence records; readers recognise fences by their type, never by key.

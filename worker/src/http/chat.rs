@@ -17,7 +17,7 @@ use super::caller::Caller;
 use super::error::{AppError, Body};
 use super::{ChatService, Local, Membership};
 use crate::auth::Role;
-use crate::validate::{check_id, parse_send};
+use crate::validate::{check_id, parse_participant, parse_send};
 
 /// How long a send waits for the broker's acknowledgement.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -73,6 +73,49 @@ pub async fn send<S: ChatService>(
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     Ok(Json(json!({"message": "Message sent", "messageId": id, "timestamp": timestamp})).into_response())
+}
+
+/// Adds a user to a conversation of the caller's tenant: its admin may add anyone to any; a
+/// `user` may add others to a conversation it takes part in. The conversation must exist.
+pub async fn add_participant<S: ChatService>(
+    State(s): State<Arc<S>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> Result<Response, AppError> {
+    caller.chats()?;
+    check_id("id", &id)?;
+    let user = parse_participant(&body)?;
+    let who = &caller.who;
+    let key = who.key(&id);
+    match s.membership(&key, &who.user).await {
+        Ok(Membership::Missing) => return Err(not_found(&id)),
+        Ok(Membership::Stranger) if who.role == Role::User => return Err(not_found(&id)),
+        Ok(_) => {}
+        Err(e) => {
+            return Err(AppError::Unavailable(format!(
+                "could not check the conversation's participants: {e}"
+            )));
+        }
+    }
+    if s.readiness().draining {
+        return Err(AppError::Unavailable(
+            "this worker is shutting down; send to another".into(),
+        ));
+    }
+    let record = meshchat_wire::ParticipantAdded {
+        v: SCHEMA_VERSION,
+        id: format!("par-{}", uuid::Uuid::now_v7().simple()),
+        conversation_id: id.clone(),
+        tenant: who.tenant.clone(),
+        user_id: user.clone(),
+        added_by: who.user.clone(),
+        timestamp: OffsetDateTime::now_utc(),
+    };
+    s.add_participant(record)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("Kafka did not accept the change: {e}")))?;
+    Ok(Json(json!({"conversationId": id, "userId": user, "addedBy": who.user})).into_response())
 }
 
 /// Refuses a `user` posting to (or watching) a conversation of its tenant that exists and that

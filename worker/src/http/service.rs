@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshchat_wire::worker::Ownership;
-use meshchat_wire::{AssignmentTable, HandoffEvent, LoadReport, MigrateRequest, PresenceKind, UserMessage};
+use meshchat_wire::{
+    AssignmentTable, HandoffEvent, LoadReport, MigrateRequest, ParticipantAdded, PresenceKind, UserMessage,
+};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -153,6 +155,10 @@ pub trait ChatService: Send + Sync + 'static {
     /// Appends an accepted user message to its conversation's log; resolves once the broker
     /// acknowledged it (`Err`: why it did not, for a 503).
     fn append(&self, message: UserMessage) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Appends a participant's addition to its conversation's log; resolves once the broker
+    /// acknowledged it.
+    fn add_participant(&self, record: ParticipantAdded) -> impl Future<Output = Result<(), String>> + Send;
 
     /// The conversation from memory, when its partition is live here.
     fn local_conversation(&self, id: &str) -> Local;

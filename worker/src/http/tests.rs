@@ -48,6 +48,7 @@ struct Fake {
     members: BTreeMap<(String, String), Membership>,
     joined: Mutex<Vec<(String, String)>>,
     admit: Result<(), Duration>,
+    added: Mutex<Vec<meshchat_wire::ParticipantAdded>>,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -113,6 +114,7 @@ fn fake() -> Fake {
         members: BTreeMap::new(),
         joined: Mutex::default(),
         admit: Ok(()),
+        added: Mutex::default(),
     }
 }
 
@@ -175,6 +177,12 @@ impl ChatService for Fake {
 
     fn admit_migration(&self, _tenant: &str) -> Result<(), Duration> {
         self.admit
+    }
+
+    async fn add_participant(&self, record: meshchat_wire::ParticipantAdded) -> Result<(), String> {
+        self.append.clone()?;
+        self.added.lock().expect("lock").push(record);
+        Ok(())
     }
 
     async fn append(&self, message: UserMessage) -> Result<(), String> {

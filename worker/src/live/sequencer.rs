@@ -138,7 +138,8 @@ impl Sequencer {
                     self.emit_chunk(c, out);
                 }
             }
-            ChatRecord::EpochFence(_) => {}
+            // a fence is the partition's; an added participant shows as the owner's `joined`
+            ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) => {}
             ChatRecord::AgentReply(ref r) => {
                 let complete = r.chunks == 0
                     || self

@@ -62,6 +62,23 @@ impl ChatService for Node {
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
+    async fn add_participant(&self, record: meshchat_wire::ParticipantAdded) -> Result<(), String> {
+        let (key, user) = (
+            meshchat_wire::conversation_key(&record.tenant, &record.conversation_id),
+            record.user_id.clone(),
+        );
+        let record = meshchat_wire::ChatRecord::ParticipantAdded(record);
+        let send = self.log.append_record(&record);
+        match tokio::time::timeout(Duration::from_secs(15), send).await {
+            Ok(Ok(_)) => {
+                self.joined(&key, &user);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("Kafka did not acknowledge the record in time".into()),
+        }
+    }
+
     async fn append(&self, message: UserMessage) -> Result<(), String> {
         self.log.append(message).await.map_err(|e| e.to_string())?;
         self.metrics.messages_in.inc();

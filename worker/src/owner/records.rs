@@ -39,6 +39,7 @@ impl Owner {
         let tokens = self.tokenizer.count(content_of(&record));
         let user = match &record {
             ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
+            ChatRecord::ParticipantAdded(p) => Some(p.user_id.clone()),
             ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) => None,
         };
         let applied = {
@@ -66,6 +67,14 @@ impl Owner {
                 let epoch = self.store.read().unwrap_or_else(|p| p.into_inner()).fence(p);
                 then.push_back(Event::FenceRead { partition: p, epoch });
                 return;
+            }
+            Applied::Participant { new_participant } => {
+                if new_participant
+                    && answer_at.is_some()
+                    && let Some(user) = user
+                {
+                    self.joined(&key, &user);
+                }
             }
             Applied::Reply | Applied::Stale => {}
         }

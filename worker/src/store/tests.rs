@@ -200,3 +200,28 @@ fn the_same_id_under_two_tenants_is_two_conversations() {
     let back = Conversation::from_snapshot(snap, |_| 1);
     assert_eq!(back.key, "acme/c");
 }
+
+#[test]
+fn an_added_participant_joins_without_entering_the_history_and_survives_a_snapshot() {
+    let mut c = Conversation::new("c");
+    c.apply(10, user("m1", "alice"), 3, 50, 0);
+    let add = ChatRecord::ParticipantAdded(meshchat_wire::ParticipantAdded {
+        v: 1,
+        id: "par-1".into(),
+        conversation_id: "c".into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
+        user_id: "bob".into(),
+        added_by: "alice".into(),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    });
+    assert_eq!(
+        c.apply(11, add.clone(), 0, 50, 0),
+        Applied::Participant { new_participant: true }
+    );
+    assert_eq!(c.apply(11, add, 0, 50, 0), Applied::Stale);
+    assert_eq!(c.participants, vec!["alice".to_string(), "bob".to_string()]);
+    assert_eq!(c.entries.len(), 1, "membership, not history");
+    assert_eq!(c.next_to_answer().map(|(o, _)| o), Some(10), "nothing to answer added");
+    let back = Conversation::from_snapshot(c.to_snapshot(1), |_| 1);
+    assert_eq!(back.participants, c.participants);
+}

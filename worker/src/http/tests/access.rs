@@ -17,6 +17,11 @@ fn routes() -> Vec<(&'static str, &'static str, Value)> {
         ("POST", "/api/agent/migrate", json!({"targetNode": "node-1"})),
         ("GET", "/api/mesh", Value::Null),
         ("POST", "/api/auth/ticket", Value::Null),
+        (
+            "POST",
+            "/api/chat/conversation/c/participants",
+            json!({"userId": "x"}),
+        ),
     ]
 }
 
@@ -157,6 +162,79 @@ async fn a_user_sees_and_posts_to_its_own_conversations_only() {
     // watching a conversation that does not exist yet is allowed (it is about to be started)
     let (status, _) = call(&s, get_as("k-u", "/api/chat/conversation/not-yet/events")).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn participants_are_added_by_a_participant_or_the_tenant_admin() {
+    let mut f = fake();
+    f.members.insert(("mine".into(), "u".into()), Membership::Member);
+    f.members
+        .insert(("mine".into(), "root".into()), Membership::Stranger);
+    f.members
+        .insert(("mine".into(), "v".into()), Membership::Stranger);
+    f.members
+        .insert(("acme/mine".into(), "boss".into()), Membership::Missing);
+    let s = Arc::new(f);
+    let add = |token: &str, conv: &str, user: &str| {
+        post_as(
+            token,
+            &format!("/api/chat/conversation/{conv}/participants"),
+            json!({"userId": user}),
+        )
+    };
+    let (status, body) = call(&s, add("k-u", "mine", "v")).await;
+    assert_eq!(status, StatusCode::OK, "a participant adds another: {body}");
+    assert_eq!(
+        (body["userId"].as_str(), body["addedBy"].as_str()),
+        (Some("v"), Some("u"))
+    );
+    let (status, _) = call(&s, add("k-admin", "mine", "w")).await;
+    assert_eq!(status, StatusCode::OK, "the tenant's admin adds anyone");
+    let cases = [
+        (
+            add("k-v", "mine", "v"),
+            StatusCode::NOT_FOUND,
+            "a stranger cannot add itself",
+        ),
+        (
+            add("k-admin", "nope", "v"),
+            StatusCode::NOT_FOUND,
+            "the conversation must exist",
+        ),
+        (
+            add("k-acme-admin", "mine", "v"),
+            StatusCode::NOT_FOUND,
+            "another tenant's admin",
+        ),
+        (
+            add("k-op", "mine", "v"),
+            StatusCode::FORBIDDEN,
+            "the operator reads no conversation",
+        ),
+        (
+            add("k-u", "mine", "bad id"),
+            StatusCode::BAD_REQUEST,
+            "userId is checked",
+        ),
+    ];
+    for (req, want, what) in cases {
+        let (status, _) = call(&s, req).await;
+        assert_eq!(status, want, "{what}");
+    }
+    let added: Vec<(String, String, String)> = s
+        .added
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|p| (p.conversation_id.clone(), p.user_id.clone(), p.added_by.clone()))
+        .collect();
+    assert_eq!(
+        added,
+        vec![
+            ("mine".into(), "v".into(), "u".into()),
+            ("mine".into(), "w".into(), "root".into())
+        ]
+    );
 }
 
 #[tokio::test]
