@@ -50,8 +50,13 @@ pub async fn connect_ws_query(base: &str, query: &str) -> anyhow::Result<LiveCli
     connect_ws_as(base, query, Some(&crate::auth::admin("harness"))).await
 }
 
-/// Opens `ws://…/api/chat/ws?<query>` with `Authorization: Bearer <token>` when given.
-pub async fn connect_ws_as(base: &str, query: &str, token: Option<&str>) -> anyhow::Result<LiveClient> {
+/// The handshake request of `ws://…/api/chat/ws?<query>`, with `Authorization: Bearer <token>`
+/// when given.
+pub fn ws_request(
+    base: &str,
+    query: &str,
+    token: Option<&str>,
+) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("{}/api/chat/ws?{query}", base.replacen("http://", "ws://", 1));
     let mut request = url.as_str().into_client_request()?;
@@ -60,6 +65,13 @@ pub async fn connect_ws_as(base: &str, query: &str, token: Option<&str>) -> anyh
             .headers_mut()
             .insert("authorization", format!("Bearer {t}").parse()?);
     }
+    Ok(request)
+}
+
+/// Opens `ws://…/api/chat/ws?<query>` with `Authorization: Bearer <token>` when given.
+pub async fn connect_ws_as(base: &str, query: &str, token: Option<&str>) -> anyhow::Result<LiveClient> {
+    let request = ws_request(base, query, token)?;
+    let url = request.uri().to_string();
     let (socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .with_context(|| format!("connecting {url}"))?;

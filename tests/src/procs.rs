@@ -131,6 +131,16 @@ impl WorkerSpec {
     }
 }
 
+/// `--peers` for workers `specs` owning `parts` (one range per worker) statically.
+pub fn static_peers(specs: &[WorkerSpec], parts: &[&str]) -> String {
+    specs
+        .iter()
+        .zip(parts)
+        .map(|(s, p)| format!("{}={}|{p}", s.node_id, s.internal_url()))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 /// The mesh secret test workers share.
 pub const MESH_SECRET: &str = "test-mesh-secret-0f3c9a";
 

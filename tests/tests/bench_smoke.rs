@@ -83,3 +83,32 @@ async fn the_benchmark_runs_in_smoke_mode_and_writes_its_report() -> anyhow::Res
     );
     Ok(())
 }
+
+/// `auth-bench --smoke` (the authentication part of `make bench`) runs and writes its report.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_authentication_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let bootstrap = broker().await?;
+    let out = std::env::temp_dir().join(format!("meshchat-auth-bench-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = tokio::process::Command::new(bin("auth-bench"))
+        .arg("--smoke")
+        .arg("--out")
+        .arg(&out)
+        .env("MESHCHAT_TEST_BOOTSTRAP", &bootstrap)
+        .status()
+        .await?;
+    assert!(status.success(), "auth-bench --smoke failed");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("auth-bench.json"))?)?;
+    let modes = json["modes"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = modes.iter().filter_map(|m| m["mode"].as_str()).collect();
+    assert_eq!(names, ["API key", "RS256 JWT", "--auth none"]);
+    for m in &modes {
+        assert_eq!(m["failed"], 0, "{m}");
+        assert!(m["req_per_s"].as_f64().is_some_and(|r| r > 0.0), "{m}");
+    }
+    let md = std::fs::read_to_string(out.join("benchmarks.md"))?;
+    assert!(md.contains("### Authentication on the send path"), "{md}");
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}

@@ -35,12 +35,7 @@ async fn two_workers(
     let specs: Vec<WorkerSpec> = (0..2)
         .map(|i| WorkerSpec::new(&format!("node-{i}"), &prefix, &bootstrap, &llm.url))
         .collect::<anyhow::Result<_>>()?;
-    let peers = specs
-        .iter()
-        .zip(parts)
-        .map(|(s, p)| format!("{}={}|{p}", s.node_id, s.internal_url()))
-        .collect::<Vec<_>>()
-        .join(";");
+    let peers = static_peers(&specs, &parts);
     let mut workers = Vec::new();
     for (spec, p) in specs.into_iter().zip(parts) {
         let mut spec = spec
@@ -75,19 +70,13 @@ async fn wait_reply_as(base: &str, token: &str, id: &str, message: &str) -> anyh
 
 /// The HTTP status of a WebSocket handshake (101 when it succeeded).
 async fn ws_status(base: &str, query: &str, token: Option<&str>) -> anyhow::Result<u16> {
-    use tungstenite::client::IntoClientRequest;
-    let url = format!("{}/api/chat/ws?{query}", base.replacen("http://", "ws://", 1));
-    let mut request = url.as_str().into_client_request()?;
-    if let Some(t) = token {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse()?);
-    }
-    Ok(match tokio_tungstenite::connect_async(request).await {
-        Ok(_) => 101,
-        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-        Err(e) => return Err(e.into()),
-    })
+    Ok(
+        match tokio_tungstenite::connect_async(ws_request(base, query, token)?).await {
+            Ok(_) => 101,
+            Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => return Err(e.into()),
+        },
+    )
 }
 
 /// Fails if any worker's log holds one of `secrets`.
@@ -525,12 +514,7 @@ async fn every_kind_of_credential_works_and_keys_rotate_without_a_restart() -> a
         .await?;
     assert_eq!(resp.status(), 401, "an API key is never taken from the URL");
     // ... or the token as a WebSocket subprotocol
-    use tungstenite::client::IntoClientRequest;
-    let url = format!(
-        "{}/api/chat/ws?conversationId=tk",
-        workers[0].url.replacen("http://", "ws://", 1)
-    );
-    let mut request = url.as_str().into_client_request()?;
+    let mut request = ws_request(&workers[0].url, "conversationId=tk", None)?;
     request.headers_mut().insert(
         "sec-websocket-protocol",
         format!("meshchat, meshchat.bearer.{key}").parse()?,

@@ -15,12 +15,7 @@ async fn static_split_answers_every_message_exactly_once_in_order() -> anyhow::R
     let specs: Vec<WorkerSpec> = (0..3)
         .map(|i| WorkerSpec::new(&format!("node-{i}"), &prefix, &bootstrap, &llm.url))
         .collect::<anyhow::Result<_>>()?;
-    let peers = specs
-        .iter()
-        .zip(parts)
-        .map(|(s, p)| format!("{}={}|{p}", s.node_id, s.internal_url()))
-        .collect::<Vec<_>>()
-        .join(";");
+    let peers = static_peers(&specs, &parts);
     let mut workers = Vec::new();
     for (spec, p) in specs.into_iter().zip(parts) {
         workers.push(

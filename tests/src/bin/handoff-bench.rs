@@ -84,7 +84,9 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // requested moves go through the balancer's cooldown (1 s here): a partition this move
+        // touched may be in the next one
+        tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     // give node-2 a third of the partitions, then kill it
     wait_for("node-2 to serve partitions", Duration::from_secs(60), || async {

@@ -1,7 +1,10 @@
 //! JWTs from an identity provider: HS256, RS256 or ES256, verified against a JWKS (a file,
 //! re-read when it changes, or a URL, refetched periodically and when a token names a key id
 //! not seen yet). `iss`, `aud`, `exp` and `nbf` are checked with a small leeway; tenant, user
-//! and role come from configurable claims. Keys are parsed once per JWKS, not per request.
+//! and role come from configurable claims. Keys are parsed once per JWKS, not per request, and
+//! a token verified once is remembered (by its SHA-256) until it expires or the keys change:
+//! clients send the same token with every request, and an RSA verification costs more than
+//! the rest of a send (measured in docs/benchmarks.md).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::source::{self, Shared};
@@ -61,6 +65,8 @@ pub struct JwtSettings {
 const URL_REFRESH: Duration = Duration::from_secs(300);
 const UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(10);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Verified tokens remembered per worker.
+const VERIFIED_CACHE: usize = 100_000;
 
 struct Key {
     kid: Option<String>,
@@ -77,6 +83,9 @@ pub struct JwtVerifier {
 struct Inner {
     claims: ClaimNames,
     keys: Shared<Vec<Key>>,
+    /// Tokens verified with the current keys: SHA-256 → (identity, `exp`).
+    verified: quick_cache::sync::Cache<[u8; 32], (Identity, u64)>,
+    leeway: u64,
     validations: HashMap<Algorithm, Validation>,
     url: Option<String>,
     client: reqwest::Client,
@@ -112,7 +121,7 @@ impl JwtVerifier {
             source::watch(path, bytes, stop, "JWKS", move |b| {
                 let keys = parse_jwks(b)?;
                 let n = keys.len();
-                inner.keys.set(keys);
+                inner.replace_keys(keys);
                 Ok(n)
             });
         } else if settings.jwks_url.is_some() {
@@ -162,6 +171,8 @@ impl JwtVerifier {
             inner: Arc::new(Inner {
                 claims: settings.claims.clone(),
                 keys: Shared::new(keys),
+                verified: quick_cache::sync::Cache::new(VERIFIED_CACHE),
+                leeway: settings.leeway.as_secs(),
                 validations,
                 url: settings.jwks_url.clone(),
                 client: reqwest::Client::builder()
@@ -175,6 +186,13 @@ impl JwtVerifier {
 
     /// The identity a valid token stands for.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((who, exp)) = self.inner.verified.get(&digest) {
+            if jsonwebtoken::get_current_timestamp() <= exp.saturating_add(self.inner.leeway) {
+                return Ok(who);
+            }
+            self.inner.verified.remove(&digest);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
@@ -199,7 +217,13 @@ impl JwtVerifier {
             .filter(|k| k.alg == header.alg && (header.kid.is_none() || k.kid == header.kid))
         {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
-                Ok(data) => return identity(&data.claims, &self.inner.claims),
+                Ok(data) => {
+                    let who = identity(&data.claims, &self.inner.claims)?;
+                    if let Some(exp) = data.claims.get("exp").and_then(Value::as_u64) {
+                        self.inner.verified.insert(digest, (who.clone(), exp));
+                    }
+                    return Ok(who);
+                }
                 Err(e) => last = invalid(e),
             }
         }
@@ -254,8 +278,17 @@ impl JwtVerifier {
         let bytes = resp.bytes().await.map_err(|e| fetch(e.to_string()))?;
         let keys = parse_jwks(&bytes)?;
         let n = keys.len();
-        self.inner.keys.set(keys);
+        self.inner.replace_keys(keys);
         Ok(n)
+    }
+}
+
+impl Inner {
+    /// New key material: tokens verified with the old keys must be verified again (a key the
+    /// provider withdrew no longer vouches for anything).
+    fn replace_keys(&self, keys: Vec<Key>) {
+        self.keys.set(keys);
+        self.verified.clear();
     }
 }
 

@@ -291,3 +291,74 @@ fn tickets_stand_for_their_caller_on_every_worker_of_the_mesh_only() {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
     assert!(rt.block_on(verifier().verify(&ticket)).is_err());
 }
+
+#[tokio::test]
+async fn a_verified_token_is_remembered_until_the_keys_change_and_expired_ones_never() {
+    let dir = std::env::temp_dir().join(format!("meshchat-jwks-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, fixture("jwks.test-only.json")).expect("write");
+    let mut s = settings();
+    s.jwks_file = Some(path.clone());
+    s.leeway = Duration::ZERO;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let v = JwtVerifier::start(s, stop.clone()).await.expect("start");
+    let token = sign(Algorithm::RS256, Some("rs-test"), &claims(json!({})));
+    assert_eq!(v.verify(&token).await.expect("valid"), alice());
+    assert_eq!(v.verify(&token).await.expect("remembered"), alice());
+    // the provider withdraws the RSA key: the remembered token is verified again, and refused
+    let only_hs: Value = serde_json::from_slice(&fixture("jwks.test-only.json")).expect("json");
+    let hs: Vec<Value> = only_hs["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| k["kty"] == "oct")
+        .cloned()
+        .collect();
+    std::fs::write(&path, json!({"keys": hs}).to_string()).expect("write");
+    let mut refused = false;
+    for _ in 0..100 {
+        if v.verify(&token).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a withdrawn key's token was still accepted after 10 s");
+    // a token about to expire is remembered only until its exp
+    let short = sign(
+        Algorithm::HS256,
+        Some("hs-test"),
+        &claims(json!({"exp": now() + 1})),
+    );
+    assert!(v.verify(&short).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(v.verify(&short).await.is_err(), "expired, remembered or not");
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+#[ignore = "timing probe, run by hand: cargo test --release -p meshchat-worker --lib verify_cost -- --ignored --nocapture"]
+async fn verify_cost() {
+    let v = verifier();
+    let token = sign(Algorithm::RS256, Some("rs-test"), &claims(json!({})));
+    let n = 20_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        v.verify(&token).await.expect("valid");
+    }
+    println!(
+        "RS256 remembered: {:.2} µs per verify",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    );
+    let keys = ApiKeys::from_entries(&[entry("acme", "alice", Role::User, "key-a")]).expect("keys");
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        keys.lookup("key-a").expect("known");
+    }
+    println!(
+        "API key: {:.2} µs per lookup",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    );
+}

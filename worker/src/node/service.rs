@@ -52,7 +52,11 @@ impl ChatService for Node {
     }
 
     fn joined(&self, key: &str, user: &str) {
-        self.members.insert((key.to_string(), user.to_string()), ());
+        let pair = (key.to_string(), user.to_string());
+        // every send lands here: a read is cheaper than replacing an entry already known
+        if self.members.get(&pair).is_none() {
+            self.members.insert(pair, ());
+        }
     }
 
     fn admit_migration(&self, tenant: &str) -> Result<(), Duration> {

@@ -216,12 +216,18 @@ fn an_added_participant_joins_without_entering_the_history_and_survives_a_snapsh
     });
     assert_eq!(
         c.apply(11, add.clone(), 0, 50, 0),
-        Applied::Participant { new_participant: true }
+        Applied::Participant {
+            new_participant: true
+        }
     );
     assert_eq!(c.apply(11, add, 0, 50, 0), Applied::Stale);
     assert_eq!(c.participants, vec!["alice".to_string(), "bob".to_string()]);
     assert_eq!(c.entries.len(), 1, "membership, not history");
-    assert_eq!(c.next_to_answer().map(|(o, _)| o), Some(10), "nothing to answer added");
+    assert_eq!(
+        c.next_to_answer().map(|(o, _)| o),
+        Some(10),
+        "nothing to answer added"
+    );
     let back = Conversation::from_snapshot(c.to_snapshot(1), |_| 1);
     assert_eq!(back.participants, c.participants);
 }
