@@ -94,6 +94,43 @@ async fn planned_migration_through_the_api() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(unknown.status(), 400);
+    // requested moves go through the balancer's cooldown (10 s here): of two requests for the
+    // same partition in a row, the second is inside the cooldown of the first move (or of the
+    // migration above). The worker cannot know, so it answers 200; /api/mesh says why not.
+    let mut back = serde_json::Value::Null;
+    for target in ["node-2", "node-0"] {
+        back = http()
+            .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
+            .bearer_auth(meshchat_tests::auth::operator())
+            .json(&json!({"targetNode": target, "partitions": [before[0]]}))
+            .send()
+            .await?
+            .json()
+            .await?;
+    }
+    let request = back["requestId"].as_str().unwrap_or_default().to_string();
+    let reason = wait_for("the balancer's refusal in /api/mesh", SETTLE, || async {
+        let m: serde_json::Value = http()
+            .get(format!("{}/api/mesh", mesh.workers[2].url))
+            .bearer_auth(meshchat_tests::auth::operator())
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        m["refusedMigrations"]
+            .as_array()?
+            .iter()
+            .find(|r| r["requestId"] == request.as_str())
+            .map(|r| r["reason"].to_string())
+    })
+    .await?;
+    assert!(reason.contains("cooldown"), "{reason}");
+    assert!(
+        mesh.owned(1).await.unwrap_or_default().contains(&before[0]),
+        "it stayed on node-1"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let accepted = load.stop().await;
     assert_exact(verify_exactly_once(&mesh.workers[2].url, &accepted, &live, SETTLE).await?);

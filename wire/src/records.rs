@@ -10,7 +10,8 @@ pub use chat::{
 };
 pub use mesh::{
     AssignReason, AssignmentTable, DEFAULT_HEARTBEAT_TIMEOUT_MS, HandoffEvent, HandoffStep, LoadReport,
-    MeshEvent, MigrateRequest, PartitionAssignment, PartitionLoad, SystemEvent, WorkerInfo,
+    MIGRATION_REFUSED, MeshEvent, MigrateRequest, PartitionAssignment, PartitionLoad, SystemEvent,
+    WorkerInfo,
 };
 
 use serde::{Serialize, de::DeserializeOwned};

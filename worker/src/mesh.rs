@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use meshchat_wire::kafka::{self, KafkaError, META_TIMEOUT, TailFetch};
 use meshchat_wire::{
-    AssignmentTable, DEFAULT_HEARTBEAT_TIMEOUT_MS, HandoffEvent, HandoffStep, LoadReport, MeshEvent, decode,
+    AssignmentTable, DEFAULT_HEARTBEAT_TIMEOUT_MS, HandoffEvent, HandoffStep, LoadReport, MIGRATION_REFUSED,
+    MeshEvent, SystemEvent, decode,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -24,6 +25,7 @@ use crate::log::Log;
 use crate::ownership::{AssignmentSource, Epoch, Partition};
 
 const RECENT_MOVES: usize = 100;
+const RECENT_REFUSALS: usize = 20;
 
 /// What this worker knows of the mesh.
 #[derive(Debug)]
@@ -33,6 +35,7 @@ pub struct Mesh {
     reports: Mutex<BTreeMap<String, (LoadReport, Instant)>>,
     released: Mutex<HashSet<(Partition, Epoch)>>,
     moves: Mutex<VecDeque<HandoffEvent>>,
+    refusals: Mutex<VecDeque<SystemEvent>>,
     table: Mutex<Option<AssignmentTable>>,
     handoff_ms: Mutex<Ewma>,
 }
@@ -58,6 +61,7 @@ impl Mesh {
             reports: Mutex::new(BTreeMap::new()),
             released: Mutex::new(HashSet::new()),
             moves: Mutex::new(VecDeque::new()),
+            refusals: Mutex::new(VecDeque::new()),
             table: Mutex::new(None),
             handoff_ms: Mutex::new(Ewma::default()),
         }
@@ -116,6 +120,14 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// Migrate requests the balancer refused recently, oldest first.
+    pub fn recent_refusals(&self) -> Vec<SystemEvent> {
+        self.refusals
+            .lock()
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The latest assignment table of this agent.
     pub fn table(&self) -> Option<AssignmentTable> {
         self.table.lock().ok().and_then(|t| t.clone())
@@ -150,6 +162,14 @@ impl Mesh {
                 if let Ok(mut m) = self.moves.lock() {
                     m.push_back(h);
                     while m.len() > RECENT_MOVES {
+                        m.pop_front();
+                    }
+                }
+            }
+            MeshEvent::System(s) if s.kind == MIGRATION_REFUSED => {
+                if let Ok(mut m) = self.refusals.lock() {
+                    m.push_back(s);
+                    while m.len() > RECENT_REFUSALS {
                         m.pop_front();
                     }
                 }

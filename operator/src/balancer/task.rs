@@ -8,7 +8,8 @@ use anyhow::Context;
 use meshchat_crds::ChatAgent;
 use meshchat_wire::kafka::{self, KafkaError, Producer, TailFetch};
 use meshchat_wire::{
-    HandoffEvent, HandoffStep, MeshEvent, SCHEMA_VERSION, Topics, decode, encode, partition_for,
+    HandoffEvent, HandoffStep, MIGRATION_REFUSED, MeshEvent, SCHEMA_VERSION, SystemEvent, Topics, decode,
+    encode, partition_for,
 };
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -229,7 +230,20 @@ pub async fn balance(
                             }
                         }
                         Ok(None) => tracing::info!(request = %req.id, "migration: nothing to move"),
-                        Err(why) => tracing::warn!(request = %req.id, "migration refused: {why}"),
+                        Err(why) => {
+                            tracing::warn!(request = %req.id, "migration refused: {why}");
+                            // the client was told "Migration started": the mesh view says why not
+                            let ev = MeshEvent::System(SystemEvent {
+                                v: SCHEMA_VERSION,
+                                node: format!("balancer/{name}"),
+                                kind: MIGRATION_REFUSED.into(),
+                                detail: format!("{}: {why}", req.id),
+                                timestamp: OffsetDateTime::now_utc(),
+                            });
+                            if let Ok(bytes) = encode(&ev) {
+                                producer.send_nowait(&topics.events, partition_for(&name, events), &name, &bytes);
+                            }
+                        }
                     },
                     _ => {}
                 }

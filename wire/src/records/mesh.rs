@@ -270,6 +270,10 @@ pub struct AssignmentTable {
 /// The balancer's heartbeat timeout when a table does not say (tables written before it did).
 pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u64 = 5_000;
 
+/// [`SystemEvent::kind`] of a migrate request the balancer refused; `detail` is
+/// `<request id>: <why>` (a dead or draining target, a partition in its cooldown).
+pub const MIGRATION_REFUSED: &str = "migrationRefused";
+
 fn default_heartbeat_timeout_ms() -> u64 {
     DEFAULT_HEARTBEAT_TIMEOUT_MS
 }

@@ -257,6 +257,13 @@ pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>, caller: Caller) -> Re
         "heartbeatTimeoutMs": m.heartbeat_timeout.as_millis() as u64,
         "workers": workers,
         "recentMoves": m.recent_moves,
+        // the balancer's verdict on requests answered "Migration started" that it did not carry out
+        "refusedMigrations": m.refused_migrations.iter().map(|e| {
+            let (id, why) = e.detail.split_once(": ").unwrap_or(("", e.detail.as_str()));
+            json!({"requestId": id, "reason": why, "timestamp": e.timestamp
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()})
+        }).collect::<Vec<_>>(),
     })))
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use meshchat_wire::worker::Ownership;
 use meshchat_wire::{
-    AssignmentTable, HandoffEvent, LoadReport, MigrateRequest, ParticipantAdded, PresenceKind, UserMessage,
+    AssignmentTable, HandoffEvent, LoadReport, MigrateRequest, ParticipantAdded, PresenceKind, SystemEvent,
+    UserMessage,
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -128,6 +129,8 @@ pub struct MeshView {
     pub heartbeat_timeout: Duration,
     /// Recent handoff steps, oldest first.
     pub recent_moves: Vec<HandoffEvent>,
+    /// Migrate requests the balancer refused recently, oldest first.
+    pub refused_migrations: Vec<SystemEvent>,
 }
 
 /// The worker behind the HTTP API.

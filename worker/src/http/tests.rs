@@ -245,6 +245,13 @@ impl ChatService for Fake {
             reports: vec![(report("node-1", false), Duration::from_secs(9))],
             heartbeat_timeout: Duration::from_secs(5),
             recent_moves: Vec::new(),
+            refused_migrations: vec![meshchat_wire::SystemEvent {
+                v: 1,
+                node: "balancer/mesh".into(),
+                kind: meshchat_wire::MIGRATION_REFUSED.into(),
+                detail: "mig-1: partition 3 was moved on request 4 s ago; the cooldown is 120 s".into(),
+                timestamp: OffsetDateTime::UNIX_EPOCH,
+            }],
         }
     }
 
@@ -643,6 +650,12 @@ async fn status_mesh_and_unknown_routes() {
     let (_, body) = call(&s, get("/api/mesh")).await;
     assert_eq!(body["generation"], 7);
     assert_eq!(body["workers"][0]["alive"], false, "heard 9 s ago, timeout 5 s");
+    assert_eq!(body["refusedMigrations"][0]["requestId"], "mig-1");
+    assert!(
+        body["refusedMigrations"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cooldown"))
+    );
     let (status, body) = call(&s, get("/no/such/route")).await;
     assert_eq!(
         (status, body["error"].as_str()),

@@ -198,6 +198,7 @@ impl ChatService for Node {
             reports: self.mesh.reports(),
             heartbeat_timeout: self.mesh.heartbeat_timeout(),
             recent_moves: self.mesh.recent_moves(),
+            refused_migrations: self.mesh.recent_refusals(),
         }
     }
 
