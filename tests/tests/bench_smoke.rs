@@ -2,23 +2,31 @@
 //! the test broker and writes its JSON, chart and Markdown. No timing is asserted — smoke
 //! numbers mean nothing; the shape of the output does.
 
+use std::path::PathBuf;
+
 use meshchat_tests::*;
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_benchmark_runs_in_smoke_mode_and_writes_its_report() -> anyhow::Result<()> {
-    let _serial = serial().await;
+/// Runs `bench --smoke` against the test broker; returns the directory it wrote its report to.
+async fn smoke(bench: &str) -> anyhow::Result<PathBuf> {
     let bootstrap = broker().await?;
-    let out = std::env::temp_dir().join(format!("meshchat-bench-smoke-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!("{bench}-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let status = tokio::process::Command::new(bin("meshchat-bench"))
+    let status = tokio::process::Command::new(bin(bench))
         .arg("--smoke")
         .arg("--out")
         .arg(&out)
         .env("MESHCHAT_TEST_BOOTSTRAP", &bootstrap)
         .status()
         .await?;
-    assert!(status.success(), "meshchat-bench --smoke failed");
+    anyhow::ensure!(status.success(), "{bench} --smoke failed");
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_benchmark_runs_in_smoke_mode_and_writes_its_report() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let out = smoke("meshchat-bench").await?;
     let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("benchmarks.json"))?)?;
     let not_yet: Vec<&str> = json["not_measured_yet"]
         .as_array()
@@ -88,17 +96,7 @@ async fn the_benchmark_runs_in_smoke_mode_and_writes_its_report() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread")]
 async fn the_authentication_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let bootstrap = broker().await?;
-    let out = std::env::temp_dir().join(format!("meshchat-auth-bench-smoke-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let status = tokio::process::Command::new(bin("auth-bench"))
-        .arg("--smoke")
-        .arg("--out")
-        .arg(&out)
-        .env("MESHCHAT_TEST_BOOTSTRAP", &bootstrap)
-        .status()
-        .await?;
-    assert!(status.success(), "auth-bench --smoke failed");
+    let out = smoke("auth-bench").await?;
     let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("auth-bench.json"))?)?;
     let modes = json["modes"].as_array().cloned().unwrap_or_default();
     let names: Vec<&str> = modes.iter().filter_map(|m| m["mode"].as_str()).collect();
