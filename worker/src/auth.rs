@@ -13,7 +13,7 @@ mod jwt;
 mod source;
 mod ticket;
 
-pub use api_keys::{ApiKeyEntry, ApiKeys, hash_key};
+pub use api_keys::{ApiKeyEntry, ApiKeys, hash_key, hash_key_hex};
 pub use identity::{Identity, Role};
 pub use jwt::{ClaimNames, JwtSettings, JwtVerifier};
 pub use ticket::{TICKET_TTL, Tickets};

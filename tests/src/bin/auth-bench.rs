@@ -13,6 +13,7 @@ use clap::Parser;
 use futures::StreamExt;
 use jsonwebtoken::Algorithm;
 use meshchat_tests::auth::{api_key, claims, sign};
+use meshchat_tests::bench::percentiles;
 use meshchat_tests::*;
 use serde_json::{Value, json};
 
@@ -86,13 +87,8 @@ async fn run(
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
     let failures = results.len() - lat.len();
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (lat.len() as f64 / secs, pct(0.5), pct(0.99), failures)
+    let p = percentiles(&mut lat);
+    (p.n as f64 / secs, p.p50, p.p99, failures)
 }
 
 /// Waits until `mode`'s worker has answered everything it was sent: the answers (LLM streams,
@@ -117,16 +113,7 @@ async fn settle(mode: &Mode, client: &reqwest::Client) {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
+    percentiles(&mut v).p50
 }
 
 #[tokio::main]

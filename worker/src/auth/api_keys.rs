@@ -83,21 +83,16 @@ impl ApiKeys {
             .cloned()
             .ok_or_else(|| AuthError::Invalid("unknown API key".into()))
     }
-
-    /// How many keys are loaded.
-    pub fn len(&self) -> usize {
-        self.table.get().len()
-    }
-
-    /// No key is loaded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The SHA-256 of an API key, as the file stores it (hex) and the table indexes it.
 pub fn hash_key(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// [`hash_key`] in hex, as a keys file lists it.
+pub fn hash_key_hex(token: &str) -> String {
+    hash_key(token).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn in_file(path: &std::path::Path, e: AuthError) -> AuthError {

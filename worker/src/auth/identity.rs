@@ -54,11 +54,6 @@ impl Identity {
         conversation_key(&self.tenant, id)
     }
 
-    /// Sees every conversation of its tenant, not only its own.
-    pub fn tenant_wide(&self) -> bool {
-        self.role == Role::Admin
-    }
-
     /// May read and write conversations at all.
     pub fn chats(&self) -> bool {
         matches!(self.role, Role::User | Role::Admin)

@@ -189,12 +189,8 @@ fn entry(tenant: &str, user: &str, role: Role, key: &str) -> ApiKeyEntry {
         tenant: tenant.into(),
         user: user.into(),
         role,
-        sha256: hex(&hash_key(key)),
+        sha256: hash_key_hex(key),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[tokio::test]
@@ -246,7 +242,7 @@ async fn a_changed_keys_file_is_picked_up_and_a_broken_one_ignored() {
         for (user, key) in entries {
             text += &format!(
                 "  - tenant: acme\n    user: {user}\n    role: user\n    sha256: {}\n",
-                hex(&hash_key(key))
+                hash_key_hex(key)
             );
         }
         std::fs::write(&path, text).expect("write");

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::caller::Caller;
+use super::chat::membership_of;
 use super::error::{AppError, Body};
 use super::{ChatService, Membership};
 use crate::auth::Role;
@@ -79,18 +80,11 @@ pub async fn migrate<S: ChatService>(
     let conversation_key = match (&req.conversation_id, who.role) {
         (Some(id), _) if req.partitions.is_none() => {
             let key = who.key(id);
-            if !caller.anonymous && who.role == Role::Admin {
-                match s.membership(&key, &who.user).await {
-                    Ok(Membership::Missing) => {
-                        return Err(AppError::NotFound(format!("conversation {id:?} not found")));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(AppError::Unavailable(format!(
-                            "could not look the conversation up: {e}"
-                        )));
-                    }
-                }
+            if !caller.anonymous
+                && who.role == Role::Admin
+                && membership_of(&*s, &key, &who.user).await? == Membership::Missing
+            {
+                return Err(AppError::NotFound(format!("conversation {id:?} not found")));
             }
             Some(key)
         }

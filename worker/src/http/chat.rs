@@ -32,16 +32,14 @@ pub async fn send<S: ChatService>(
 ) -> Result<Response, AppError> {
     caller.chats()?;
     let req = parse_send(&body, s.settings().max_content_bytes, caller.anonymous)?;
-    if s.readiness().draining {
-        return Err(AppError::Unavailable(
-            "this worker is shutting down; send to another".into(),
-        ));
-    }
+    accepting(&*s)?;
     let who = &caller.who;
     let key = who.key(&req.conversation_id);
-    if who.role == Role::User {
-        may_take_part(&*s, &key, &who.user, &req.conversation_id).await?;
-    }
+    let membership = if who.role == Role::User {
+        Some(may_take_part(&*s, &key, &who.user, &req.conversation_id).await?)
+    } else {
+        None
+    };
     let now = OffsetDateTime::now_utc();
     let message = UserMessage {
         v: SCHEMA_VERSION,
@@ -68,7 +66,9 @@ pub async fn send<S: ChatService>(
             ));
         }
     }
-    s.joined(&key, &sender);
+    if membership != Some(Membership::Member) {
+        s.joined(&key, &sender);
+    }
     let timestamp = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -88,21 +88,12 @@ pub async fn add_participant<S: ChatService>(
     let user = parse_participant(&body)?;
     let who = &caller.who;
     let key = who.key(&id);
-    match s.membership(&key, &who.user).await {
-        Ok(Membership::Missing) => return Err(not_found(&id)),
-        Ok(Membership::Stranger) if who.role == Role::User => return Err(not_found(&id)),
-        Ok(_) => {}
-        Err(e) => {
-            return Err(AppError::Unavailable(format!(
-                "could not check the conversation's participants: {e}"
-            )));
-        }
+    match membership_of(&*s, &key, &who.user).await? {
+        Membership::Missing => return Err(not_found(&id)),
+        Membership::Stranger if who.role == Role::User => return Err(not_found(&id)),
+        _ => {}
     }
-    if s.readiness().draining {
-        return Err(AppError::Unavailable(
-            "this worker is shutting down; send to another".into(),
-        ));
-    }
+    accepting(&*s)?;
     let record = meshchat_wire::ParticipantAdded {
         v: SCHEMA_VERSION,
         id: format!("par-{}", uuid::Uuid::now_v7().simple()),
@@ -112,9 +103,19 @@ pub async fn add_participant<S: ChatService>(
         added_by: who.user.clone(),
         timestamp: OffsetDateTime::now_utc(),
     };
-    s.add_participant(record)
-        .await
-        .map_err(|e| AppError::Unavailable(format!("Kafka did not accept the change: {e}")))?;
+    match tokio::time::timeout(SEND_TIMEOUT, s.add_participant(record)).await {
+        Ok(Ok(())) => s.joined(&key, &user),
+        Ok(Err(e)) => {
+            return Err(AppError::Unavailable(format!(
+                "Kafka did not accept the change: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(AppError::Unavailable(
+                "Kafka did not acknowledge the change in time".into(),
+            ));
+        }
+    }
     Ok(Json(json!({"conversationId": id, "userId": user, "addedBy": who.user})).into_response())
 }
 
@@ -126,13 +127,31 @@ pub(super) async fn may_take_part<S: ChatService>(
     user: &str,
     id: &str,
 ) -> Result<Membership, AppError> {
-    match s.membership(key, user).await {
-        Ok(Membership::Stranger) => Err(not_found(id)),
-        Ok(m) => Ok(m),
-        Err(e) => Err(AppError::Unavailable(format!(
-            "could not check the conversation's participants: {e}"
-        ))),
+    match membership_of(s, key, user).await? {
+        Membership::Stranger => Err(not_found(id)),
+        m => Ok(m),
     }
+}
+
+/// [`ChatService::membership`], its failure as a 503.
+pub(super) async fn membership_of<S: ChatService>(
+    s: &S,
+    key: &str,
+    user: &str,
+) -> Result<Membership, AppError> {
+    s.membership(key, user)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("could not check the conversation's participants: {e}")))
+}
+
+/// Refuses new records while this worker drains.
+fn accepting<S: ChatService>(s: &S) -> Result<(), AppError> {
+    if s.readiness().draining {
+        return Err(AppError::Unavailable(
+            "this worker is shutting down; send to another".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Serves a conversation: from memory when this worker owns its partition, else from the

@@ -8,26 +8,20 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path, Query, State};
-use axum::http::{Extensions, HeaderMap, header};
+use axum::http::{Extensions, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use meshchat_wire::split_key;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use super::caller::bearer;
 use super::error::AppError;
 use super::{ChatService, Local, Membership};
 use crate::validate::check_id;
 
 /// Whether the request carries `Authorization: Bearer <mesh secret>`. Compared in constant time.
 fn has_mesh_secret(headers: &HeaderMap, secret: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    bool::from(given.as_bytes().ct_eq(secret.as_bytes()))
+    bearer(headers).is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.as_bytes())))
 }
 
 /// A caller inside the pod: the connection came over loopback.
@@ -128,15 +122,13 @@ pub async fn membership<S: ChatService>(
     let user = query.get("user").map(String::as_str).unwrap_or_default();
     let membership = match s.local_membership(&key, user) {
         Some(m) => m,
-        None => match s
-            .read_log(&key)
-            .await
-            .map_err(|e| AppError::Unavailable(format!("could not read the log: {e}")))?
-        {
-            None => Membership::Missing,
-            Some(view) if view.participants.iter().any(|p| p == user) => Membership::Member,
-            Some(_) => Membership::Stranger,
-        },
+        None => {
+            let view = s
+                .read_log(&key)
+                .await
+                .map_err(|e| AppError::Unavailable(format!("could not read the log: {e}")))?;
+            Membership::of(view.as_ref().map(|v| v.participants.as_slice()), user)
+        }
     };
     Ok(Json(json!({"membership": membership})).into_response())
 }

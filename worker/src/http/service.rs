@@ -62,6 +62,17 @@ pub enum Membership {
     Stranger,
 }
 
+impl Membership {
+    /// `user`'s membership of a conversation with `participants` (`None`: no such conversation).
+    pub fn of(participants: Option<&[String]>, user: &str) -> Self {
+        match participants {
+            None => Membership::Missing,
+            Some(p) if p.iter().any(|u| u == user) => Membership::Member,
+            Some(_) => Membership::Stranger,
+        }
+    }
+}
+
 /// An owner's answer to a forwarded read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Forwarded {

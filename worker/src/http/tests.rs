@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::*;
-use crate::auth::{ApiKeyEntry, ApiKeys, Authenticator, Role, Tickets, hash_key};
+use crate::auth::{ApiKeyEntry, ApiKeys, Authenticator, Role, Tickets, hash_key_hex};
 use crate::drain::Drained;
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition, Phase};
@@ -69,7 +69,7 @@ fn authenticator(disabled: bool) -> Authenticator {
             tenant: (*tenant).into(),
             user: (*user).into(),
             role: *role,
-            sha256: hash_key(token).iter().map(|b| format!("{b:02x}")).collect(),
+            sha256: hash_key_hex(token),
         })
         .collect();
     Authenticator::from_parts(

@@ -44,11 +44,10 @@ impl ChatService for Node {
             return None;
         }
         let store = self.store.read().unwrap_or_else(|p| p.into_inner());
-        Some(match store.get(key) {
-            None => Membership::Missing,
-            Some(c) if c.participants.iter().any(|p| p == user) => Membership::Member,
-            Some(_) => Membership::Stranger,
-        })
+        Some(Membership::of(
+            store.get(key).map(|c| c.participants.as_slice()),
+            user,
+        ))
     }
 
     fn joined(&self, key: &str, user: &str) {
@@ -67,20 +66,9 @@ impl ChatService for Node {
     }
 
     async fn add_participant(&self, record: meshchat_wire::ParticipantAdded) -> Result<(), String> {
-        let (key, user) = (
-            meshchat_wire::conversation_key(&record.tenant, &record.conversation_id),
-            record.user_id.clone(),
-        );
         let record = meshchat_wire::ChatRecord::ParticipantAdded(record);
-        let send = self.log.append_record(&record);
-        match tokio::time::timeout(Duration::from_secs(15), send).await {
-            Ok(Ok(_)) => {
-                self.joined(&key, &user);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("Kafka did not acknowledge the record in time".into()),
-        }
+        self.log.append_record(&record).await.map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     async fn append(&self, message: UserMessage) -> Result<(), String> {
@@ -254,11 +242,10 @@ impl Node {
             }
         }
         let view = self.read_log(key).await?;
-        Ok(match view {
-            None => Membership::Missing,
-            Some(v) if v.participants.iter().any(|p| p == user) => Membership::Member,
-            Some(_) => Membership::Stranger,
-        })
+        Ok(Membership::of(
+            view.as_ref().map(|v| v.participants.as_slice()),
+            user,
+        ))
     }
 
     async fn ask_owner(&self, url: &str, key: &str, user: &str) -> Result<Membership, String> {
