@@ -30,7 +30,36 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// A free loopback port.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports free now, below the kernel's ephemeral range: a port the
+/// kernel hands out (`bind(0)`) can be taken by any outgoing connection before the process it
+/// was chosen for binds it (seen: `make run`'s worker failing with "Address already in use"
+/// after its build).
+pub fn free_ports(n: u16) -> anyhow::Result<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral.saturating_sub(n));
+    anyhow::ensure!(high > low, "no room below the ephemeral ports ({ephemeral})");
+    // start somewhere different per process, so concurrent test binaries rarely collide
+    let seed = u32::from_le_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..4]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    let span = u32::from(high - low);
+    for _ in 0..500 {
+        let k = seed.wrapping_add(NEXT.fetch_add(u32::from(n) + 1, std::sync::atomic::Ordering::Relaxed));
+        let base = low + (k % span) as u16;
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no {n} consecutive free ports below {ephemeral}")
 }
 
 /// The fake LLM process.

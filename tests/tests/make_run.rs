@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use meshchat_tests::{conversation_as, http, reply_to, send_as, wait_for};
+use anyhow::Context;
+use meshchat_tests::{conversation_as, free_ports, http, reply_to, send_as, wait_for};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -34,20 +34,6 @@ fn repo() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
-}
-
-/// A port whose next `n - 1` ports are free too.
-fn free_ports(n: u16) -> anyhow::Result<u16> {
-    for _ in 0..200 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if base > u16::MAX - n {
-            continue;
-        }
-        if (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return Ok(base);
-        }
-    }
-    bail!("no {n} consecutive free ports")
 }
 
 impl MakeRun {
