@@ -293,9 +293,9 @@ pub struct LlmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 2.0))]
     pub temperature: Option<f32>,
-    /// Maximum completion tokens per reply.
+    /// Maximum completion tokens per reply (a reply too large to store becomes an error reply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 131072))]
     pub max_tokens: Option<u32>,
     /// Token budget of the context sent to the LLM.
     #[serde(default, skip_serializing_if = "Option::is_none")]

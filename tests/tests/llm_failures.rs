@@ -109,6 +109,13 @@ async fn failures_become_error_replies_and_nothing_is_lost() -> anyhow::Result<(
     let reply = wait_reply(&down.url, "c-down", &id, T).await?;
     assert_eq!(reply["error"]["kind"], "unavailable", "{reply}");
     assert_eq!(reply["error"]["attempts"], 3, "{reply}");
+    // chat users get a short reason; the LLM's internal address stays in the worker's log
+    let shown = reply["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(shown, "The model could not be reached", "{reply}");
+    assert!(
+        !reply.to_string().contains(&format!("127.0.0.1:{closed}")),
+        "{reply}"
+    );
 
     // ground truth: exactly one reply per user message in both logs
     for (p, expected) in [(&prefix, sent.len() + 1), (&prefix2, 1)] {

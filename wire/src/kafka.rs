@@ -46,6 +46,35 @@ pub enum KafkaError {
     },
 }
 
+// === impl KafkaError ===
+
+impl KafkaError {
+    /// Whether writing the same record again cannot succeed: it is too large, malformed or not
+    /// allowed. The idempotent producer has already retried transient failures (a broker away,
+    /// a leader moving) until its delivery timeout, and those may still succeed later.
+    pub fn is_permanent(&self) -> bool {
+        use rdkafka::error::RDKafkaErrorCode as C;
+        match self {
+            Self::Client(e) => matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    C::MessageSizeTooLarge
+                        | C::InvalidMessageSize
+                        | C::InvalidMessage
+                        | C::InvalidRecord
+                        | C::MessageBatchTooLarge
+                        | C::TopicAuthorizationFailed
+                        | C::ClusterAuthorizationFailed
+                        | C::PolicyViolation
+                        | C::UnsupportedForMessageFormat
+                )
+            ),
+            Self::Record(_) | Self::Topic { .. } => true,
+            Self::Timeout { .. } => false,
+        }
+    }
+}
+
 /// Timeout for metadata and watermark queries.
 pub const META_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -117,7 +117,7 @@ pub struct Config {
     #[arg(long, env = "MESHCHAT_LLM_TEMPERATURE")]
     pub llm_temperature: Option<f32>,
     /// Maximum completion tokens per reply.
-    #[arg(long, env = "MESHCHAT_LLM_MAX_TOKENS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "MESHCHAT_LLM_MAX_TOKENS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=131_072))]
     pub llm_max_tokens: u32,
     /// Token budget for the context sent with each call (system prompt included).
     #[arg(long, env = "MESHCHAT_CONTEXT_TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
@@ -144,6 +144,11 @@ pub struct Config {
     /// Messages kept per conversation in memory and in snapshots.
     #[arg(long, env = "MESHCHAT_HISTORY_LIMIT", default_value_t = 200, value_parser = at_least_one)]
     pub history_limit: usize,
+    /// Largest snapshot record, in bytes; also what one conversation's history may take in
+    /// memory. Older history stays in the log. Must stay under the broker's and producer's
+    /// record limits (1 MB by default).
+    #[arg(long, env = "MESHCHAT_SNAPSHOT_MAX_BYTES", default_value_t = 768 * 1024, value_parser = clap::value_parser!(u32).range(16_384..=67_108_864))]
+    pub snapshot_max_bytes: u32,
     /// Seconds between snapshot + offset-commit rounds.
     #[arg(long, env = "MESHCHAT_SNAPSHOT_INTERVAL_SECS", default_value_t = 5.0, value_parser = positive_seconds)]
     pub snapshot_interval_secs: f64,

@@ -45,12 +45,14 @@ pub struct LlmSettings {
 
 /// Why the LLM gave no answer, after all attempts.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{message} (after {attempts} attempts)")]
+#[error("{detail} (after {attempts} attempts)")]
 pub struct LlmError {
     /// Class of failure.
     pub kind: ReplyErrorKind,
-    /// Cause in words.
+    /// Cause in a few words, shown to chat users: never an address or an upstream's own text.
     pub message: String,
+    /// The whole cause (error chains can name the LLM's internal URL): for logs only.
+    pub detail: String,
     /// Attempts made.
     pub attempts: u32,
 }
@@ -73,7 +75,10 @@ pub struct Llm {
 
 struct AttemptError {
     kind: ReplyErrorKind,
+    /// For chat users.
     message: String,
+    /// For logs.
+    detail: String,
     retryable: bool,
 }
 
@@ -102,7 +107,8 @@ impl Llm {
     ) -> Result<Completion, LlmError> {
         let request = self.request(context).map_err(|e| LlmError {
             kind: ReplyErrorKind::Rejected,
-            message: format!("invalid request: {e}"),
+            message: "The request to the model could not be built".into(),
+            detail: format!("invalid request: {e}"),
             attempts: 0,
         })?;
         let mut attempt = 0u32;
@@ -110,7 +116,7 @@ impl Llm {
             match self.attempt(request.clone(), attempt, &mut on_delta).await {
                 Ok(content) => return Ok(Completion { content, attempt }),
                 Err(e) if e.retryable && attempt < self.settings.retries => {
-                    tracing::warn!(attempt, error = %e.message, "LLM attempt failed; retrying");
+                    tracing::warn!(attempt, error = %e.detail, "LLM attempt failed; retrying");
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt += 1;
                 }
@@ -118,6 +124,7 @@ impl Llm {
                     return Err(LlmError {
                         kind: e.kind,
                         message: e.message,
+                        detail: e.detail,
                         attempts: attempt + 1,
                     });
                 }
@@ -264,9 +271,11 @@ fn append_deltas(batch: &mut String, chunk: CreateChatCompletionStreamResponse) 
 }
 
 fn timeout_error(limit: Duration) -> AttemptError {
+    let message = format!("The model did not answer within {:.1}s", limit.as_secs_f64());
     AttemptError {
         kind: ReplyErrorKind::Timeout,
-        message: format!("LLM did not answer within {:.1}s", limit.as_secs_f64()),
+        detail: message.clone(),
+        message,
         retryable: true,
     }
 }
@@ -276,13 +285,21 @@ fn classify(e: OpenAIError) -> AttemptError {
         OpenAIError::ApiError(resp) => {
             let status = resp.status_code.as_u16();
             let retryable = status == 429 || status >= 500 || status == 408;
+            let (kind, message) = if retryable {
+                (
+                    ReplyErrorKind::Upstream,
+                    format!("The model failed (HTTP {status})"),
+                )
+            } else {
+                (
+                    ReplyErrorKind::Rejected,
+                    format!("The model refused the request (HTTP {status})"),
+                )
+            };
             AttemptError {
-                kind: if retryable {
-                    ReplyErrorKind::Upstream
-                } else {
-                    ReplyErrorKind::Rejected
-                },
-                message: format!(
+                kind,
+                message,
+                detail: format!(
                     "LLM answered HTTP {status}: {}",
                     truncate(&resp.api_error.message, 200)
                 ),
@@ -291,17 +308,20 @@ fn classify(e: OpenAIError) -> AttemptError {
         }
         OpenAIError::Reqwest(e) if e.is_timeout() => AttemptError {
             kind: ReplyErrorKind::Timeout,
-            message: "LLM request timed out".into(),
+            message: "The model did not answer in time".into(),
+            detail: format!("LLM request timed out: {}", error_chain(&e)),
             retryable: true,
         },
         OpenAIError::Reqwest(e) => AttemptError {
             kind: ReplyErrorKind::Unavailable,
-            message: format!("LLM unreachable: {}", error_chain(&e)),
+            message: "The model could not be reached".into(),
+            detail: format!("LLM unreachable: {}", error_chain(&e)),
             retryable: true,
         },
         other => AttemptError {
             kind: ReplyErrorKind::Upstream,
-            message: format!("LLM stream failed: {}", truncate(&other.to_string(), 200)),
+            message: "The model's answer broke off".into(),
+            detail: format!("LLM stream failed: {}", truncate(&other.to_string(), 300)),
             retryable: true,
         },
     }

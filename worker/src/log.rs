@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::ownership::Partition;
-use crate::store::Conversation;
+use crate::store::{Conversation, Keep};
 
 /// How to reach Kafka and lay out the topics.
 #[derive(Clone, Debug)]
@@ -188,17 +188,10 @@ impl Log {
     pub fn read_conversation(
         &self,
         key: &str,
-        history_limit: usize,
+        keep: Keep,
         count: impl Fn(&str) -> u32,
     ) -> Result<Option<Conversation>, KafkaError> {
-        history::read_conversation(
-            &self.kafka,
-            &self.topics,
-            self.partitions,
-            key,
-            history_limit,
-            count,
-        )
+        history::read_conversation(&self.kafka, &self.topics, self.partitions, key, keep, count)
     }
 
     /// Kafka answered the last probe.

@@ -28,14 +28,14 @@ use crate::mesh::{Heartbeat, Mesh};
 use crate::metrics::Metrics;
 use crate::owner::{Answerer, Owner};
 use crate::ownership::{AssignmentSource, HeartbeatLease, Held, PartitionMachine};
-use crate::store::Store;
+use crate::store::{Keep, Store};
 use crate::tokenizer::Tokenizer;
 
 /// The parts of a running worker, as the HTTP API sees them.
 pub struct Node {
     http: HttpSettings,
     agent_name: String,
-    history_limit: usize,
+    keep: Keep,
     log: Arc<Log>,
     assignments: Arc<AssignmentSource>,
     held: Held,
@@ -188,7 +188,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         metrics.llm_queued.clone(),
         metrics.llm_in_flight.clone(),
     ));
-    let store = Arc::new(RwLock::new(Store::new(config.history_limit)));
+    let store = Arc::new(RwLock::new(Store::new(config.keep())));
     let answerer = Arc::new(Answerer::new(
         config.answer_settings(),
         Llm::new(config.llm_settings()),
@@ -249,7 +249,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
     let node = Node {
         http: config.http_settings(partitions),
         agent_name: config.agent_name.clone(),
-        history_limit: config.history_limit,
+        keep: config.keep(),
         log,
         assignments,
         held,

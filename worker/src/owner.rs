@@ -45,6 +45,8 @@ pub struct OwnerSettings {
     pub context_tokens: u32,
     /// Time between snapshot rounds.
     pub snapshot_interval: Duration,
+    /// Largest snapshot record, in bytes.
+    pub snapshot_max_bytes: usize,
     /// How the consumer fetches.
     pub fetch: TailFetch,
     /// Time in-flight answers get on shutdown.

@@ -2,10 +2,11 @@
 //! Pure and deterministic: the owner loop feeds it records; replays and restores use the
 //! same `apply`, which is idempotent by offset, and the first reply to a message wins.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use meshchat_wire::{
-    ChatRecord, ConversationSnapshot, SCHEMA_VERSION, SnapshotEntry, UserMessage, split_key,
+    ChatRecord, ConversationSnapshot, RecordError, SCHEMA_VERSION, SnapshotEntry, UserMessage, encode,
+    split_key,
 };
 
 use crate::context::{Role, Turn};
@@ -20,6 +21,59 @@ pub struct Entry {
     pub record: ChatRecord,
     /// Tokens of its content.
     pub tokens: u32,
+}
+
+/// How much history a conversation keeps: entries and their (estimated) encoded bytes. What
+/// is left out stays in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keep {
+    /// Most entries.
+    pub entries: usize,
+    /// Most bytes of entries, as estimated by [`entry_bytes`].
+    pub bytes: usize,
+}
+
+impl From<usize> for Keep {
+    /// A count alone.
+    fn from(entries: usize) -> Self {
+        Self {
+            entries,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// An entry's size in a snapshot record, estimated: its text and what surrounds it (ids,
+/// timestamps, field names). The record is measured exactly when it is written.
+pub fn entry_bytes(record: &ChatRecord) -> usize {
+    content_of(record).len() + 320
+}
+
+/// A snapshot ready to write.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The record.
+    pub record: ConversationSnapshot,
+    /// Its encoding, at most the size asked for.
+    pub bytes: Vec<u8>,
+}
+
+/// A snapshot could not be made small enough.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Encoding failed.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// Even without any history the record is larger than allowed (participants, say).
+    #[error("conversation {key}: a snapshot without history is still {bytes} bytes (limit {max})")]
+    TooLarge {
+        /// The conversation.
+        key: String,
+        /// Its smallest encoding.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// One conversation's state.
@@ -42,6 +96,16 @@ pub struct Conversation {
     pub dirty: bool,
     /// Whether any agent reply exists (the agent is then a participant).
     pub agent_replied: bool,
+    /// Estimated bytes of `entries` (see [`entry_bytes`]).
+    pub bytes: usize,
+    /// Offsets at or below `last_offset` still to be applied: unanswered messages a restored
+    /// snapshot left out (`ConversationSnapshot::unstored`).
+    pub reread: BTreeSet<i64>,
+    /// The oldest offset the last written snapshot left out: the partition's commit stays at
+    /// or below it until a later snapshot holds everything again.
+    pub holds_commit: Option<i64>,
+    /// `last_offset` of the last snapshot written or restored (-1 when none).
+    pub stored_through: i64,
 }
 
 /// What applying a record did.
@@ -80,24 +144,29 @@ impl Conversation {
             // would reserve four ~300-byte entries)
             entries: VecDeque::with_capacity(2),
             last_offset: -1,
+            stored_through: -1,
             ..Default::default()
         }
     }
 
-    /// Applies the record at `offset`, keeping at most `limit` entries (pending ones are kept).
+    /// Applies the record at `offset`, keeping what `keep` allows (pending entries are kept).
     /// `fence` is the partition's highest fence epoch before `offset`: older replies are void.
     pub fn apply(
         &mut self,
         offset: i64,
         record: ChatRecord,
         tokens: u32,
-        limit: usize,
+        keep: impl Into<Keep>,
         fence: Epoch,
     ) -> Applied {
-        if offset <= self.last_offset {
+        // a message a snapshot left out comes back from the log below the snapshot's offset
+        let reread = offset <= self.last_offset
+            && matches!(record, ChatRecord::UserMessage(_))
+            && self.reread.remove(&offset);
+        if offset <= self.last_offset && !reread {
             return Applied::Stale;
         }
-        self.last_offset = offset;
+        self.last_offset = self.last_offset.max(offset);
         if let ChatRecord::AgentReply(r) = &record {
             match verdict(fence, r.epoch, &r.in_reply_to, |id| {
                 self.pending_offset(id).is_none()
@@ -142,27 +211,40 @@ impl Conversation {
                 return Applied::Participant { new_participant };
             }
         };
-        self.entries.push_back(Entry {
+        self.push(Entry {
             offset,
             record,
             tokens,
         });
         self.dirty = true;
-        self.evict(limit);
+        self.evict(keep.into());
         applied
+    }
+
+    /// Adds an entry in offset order (a re-read message lands among newer ones).
+    fn push(&mut self, entry: Entry) {
+        self.bytes += entry_bytes(&entry.record);
+        if self.entries.back().is_none_or(|b| b.offset < entry.offset) {
+            self.entries.push_back(entry);
+        } else {
+            let at = self.entries.partition_point(|e| e.offset < entry.offset);
+            self.entries.insert(at, entry);
+        }
     }
 
     fn pending_offset(&self, id: &str) -> Option<i64> {
         self.pending.iter().find(|(_, m)| m.id == id).map(|(o, _)| *o)
     }
 
-    fn evict(&mut self, limit: usize) {
-        while self.entries.len() > limit {
+    fn evict(&mut self, keep: Keep) {
+        while self.entries.len() > keep.entries || self.bytes > keep.bytes {
             let Some(front) = self.entries.front() else { break };
             if self.pending.contains_key(&front.offset) {
                 break;
             }
-            self.entries.pop_front();
+            if let Some(gone) = self.entries.pop_front() {
+                self.bytes = self.bytes.saturating_sub(entry_bytes(&gone.record));
+            }
         }
     }
 
@@ -201,24 +283,98 @@ impl Conversation {
 
     /// The conversation as a snapshot record.
     pub fn to_snapshot(&self, epoch: u64) -> ConversationSnapshot {
+        self.snapshot_of(epoch, |_| true)
+    }
+
+    fn snapshot_of(&self, epoch: u64, mut include: impl FnMut(&Entry) -> bool) -> ConversationSnapshot {
         let (tenant, id) = split_key(&self.key);
+        let entries: Vec<SnapshotEntry> = self
+            .entries
+            .iter()
+            .filter(|e| include(e))
+            .map(|e| SnapshotEntry {
+                offset: e.offset,
+                record: e.record.clone(),
+            })
+            .collect();
+        let kept: BTreeSet<i64> = entries.iter().map(|e| e.offset).collect();
+        let mut unstored: Vec<i64> = self.reread.iter().copied().collect();
+        unstored.extend(self.pending.keys().filter(|o| !kept.contains(o)));
+        unstored.sort_unstable();
         ConversationSnapshot {
             v: SCHEMA_VERSION,
             conversation_id: id.to_string(),
             tenant: tenant.to_string(),
             participants: self.participants.clone(),
-            entries: self
-                .entries
+            entries,
+            pending: self
+                .pending
                 .iter()
-                .map(|e| SnapshotEntry {
-                    offset: e.offset,
-                    record: e.record.clone(),
-                })
+                .filter(|(o, _)| kept.contains(o))
+                .map(|(_, m)| m.id.clone())
                 .collect(),
-            pending: self.pending.values().map(|m| m.id.clone()).collect(),
             last_offset: self.last_offset,
+            unstored,
             epoch,
         }
+    }
+
+    /// The conversation as a snapshot record of at most `max_bytes`: every entry when they
+    /// fit; otherwise the unanswered messages (oldest first) and then the newest history that
+    /// fits. Unanswered messages left out are named by offset, to be read back from the log;
+    /// older history stays in the log only.
+    pub fn to_snapshot_within(&self, epoch: u64, max_bytes: usize) -> Result<Snapshot, SnapshotError> {
+        let record = self.to_snapshot(epoch);
+        let bytes = encode(&record)?;
+        if bytes.len() <= max_bytes {
+            return Ok(Snapshot { record, bytes });
+        }
+        let bare = encode(&self.snapshot_of(epoch, |_| false))?.len();
+        // each entry costs its encoding and a comma; an offset in `unstored` at most 21 bytes
+        let sizes: BTreeMap<i64, usize> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let entry = SnapshotEntry {
+                    offset: e.offset,
+                    record: e.record.clone(),
+                };
+                Ok((
+                    e.offset,
+                    serde_json::to_vec(&entry).map_err(RecordError::from)?.len() + 1,
+                ))
+            })
+            .collect::<Result<_, SnapshotError>>()?;
+        let mut room = max_bytes.saturating_sub(bare + 21 * self.pending.len());
+        let mut kept = BTreeSet::new();
+        let mut take = |offset: &i64| match sizes.get(offset) {
+            Some(&size) if size <= room => {
+                room -= size;
+                kept.insert(*offset);
+                true
+            }
+            _ => false,
+        };
+        // unanswered messages first, oldest first (a large one left out may leave room for a
+        // smaller one); then history, newest first and without gaps
+        for offset in self.pending.keys() {
+            take(offset);
+        }
+        for e in self.entries.iter().rev() {
+            if !self.pending.contains_key(&e.offset) && !take(&e.offset) {
+                break;
+            }
+        }
+        let record = self.snapshot_of(epoch, |e| kept.contains(&e.offset));
+        let bytes = encode(&record)?;
+        if bytes.len() > max_bytes {
+            return Err(SnapshotError::TooLarge {
+                key: self.key.clone(),
+                bytes: bare,
+                max: max_bytes,
+            });
+        }
+        Ok(Snapshot { record, bytes })
     }
 
     /// Restores a conversation from its snapshot; `count` gives token counts.
@@ -226,6 +382,9 @@ impl Conversation {
         let mut conv = Conversation::new(&s.key());
         conv.participants = s.participants;
         conv.last_offset = s.last_offset;
+        conv.stored_through = s.last_offset;
+        conv.holds_commit = s.unstored.first().copied();
+        conv.reread = s.unstored.into_iter().collect();
         for e in s.entries {
             let tokens = count(content_of(&e.record));
             match &e.record {
@@ -235,13 +394,18 @@ impl Conversation {
                 ChatRecord::AgentReply(r) if r.error.is_none() => conv.agent_replied = true,
                 _ => {}
             }
-            conv.entries.push_back(Entry {
+            conv.push(Entry {
                 offset: e.offset,
                 record: e.record,
                 tokens,
             });
         }
         conv
+    }
+
+    /// Where reading the log must begin to complete this conversation.
+    pub fn read_from(&self) -> i64 {
+        self.reread.first().copied().unwrap_or(self.last_offset + 1)
     }
 }
 
@@ -255,24 +419,28 @@ pub fn content_of(record: &ChatRecord) -> &str {
 }
 
 /// All conversations this worker holds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     conversations: HashMap<String, Conversation>,
     /// Highest fence epoch seen per partition.
     fences: Fences,
-    /// Entries kept per conversation.
-    pub history_limit: usize,
+    /// History kept per conversation.
+    pub keep: Keep,
 }
 
 // === impl Store ===
 
 impl Store {
-    /// An empty store keeping `history_limit` entries per conversation.
-    pub fn new(history_limit: usize) -> Self {
+    /// An empty store keeping `keep` history per conversation.
+    pub fn new(keep: impl Into<Keep>) -> Self {
+        let keep = keep.into();
         Self {
             conversations: HashMap::new(),
             fences: Fences::default(),
-            history_limit: history_limit.max(1),
+            keep: Keep {
+                entries: keep.entries.max(1),
+                bytes: keep.bytes,
+            },
         }
     }
 
@@ -283,7 +451,7 @@ impl Store {
             return Applied::Fence;
         }
         let fence = self.fences.get(partition);
-        let limit = self.history_limit;
+        let limit = self.keep;
         let key = record.key();
         self.conversations
             .entry(key)

@@ -6,7 +6,8 @@
 //! - `[fail:503]` every attempt answers that status;
 //! - `[fail-once:500]` the first attempt for this exact prompt fails, later ones succeed;
 //! - `[stall]` never answers; `[stall-mid]` streams two tokens, then stalls;
-//! - `[slow:200]` waits that many ms per token.
+//! - `[slow:200]` waits that many ms per token;
+//! - `[big:1200000]` answers with about that many bytes (in 1 KiB tokens).
 //!
 //! Or globally with `POST /control {"failNext": 3, "status": 500}` / `{"stallNext": 1}`;
 //! `GET /stats` counts requests.
@@ -185,7 +186,11 @@ fn plan(s: &AppState, body: &Value) -> Plan {
         last_user,
         messages.len()
     );
-    let tokens = text.split_inclusive(' ').map(str::to_string).collect();
+    let mut tokens: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    if let Some(bytes) = marker(&last_user, "big").and_then(|n| n.parse::<usize>().ok()) {
+        let piece = "lorem ipsum dolor sit amet ".repeat(38);
+        tokens.extend(std::iter::repeat_n(piece.clone(), bytes / piece.len() + 1));
+    }
     Plan::Answer {
         tokens,
         stall_mid: last_user.contains("[stall-mid]"),

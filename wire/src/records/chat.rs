@@ -205,7 +205,7 @@ pub struct ReplyError {
     pub attempts: u32,
 }
 
-/// Class of LLM failure.
+/// Why a message got an error reply instead of an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ReplyErrorKind {
@@ -217,6 +217,14 @@ pub enum ReplyErrorKind {
     Unavailable,
     /// The request itself was refused (4xx other than 429).
     Rejected,
+    /// The answer could not be stored (larger than a record may be, or refused by the broker
+    /// for good).
+    NotStored,
+    /// The tenant's LLM token quota was used up.
+    Quota,
+    /// A kind this version does not know (written by a newer worker): still an error reply.
+    #[serde(other)]
+    Other,
 }
 
 /// One piece of a reply streaming from the LLM, on `chat.stream`.
@@ -337,6 +345,10 @@ pub struct ConversationSnapshot {
     pub pending: Vec<String>,
     /// The last `chat.messages` offset reflected in this snapshot.
     pub last_offset: i64,
+    /// Offsets of unanswered user messages left out to keep the record within its size limit:
+    /// read back from the log (the owner's committed offset never passes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unstored: Vec<i64>,
     /// Epoch of the writer.
     pub epoch: u64,
 }

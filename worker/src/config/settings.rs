@@ -12,6 +12,7 @@ use crate::llm::LlmSettings;
 use crate::log::LogSettings;
 use crate::owner::{AnswerSettings, OwnerSettings};
 use crate::ownership::Timeouts;
+use crate::store::Keep;
 
 // === impl Config ===
 
@@ -38,8 +39,17 @@ impl Config {
             system_prompt: self.system_prompt.clone(),
             context_tokens: self.context_tokens,
             snapshot_interval: Duration::from_secs_f64(self.snapshot_interval_secs),
+            snapshot_max_bytes: self.snapshot_max_bytes as usize,
             fetch: self.fetch(),
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_secs),
+        }
+    }
+
+    /// History kept per conversation, in memory and in snapshots.
+    pub fn keep(&self) -> Keep {
+        Keep {
+            entries: self.history_limit,
+            bytes: self.snapshot_max_bytes as usize,
         }
     }
 

@@ -6,7 +6,7 @@ use meshchat_wire::{ChatRecord, ConversationSnapshot, FENCE_KEY, Topics, decode,
 use rdkafka::ClientConfig;
 
 use crate::ownership::Fences;
-use crate::store::{Conversation, content_of};
+use crate::store::{Conversation, Keep, content_of};
 
 /// One conversation (by its key) rebuilt from its latest snapshot and the log after it; `None`
 /// when the log has no record of it.
@@ -15,7 +15,7 @@ pub fn read_conversation(
     topics: &Topics,
     partitions: i32,
     key: &str,
-    history_limit: usize,
+    keep: Keep,
     count: impl Fn(&str) -> u32,
 ) -> Result<Option<Conversation>, KafkaError> {
     let p = partition_for(key, partitions);
@@ -31,7 +31,7 @@ pub fn read_conversation(
     })?;
     let mut conv = snapshot.map(|s| Conversation::from_snapshot(s, &count));
     // fences count from the start of the retained log, so scan it all; apply from `from`
-    let from = conv.as_ref().map_or(0, |c| c.last_offset + 1);
+    let from = conv.as_ref().map_or(0, Conversation::read_from);
     let mut fences = Fences::default();
     read_partition(cfg, &topics.messages, p, 0, |raw| {
         let Some(payload) = raw.payload else { return };
@@ -49,7 +49,7 @@ pub fn read_conversation(
                     raw.offset,
                     record,
                     tokens,
-                    history_limit,
+                    keep,
                     fences.get(p),
                 );
             }

@@ -111,7 +111,7 @@ impl ChatService for Node {
         let (log, tokenizer, limit, lookup) = (
             self.log.clone(),
             self.tokenizer.clone(),
-            self.history_limit,
+            self.keep,
             id.to_string(),
         );
         let conv = tokio::task::spawn_blocking(move || {

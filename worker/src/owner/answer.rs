@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshchat_wire::{AgentReply, ChatRecord, ReplyChunk, ReplyError, SCHEMA_VERSION, UserMessage, encode};
+use meshchat_wire::kafka::KafkaError;
+use meshchat_wire::{
+    AgentReply, ChatRecord, ReplyChunk, ReplyError, ReplyErrorKind, SCHEMA_VERSION, UserMessage, encode,
+};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -182,12 +185,38 @@ impl Answerer {
         // produce only while this worker may still write for the partition at the job's epoch
         // (not abandoned, not fenced), and holds its lease (it may have been declared dead
         // while paused)
-        if !self.held.may_write(job.partition, job.epoch)
-            || !self.lease.holds_now()
-            || !self.write_reply(&job, &reply).await
-        {
+        if !self.held.may_write(job.partition, job.epoch) || !self.lease.holds_now() {
             return false;
         }
+        let (reply, error) = match self.write_reply(&job, &reply).await {
+            Written::Yes => (reply, error),
+            Written::No => return false,
+            Written::Refused(e) => {
+                // the same bytes can never be written: an error reply instead, small enough to
+                // be, so the conversation's next message is answered
+                tracing::error!(message_id = %job.message.id, error = %e, "the reply could not be stored; writing an error reply instead");
+                let ChatRecord::AgentReply(mut failed) = reply else {
+                    return false;
+                };
+                failed.content = String::new();
+                failed.completion_tokens = 0;
+                failed.error = Some(ReplyError {
+                    kind: ReplyErrorKind::NotStored,
+                    message: not_stored_reason(&e).into(),
+                    attempts: attempt + 1,
+                });
+                let error = failed.error.clone();
+                let failed = ChatRecord::AgentReply(failed);
+                if !matches!(self.write_reply(&job, &failed).await, Written::Yes) {
+                    return false;
+                }
+                (failed, error)
+            }
+        };
+        let completion_tokens = match &reply {
+            ChatRecord::AgentReply(r) => r.completion_tokens,
+            _ => 0,
+        };
         self.load.tokens(job.partition, u64::from(completion_tokens));
         let outcome = if error.is_some() { "error" } else { "ok" };
         self.metrics
@@ -233,14 +262,12 @@ impl Answerer {
         }
     }
 
-    /// Writes the reply, retrying until the broker acknowledges it or the grace period ends.
-    async fn write_reply(&self, job: &Job, reply: &ChatRecord) -> bool {
+    /// Writes the reply, retrying until the broker acknowledges it or the grace period ends;
+    /// an error no retry can mend (the record is too large, say) is handed back.
+    async fn write_reply(&self, job: &Job, reply: &ChatRecord) -> Written {
         let bytes = match encode(reply) {
             Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "could not encode reply");
-                return false;
-            }
+            Err(e) => return Written::Refused(e.into()),
         };
         let key = job.message.key();
         let mut delay = Duration::from_millis(100);
@@ -251,18 +278,44 @@ impl Answerer {
                 .send(&self.log.topics().messages, job.partition, &key, &bytes);
             tokio::select! {
                 r = send => match r {
-                    Ok(_) => return true,
+                    Ok(_) => return Written::Yes,
+                    Err(e) if e.is_permanent() => return Written::Refused(e),
                     Err(e) => tracing::warn!(error = %e, "reply not acknowledged; retrying"),
                 },
-                () = self.abandon.cancelled() => return false,
-                () = job.cancel.cancelled() => return false,
+                () = self.abandon.cancelled() => return Written::No,
+                () = job.cancel.cancelled() => return Written::No,
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.abandon.cancelled() => return false,
-                () = job.cancel.cancelled() => return false,
+                () = self.abandon.cancelled() => return Written::No,
+                () = job.cancel.cancelled() => return Written::No,
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// What became of a reply.
+enum Written {
+    Yes,
+    /// Not written: the partition went away or the grace period ended.
+    No,
+    /// Can never be written as it is.
+    Refused(KafkaError),
+}
+
+/// The reason shown to chat users for a reply that could not be stored.
+fn not_stored_reason(e: &KafkaError) -> &'static str {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    match e {
+        KafkaError::Client(c)
+            if matches!(
+                c.rdkafka_error_code(),
+                Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge)
+            ) =>
+        {
+            "The answer was too large to store"
+        }
+        _ => "The answer could not be stored",
     }
 }

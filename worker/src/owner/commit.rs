@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshchat_wire::encode;
 use meshchat_wire::kafka::{KafkaError, commit_metadata};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -12,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::Owner;
 use crate::metrics::PartitionLabel;
 use crate::ownership::{Epoch, Partition};
+use crate::store::Snapshot;
 
 // === impl Owner ===
 
@@ -35,45 +35,82 @@ impl Owner {
             return Ok(());
         }
         let partitions = self.log.partitions();
-        let (snapshots, fences): (Vec<_>, BTreeMap<Partition, Epoch>) = {
+        let max_bytes = self.settings.snapshot_max_bytes;
+        let (snapshots, fences): (Vec<Snapshot>, BTreeMap<Partition, Epoch>) = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
             let fences = positions.keys().map(|p| (*p, store.fence(*p))).collect();
             let snapshots = store
                 .iter_mut()
+                .filter(|c| c.dirty)
                 .filter_map(|c| {
                     let (_, epoch) = positions.get(&meshchat_wire::partition_for(&c.key, partitions))?;
-                    c.dirty.then(|| {
-                        c.dirty = false;
-                        c.to_snapshot(*epoch)
-                    })
+                    c.dirty = false;
+                    match c.to_snapshot_within(*epoch, max_bytes) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            // no retry makes it smaller: hold the commit where the last
+                            // snapshot ends (the log replays the rest) until it changes
+                            tracing::error!(error = %e, "conversation cannot be snapshotted");
+                            c.holds_commit = Some(c.stored_through + 1);
+                            None
+                        }
+                    }
                 })
                 .collect();
             (snapshots, fences)
         };
         let topics = self.log.topics();
-        let sends = snapshots.iter().map(|s| async {
-            let bytes = encode(s)?;
-            let key = s.key();
+        let sends = snapshots.iter().map(|s| {
+            let key = s.record.key();
             let p = meshchat_wire::partition_for(&key, partitions);
-            self.log
-                .producer()
-                .send(&topics.conversations, p, &key, &bytes)
-                .await
+            async move {
+                self.log
+                    .producer()
+                    .send(&topics.conversations, p, &key, &s.bytes)
+                    .await
+            }
         });
         let results = futures::future::join_all(sends).await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        let holds = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-            for s in &snapshots {
-                if let Some(c) = store.get_mut(&s.key()) {
-                    c.dirty = true;
+            let mut transient = None;
+            for (s, result) in snapshots.iter().zip(results) {
+                let Some(c) = store.get_mut(&s.record.key()) else {
+                    continue;
+                };
+                match result {
+                    Ok(_) => {
+                        c.stored_through = s.record.last_offset;
+                        c.holds_commit = s.record.unstored.first().copied();
+                    }
+                    Err(e) if e.is_permanent() => {
+                        tracing::error!(conversation = %c.key, bytes = s.bytes.len(), error = %e, "the broker refuses this conversation's snapshot; holding its partition's commit where the last one ends");
+                        c.holds_commit = Some(c.stored_through + 1);
+                    }
+                    Err(e) => {
+                        c.dirty = true;
+                        transient.get_or_insert(e);
+                    }
                 }
             }
-            return Err(e);
-        }
+            if let Some(e) = transient {
+                return Err(e);
+            }
+            let mut holds: BTreeMap<Partition, i64> = BTreeMap::new();
+            for c in store.iter().filter(|c| c.holds_commit.is_some()) {
+                let p = meshchat_wire::partition_for(&c.key, partitions);
+                if let (Some(at), true) = (c.holds_commit, positions.contains_key(&p)) {
+                    let hold = holds.entry(p).or_insert(at);
+                    *hold = (*hold).min(at);
+                }
+            }
+            holds
+        };
         let mut tpl = TopicPartitionList::new();
         for (p, (o, _)) in positions {
+            let at = holds.get(p).map_or(*o, |h| (*h).min(*o));
             let mut e = tpl.add_partition(&topics.messages, *p);
-            e.set_offset(Offset::Offset(*o))?;
+            e.set_offset(Offset::Offset(at))?;
             e.set_metadata(commit_metadata(fences.get(p).copied().unwrap_or(0)));
         }
         if wait {

@@ -231,3 +231,128 @@ fn an_added_participant_joins_without_entering_the_history_and_survives_a_snapsh
     let back = Conversation::from_snapshot(c.to_snapshot(1), |_| 1);
     assert_eq!(back.participants, c.participants);
 }
+
+fn sized(record: ChatRecord, bytes: usize) -> ChatRecord {
+    match record {
+        ChatRecord::UserMessage(mut m) => {
+            m.content = "q".repeat(bytes);
+            ChatRecord::UserMessage(m)
+        }
+        ChatRecord::AgentReply(mut r) => {
+            r.content = "a".repeat(bytes);
+            ChatRecord::AgentReply(r)
+        }
+        other => other,
+    }
+}
+
+/// A log of messages of up to 6 KB, some answered.
+fn arb_sized_log() -> impl Strategy<Value = Vec<ChatRecord>> {
+    prop::collection::vec((0usize..6000, 0usize..6000, any::<bool>()), 1..40).prop_map(|msgs| {
+        let mut log = Vec::new();
+        for (i, (q, a, answered)) in msgs.into_iter().enumerate() {
+            let id = format!("m{i}");
+            log.push(sized(user(&id, &format!("u{}", i % 3)), q));
+            if answered {
+                log.push(sized(reply(&id), a));
+            }
+        }
+        log
+    })
+}
+
+proptest! {
+    /// A snapshot never exceeds its byte limit, and restoring it and replaying the log from
+    /// where the commit may be (never past an unanswered message it left out) loses no
+    /// unanswered message and no participant.
+    #[test]
+    fn bounded_snapshot_plus_replay_keeps_every_unanswered_message(
+        log in arb_sized_log(),
+        cut in any::<prop::sample::Index>(),
+        back in 0usize..3,
+        max in 4_000usize..40_000,
+    ) {
+        let keep = Keep { entries: 200, bytes: max };
+        let mut full = Conversation::new("c");
+        for (o, r) in log.iter().enumerate() {
+            full.apply(o as i64, r.clone(), 1, keep, 0);
+        }
+        let cut = cut.index(log.len() + 1);
+        let mut first = Conversation::new("c");
+        for (o, r) in log.iter().enumerate().take(cut) {
+            first.apply(o as i64, r.clone(), 1, keep, 0);
+        }
+        let snap = first.to_snapshot_within(1, max).expect("a bare snapshot fits");
+        prop_assert!(snap.bytes.len() <= max, "{} > {max}", snap.bytes.len());
+        let decoded: ConversationSnapshot = meshchat_wire::decode(&snap.bytes).expect("decodes");
+        prop_assert_eq!(&decoded, &snap.record);
+        // every unanswered message is in the snapshot or named as unstored
+        let named: BTreeSet<i64> = decoded.entries.iter().map(|e| e.offset).chain(decoded.unstored.iter().copied()).collect();
+        prop_assert!(first.pending.keys().all(|o| named.contains(o)));
+        let commit = decoded.unstored.first().map_or(cut as i64, |u| (*u).min(cut as i64));
+        let mut restored = Conversation::from_snapshot(decoded, |_| 1);
+        let from = (commit as usize).saturating_sub(back);
+        for (o, r) in log.iter().enumerate().skip(from) {
+            restored.apply(o as i64, r.clone(), 1, keep, 0);
+        }
+        prop_assert_eq!(&restored.pending, &full.pending);
+        prop_assert_eq!(&restored.participants, &full.participants);
+        prop_assert!(restored.reread.is_empty());
+        prop_assert!(restored.entries.iter().zip(restored.entries.iter().skip(1)).all(|(a, b)| a.offset < b.offset));
+    }
+}
+
+#[test]
+fn a_long_conversation_of_large_messages_snapshots_under_the_record_limit() {
+    // the reproduction: 48 messages of 30 KiB and their (echoing) replies
+    let keep = Keep {
+        entries: 200,
+        bytes: 768 * 1024,
+    };
+    let mut c = Conversation::new("c");
+    for i in 0..48 {
+        let id = format!("m{i}");
+        c.apply(2 * i, sized(user(&id, "u"), 30 * 1024), 1, keep, 0);
+        c.apply(2 * i + 1, sized(reply(&id), 30 * 1024), 1, keep, 0);
+    }
+    let snap = c.to_snapshot_within(1, 768 * 1024).expect("fits");
+    assert!(snap.bytes.len() <= 768 * 1024, "{}", snap.bytes.len());
+    assert!(snap.record.unstored.is_empty());
+    // the newest history, without gaps, up to the last reply
+    let offsets: Vec<i64> = snap.record.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets.last(), Some(&95));
+    assert!(offsets.len() >= 20, "{}", offsets.len());
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
+    // memory holds no more than a snapshot's worth either
+    assert!(c.bytes <= 768 * 1024, "{}", c.bytes);
+}
+
+#[test]
+fn unanswered_messages_that_do_not_fit_are_named_and_hold_the_commit() {
+    let mut c = Conversation::new("c");
+    for i in 0..10 {
+        c.apply(i, sized(user(&format!("m{i}"), "u"), 3000), 1, 200, 0);
+    }
+    let snap = c.to_snapshot_within(1, 10_000).expect("fits");
+    assert!(snap.bytes.len() <= 10_000);
+    assert_eq!(snap.record.entries.len() + snap.record.unstored.len(), 10);
+    assert_eq!(snap.record.pending.len(), snap.record.entries.len());
+    // the oldest are kept; the newest come back from the log
+    assert_eq!(snap.record.entries[0].offset, 0);
+    let first_left_out = snap.record.unstored[0];
+    let mut back = Conversation::from_snapshot(snap.record, |_| 1);
+    assert_eq!(back.holds_commit, Some(first_left_out));
+    assert_eq!(back.read_from(), first_left_out);
+    for i in first_left_out..10 {
+        assert!(matches!(
+            back.apply(i, sized(user(&format!("m{i}"), "u"), 3000), 1, 200, 0),
+            Applied::UserMessage { .. }
+        ));
+    }
+    assert_eq!(back.pending.len(), 10);
+    assert_eq!(
+        back.apply(3, user("m3", "u"), 1, 200, 0),
+        Applied::Stale,
+        "applied once"
+    );
+}
