@@ -185,3 +185,86 @@ pub async fn committed(
     })
     .await?
 }
+
+/// A broker of one test's own, which it may pause (SIGSTOP) without disturbing the others;
+/// stopped and removed when dropped.
+pub struct PrivateBroker {
+    /// Its bootstrap address.
+    pub bootstrap: String,
+    port: u16,
+    dir: std::path::PathBuf,
+    pid: u32,
+}
+
+impl PrivateBroker {
+    /// Starts one on free ports (`scripts/kafka.sh start`; ~10 s).
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = crate::free_ports(2)?;
+        let dir = std::env::temp_dir().join(format!("meshchat-kafka-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let script = ["../scripts/kafka.sh", "scripts/kafka.sh"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .context("scripts/kafka.sh not found")?;
+        let (d, p) = (dir.clone(), port.to_string());
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("bash")
+                .arg(script)
+                .args(["start", &p])
+                .arg(&d)
+                .output()
+        })
+        .await??;
+        if !out.status.success() {
+            bail!(
+                "could not start a private Kafka: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let pid = std::fs::read_to_string(dir.join("kafka.pid"))?.trim().parse()?;
+        Ok(Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+            pid,
+        })
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid.to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill {sig} {} failed", self.pid);
+        }
+        Ok(())
+    }
+
+    /// Freezes the broker: connections stay open, nothing is answered.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets it run again.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.resume();
+        let script = ["../scripts/kafka.sh", "scripts/kafka.sh"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        if let Some(script) = script {
+            let _ = Command::new("bash")
+                .arg(script)
+                .args(["stop", &self.port.to_string()])
+                .arg(&self.dir)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -10,7 +10,7 @@ mod live;
 mod mesh;
 mod procs;
 
-pub use kafka::{TopicRecord, broker, committed, end_offsets, produce, read_topic};
+pub use kafka::{PrivateBroker, TopicRecord, broker, committed, end_offsets, produce, read_topic};
 pub use live::{
     LiveClient, connect_sse, connect_sse_as, connect_ws, connect_ws_as, connect_ws_query, ws_request,
 };

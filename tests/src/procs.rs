@@ -170,6 +170,18 @@ pub fn static_peers(specs: &[WorkerSpec], parts: &[&str]) -> String {
         .join(";")
 }
 
+/// Limits high enough that no scenario meets them.
+pub const UNLIMITED: [(&str, &str); 8] = [
+    ("MESHCHAT_USER_MESSAGES_PER_MINUTE", "10000000"),
+    ("MESHCHAT_USER_MESSAGE_BURST", "1000000"),
+    ("MESHCHAT_TENANT_MESSAGES_PER_MINUTE", "10000000"),
+    ("MESHCHAT_TENANT_MESSAGE_BURST", "1000000"),
+    ("MESHCHAT_USER_READS_PER_MINUTE", "100000000"),
+    ("MESHCHAT_USER_STREAMS", "1000000"),
+    ("MESHCHAT_TENANT_STREAMS", "1000000"),
+    ("MESHCHAT_TENANT_LLM_TOKENS_PER_MINUTE", "0"),
+];
+
 /// The mesh secret test workers share.
 pub const MESH_SECRET: &str = "test-mesh-secret-0f3c9a";
 
@@ -229,6 +241,9 @@ impl Worker {
             .env("MESHCHAT_LLM_API_KEY", "test-key")
             .env("MESHCHAT_SNAPSHOT_INTERVAL_SECS", "1")
             .env("MESHCHAT_LOG", "info,rdkafka=warn")
+            // scenarios drive load as a handful of users; the limits have their own tests
+            // (limits.rs), which set them back
+            .envs(UNLIMITED)
             .envs(s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(out.try_clone()?)
             .stderr(out)

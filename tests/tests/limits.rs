@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use meshchat_tests::*;
+use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 6;
@@ -129,4 +130,358 @@ async fn large_conversations_and_replies_never_stop_answering_or_committing() ->
         (sent.len(), sent.len(), 0, 0, 1)
     );
     Ok(())
+}
+
+/// A send with an `Idempotency-Key`, as a client retrying it would.
+async fn send_keyed(
+    base: &str,
+    key: &str,
+    conversation: &str,
+    content: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let resp = http()
+        .post(format!("{base}/api/chat/send"))
+        .bearer_auth(auth::admin("ann"))
+        .header("Idempotency-Key", key)
+        .json(&json!({"conversationId": conversation, "content": content}))
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+}
+
+/// How often the fake LLM was asked about `[tag:<tag>]`.
+async fn llm_calls(llm: &FakeLlm, tag: &str) -> anyhow::Result<u64> {
+    Ok(llm.stats().await?["byTag"][tag].as_u64().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    // a broker of this test's own: it is frozen below
+    let broker = PrivateBroker::start().await?;
+    let prefix = unique_prefix("idem");
+    let llm = FakeLlm::start(&[]).await?;
+    let spec =
+        WorkerSpec::new("owner", &prefix, &broker.bootstrap, &llm.url)?.env("MESHCHAT_PARTITIONS", "4");
+    let peers = format!("owner={}|all", spec.internal_url());
+    let mut owner = Worker::start(spec).await?;
+    let front = Worker::start(
+        WorkerSpec::new("front", &prefix, &broker.bootstrap, &llm.url)?
+            .env("MESHCHAT_PARTITIONS", "4")
+            .env("MESHCHAT_OWNED_PARTITIONS", "none")
+            .env("MESHCHAT_PEERS", peers),
+    )
+    .await?;
+    let conv = "orders";
+
+    // the same key through both workers, and again after the owner crashed and came back
+    let (status, first) = send_keyed(&owner.url, "order-1", conv, "[tag:once] place my order").await?;
+    assert_eq!(status, 200, "{first}");
+    let id = first["messageId"].as_str().unwrap_or_default().to_string();
+    wait_reply(&owner.url, conv, &id, T).await?;
+    let (status, again) = send_keyed(&front.url, "order-1", conv, "[tag:once] place my order").await?;
+    assert_eq!((status, &again["messageId"]), (200, &first["messageId"]));
+    owner.kill().await?;
+    owner.restart().await?;
+    for url in [&front.url, &owner.url] {
+        let (status, again) = send_keyed(url, "order-1", conv, "[tag:once] place my order").await?;
+        assert_eq!((status, &again["messageId"]), (200, &first["messageId"]));
+    }
+
+    // a send stuck on a frozen broker: 503 (after the send's timeout, or at once once the
+    // worker noticed), its record still queued; the client retries with the same key later
+    broker.pause()?;
+    let (status, stuck) = send_keyed(&front.url, "order-2", conv, "[tag:twice] and a second one").await?;
+    assert_eq!(status, 503, "{stuck}");
+    // known unreachable now: a send is refused at once, nothing queued
+    let refused_at = std::time::Instant::now();
+    let (status, body) = send_keyed(&front.url, "order-3", conv, "[tag:never] not now").await?;
+    let waited = refused_at.elapsed();
+    assert_eq!(status, 503, "{body}");
+    println!("a send while Kafka is known unreachable answered 503 in {waited:?}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "refused without waiting for the send's 15 s timeout: {waited:?}"
+    );
+    broker.resume()?;
+    let (status, retried) = wait_for("the retry to be accepted", T, || async {
+        let r = send_keyed(&front.url, "order-2", conv, "[tag:twice] and a second one")
+            .await
+            .ok()?;
+        (r.0 == 200).then_some(r)
+    })
+    .await?;
+    assert_eq!(status, 200);
+    let id2 = retried["messageId"].as_str().unwrap_or_default().to_string();
+    wait_reply(&owner.url, conv, &id2, T).await?;
+
+    // settle: the stuck send's record, if the producer still delivers it, lands by now
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, view) = conversation(&owner.url, conv).await?;
+    let messages = view["messages"].as_array().cloned().unwrap_or_default();
+    let users: Vec<&Value> = messages.iter().filter(|m| m["inReplyTo"].is_null()).collect();
+    let replies = messages.iter().filter(|m| !m["inReplyTo"].is_null()).count();
+    println!(
+        "user messages shown={} replies={replies} llm calls: once={} twice={} never={}",
+        users.len(),
+        llm_calls(&llm, "once").await?,
+        llm_calls(&llm, "twice").await?,
+        llm_calls(&llm, "never").await?
+    );
+    assert_eq!(users.len(), 2, "one message per key: {view}");
+    assert_eq!(replies, 2, "{view}");
+    assert_eq!(llm_calls(&llm, "once").await?, 1);
+    assert_eq!(llm_calls(&llm, "twice").await?, 1);
+    assert_eq!(llm_calls(&llm, "never").await?, 0);
+    let log = read_topic(&broker.bootstrap, &format!("{prefix}chat.messages")).await?;
+    let tally = Tally::of(&log);
+    let (replied, lost, duplicated) = tally.outcome(&[id.clone(), id2.clone()]);
+    assert_eq!((replied, lost, duplicated), (2, 0, 0));
+    let never = log
+        .iter()
+        .filter(|r| {
+            r.value["content"]
+                .as_str()
+                .is_some_and(|c| c.contains("[tag:never]"))
+        })
+        .count();
+    assert_eq!(never, 0, "a send refused at once queues nothing");
+    drop(front);
+    drop(owner);
+    Ok(())
+}
+
+/// `POST /api/chat/send` with `token`: status, body and the `Retry-After` header.
+async fn send_raw(
+    base: &str,
+    token: &str,
+    conversation: &str,
+    content: &str,
+) -> anyhow::Result<(u16, Value, Option<u64>)> {
+    let resp = http()
+        .post(format!("{base}/api/chat/send"))
+        .bearer_auth(token)
+        .json(&json!({"conversationId": conversation, "content": content}))
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok((status, resp.json().await.unwrap_or(Value::Null), retry))
+}
+
+/// The worker's `meshchat_live_streams` gauge.
+async fn live_streams(w: &Worker) -> Option<i64> {
+    let text = http()
+        .get(format!("{}/metrics", w.internal_url))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("meshchat_live_streams "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn floods_oversized_frames_and_silent_sockets_are_refused_and_the_worker_keeps_serving()
+-> anyhow::Result<()> {
+    let _serial = serial().await;
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("flood");
+    let llm = FakeLlm::start(&[]).await?;
+    // the documented defaults for messages; a small token quota and short waits so the test
+    // sees them bite
+    let w = Worker::start(
+        WorkerSpec::new("w", &prefix, &bootstrap, &llm.url)?
+            .env("MESHCHAT_PARTITIONS", "4")
+            .env("MESHCHAT_USER_MESSAGES_PER_MINUTE", "120")
+            .env("MESHCHAT_USER_MESSAGE_BURST", "100")
+            .env("MESHCHAT_TENANT_MESSAGES_PER_MINUTE", "1200")
+            .env("MESHCHAT_TENANT_MESSAGE_BURST", "1000")
+            .env("MESHCHAT_USER_STREAMS", "3")
+            .env("MESHCHAT_TENANT_LLM_TOKENS_PER_MINUTE", "3000")
+            .env("MESHCHAT_QUOTA_WAIT_SECS", "1")
+            .env("MESHCHAT_WS_PING_SECS", "1"),
+    )
+    .await?;
+
+    // acme's user floods: 150 messages at once over 10 conversations; globex chats meanwhile
+    let flooder = auth::jwt("acme", "mallory", "user");
+    let calm = auth::jwt("globex", "gina", "user");
+    let flood = futures::future::join_all((0..150).map(|i| {
+        let (url, token) = (w.url.clone(), flooder.clone());
+        async move { send_raw(&url, &token, &format!("f-{}", i % 10), &format!("flood {i}")).await }
+    }));
+    let steady = async {
+        let mut out = Vec::new();
+        for i in 0..10 {
+            out.push(send_raw(&w.url, &calm, &format!("g-{i}"), "a calm question").await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        out
+    };
+    let (flood, steady) = tokio::join!(flood, steady);
+    let mut accepted = Vec::new();
+    let mut limited = 0;
+    for (i, r) in flood.into_iter().enumerate() {
+        let (status, body, retry) = r?;
+        match status {
+            200 => accepted.push((
+                format!("f-{}", i % 10),
+                body["messageId"].as_str().unwrap_or_default().to_string(),
+            )),
+            429 => {
+                limited += 1;
+                assert_eq!(body["error"], "rate_limited", "{body}");
+                assert!(retry.is_some_and(|s| s >= 1), "429 carries Retry-After: {body}");
+            }
+            other => panic!("flood answered {other}: {body}"),
+        }
+    }
+    println!("flood: accepted={} limited={limited}", accepted.len());
+    assert_eq!(accepted.len() + limited, 150);
+    assert!(
+        (100..=102).contains(&accepted.len()),
+        "the burst, then the rate: {}",
+        accepted.len()
+    );
+    let mut calm_ids = Vec::new();
+    for (i, r) in steady.into_iter().enumerate() {
+        let (status, body, _) = r?;
+        assert_eq!(status, 200, "the other tenant is not limited: {body}");
+        calm_ids.push((
+            format!("g-{i}"),
+            body["messageId"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+
+    // every accepted message is answered once: some of acme's with an error reply saying its
+    // token quota is used up, none of globex's
+    let as_admin = |tenant: &str| auth::jwt(tenant, "boss", "admin");
+    let mut quota_errors = 0;
+    for (tenant, ids) in [("acme", &accepted), ("globex", &calm_ids)] {
+        let token = as_admin(tenant);
+        for (conv, id) in ids.iter() {
+            let reply = wait_for(&format!("reply to {id}"), Duration::from_secs(120), || async {
+                let (status, view) = conversation_as(&w.url, &token, conv).await.ok()?;
+                (status == 200).then_some(())?;
+                reply_to(&view, id).cloned()
+            })
+            .await?;
+            match (tenant, reply["error"]["kind"].as_str()) {
+                (_, None) => {}
+                ("acme", Some("quota")) => {
+                    quota_errors += 1;
+                    assert!(
+                        reply["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("token quota")),
+                        "{reply}"
+                    );
+                }
+                _ => panic!("unexpected error reply: {reply}"),
+            }
+        }
+    }
+    println!("acme replies that were quota errors: {quota_errors}");
+    assert!(quota_errors > 0, "the token quota bit");
+
+    // a user's live streams are capped
+    let reader = auth::jwt("acme", "rita", "user");
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        streams.push(connect_ws_as(&w.url, &format!("conversationId=r-{i}"), Some(&reader)).await?);
+    }
+    let over = connect_ws_as(&w.url, "conversationId=r-3", Some(&reader)).await;
+    assert!(over.is_err(), "a fourth stream of one user is refused");
+    let resp = http()
+        .get(format!("{}/api/chat/conversation/r-4/events", w.url))
+        .bearer_auth(&reader)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 429, "SSE counts too");
+    drop(streams);
+
+    // a 2 MiB WebSocket message closes that socket; the worker goes on serving
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let request = ws_request(&w.url, "conversationId=big", Some(&auth::admin("ann")))?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    // the worker may close (or reset) the socket while the message is still being written
+    let sent = socket
+        .send(Message::Binary(vec![7u8; 2 * 1024 * 1024].into()))
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        if sent.is_err() {
+            return;
+        }
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the oversized message closed the socket");
+    let ws = connect_ws(&w.url, "after-big").await?;
+    let id = send(&w.url, "after-big", "ann", "still serving?").await?;
+    wait_reply(&w.url, "after-big", &id, T).await?;
+    ws.wait("the reply on a new socket", T, |e| e["type"] == "reply")
+        .await?;
+    drop(ws);
+
+    // a client that completed the handshake and then went silent (a half-open socket) is
+    // closed after two unanswered pings
+    wait_for("no stream left open", T, || async {
+        (live_streams(&w).await? == 0).then_some(())
+    })
+    .await?;
+    let silent = silent_websocket(&w.url, "quiet").await?;
+    wait_for("the silent socket counted", T, || async {
+        (live_streams(&w).await? == 1).then_some(())
+    })
+    .await?;
+    let closed_at = std::time::Instant::now();
+    wait_for("the silent socket closed", T, || async {
+        (live_streams(&w).await? == 0).then_some(())
+    })
+    .await?;
+    println!(
+        "a silent WebSocket was closed {:?} after it was counted (pings every 1 s)",
+        closed_at.elapsed()
+    );
+    drop(silent);
+    Ok(())
+}
+
+/// A WebSocket handshake done by hand; the socket is then never read, so the worker's pings go
+/// unanswered.
+async fn silent_websocket(base: &str, conversation: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET /api/chat/ws?conversationId={conversation} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+        auth::admin("quiet")
+    );
+    tcp.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).await? == 0 {
+            anyhow::bail!("closed during the handshake");
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "handshake refused: {head}");
+    Ok(tcp)
 }

@@ -5,8 +5,9 @@ mod chat;
 mod mesh;
 
 pub use chat::{
-    AgentReply, ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, ParticipantAdded, PresenceEvent,
-    PresenceKind, ReplyChunk, ReplyError, ReplyErrorKind, SnapshotEntry, UserMessage,
+    AgentReply, ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, KEYED_ID_PREFIX, KeyedId,
+    ParticipantAdded, PresenceEvent, PresenceKind, ReplyChunk, ReplyError, ReplyErrorKind, SnapshotEntry,
+    UserMessage,
 };
 pub use mesh::{
     AssignReason, AssignmentTable, DEFAULT_HEARTBEAT_TIMEOUT_MS, HandoffEvent, HandoffStep, LoadReport,

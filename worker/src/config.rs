@@ -206,6 +206,49 @@ pub struct Config {
     /// Migrate requests a tenant may send per minute (bursts up to a third of it).
     #[arg(long, env = "MESHCHAT_MIGRATE_PER_MINUTE", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=6000))]
     pub migrate_per_minute: u32,
+
+    /// Messages one user may send per minute (on this worker).
+    #[arg(long, env = "MESHCHAT_USER_MESSAGES_PER_MINUTE", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub user_messages_per_minute: u32,
+    /// Messages one user may send at once before the per-minute rate applies.
+    #[arg(long, env = "MESHCHAT_USER_MESSAGE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub user_message_burst: u32,
+    /// Messages one tenant's users together may send per minute (on this worker).
+    #[arg(long, env = "MESHCHAT_TENANT_MESSAGES_PER_MINUTE", default_value_t = 1200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tenant_messages_per_minute: u32,
+    /// Messages one tenant may send at once before its per-minute rate applies.
+    #[arg(long, env = "MESHCHAT_TENANT_MESSAGE_BURST", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tenant_message_burst: u32,
+    /// Reads (conversation views, live streams opened) one user may make per minute.
+    #[arg(long, env = "MESHCHAT_USER_READS_PER_MINUTE", default_value_t = 1200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub user_reads_per_minute: u32,
+    /// Live streams (WebSocket, SSE) one user may hold open at once on this worker.
+    #[arg(long, env = "MESHCHAT_USER_STREAMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub user_streams: u32,
+    /// Live streams one tenant may hold open at once on this worker.
+    #[arg(long, env = "MESHCHAT_TENANT_STREAMS", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tenant_streams: u32,
+    /// Live streams this worker serves at once.
+    #[arg(long, env = "MESHCHAT_WORKER_STREAMS", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub worker_streams: u32,
+    /// LLM tokens (prompt and completion) one tenant's answers may use per minute on this
+    /// worker (0: no quota).
+    #[arg(
+        long,
+        env = "MESHCHAT_TENANT_LLM_TOKENS_PER_MINUTE",
+        default_value_t = 1_000_000
+    )]
+    pub tenant_llm_tokens_per_minute: u64,
+    /// Seconds an answer waits for its tenant's token quota before it becomes an error reply.
+    #[arg(long, env = "MESHCHAT_QUOTA_WAIT_SECS", default_value_t = 10.0, value_parser = seconds)]
+    pub quota_wait_secs: f64,
+    /// Largest WebSocket message a client may send; a larger one closes its socket.
+    #[arg(long, env = "MESHCHAT_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = at_least_one)]
+    pub ws_max_message_bytes: usize,
+    /// Seconds between the worker's pings on a WebSocket; a client that answers none of two
+    /// is gone and its socket is closed.
+    #[arg(long, env = "MESHCHAT_WS_PING_SECS", default_value_t = 20.0, value_parser = positive_seconds)]
+    pub ws_ping_secs: f64,
 }
 
 /// `--auth`.

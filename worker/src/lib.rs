@@ -12,6 +12,7 @@ mod config;
 mod context;
 mod drain;
 mod http;
+mod limits;
 mod live;
 mod llm;
 mod load;

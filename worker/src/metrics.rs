@@ -51,6 +51,8 @@ pub struct Metrics {
     pub llm_failures: Counter,
     /// Records behind the high watermark per owned partition.
     pub consumer_lag: Family<PartitionLabel, Gauge>,
+    /// Live streams (WebSocket, SSE) open.
+    pub live_streams: Gauge,
 }
 
 // === impl Metrics ===
@@ -69,6 +71,7 @@ impl Metrics {
             llm_queued: Gauge::default(),
             llm_failures: Counter::default(),
             consumer_lag: Family::default(),
+            live_streams: Gauge::default(),
         };
         let mut r = Registry::with_prefix("meshchat");
         r.register(
@@ -100,6 +103,11 @@ impl Metrics {
             m.llm_queued.clone(),
         );
         r.register("llm_failures", "Failed LLM attempts", m.llm_failures.clone());
+        r.register(
+            "live_streams",
+            "Live streams (WebSocket, SSE) open",
+            m.live_streams.clone(),
+        );
         r.register(
             "consumer_lag",
             "Records behind the high watermark, per owned partition",

@@ -20,6 +20,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::http::HttpSettings;
+use crate::limits::Limits;
 use crate::live::{Fanout, Hub};
 use crate::llm::Llm;
 use crate::load::Load;
@@ -56,6 +57,8 @@ pub struct Node {
     members: quick_cache::sync::Cache<(String, String), ()>,
     /// Migrate requests per tenant.
     migrations: MigrateLimiter,
+    /// What callers and tenants may take.
+    limits: Arc<Limits>,
     /// Fired on shutdown: closes live streams.
     closing: CancellationToken,
 }
@@ -189,6 +192,20 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         metrics.llm_in_flight.clone(),
     ));
     let store = Arc::new(RwLock::new(Store::new(config.keep())));
+    let limits = Arc::new(Limits::new(config.limit_settings()));
+    {
+        // the limiters remember callers; forget the idle ones
+        let (limits, closing) = (limits.clone(), closing.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => limits.forget_idle(),
+                    () = closing.cancelled() => return,
+                }
+            }
+        });
+    }
     let answerer = Arc::new(Answerer::new(
         config.answer_settings(),
         Llm::new(config.llm_settings()),
@@ -199,6 +216,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         tokenizer.clone(),
         held.clone(),
         lease.clone(),
+        limits.clone(),
     ));
     let owner = Owner::new(
         config.owner_settings(),
@@ -269,6 +287,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         auth,
         members: quick_cache::sync::Cache::new(MEMBER_CACHE),
         migrations: migrate_limiter(config.migrate_per_minute),
+        limits,
         closing,
     };
     let tasks = Tasks {

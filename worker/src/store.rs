@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use meshchat_wire::{
-    ChatRecord, ConversationSnapshot, RecordError, SCHEMA_VERSION, SnapshotEntry, UserMessage, encode,
-    split_key,
+    ChatRecord, ConversationSnapshot, KEYED_ID_PREFIX, KeyedId, RecordError, SCHEMA_VERSION, SnapshotEntry,
+    UserMessage, encode, split_key,
 };
 
 use crate::context::{Role, Turn};
@@ -106,7 +106,13 @@ pub struct Conversation {
     pub holds_commit: Option<i64>,
     /// `last_offset` of the last snapshot written or restored (-1 when none).
     pub stored_through: i64,
+    /// Ids of messages sent with an idempotency key, oldest first, with their acceptance
+    /// time: a record with one of them again is a retry (see [`KEYED_MEMORY`]).
+    pub keyed: VecDeque<KeyedId>,
 }
+
+/// How long, and for how many messages at most, a conversation remembers idempotency keys.
+pub const KEYED_MEMORY: (i64, usize) = (24 * 3600, 4096);
 
 /// What applying a record did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +130,9 @@ pub enum Applied {
     DuplicateReply,
     /// A reply of an epoch older than the partition's last fence (a zombie's), dropped.
     Fenced,
+    /// A user message whose id is already in the conversation (a retried send with the same
+    /// idempotency key), dropped.
+    DuplicateMessage,
     /// A new owner's fence: replies of older epochs after it are void.
     Fence,
     /// A user was added to the conversation.
@@ -175,6 +184,12 @@ impl Conversation {
                 Verdict::Duplicate => return Applied::DuplicateReply,
                 Verdict::Counts => {}
             }
+        }
+        if let ChatRecord::UserMessage(m) = &record
+            && m.id.starts_with(KEYED_ID_PREFIX)
+            && !self.remember_keyed(m)
+        {
+            return Applied::DuplicateMessage;
         }
         let applied = match &record {
             ChatRecord::UserMessage(m) => {
@@ -230,6 +245,25 @@ impl Conversation {
             let at = self.entries.partition_point(|e| e.offset < entry.offset);
             self.entries.insert(at, entry);
         }
+    }
+
+    /// Remembers a keyed message's id; `false` when it was already there. Pure: time is the
+    /// messages' own acceptance time, so replays decide alike.
+    fn remember_keyed(&mut self, m: &UserMessage) -> bool {
+        if self.keyed.iter().any(|k| k.id == m.id) {
+            return false;
+        }
+        let at = m.accepted_at.unwrap_or(m.timestamp).unix_timestamp();
+        let (keep_secs, keep_most) = KEYED_MEMORY;
+        while self
+            .keyed
+            .front()
+            .is_some_and(|k| k.at < at - keep_secs || self.keyed.len() >= keep_most)
+        {
+            self.keyed.pop_front();
+        }
+        self.keyed.push_back(KeyedId { id: m.id.clone(), at });
+        true
     }
 
     fn pending_offset(&self, id: &str) -> Option<i64> {
@@ -314,6 +348,7 @@ impl Conversation {
                 .map(|(_, m)| m.id.clone())
                 .collect(),
             last_offset: self.last_offset,
+            keyed: self.keyed.iter().cloned().collect(),
             unstored,
             epoch,
         }
@@ -383,6 +418,7 @@ impl Conversation {
         conv.participants = s.participants;
         conv.last_offset = s.last_offset;
         conv.stored_through = s.last_offset;
+        conv.keyed = s.keyed.into_iter().collect();
         conv.holds_commit = s.unstored.first().copied();
         conv.reread = s.unstored.into_iter().collect();
         for e in s.entries {

@@ -345,6 +345,10 @@ pub struct ConversationSnapshot {
     pub pending: Vec<String>,
     /// The last `chat.messages` offset reflected in this snapshot.
     pub last_offset: i64,
+    /// Ids of messages sent with an idempotency key, and when they were accepted (Unix
+    /// seconds): a later record with one of these ids is a client's retry, not a new message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyed: Vec<KeyedId>,
     /// Offsets of unanswered user messages left out to keep the record within its size limit:
     /// read back from the log (the owner's committed offset never passes them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -352,6 +356,19 @@ pub struct ConversationSnapshot {
     /// Epoch of the writer.
     pub epoch: u64,
 }
+
+/// A message id derived from an idempotency key, as a snapshot keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedId {
+    /// The message id.
+    pub id: String,
+    /// When it was accepted, in Unix seconds.
+    pub at: i64,
+}
+
+/// How ids of messages sent with an idempotency key begin (the rest is derived from the tenant
+/// and the key, so every worker gives a retry the same id).
+pub const KEYED_ID_PREFIX: &str = "msg-k-";
 
 impl ConversationSnapshot {
     /// Its Kafka key: the conversation within its tenant.

@@ -8,6 +8,7 @@ use meshchat_wire::kafka::TailFetch;
 use super::{AuthMode, Config};
 use crate::auth::{AuthSettings, ClaimNames, JwtSettings};
 use crate::http::HttpSettings;
+use crate::limits::LimitSettings;
 use crate::llm::LlmSettings;
 use crate::log::LogSettings;
 use crate::owner::{AnswerSettings, OwnerSettings};
@@ -42,6 +43,24 @@ impl Config {
             snapshot_max_bytes: self.snapshot_max_bytes as usize,
             fetch: self.fetch(),
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_secs),
+        }
+    }
+
+    /// What callers and tenants may take from this worker.
+    pub fn limit_settings(&self) -> LimitSettings {
+        LimitSettings {
+            user_messages_per_minute: self.user_messages_per_minute,
+            user_message_burst: self.user_message_burst,
+            tenant_messages_per_minute: self.tenant_messages_per_minute,
+            tenant_message_burst: self.tenant_message_burst,
+            user_reads_per_minute: self.user_reads_per_minute,
+            user_streams: self.user_streams,
+            tenant_streams: self.tenant_streams,
+            worker_streams: self.worker_streams,
+            tenant_llm_tokens_per_minute: self.tenant_llm_tokens_per_minute,
+            quota_wait: Duration::from_secs_f64(self.quota_wait_secs),
+            ws_max_message_bytes: self.ws_max_message_bytes,
+            ws_ping: Duration::from_secs_f64(self.ws_ping_secs),
         }
     }
 

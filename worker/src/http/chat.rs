@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use meshchat_wire::{SCHEMA_VERSION, UserMessage};
+use meshchat_wire::{KEYED_ID_PREFIX, SCHEMA_VERSION, UserMessage};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -17,23 +18,38 @@ use super::caller::Caller;
 use super::error::{AppError, Body};
 use super::{ChatService, Local, Membership};
 use crate::auth::Role;
-use crate::validate::{check_id, parse_participant, parse_send};
+use crate::validate::{FieldError, check_id, parse_participant, parse_send};
 
 /// How long a send waits for the broker's acknowledgement.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Header making a send idempotent: a retry with the same key (within the tenant, for 24 h)
+/// gets the first send's message id and adds nothing.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Accepts a user message: validates it, writes it to `chat.messages` and answers once the
 /// broker has acknowledged it. Any worker accepts any conversation. The sender is the caller;
 /// a `user` may post to a conversation it takes part in or to a new one.
+///
+/// With an `Idempotency-Key`, the message id is derived from the tenant and the key, so a
+/// retry reaching any worker, after any restart or move, carries the same id; the owner keeps
+/// the first record with an id and drops later ones (they may still be written: a send that
+/// timed out can land after its retry).
 pub async fn send<S: ChatService>(
     State(s): State<Arc<S>>,
     caller: Caller,
+    headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, AppError> {
     caller.chats()?;
     let req = parse_send(&body, s.settings().max_content_bytes, caller.anonymous)?;
+    let keyed = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| parse_idempotency_key(v.as_bytes()))
+        .transpose()?;
     accepting(&*s)?;
     let who = &caller.who;
+    s.limits().admit_message(&who.tenant, &who.user)?;
     let key = who.key(&req.conversation_id);
     let membership = if who.role == Role::User {
         Some(may_take_part(&*s, &key, &who.user, &req.conversation_id).await?)
@@ -41,9 +57,13 @@ pub async fn send<S: ChatService>(
         None
     };
     let now = OffsetDateTime::now_utc();
+    let id = match keyed {
+        Some(k) => keyed_message_id(&who.tenant, k),
+        None => format!("msg-{}", uuid::Uuid::now_v7().simple()),
+    };
     let message = UserMessage {
         v: SCHEMA_VERSION,
-        id: format!("msg-{}", uuid::Uuid::now_v7().simple()),
+        id,
         conversation_id: req.conversation_id,
         tenant: who.tenant.clone(),
         user_id: req.user_id.unwrap_or_else(|| who.user.clone()),
@@ -87,6 +107,7 @@ pub async fn add_participant<S: ChatService>(
     check_id("id", &id)?;
     let user = parse_participant(&body)?;
     let who = &caller.who;
+    s.limits().admit_message(&who.tenant, &who.user)?;
     let key = who.key(&id);
     match membership_of(&*s, &key, &who.user).await? {
         Membership::Missing => return Err(not_found(&id)),
@@ -146,12 +167,43 @@ pub(super) async fn membership_of<S: ChatService>(
 
 /// Refuses new records while this worker drains.
 fn accepting<S: ChatService>(s: &S) -> Result<(), AppError> {
-    if s.readiness().draining {
+    let ready = s.readiness();
+    if ready.draining {
         return Err(AppError::Unavailable(
             "this worker is shutting down; send to another".into(),
         ));
     }
+    if !ready.kafka {
+        // known now, not after the send's timeout: nothing is queued that could land later
+        return Err(AppError::Unavailable(
+            "Kafka is unreachable; nothing was stored, retry later".into(),
+        ));
+    }
     Ok(())
+}
+
+/// An `Idempotency-Key` header's value: 1 to 255 visible ASCII characters.
+fn parse_idempotency_key(raw: &[u8]) -> Result<&str, FieldError> {
+    let ok = (1..=255).contains(&raw.len()) && raw.iter().all(|b| (0x21..=0x7e).contains(b));
+    match std::str::from_utf8(raw) {
+        Ok(key) if ok => Ok(key),
+        _ => Err(FieldError::new(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// The message id a send with idempotency key `key` gets in `tenant`: the same on every worker.
+pub fn keyed_message_id(tenant: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(tenant.as_bytes())
+        .chain_update([0x1f])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{KEYED_ID_PREFIX}{hex}")
 }
 
 /// Serves a conversation: from memory when this worker owns its partition, else from the
@@ -165,6 +217,7 @@ pub async fn conversation<S: ChatService>(
     caller.chats()?;
     check_id("id", &id)?;
     let who = &caller.who;
+    s.limits().admit_read(&who.tenant, &who.user)?;
     let view = read(&*s, &who.key(&id), &id).await?;
     if who.role == Role::User && !view.participants.contains(&who.user) {
         return Err(not_found(&id));

@@ -44,6 +44,15 @@ pub enum AppError {
     },
 }
 
+impl From<crate::limits::Limited> for AppError {
+    fn from(l: crate::limits::Limited) -> Self {
+        AppError::TooManyRequests {
+            message: l.what,
+            retry_after: l.retry_after,
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::drain::{Drained, UndoRefused};
+use crate::limits::Limits;
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition};
 use crate::view::{ConversationView, LiveEvent};
@@ -162,6 +163,9 @@ pub trait ChatService: Send + Sync + 'static {
 
     /// `user`'s message to the conversation keyed `key` was accepted: it takes part from now on.
     fn joined(&self, key: &str, user: &str);
+
+    /// What callers and tenants may take from this worker.
+    fn limits(&self) -> &Arc<Limits>;
 
     /// Whether `tenant` may send another migrate request now (`Err`: when it may).
     fn admit_migration(&self, tenant: &str) -> Result<(), Duration>;

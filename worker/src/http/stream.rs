@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -25,6 +26,7 @@ use super::chat::may_take_part;
 use super::error::AppError;
 use super::{ChatService, Membership};
 use crate::auth::Role;
+use crate::limits::StreamPermit;
 use crate::validate::{FieldError, check_id};
 use crate::view::LiveEvent;
 
@@ -50,7 +52,12 @@ pub async fn websocket<S: ChatService>(
     } else {
         ws
     };
+    // clients send nothing the worker needs: a large message is a mistake or an attack, and
+    // closes the socket
+    let max = state.limits().settings().ws_max_message_bytes;
     Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
         .on_upgrade(move |socket| async move { serve_socket(state, socket, watch).await })
         .into_response())
 }
@@ -93,6 +100,8 @@ pub async fn sse<S: ChatService>(
 /// One caller's view of a conversation's live events.
 struct Watch<S: ChatService> {
     rx: Receiver<Arc<LiveEvent>>,
+    /// This stream's place among the caller's, the tenant's and the worker's.
+    _permit: StreamPermit,
     /// Set while a `user` watches a conversation that did not exist: the user whose message
     /// must come first.
     starter: Option<String>,
@@ -114,6 +123,8 @@ impl<S: ChatService> Watch<S> {
     ) -> Result<Self, AppError> {
         let who = &caller.who;
         let key = who.key(id);
+        state.limits().admit_read(&who.tenant, &who.user)?;
+        let permit = state.limits().open_stream(&who.tenant, &who.user)?;
         let membership = if who.role == Role::User {
             may_take_part(&**state, &key, &who.user, id).await?
         } else {
@@ -140,6 +151,7 @@ impl<S: ChatService> Watch<S> {
         };
         Ok(Self {
             rx,
+            _permit: permit,
             starter: (membership == Membership::Missing).then(|| who.user.clone()),
             _online: presence_of.map(|u| Online::new(state, &who.tenant, id, u)),
         })
@@ -202,11 +214,29 @@ impl<S: ChatService> Drop for Online<S> {
 async fn serve_socket<S: ChatService>(state: Arc<S>, socket: WebSocket, mut watch: Watch<S>) {
     let (mut tx, mut incoming) = socket.split();
     let shutdown = state.closing();
+    let every = state.limits().settings().ws_ping;
+    // when the client last showed it is there (any frame, pongs included), in ms since `start`
+    let start = tokio::time::Instant::now();
+    let heard = Arc::new(AtomicU64::new(0));
+    let heard_by_reader = heard.clone();
     let mut send = tokio::spawn(async move {
+        let mut ping = tokio::time::interval_at(start + every, every);
         loop {
             let event = tokio::select! {
                 e = watch.next() => e,
                 () = shutdown.cancelled() => break,
+                _ = ping.tick() => {
+                    let quiet = start.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                    if quiet > every * 2 {
+                        // a half-open socket: nothing came back to two pings
+                        tracing::debug!(quiet_ms = quiet.as_millis() as u64, "closing a WebSocket whose client answers no pings");
+                        break;
+                    }
+                    if tx.send(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let text = match event {
                 Next::Event(e) => serde_json::to_string(&*e).unwrap_or_default(),
@@ -219,11 +249,19 @@ async fn serve_socket<S: ChatService>(state: Arc<S>, socket: WebSocket, mut watc
         }
         let _ = tx.send(Message::Close(None)).await;
     });
-    // the client only sends pings and close frames; reading keeps them flowing
+    // the client only sends pings, pongs and close frames; reading keeps them flowing, and a
+    // message over the size limit is an error that ends the socket
     let mut recv = tokio::spawn(async move {
-        while let Some(Ok(m)) = incoming.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
+        loop {
+            match incoming.next().await {
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {
+                    heard_by_reader.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "closing a WebSocket after a bad client frame");
+                    break;
+                }
             }
         }
     });

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::auth::{ApiKeyEntry, ApiKeys, Authenticator, Role, Tickets, hash_key_hex};
 use crate::drain::Drained;
+use crate::limits::{LimitSettings, Limits};
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition, Phase};
 use crate::view::{ConversationView, LiveEvent};
@@ -49,6 +50,7 @@ struct Fake {
     joined: Mutex<Vec<(String, String)>>,
     admit: Result<(), Duration>,
     added: Mutex<Vec<meshchat_wire::ParticipantAdded>>,
+    limits: Arc<Limits>,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -115,6 +117,7 @@ fn fake() -> Fake {
         joined: Mutex::default(),
         admit: Ok(()),
         added: Mutex::default(),
+        limits: Arc::new(Limits::new(LimitSettings::default())),
     }
 }
 
@@ -157,6 +160,10 @@ impl ChatService for Fake {
 
     fn auth(&self) -> &Authenticator {
         &self.auth
+    }
+
+    fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     async fn membership(&self, key: &str, user: &str) -> Result<Membership, String> {
@@ -688,4 +695,128 @@ async fn live_streams_refuse_bad_queries_before_upgrading() {
         (status, body["field"].as_str()),
         (StatusCode::BAD_REQUEST, Some("userId"))
     );
+}
+
+#[tokio::test]
+async fn over_a_limit_answers_429_with_retry_after_and_stores_nothing() {
+    let mut f = fake();
+    f.limits = Arc::new(Limits::new(LimitSettings {
+        user_message_burst: 2,
+        // bursts of a quarter: 2
+        user_reads_per_minute: 8,
+        ..LimitSettings::default()
+    }));
+    let s = Arc::new(f);
+    let send = || {
+        post(
+            "/api/chat/send",
+            json!({"conversationId": "c-1", "content": "hi"}),
+        )
+    };
+    for _ in 0..2 {
+        assert_eq!(call(&s, send()).await.0, StatusCode::OK);
+    }
+    let resp = app(s.clone()).oneshot(send()).await.expect("a response");
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header in seconds");
+    assert!((1..=1).contains(&retry), "{retry}");
+    let (_, body) = call(&s, send()).await;
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    assert_eq!(
+        s.appended.lock().expect("lock").len(),
+        2,
+        "nothing stored over the limit"
+    );
+    // another user of the tenant is not limited; reads have their own budget
+    let (status, _) = call(
+        &s,
+        post_as(
+            "k-u",
+            "/api/chat/send",
+            json!({"conversationId": "c-2", "content": "hi"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let statuses: Vec<StatusCode> =
+        futures::future::join_all((0..2).map(|_| call(&s, get("/api/chat/conversation/c-1"))))
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+    assert!(
+        statuses.iter().all(|s| *s != StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let (status, body) = call(&s, get("/api/chat/conversation/c-1")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("reads")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_gives_a_retry_the_same_id_per_tenant() {
+    let s = Arc::new(fake());
+    let keyed = |token: &str, key: &str| {
+        Request::post("/api/chat/send")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .header("idempotency-key", key)
+            .body(Body::from(
+                json!({"conversationId": "c-1", "content": "hi"}).to_string(),
+            ))
+            .expect("request")
+    };
+    let (status, first) = call(&s, keyed("k-admin", "order-42")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, again) = call(&s, keyed("k-admin", "order-42")).await;
+    assert_eq!(first["messageId"], again["messageId"]);
+    assert!(
+        first["messageId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with(meshchat_wire::KEYED_ID_PREFIX)),
+        "{first}"
+    );
+    // another tenant's same key is another message; another key too
+    let (_, acme) = call(&s, keyed("k-acme-admin", "order-42")).await;
+    let (_, other) = call(&s, keyed("k-admin", "order-43")).await;
+    assert_ne!(acme["messageId"], first["messageId"]);
+    assert_ne!(other["messageId"], first["messageId"]);
+    // a bad key names the header and stores nothing
+    let before = s.appended.lock().expect("lock").len();
+    for bad in ["", "with space", &"k".repeat(256)] {
+        let (status, body) = call(&s, keyed("k-admin", bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {body}");
+        assert_eq!(body["field"], "Idempotency-Key");
+    }
+    assert_eq!(s.appended.lock().expect("lock").len(), before);
+}
+
+#[tokio::test]
+async fn while_kafka_is_unreachable_a_send_answers_503_and_queues_nothing() {
+    let mut f = fake();
+    f.readiness.kafka = false;
+    let s = Arc::new(f);
+    let (status, body) = call(
+        &s,
+        post(
+            "/api/chat/send",
+            json!({"conversationId": "c-1", "content": "hi"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Kafka is unreachable"))
+    );
+    assert!(s.appended.lock().expect("lock").is_empty());
 }

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use meshchat_wire::{ChatRecord, ReplyChunk};
+use meshchat_wire::{ChatRecord, KEYED_ID_PREFIX, ReplyChunk};
 
 use crate::ownership::{Epoch, Verdict, verdict, void};
 use crate::view::{LiveEvent, MessageView};
@@ -31,6 +31,9 @@ pub struct Sequencer {
     finished: VecDeque<String>,
     /// A final reply waiting for its chunks, and what came after it.
     blocked: Option<(Instant, VecDeque<(i64, ChatRecord)>)>,
+    /// Ids of messages sent with an idempotency key recently shown: a retry's record is not
+    /// shown again.
+    keyed: VecDeque<String>,
 }
 
 // === impl Sequencer ===
@@ -44,6 +47,7 @@ impl Sequencer {
             replies: HashMap::new(),
             finished: VecDeque::new(),
             blocked: None,
+            keyed: VecDeque::new(),
         }
     }
 
@@ -61,6 +65,17 @@ impl Sequencer {
             && verdict(fence, r.epoch, &r.in_reply_to, |id| self.answered(id)) != Verdict::Counts
         {
             return out;
+        }
+        if let ChatRecord::UserMessage(m) = &record
+            && m.id.starts_with(KEYED_ID_PREFIX)
+        {
+            if self.keyed.contains(&m.id) {
+                return out;
+            }
+            if self.keyed.len() >= FINISHED_MEMORY {
+                self.keyed.pop_front();
+            }
+            self.keyed.push_back(m.id.clone());
         }
         if let Some((_, queue)) = &mut self.blocked {
             queue.push_back((offset, record));

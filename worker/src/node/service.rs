@@ -14,6 +14,7 @@ use crate::drain::{Drained, UndoRefused};
 use crate::http::{
     ChatService, FORWARDED, Forwarded, HttpSettings, Local, Membership, MeshView, Readiness, WorkerStatus,
 };
+use crate::limits::Limits;
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, OwnerInfo};
 use crate::view::{ConversationView, LiveEvent};
@@ -56,6 +57,10 @@ impl ChatService for Node {
         if self.members.get(&pair).is_none() {
             self.members.insert(pair, ());
         }
+    }
+
+    fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     fn admit_migration(&self, tenant: &str) -> Result<(), Duration> {
@@ -218,6 +223,9 @@ impl ChatService for Node {
     }
 
     fn metrics_text(&self) -> Result<String, std::fmt::Error> {
+        self.metrics
+            .live_streams
+            .set(i64::from(self.limits.streams_open()));
         let mut body = String::new();
         prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
         Ok(body)

@@ -14,7 +14,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Turn;
-use crate::llm::Llm;
+use crate::limits::Limits;
+use crate::llm::{Llm, LlmError};
 use crate::load::Load;
 use crate::log::Log;
 use crate::metrics::{KindLabel, Metrics, OutcomeLabel};
@@ -62,6 +63,8 @@ pub struct Answerer {
     abandon: CancellationToken,
     held: Held,
     lease: Arc<HeartbeatLease>,
+    /// Tenants' LLM token quotas.
+    limits: Arc<Limits>,
 }
 
 // === impl Answerer ===
@@ -79,6 +82,7 @@ impl Answerer {
         tokenizer: Tokenizer,
         held: Held,
         lease: Arc<HeartbeatLease>,
+        limits: Arc<Limits>,
     ) -> Self {
         Self {
             settings,
@@ -92,6 +96,7 @@ impl Answerer {
             abandon: CancellationToken::new(),
             held,
             lease,
+            limits,
         }
     }
 
@@ -107,6 +112,9 @@ impl Answerer {
 
     /// Answers `job`. Returns whether a reply was written.
     pub async fn answer(&self, job: Job) -> bool {
+        let Some(quota) = self.await_quota(&job).await else {
+            return false;
+        };
         let permit = {
             let _queued = self.load.queued();
             tokio::select! {
@@ -138,10 +146,17 @@ impl Answerer {
                 self.send_chunk(&job, &reply_id, attempt, seq, delta);
                 seq += 1;
             };
-            tokio::select! {
-                r = self.llm.stream(&job.context, on_delta) => r,
-                () = self.abandon.cancelled() => return false,
-                () = job.cancel.cancelled() => return false,
+            match quota {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    self.limits
+                        .charge_tokens(&job.message.tenant, u64::from(prompt_tokens));
+                    tokio::select! {
+                        r = self.llm.stream(&job.context, on_delta) => r,
+                        () = self.abandon.cancelled() => return false,
+                        () = job.cancel.cancelled() => return false,
+                    }
+                }
             }
         };
         drop(permit);
@@ -166,6 +181,8 @@ impl Answerer {
         };
         let chunks = if attempt == current_attempt { seq } else { 0 };
         let completion_tokens = self.tokenizer.count(&content);
+        self.limits
+            .charge_tokens(&job.message.tenant, u64::from(completion_tokens));
         let reply = ChatRecord::AgentReply(AgentReply {
             v: SCHEMA_VERSION,
             id: reply_id,
@@ -235,6 +252,33 @@ impl Answerer {
         let waited = (now - accepted).as_seconds_f64().max(0.0);
         self.metrics.send_to_reply.observe(waited);
         true
+    }
+
+    /// Waits for the tenant's token quota: `Err` when it would take longer than allowed (the
+    /// answer becomes an error reply saying so), `None` when the answer is called off.
+    async fn await_quota(&self, job: &Job) -> Option<Result<(), LlmError>> {
+        let wait = self.limits.token_wait(&job.message.tenant);
+        if wait.is_zero() {
+            return Some(Ok(()));
+        }
+        if wait > self.limits.settings().quota_wait {
+            let secs = wait.as_secs() + 1;
+            let message =
+                format!("The LLM token quota of this organisation is used up; try again in {secs}s");
+            tracing::info!(tenant = %job.message.tenant, message_id = %job.message.id, wait_secs = secs, "token quota used up; answering with an error reply");
+            return Some(Err(LlmError {
+                kind: ReplyErrorKind::Quota,
+                detail: message.clone(),
+                message,
+                attempts: 0,
+            }));
+        }
+        let _queued = self.load.queued();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Some(Ok(())),
+            () = self.stop_new.cancelled() => None,
+            () = job.cancel.cancelled() => None,
+        }
     }
 
     fn send_chunk(&self, job: &Job, reply_id: &str, attempt: u32, seq: u32, delta: &str) {

@@ -60,6 +60,9 @@ impl Owner {
             Applied::DuplicateReply => {
                 tracing::info!(partition = p, offset, conversation = %key, "dropped a duplicate reply");
             }
+            Applied::DuplicateMessage => {
+                tracing::info!(partition = p, offset, conversation = %key, "dropped a retried message (its idempotency key was used before)");
+            }
             Applied::Fenced => {
                 tracing::info!(partition = p, offset, conversation = %key, "dropped a fenced (zombie) reply");
             }

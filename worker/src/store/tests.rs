@@ -356,3 +356,42 @@ fn unanswered_messages_that_do_not_fit_are_named_and_hold_the_commit() {
         "applied once"
     );
 }
+
+fn keyed(id: &str, at: i64) -> ChatRecord {
+    let mut r = user(id, "u");
+    if let ChatRecord::UserMessage(m) = &mut r {
+        m.id = format!("{KEYED_ID_PREFIX}{id}");
+        m.accepted_at = Some(OffsetDateTime::from_unix_timestamp(at).expect("time"));
+    }
+    r
+}
+
+#[test]
+fn a_retried_keyed_message_is_dropped_also_after_a_snapshot_and_for_a_day() {
+    let mut c = Conversation::new("c");
+    assert!(matches!(
+        c.apply(1, keyed("k1", 1000), 1, 50, 0),
+        Applied::UserMessage { .. }
+    ));
+    assert_eq!(c.apply(2, keyed("k1", 1005), 1, 50, 0), Applied::DuplicateMessage);
+    assert_eq!((c.entries.len(), c.pending.len()), (1, 1), "stored once");
+    // a restored owner still knows it
+    let mut back = Conversation::from_snapshot(c.to_snapshot(1), |_| 1);
+    assert_eq!(
+        back.apply(3, keyed("k1", 2000), 1, 50, 0),
+        Applied::DuplicateMessage
+    );
+    // a day later the key is forgotten (a message of then pushes it out)
+    let day = 24 * 3600;
+    assert!(matches!(
+        back.apply(4, keyed("k2", 1000 + day + 1), 1, 50, 0),
+        Applied::UserMessage { .. }
+    ));
+    assert!(matches!(
+        back.apply(5, keyed("k1", 1000 + day + 2), 1, 50, 0),
+        Applied::UserMessage { .. }
+    ));
+    // ordinary ids are not remembered
+    assert!(back.keyed.iter().all(|k| k.id.starts_with(KEYED_ID_PREFIX)));
+    assert_eq!(back.keyed.len(), 2);
+}
