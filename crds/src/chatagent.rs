@@ -99,6 +99,58 @@ pub struct ChatAgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.mode == 'None' || has(self.apiKeysSecretRef) || has(self.jwt)").message("auth needs apiKeysSecretRef and/or jwt (or mode: None, for development only)"))]
     pub auth: Option<AuthSpec>,
+    /// Rate limits and quotas per user and tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+}
+
+/// What one user or tenant may take from each worker (absent fields: the worker's defaults,
+/// listed in docs/security.md). Over a limit, callers get 429 with `Retry-After`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Messages one user may send per minute (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub user_messages_per_minute: Option<u32>,
+    /// Messages one user may send at once before the rate applies (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub user_message_burst: Option<u32>,
+    /// Messages one tenant's users together may send per minute (default 1200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tenant_messages_per_minute: Option<u32>,
+    /// A tenant's burst (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tenant_message_burst: Option<u32>,
+    /// Reads (conversation views, live streams opened) one user may make per minute (default
+    /// 1200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub user_reads_per_minute: Option<u32>,
+    /// Live streams one user may hold open at once (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub user_streams: Option<u32>,
+    /// Live streams one tenant may hold open at once (default 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tenant_streams: Option<u32>,
+    /// Live streams one worker serves at once (default 20000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub worker_streams: Option<u32>,
+    /// LLM tokens (prompt and completion) one tenant's answers may use per minute (default
+    /// 1000000; 0: no quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_llm_tokens_per_minute: Option<u64>,
+    /// Seconds an answer waits for its tenant's token quota before it becomes an error reply
+    /// saying so (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub quota_wait_seconds: Option<u32>,
 }
 
 /// Authentication of the workers' public API.

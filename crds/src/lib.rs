@@ -6,7 +6,7 @@ mod chatagent;
 
 pub use chatagent::{
     AuthMode, AuthSpec, AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, CredentialsSecretRef,
-    ImagePullPolicy, JwtSpec, KafkaSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec, SecretKeyRef,
+    ImagePullPolicy, JwtSpec, KafkaSpec, LimitsSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec, SecretKeyRef,
     TlsSpec, WorkerLoadStatus,
 };
 

@@ -20,9 +20,9 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
-use meshchat_crds::{AuthMode, AuthSpec, ChatAgent};
+use meshchat_crds::{AuthMode, AuthSpec, ChatAgent, LimitsSpec};
 use meshchat_wire::murmur2;
-use meshchat_wire::worker::{self, Ownership, WorkerFile, env as worker_env, paths};
+use meshchat_wire::worker::{self, LimitsFile, Ownership, WorkerFile, env as worker_env, paths};
 
 /// Settings of the operator that shape children (not part of any ChatAgent).
 #[derive(Clone, Debug)]
@@ -583,8 +583,25 @@ pub fn worker_file(agent: &ChatAgent) -> Result<WorkerFile, ChildError> {
         context_tokens: spec.llm.context_tokens,
         llm_concurrency: spec.llm.concurrency,
         llm_timeout_secs: spec.llm.timeout_seconds,
+        limits: spec.limits.as_ref().map(limits_options).unwrap_or_default(),
         ..auth_options(spec.auth.as_ref())
     })
+}
+
+/// The worker options of `spec.limits`.
+fn limits_options(l: &LimitsSpec) -> LimitsFile {
+    LimitsFile {
+        user_messages_per_minute: l.user_messages_per_minute,
+        user_message_burst: l.user_message_burst,
+        tenant_messages_per_minute: l.tenant_messages_per_minute,
+        tenant_message_burst: l.tenant_message_burst,
+        user_reads_per_minute: l.user_reads_per_minute,
+        user_streams: l.user_streams,
+        tenant_streams: l.tenant_streams,
+        worker_streams: l.worker_streams,
+        tenant_llm_tokens_per_minute: l.tenant_llm_tokens_per_minute,
+        quota_wait_secs: l.quota_wait_seconds,
+    }
 }
 
 /// The worker options of `spec.auth`. Without it (the API server refuses such a ChatAgent; an

@@ -350,6 +350,21 @@ async fn make_run_serves_survives_a_kill_and_restarts_balanced() -> anyhow::Resu
         conv["participants"][0], "alice",
         "the sender is the credential's user"
     );
+    // the idempotent send, run twice as the README says: one message, the same id
+    let keyed_line = find("Idempotency-Key")?;
+    let first = json_of(&keyed_line).await?;
+    let again = json_of(&keyed_line).await?;
+    let keyed_id = first["messageId"].as_str().context("messageId")?.to_string();
+    assert_eq!(again["messageId"], first["messageId"], "{first} {again}");
+    let conv = wait_for("the keyed message's reply", Duration::from_secs(30), || async {
+        let c = json_of(&get_line).await.ok()?;
+        reply_to(&c, &keyed_id).is_some().then_some(c)
+    })
+    .await?;
+    let copies = conv["messages"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["id"] == keyed_id.as_str()).count());
+    assert_eq!(copies, 1, "stored once: {conv}");
     let foreign = json_of(&find("GLOBEX_USER")?).await?;
     assert_eq!(foreign["error"], "not_found", "another tenant's read: {foreign}");
     let anonymous = http()

@@ -212,6 +212,45 @@ pub struct WorkerFile {
     /// Migrate requests per tenant and minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrate_per_minute: Option<u32>,
+    /// What callers and tenants may take.
+    #[serde(flatten)]
+    pub limits: LimitsFile,
+}
+
+/// The limits' options of [`WorkerFile`] (absent: the worker's defaults).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LimitsFile {
+    /// Messages per user and minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_messages_per_minute: Option<u32>,
+    /// A user's burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_message_burst: Option<u32>,
+    /// Messages per tenant and minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_messages_per_minute: Option<u32>,
+    /// A tenant's burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_message_burst: Option<u32>,
+    /// Reads per user and minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_reads_per_minute: Option<u32>,
+    /// Live streams per user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_streams: Option<u32>,
+    /// Live streams per tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_streams: Option<u32>,
+    /// Live streams per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_streams: Option<u32>,
+    /// LLM tokens per tenant and minute (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_llm_tokens_per_minute: Option<u64>,
+    /// Seconds an answer waits for its tenant's token quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_wait_secs: Option<u32>,
 }
 
 /// Where the operator mounts a ChatAgent's API keys file in a worker.

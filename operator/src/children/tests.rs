@@ -367,3 +367,25 @@ fn worker_pods_meet_the_restricted_pod_security_standard() {
     assert_eq!(w.read_only_root_filesystem, Some(true));
     assert_eq!(w.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
 }
+
+#[test]
+fn limits_become_worker_options_and_unset_ones_keep_the_defaults() {
+    let mut a = sample();
+    a.spec.limits = Some(meshchat_crds::LimitsSpec {
+        user_messages_per_minute: Some(30),
+        tenant_llm_tokens_per_minute: Some(0),
+        quota_wait_seconds: Some(2),
+        ..Default::default()
+    });
+    let text = render(&worker_file(&a).expect("file")).expect("render");
+    for line in [
+        "user-messages-per-minute: 30",
+        "tenant-llm-tokens-per-minute: 0",
+        "quota-wait-secs: 2",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    assert!(!text.contains("user-message-burst"), "{text}");
+    let text = render(&worker_file(&sample()).expect("file")).expect("render");
+    assert!(!text.contains("per-minute: "), "no limits set: {text}");
+}

@@ -180,6 +180,18 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
         jwt_role_claim: Some("roles".into()),
         jwt_leeway_secs: Some(10),
         migrate_per_minute: Some(12),
+        limits: meshchat_wire::worker::LimitsFile {
+            user_messages_per_minute: Some(60),
+            user_message_burst: Some(20),
+            tenant_messages_per_minute: Some(600),
+            tenant_message_burst: Some(200),
+            user_reads_per_minute: Some(900),
+            user_streams: Some(8),
+            tenant_streams: Some(80),
+            worker_streams: Some(800),
+            tenant_llm_tokens_per_minute: Some(50_000),
+            quota_wait_secs: Some(3),
+        },
     };
     let dir = std::env::temp_dir().join(format!("meshchat-file-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
@@ -225,6 +237,17 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
     assert_eq!(Some(c.jwt_role_claim), file.jwt_role_claim);
     assert_eq!(Some(c.jwt_leeway_secs), file.jwt_leeway_secs.map(u64::from));
     assert_eq!(Some(c.migrate_per_minute), file.migrate_per_minute);
+    let l = &file.limits;
+    assert_eq!(Some(c.user_messages_per_minute), l.user_messages_per_minute);
+    assert_eq!(Some(c.user_message_burst), l.user_message_burst);
+    assert_eq!(Some(c.tenant_messages_per_minute), l.tenant_messages_per_minute);
+    assert_eq!(Some(c.tenant_message_burst), l.tenant_message_burst);
+    assert_eq!(Some(c.user_reads_per_minute), l.user_reads_per_minute);
+    assert_eq!(Some(c.user_streams), l.user_streams);
+    assert_eq!(Some(c.tenant_streams), l.tenant_streams);
+    assert_eq!(Some(c.worker_streams), l.worker_streams);
+    assert_eq!(Some(c.tenant_llm_tokens_per_minute), l.tenant_llm_tokens_per_minute);
+    assert_eq!(Some(c.quota_wait_secs), l.quota_wait_secs.map(f64::from));
     // the defaults the operator leaves out are the contract's
     let c = Config::load_from(args(&[])).expect("defaults");
     assert_eq!(c.listen.port(), worker::HTTP_PORT);

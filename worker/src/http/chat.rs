@@ -23,8 +23,8 @@ use crate::validate::{FieldError, check_id, parse_participant, parse_send};
 /// How long a send waits for the broker's acknowledgement.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Header making a send idempotent: a retry with the same key (within the tenant, for 24 h)
-/// gets the first send's message id and adds nothing.
+/// Header making a send idempotent: a retry with the same key (to the same conversation of the
+/// tenant, for 24 h) gets the first send's message id and adds nothing.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Accepts a user message: validates it, writes it to `chat.messages` and answers once the
@@ -58,7 +58,7 @@ pub async fn send<S: ChatService>(
     };
     let now = OffsetDateTime::now_utc();
     let id = match keyed {
-        Some(k) => keyed_message_id(&who.tenant, k),
+        Some(k) => keyed_message_id(&who.tenant, &req.conversation_id, k),
         None => format!("msg-{}", uuid::Uuid::now_v7().simple()),
     };
     let message = UserMessage {
@@ -194,11 +194,15 @@ fn parse_idempotency_key(raw: &[u8]) -> Result<&str, FieldError> {
     }
 }
 
-/// The message id a send with idempotency key `key` gets in `tenant`: the same on every worker.
-pub fn keyed_message_id(tenant: &str, key: &str) -> String {
+/// The message id a send to `conversation` of `tenant` with idempotency key `key` gets: the
+/// same on every worker. The conversation is part of it, so ids stay unique in the mesh even
+/// when a client reuses a key for another conversation.
+pub fn keyed_message_id(tenant: &str, conversation: &str, key: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
         .chain_update(tenant.as_bytes())
+        .chain_update([0x1f])
+        .chain_update(conversation.as_bytes())
         .chain_update([0x1f])
         .chain_update(key.as_bytes())
         .finalize();
