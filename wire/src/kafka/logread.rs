@@ -111,9 +111,12 @@ pub fn supersedes(s: &ConversationSnapshot, have: Option<&ConversationSnapshot>)
     have.is_none_or(|have| s.last_offset >= have.last_offset)
 }
 
-fn keep_newest(latest: &mut HashMap<String, ConversationSnapshot>, s: ConversationSnapshot) {
-    if supersedes(&s, latest.get(&s.conversation_id)) {
-        latest.insert(s.conversation_id.clone(), s);
+/// Keeps `s` if it supersedes what `latest` holds for its conversation — by key: the same id in
+/// two tenants is two conversations, which may share a partition.
+pub(super) fn keep_newest(latest: &mut HashMap<String, ConversationSnapshot>, s: ConversationSnapshot) {
+    let key = s.key();
+    if supersedes(&s, latest.get(&key)) {
+        latest.insert(key, s);
     }
 }
 

@@ -56,3 +56,29 @@ fn tail_consumers_long_poll_unless_batching() {
     assert_eq!(batch.get("fetch.wait.max.ms"), Some("7"));
     assert_eq!(batch.get("fetch.min.bytes"), Some("1048576"));
 }
+
+#[test]
+fn snapshots_of_the_same_id_in_two_tenants_are_both_kept() {
+    use std::collections::HashMap;
+
+    use crate::ConversationSnapshot;
+    let snap = |tenant: &str, last_offset: i64| ConversationSnapshot {
+        v: 1,
+        conversation_id: "c".into(),
+        tenant: tenant.into(),
+        participants: vec!["u".into()],
+        entries: Vec::new(),
+        pending: Vec::new(),
+        last_offset,
+        keyed: Vec::new(),
+        unstored: Vec::new(),
+        epoch: 1,
+    };
+    let mut latest = HashMap::new();
+    super::logread::keep_newest(&mut latest, snap("acme", 5));
+    super::logread::keep_newest(&mut latest, snap("globex", 3));
+    super::logread::keep_newest(&mut latest, snap("acme", 4));
+    assert_eq!(latest.len(), 2, "one per tenant");
+    assert_eq!(latest["acme/c"].last_offset, 5, "the newer of acme's");
+    assert_eq!(latest["globex/c"].last_offset, 3);
+}
