@@ -151,6 +151,15 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 300))]
     pub quota_wait_seconds: Option<u32>,
+    /// Unanswered messages one conversation may hold; beyond, a message gets an error reply
+    /// (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_pending_per_conversation: Option<u32>,
+    /// Participants one conversation may have (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_participants_per_conversation: Option<u32>,
 }
 
 /// Authentication of the workers' public API.

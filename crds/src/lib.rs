@@ -6,8 +6,8 @@ mod chatagent;
 
 pub use chatagent::{
     AuthMode, AuthSpec, AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, CredentialsSecretRef,
-    ImagePullPolicy, JwtSpec, KafkaSpec, LimitsSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec, SecretKeyRef,
-    TlsSpec, WorkerLoadStatus,
+    ImagePullPolicy, JwtSpec, KafkaSpec, LimitsSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec,
+    SecretKeyRef, TlsSpec, WorkerLoadStatus,
 };
 
 /// The `ChatAgent` CRD as YAML, exactly as `crdgen` writes it into the repository.

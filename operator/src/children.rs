@@ -601,6 +601,8 @@ fn limits_options(l: &LimitsSpec) -> LimitsFile {
         worker_streams: l.worker_streams,
         tenant_llm_tokens_per_minute: l.tenant_llm_tokens_per_minute,
         quota_wait_secs: l.quota_wait_seconds,
+        max_pending_per_conversation: l.max_pending_per_conversation,
+        max_participants_per_conversation: l.max_participants_per_conversation,
     }
 }
 

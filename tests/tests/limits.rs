@@ -485,3 +485,67 @@ async fn silent_websocket(base: &str, conversation: &str) -> anyhow::Result<toki
     anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "handshake refused: {head}");
     Ok(tcp)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conversation_past_its_pending_or_participant_cap_gets_error_replies_at_once() -> anyhow::Result<()>
+{
+    let _serial = serial().await;
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("caps");
+    let llm = FakeLlm::start(&[]).await?;
+    let w = Worker::start(
+        WorkerSpec::new("w", &prefix, &bootstrap, &llm.url)?
+            .env("MESHCHAT_PARTITIONS", "4")
+            .env("MESHCHAT_MAX_PENDING_PER_CONVERSATION", "3")
+            .env("MESHCHAT_MAX_PARTICIPANTS_PER_CONVERSATION", "2"),
+    )
+    .await?;
+    // 8 messages at once while the first answer streams slowly: 3 wait their turn, 5 are
+    // refused an answer and get their error reply without waiting for the slow one
+    let conv = "busy";
+    let mut ids = Vec::new();
+    ids.push(send(&w.url, conv, "ann", "[slow:300] first, slowly").await?);
+    for i in 1..8 {
+        ids.push(send(&w.url, conv, "ann", &format!("then {i}")).await?);
+    }
+    let last = wait_reply(&w.url, conv, &ids[7], T).await?;
+    assert_eq!(last["error"]["kind"], "limit", "{last}");
+    let (_, view) = conversation(&w.url, conv).await?;
+    assert!(
+        reply_to(&view, &ids[0]).is_none(),
+        "the refusal came before the slow answer: {view}"
+    );
+    let mut kinds = Vec::new();
+    for id in &ids {
+        let r = wait_reply(&w.url, conv, id, T).await?;
+        kinds.push(r["error"]["kind"].as_str().unwrap_or("ok").to_string());
+    }
+    println!("replies: {kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "ok").count(), 3, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "limit").count(), 5, "{kinds:?}");
+    // the conversation goes on
+    let next = send(&w.url, conv, "ann", "and now?").await?;
+    assert!(wait_reply(&w.url, conv, &next, T).await?["error"].is_null());
+    ids.push(next);
+
+    // a third participant is refused an answer and not made a participant
+    let small = "small-room";
+    ids.push(send(&w.url, small, "ann", "hi").await?);
+    ids.push(send(&w.url, small, "bob", "hi").await?);
+    let third = send(&w.url, small, "cid", "me too?").await?;
+    let r = wait_reply(&w.url, small, &third, T).await?;
+    assert_eq!(r["error"]["kind"], "limit", "{r}");
+    ids.push(third);
+    let (_, view) = conversation(&w.url, small).await?;
+    assert_eq!(
+        view["participants"],
+        json!(["ann", "bob", "meshchat-agent"]),
+        "{view}"
+    );
+
+    // ground truth: one reply each
+    let tally = Tally::of(&read_topic(&bootstrap, &format!("{prefix}chat.messages")).await?);
+    let (replied, lost, duplicated) = tally.outcome(&ids);
+    assert_eq!((replied, lost, duplicated), (ids.len(), 0, 0));
+    Ok(())
+}

@@ -16,8 +16,9 @@ pub use records::{
     AgentReply, AssignReason, AssignmentTable, ChatRecord, ConversationSnapshot,
     DEFAULT_HEARTBEAT_TIMEOUT_MS, EpochFence, FENCE_KEY, HandoffEvent, HandoffStep, KEYED_ID_PREFIX, KeyedId,
     LoadReport, MIGRATION_REFUSED, MeshEvent, MigrateRequest, ParticipantAdded, PartitionAssignment,
-    PartitionLoad, PresenceEvent, PresenceKind, Record, RecordError, ReplyChunk, ReplyError, ReplyErrorKind,
-    SCHEMA_VERSION, SnapshotEntry, SystemEvent, UserMessage, WorkerInfo, decode, encode,
+    PartitionLoad, PresenceEvent, PresenceKind, Record, RecordError, Refused, RefusedWhy, ReplyChunk,
+    ReplyError, ReplyErrorKind, SCHEMA_VERSION, SnapshotEntry, SystemEvent, UserMessage, WorkerInfo, decode,
+    encode,
 };
 pub use tenant::{DEFAULT_TENANT, conversation_key, split_key};
 pub use topics::{EVENTS_PARTITIONS, Partitioning, TopicSpec, Topics};

@@ -6,8 +6,8 @@ mod mesh;
 
 pub use chat::{
     AgentReply, ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, KEYED_ID_PREFIX, KeyedId,
-    ParticipantAdded, PresenceEvent, PresenceKind, ReplyChunk, ReplyError, ReplyErrorKind, SnapshotEntry,
-    UserMessage,
+    ParticipantAdded, PresenceEvent, PresenceKind, Refused, RefusedWhy, ReplyChunk, ReplyError,
+    ReplyErrorKind, SnapshotEntry, UserMessage,
 };
 pub use mesh::{
     AssignReason, AssignmentTable, DEFAULT_HEARTBEAT_TIMEOUT_MS, HandoffEvent, HandoffStep, LoadReport,

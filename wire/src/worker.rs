@@ -251,6 +251,12 @@ pub struct LimitsFile {
     /// Seconds an answer waits for its tenant's token quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_wait_secs: Option<u32>,
+    /// Unanswered messages per conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_per_conversation: Option<u32>,
+    /// Participants per conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_participants_per_conversation: Option<u32>,
 }
 
 /// Where the operator mounts a ChatAgent's API keys file in a worker.

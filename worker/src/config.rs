@@ -144,6 +144,14 @@ pub struct Config {
     /// Messages kept per conversation in memory and in snapshots.
     #[arg(long, env = "MESHCHAT_HISTORY_LIMIT", default_value_t = 200, value_parser = at_least_one)]
     pub history_limit: usize,
+    /// Unanswered messages one conversation may hold; a message beyond gets an error reply
+    /// (kind `limit`) instead of an answer.
+    #[arg(long, env = "MESHCHAT_MAX_PENDING_PER_CONVERSATION", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_pending_per_conversation: u32,
+    /// Participants one conversation may have; a new sender beyond gets an error reply and an
+    /// addition beyond is ignored.
+    #[arg(long, env = "MESHCHAT_MAX_PARTICIPANTS_PER_CONVERSATION", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_participants_per_conversation: u32,
     /// Largest snapshot record, in bytes; also what one conversation's history may take in
     /// memory. Older history stays in the log. Must stay under the broker's and producer's
     /// record limits (1 MB by default).

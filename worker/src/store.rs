@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use meshchat_wire::{
-    ChatRecord, ConversationSnapshot, KEYED_ID_PREFIX, KeyedId, RecordError, SCHEMA_VERSION, SnapshotEntry,
-    UserMessage, encode, split_key,
+    ChatRecord, ConversationSnapshot, KEYED_ID_PREFIX, KeyedId, RecordError, Refused, RefusedWhy,
+    SCHEMA_VERSION, SnapshotEntry, UserMessage, encode, split_key,
 };
 
 use crate::context::{Role, Turn};
@@ -23,22 +23,29 @@ pub struct Entry {
     pub tokens: u32,
 }
 
-/// How much history a conversation keeps: entries and their (estimated) encoded bytes. What
-/// is left out stays in the log.
+/// What a conversation keeps: history (entries and their estimated encoded bytes; what is left
+/// out stays in the log), and how many unanswered messages and participants it takes — a
+/// message past those gets an error reply instead of an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Keep {
     /// Most entries.
     pub entries: usize,
     /// Most bytes of entries, as estimated by [`entry_bytes`].
     pub bytes: usize,
+    /// Most unanswered messages.
+    pub pending: usize,
+    /// Most participants.
+    pub participants: usize,
 }
 
 impl From<usize> for Keep {
-    /// A count alone.
+    /// A count of entries alone.
     fn from(entries: usize) -> Self {
         Self {
             entries,
             bytes: usize::MAX,
+            pending: usize::MAX,
+            participants: usize::MAX,
         }
     }
 }
@@ -109,6 +116,8 @@ pub struct Conversation {
     /// Ids of messages sent with an idempotency key, oldest first, with their acceptance
     /// time: a record with one of them again is a retry (see [`KEYED_MEMORY`]).
     pub keyed: VecDeque<KeyedId>,
+    /// Unanswered messages that get an error reply instead of an answer, by offset.
+    pub refused: BTreeMap<i64, RefusedWhy>,
 }
 
 /// How long, and for how many messages at most, a conversation remembers idempotency keys.
@@ -121,6 +130,8 @@ pub enum Applied {
     UserMessage {
         /// First message of this user in the conversation.
         new_participant: bool,
+        /// Set when a conversation limit refuses it an answer (it gets an error reply).
+        refused: Option<RefusedWhy>,
     },
     /// The first reply to a pending message.
     Reply,
@@ -191,18 +202,35 @@ impl Conversation {
         {
             return Applied::DuplicateMessage;
         }
+        let keep = keep.into();
         let applied = match &record {
             ChatRecord::UserMessage(m) => {
                 let new_participant = !self.participants.contains(&m.user_id);
-                if new_participant {
+                // refused messages are pending too (their error reply must count), but not
+                // answered: they wait for no one
+                let refused = if new_participant && self.participants.len() >= keep.participants {
+                    Some(RefusedWhy::Participants)
+                } else if self.pending.len() >= keep.pending {
+                    Some(RefusedWhy::Pending)
+                } else {
+                    None
+                };
+                if new_participant && refused != Some(RefusedWhy::Participants) {
                     self.participants.push(m.user_id.clone());
                 }
                 self.pending.insert(offset, m.clone());
-                Applied::UserMessage { new_participant }
+                if let Some(why) = refused {
+                    self.refused.insert(offset, why);
+                }
+                Applied::UserMessage {
+                    new_participant: new_participant && refused != Some(RefusedWhy::Participants),
+                    refused,
+                }
             }
             ChatRecord::AgentReply(r) => {
                 if let Some(at) = self.pending_offset(&r.in_reply_to) {
                     self.pending.remove(&at);
+                    self.refused.remove(&at);
                 }
                 if self.pending.is_empty() {
                     // an emptied map keeps its ~2 KB leaf node: most conversations sit idle with
@@ -218,7 +246,8 @@ impl Conversation {
             ChatRecord::EpochFence(_) => return Applied::Fence,
             ChatRecord::ParticipantAdded(p) => {
                 // membership, not history: the participant list (snapshotted) is where it lives
-                let new_participant = !self.participants.contains(&p.user_id);
+                let new_participant =
+                    !self.participants.contains(&p.user_id) && self.participants.len() < keep.participants;
                 if new_participant {
                     self.participants.push(p.user_id.clone());
                     self.dirty = true;
@@ -232,7 +261,7 @@ impl Conversation {
             tokens,
         });
         self.dirty = true;
-        self.evict(keep.into());
+        self.evict(keep);
         applied
     }
 
@@ -288,7 +317,17 @@ impl Conversation {
         if self.in_flight.is_some() {
             return None;
         }
-        self.pending.iter().next().map(|(o, m)| (*o, m))
+        self.pending
+            .iter()
+            .find(|(o, _)| !self.refused.contains_key(o))
+            .map(|(o, m)| (*o, m))
+    }
+
+    /// Refused messages still waiting for their error reply.
+    pub fn refused_pending(&self) -> impl Iterator<Item = (i64, &UserMessage, RefusedWhy)> {
+        self.refused
+            .iter()
+            .filter_map(|(o, why)| self.pending.get(o).map(|m| (*o, m, *why)))
     }
 
     /// History up to and including the user message at `offset`, as context turns.
@@ -349,6 +388,14 @@ impl Conversation {
                 .collect(),
             last_offset: self.last_offset,
             keyed: self.keyed.iter().cloned().collect(),
+            refused: self
+                .refused
+                .iter()
+                .map(|(offset, why)| Refused {
+                    offset: *offset,
+                    why: *why,
+                })
+                .collect(),
             unstored,
             epoch,
         }
@@ -419,6 +466,7 @@ impl Conversation {
         conv.last_offset = s.last_offset;
         conv.stored_through = s.last_offset;
         conv.keyed = s.keyed.into_iter().collect();
+        conv.refused = s.refused.into_iter().map(|r| (r.offset, r.why)).collect();
         conv.holds_commit = s.unstored.first().copied();
         conv.reread = s.unstored.into_iter().collect();
         for e in s.entries {
@@ -475,7 +523,7 @@ impl Store {
             fences: Fences::default(),
             keep: Keep {
                 entries: keep.entries.max(1),
-                bytes: keep.bytes,
+                ..keep
             },
         }
     }

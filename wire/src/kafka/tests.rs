@@ -71,6 +71,7 @@ fn snapshots_of_the_same_id_in_two_tenants_are_both_kept() {
         pending: Vec::new(),
         last_offset,
         keyed: Vec::new(),
+        refused: Vec::new(),
         unstored: Vec::new(),
         epoch: 1,
     };

@@ -217,6 +217,8 @@ pub enum ReplyErrorKind {
     Unavailable,
     /// The request itself was refused (4xx other than 429).
     Rejected,
+    /// A conversation limit: too many unanswered messages, or participants.
+    Limit,
     /// The answer could not be stored (larger than a record may be, or refused by the broker
     /// for good).
     NotStored,
@@ -349,12 +351,36 @@ pub struct ConversationSnapshot {
     /// seconds): a later record with one of these ids is a client's retry, not a new message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keyed: Vec<KeyedId>,
+    /// Unanswered messages that get an error reply instead of an answer (a conversation
+    /// limit was reached when they arrived).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Refused>,
     /// Offsets of unanswered user messages left out to keep the record within its size limit:
     /// read back from the log (the owner's committed offset never passes them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unstored: Vec<i64>,
     /// Epoch of the writer.
     pub epoch: u64,
+}
+
+/// A message not to be answered, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refused {
+    /// Its offset in `chat.messages`.
+    pub offset: i64,
+    /// The limit it met.
+    pub why: RefusedWhy,
+}
+
+/// A conversation limit a message met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RefusedWhy {
+    /// Too many messages were waiting for an answer.
+    Pending,
+    /// Its sender would have been one participant too many.
+    Participants,
 }
 
 /// A message id derived from an idempotency key, as a snapshot keeps it.

@@ -69,6 +69,8 @@ impl Config {
         Keep {
             entries: self.history_limit,
             bytes: self.snapshot_max_bytes as usize,
+            pending: self.max_pending_per_conversation as usize,
+            participants: self.max_participants_per_conversation as usize,
         }
     }
 

@@ -191,6 +191,8 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
             worker_streams: Some(800),
             tenant_llm_tokens_per_minute: Some(50_000),
             quota_wait_secs: Some(3),
+            max_pending_per_conversation: Some(9),
+            max_participants_per_conversation: Some(99),
         },
     };
     let dir = std::env::temp_dir().join(format!("meshchat-file-{}", std::process::id()));
@@ -246,8 +248,19 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
     assert_eq!(Some(c.user_streams), l.user_streams);
     assert_eq!(Some(c.tenant_streams), l.tenant_streams);
     assert_eq!(Some(c.worker_streams), l.worker_streams);
-    assert_eq!(Some(c.tenant_llm_tokens_per_minute), l.tenant_llm_tokens_per_minute);
+    assert_eq!(
+        Some(c.tenant_llm_tokens_per_minute),
+        l.tenant_llm_tokens_per_minute
+    );
     assert_eq!(Some(c.quota_wait_secs), l.quota_wait_secs.map(f64::from));
+    assert_eq!(
+        Some(c.max_pending_per_conversation),
+        l.max_pending_per_conversation
+    );
+    assert_eq!(
+        Some(c.max_participants_per_conversation),
+        l.max_participants_per_conversation
+    );
     // the defaults the operator leaves out are the contract's
     let c = Config::load_from(args(&[])).expect("defaults");
     assert_eq!(c.listen.port(), worker::HTTP_PORT);

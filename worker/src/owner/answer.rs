@@ -37,6 +37,8 @@ pub struct Job {
     pub epoch: Epoch,
     /// Cancelled when the partition's release grace ends.
     pub cancel: CancellationToken,
+    /// Set when the message is not to be answered (a conversation limit): the error reply.
+    pub refusal: Option<LlmError>,
 }
 
 /// Who answers: the worker's id and the replies' sender name.
@@ -112,15 +114,23 @@ impl Answerer {
 
     /// Answers `job`. Returns whether a reply was written.
     pub async fn answer(&self, job: Job) -> bool {
-        let Some(quota) = self.await_quota(&job).await else {
-            return false;
+        let quota = match job.refusal.clone() {
+            Some(refusal) => Err(refusal),
+            None => match self.await_quota(&job).await {
+                Some(quota) => quota,
+                None => return false,
+            },
         };
-        let permit = {
-            let _queued = self.load.queued();
-            tokio::select! {
-                p = self.slots.acquire() => match p { Ok(p) => p, Err(_) => return false },
-                () = self.stop_new.cancelled() => return false,
-                () = job.cancel.cancelled() => return false,
+        // only a call to the LLM takes one of its slots
+        let permit = match quota {
+            Err(_) => None,
+            Ok(()) => {
+                let _queued = self.load.queued();
+                tokio::select! {
+                    p = self.slots.acquire() => match p { Ok(p) => Some(p), Err(_) => return false },
+                    () = self.stop_new.cancelled() => return false,
+                    () = job.cancel.cancelled() => return false,
+                }
             }
         };
         // a partition being handed away starts nothing new

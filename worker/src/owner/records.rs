@@ -2,11 +2,14 @@
 
 use std::collections::VecDeque;
 
-use meshchat_wire::{ChatRecord, PresenceEvent, PresenceKind, SCHEMA_VERSION, decode, split_key};
+use meshchat_wire::{
+    ChatRecord, PresenceEvent, PresenceKind, RefusedWhy, ReplyErrorKind, SCHEMA_VERSION, decode, split_key,
+};
 use time::OffsetDateTime;
 
 use super::{Owner, Run};
 use crate::context::{Role, Turn, trim_to_budget};
+use crate::llm::LlmError;
 use crate::owner::answer::Job;
 use crate::ownership::{Epoch, Event, Partition};
 use crate::store::{Applied, content_of};
@@ -47,9 +50,15 @@ impl Owner {
             store.apply(p, offset, record, tokens)
         };
         match applied {
-            Applied::UserMessage { new_participant } => {
+            Applied::UserMessage {
+                new_participant,
+                refused,
+            } => {
                 self.metrics.messages_handled.inc();
                 self.load.message(p);
+                if let (Some(why), Some(epoch)) = (refused, answer_at) {
+                    self.refuse(p, epoch, &key, offset, why, run, then);
+                }
                 if new_participant
                     && answer_at.is_some()
                     && let Some(user) = user
@@ -106,8 +115,72 @@ impl Owner {
                 .collect()
         };
         for id in ids {
+            let refused: Vec<(i64, RefusedWhy)> = {
+                let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+                store
+                    .get(&id)
+                    .map(|c| c.refused_pending().map(|(o, _, why)| (o, why)).collect())
+                    .unwrap_or_default()
+            };
+            for (offset, why) in refused {
+                self.refuse(p, epoch, &id, offset, why, run, then);
+            }
             self.answer_next(p, epoch, &id, run, then);
         }
+    }
+
+    /// Writes the error reply of a message a conversation limit refused (at once: it waits
+    /// for no answer before it).
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        p: Partition,
+        epoch: Epoch,
+        key: &str,
+        offset: i64,
+        why: RefusedWhy,
+        run: &mut Run,
+        then: &mut VecDeque<Event>,
+    ) {
+        let message = {
+            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+            let Some(m) = store.get(key).and_then(|c| c.pending.get(&offset)) else {
+                return;
+            };
+            m.clone()
+        };
+        let keep = self.store.read().unwrap_or_else(|p| p.into_inner()).keep;
+        let text = match why {
+            RefusedWhy::Pending => format!(
+                "Too many messages are waiting for an answer in this conversation (at most {}); this one was not answered",
+                keep.pending
+            ),
+            RefusedWhy::Participants => format!(
+                "This conversation has as many participants as it may have ({}); this message was not answered",
+                keep.participants
+            ),
+        };
+        tracing::info!(partition = p, offset, conversation = %key, ?why, "a conversation limit refuses a message an answer");
+        let job = Job {
+            partition: p,
+            user_offset: offset,
+            message,
+            context: Vec::new(),
+            epoch,
+            cancel: run.cancels.entry(p).or_default().child_token(),
+            refusal: Some(LlmError {
+                kind: ReplyErrorKind::Limit,
+                detail: text.clone(),
+                message: text,
+                attempts: 0,
+            }),
+        };
+        let answerer = self.answerer.clone();
+        let task = run.answers.spawn(async move {
+            answerer.answer(job).await;
+        });
+        run.answering.insert(task.id(), (p, epoch));
+        then.push_back(Event::AnswerStarted { partition: p, epoch });
     }
 
     /// Starts answering the conversation's oldest unanswered message, if none is in flight.
@@ -135,6 +208,7 @@ impl Owner {
                 context,
                 epoch,
                 cancel: run.cancels.entry(p).or_default().child_token(),
+                refusal: None,
             }
         };
         let answerer = self.answerer.clone();

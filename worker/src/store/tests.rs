@@ -272,7 +272,7 @@ proptest! {
         back in 0usize..3,
         max in 4_000usize..40_000,
     ) {
-        let keep = Keep { entries: 200, bytes: max };
+        let keep = Keep { bytes: max, ..Keep::from(200) };
         let mut full = Conversation::new("c");
         for (o, r) in log.iter().enumerate() {
             full.apply(o as i64, r.clone(), 1, keep, 0);
@@ -306,8 +306,8 @@ proptest! {
 fn a_long_conversation_of_large_messages_snapshots_under_the_record_limit() {
     // the reproduction: 48 messages of 30 KiB and their (echoing) replies
     let keep = Keep {
-        entries: 200,
         bytes: 768 * 1024,
+        ..Keep::from(200)
     };
     let mut c = Conversation::new("c");
     for i in 0..48 {
@@ -394,4 +394,43 @@ fn a_retried_keyed_message_is_dropped_also_after_a_snapshot_and_for_a_day() {
     // ordinary ids are not remembered
     assert!(back.keyed.iter().all(|k| k.id.starts_with(KEYED_ID_PREFIX)));
     assert_eq!(back.keyed.len(), 2);
+}
+
+#[test]
+fn messages_past_a_conversation_limit_are_refused_an_answer_but_wait_for_their_error_reply() {
+    let keep = Keep {
+        pending: 2,
+        participants: 2,
+        ..Keep::from(50)
+    };
+    let mut c = Conversation::new("c");
+    let refused = |a: Applied| match a {
+        Applied::UserMessage { refused, .. } => refused,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(refused(c.apply(0, user("m0", "ann"), 1, keep, 0)), None);
+    assert_eq!(refused(c.apply(1, user("m1", "bob"), 1, keep, 0)), None);
+    // a third unanswered message, from a participant: over the pending cap
+    assert_eq!(
+        refused(c.apply(2, user("m2", "ann"), 1, keep, 0)),
+        Some(RefusedWhy::Pending)
+    );
+    // a third participant: over that cap, and not made a participant
+    assert_eq!(
+        refused(c.apply(3, user("m3", "cid"), 1, keep, 0)),
+        Some(RefusedWhy::Participants)
+    );
+    assert_eq!(c.participants, vec!["ann".to_string(), "bob".to_string()]);
+    // answers go in order to the accepted ones only; the refused wait for their error replies
+    assert_eq!(c.next_to_answer().map(|(o, _)| o), Some(0));
+    let waiting: Vec<i64> = c.refused_pending().map(|(o, _, _)| o).collect();
+    assert_eq!(waiting, vec![2, 3]);
+    // a snapshot keeps the refusals
+    let mut back = Conversation::from_snapshot(c.to_snapshot(1), |_| 1);
+    assert_eq!(back.refused.len(), 2);
+    assert_eq!(back.apply(4, reply("m2"), 1, keep, 0), Applied::Reply);
+    assert_eq!(back.apply(5, reply("m3"), 1, keep, 0), Applied::Reply);
+    assert!(back.refused.is_empty());
+    assert_eq!(back.pending.len(), 2);
+    assert_eq!(back.next_to_answer().map(|(o, _)| o), Some(0));
 }
