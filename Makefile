@@ -7,7 +7,7 @@ TEST_KAFKA_DIR ?= $(HOME)/.cache/meshchat/kafka-test
 # where `make bench` writes its JSON, charts and report section
 BENCH_OUT ?= docs
 
-.PHONY: all build run test e2e bench lint fmt crds kafka-start kafka-stop clean help
+.PHONY: all build run test e2e bench fuzz lint fmt crds kafka-start kafka-stop clean help
 
 all: build
 
@@ -17,7 +17,8 @@ help:
 	@echo "make bench  - raw broker, placement, handoff and failover measurements (docs/benchmarks.md, .json, PNGs)"
 	@echo "make crds   - regenerate the ChatAgent CRD YAML"
 	@echo "make e2e    - the operator against a real cluster (KUBECONFIG: kind, k3d...), see docs/kubernetes.md"
-	@echo "make lint   - rustfmt --check and clippy -D warnings"
+	@echo "make lint   - rustfmt --check, clippy -D warnings and cargo deny"
+	@echo "make fuzz   - each cargo-fuzz target for FUZZ_SECS (60) seconds (nightly; installs cargo-fuzz)"
 
 build:
 	@echo "==> cargo build (the first build compiles librdkafka and takes several minutes)"
@@ -32,9 +33,16 @@ crds:
 fmt:
 	$(CARGO) fmt --all
 
+# Request and Kafka record decoding, and the conversation store, under libFuzzer (fuzz/).
+fuzz:
+	@scripts/fuzz.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# licenses, banned and duplicated crates, sources (deny.toml; advisories need GitHub)
+	@command -v cargo-deny >/dev/null || { echo "==> cargo install cargo-deny (first time: a few minutes)"; $(CARGO) install cargo-deny --locked --quiet; }
+	$(CARGO) deny check bans licenses sources
 
 kafka-start:
 	scripts/kafka.sh ensure 9092

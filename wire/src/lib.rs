@@ -4,6 +4,7 @@
 //! the operator tells a worker ([`worker`]).
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
 pub mod kafka;
 mod partition;
 mod records;

@@ -11,6 +11,7 @@ pub mod auth;
 mod config;
 mod context;
 mod drain;
+pub mod fuzz;
 mod http;
 mod limits;
 mod live;

@@ -1,0 +1,3 @@
+//! A conversation fed arbitrary records, then snapshotted within a byte bound and restored.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| meshchat_worker::fuzz::conversation(data));
