@@ -549,3 +549,112 @@ async fn a_conversation_past_its_pending_or_participant_cap_gets_error_replies_a
     assert_eq!((replied, lost, duplicated), (ids.len(), 0, 0));
     Ok(())
 }
+
+/// `GET /api/agent/status` of `w` as an admin.
+async fn status(w: &Worker) -> anyhow::Result<Value> {
+    Ok(http()
+        .get(format!("{}/api/agent/status", w.url))
+        .bearer_auth(auth::admin("harness"))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_conversations_leave_memory_and_come_back_whole() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("evict");
+    let llm = FakeLlm::start(&[]).await?;
+    let spec = WorkerSpec::new("w", &prefix, &bootstrap, &llm.url)?
+        .env("MESHCHAT_PARTITIONS", "4")
+        .env("MESHCHAT_IDLE_EVICT_SECS", "2")
+        .env("MESHCHAT_MAX_RESIDENT_CONVERSATIONS", "10");
+    let mut w = Worker::start(spec).await?;
+    // 30 conversations of a user of acme, each with an exchange and a keyed message
+    let ann = auth::jwt("acme", "ann", "user");
+    let mut keyed = Vec::new();
+    for i in 0..30 {
+        let conv = format!("talk-{i}");
+        send_as(&w.url, &ann, &conv, "ann", &format!("first {i}")).await?;
+        let resp = http()
+            .post(format!("{}/api/chat/send", w.url))
+            .bearer_auth(&ann)
+            .header("Idempotency-Key", format!("k-{i}"))
+            .json(&json!({"conversationId": conv, "content": format!("keyed {i}")}))
+            .send()
+            .await?;
+        let body: Value = resp.json().await?;
+        keyed.push(body["messageId"].as_str().unwrap_or_default().to_string());
+    }
+    let admin = auth::jwt("acme", "boss", "admin");
+    for (i, id) in keyed.iter().enumerate() {
+        let conv = format!("talk-{i}");
+        wait_for(&format!("reply to {id}"), T, || async {
+            let (status, view) = conversation_as(&w.url, &admin, &conv).await.ok()?;
+            (status == 200).then_some(())?;
+            reply_to(&view, id).cloned()
+        })
+        .await?;
+    }
+    // idle for 2 s: they leave memory (after their snapshot round)
+    let st = wait_for("idle conversations evicted", T, || async {
+        let st = status(&w).await.ok()?;
+        (st["evictedConversations"].as_u64()? >= 25).then_some(st)
+    })
+    .await?;
+    println!(
+        "held {} in memory, {} evicted",
+        st["residentConversations"], st["evictedConversations"]
+    );
+    assert!(st["residentConversations"].as_u64().unwrap_or(99) <= 10, "{st}");
+
+    // they come back whole: a member reads one (its whole history), a stranger gets 404
+    let (status_code, view) = conversation_as(&w.url, &ann, "talk-3").await?;
+    assert_eq!(status_code, 200, "{view}");
+    assert_eq!(view["messages"].as_array().map(Vec::len), Some(4), "{view}");
+    let (status_code, _) = conversation_as(&w.url, &auth::jwt("acme", "eve", "user"), "talk-4").await?;
+    assert_eq!(status_code, 404, "not a participant, even while evicted");
+    // the next message is answered with the history as context (the fake LLM counts turns)
+    let next = send_as(&w.url, &ann, "talk-5", "ann", "and a third").await?;
+    let r = wait_for("the reply", T, || async {
+        let (_, view) = conversation_as(&w.url, &admin, "talk-5").await.ok()?;
+        reply_to(&view, &next).cloned()
+    })
+    .await?;
+    assert!(
+        r["content"].as_str().is_some_and(|c| c.contains("turn 3")),
+        "the context held the earlier turns: {r}"
+    );
+    // an idempotency key used before the eviction is still known
+    let resp = http()
+        .post(format!("{}/api/chat/send", w.url))
+        .bearer_auth(&ann)
+        .header("Idempotency-Key", "k-6")
+        .json(&json!({"conversationId": "talk-6", "content": "keyed 6"}))
+        .send()
+        .await?;
+    let body: Value = resp.json().await?;
+    assert_eq!(body["messageId"], keyed[6].as_str());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, view) = conversation_as(&w.url, &admin, "talk-6").await?;
+    assert_eq!(
+        view["messages"].as_array().map(Vec::len),
+        Some(4),
+        "stored once: {view}"
+    );
+
+    // a restart takes the partitions over with the idle ones only indexed, and serves them
+    w.stop().await?;
+    w.restart().await?;
+    let st = status(&w).await?;
+    println!(
+        "after a restart: held {}, evicted {}",
+        st["residentConversations"], st["evictedConversations"]
+    );
+    let (status_code, view) = conversation_as(&w.url, &ann, "talk-7").await?;
+    assert_eq!(status_code, 200, "{view}");
+    assert_eq!(view["messages"].as_array().map(Vec::len), Some(4), "{view}");
+    Ok(())
+}

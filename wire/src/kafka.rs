@@ -12,7 +12,8 @@ mod producer;
 pub use admin::{ensure_topics, partition_count, topic_partitions};
 pub use commit::{commit_metadata, commit_start, fence_of_commit};
 pub use logread::{
-    Raw, latest_table, offsets_since, read_partition, read_partition_with, restore_snapshots, supersedes,
+    Raw, StoredSnapshot, latest_table, offsets_since, read_one, read_partition, read_partition_with,
+    restore_snapshots, supersedes,
 };
 pub use pool::ReaderPool;
 pub use producer::Producer;

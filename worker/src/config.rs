@@ -152,6 +152,14 @@ pub struct Config {
     /// addition beyond is ignored.
     #[arg(long, env = "MESHCHAT_MAX_PARTICIPANTS_PER_CONVERSATION", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_participants_per_conversation: u32,
+    /// Seconds a conversation may stay idle before it leaves memory (it comes back from its
+    /// snapshot on its next message or read).
+    #[arg(long, env = "MESHCHAT_IDLE_EVICT_SECS", default_value_t = 600.0, value_parser = positive_seconds)]
+    pub idle_evict_secs: f64,
+    /// Most conversations a worker holds in memory; the least recently active beyond leave
+    /// (once their snapshot is written).
+    #[arg(long, env = "MESHCHAT_MAX_RESIDENT_CONVERSATIONS", default_value_t = 100_000, value_parser = at_least_one)]
+    pub max_resident_conversations: usize,
     /// Largest snapshot record, in bytes; also what one conversation's history may take in
     /// memory. Older history stays in the log. Must stay under the broker's and producer's
     /// record limits (1 MB by default).

@@ -194,6 +194,33 @@ impl Log {
         history::read_conversation(&self.kafka, &self.topics, self.partitions, key, keep, count)
     }
 
+    /// An evicted conversation brought back (blocking: call from a blocking thread): its
+    /// snapshot at `offset` of partition `p` of the snapshot topic, or — if that record is gone —
+    /// the conversation rebuilt from the log.
+    pub fn bring_back(
+        &self,
+        key: &str,
+        p: Partition,
+        offset: i64,
+        keep: Keep,
+        count: impl Fn(&str) -> u32,
+    ) -> Result<Option<Conversation>, KafkaError> {
+        let consumer: BaseConsumer = kafka::range_reader(&self.kafka, kafka::group::LOG_READ).create()?;
+        let raw = kafka::read_one(&consumer, &self.topics.conversations, p, offset)?;
+        let snapshot = raw
+            .filter(|raw| raw.key.as_deref() == Some(key.as_bytes()))
+            .and_then(|raw| raw.payload)
+            .and_then(|payload| meshchat_wire::decode::<meshchat_wire::ConversationSnapshot>(&payload).ok());
+        match snapshot {
+            Some(s) => {
+                let mut conv = Conversation::from_snapshot(s, &count);
+                conv.snapshot_offset = Some(offset);
+                Ok(Some(conv))
+            }
+            None => self.read_conversation(key, keep, count),
+        }
+    }
+
     /// Kafka answered the last probe.
     pub fn reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)

@@ -18,8 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use meshchat_wire::ConversationSnapshot;
-use meshchat_wire::kafka::{self, KafkaError, ReaderPool, TailFetch};
+use meshchat_wire::kafka::{self, KafkaError, ReaderPool, StoredSnapshot, TailFetch};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, StreamConsumer};
 use tokio::sync::mpsc;
@@ -47,6 +46,10 @@ pub struct OwnerSettings {
     pub snapshot_interval: Duration,
     /// Largest snapshot record, in bytes.
     pub snapshot_max_bytes: usize,
+    /// A conversation idle this long leaves memory (it comes back from its snapshot).
+    pub idle_evict: Duration,
+    /// Most conversations held in memory; the least recently active beyond leave.
+    pub max_resident: usize,
     /// How the consumer fetches.
     pub fetch: TailFetch,
     /// Time in-flight answers get on shutdown.
@@ -79,7 +82,7 @@ enum TakeoverResult {
         epoch: Epoch,
         start: i64,
         fence: Epoch,
-        snapshots: Vec<ConversationSnapshot>,
+        snapshots: Vec<StoredSnapshot>,
     },
     FenceWritten {
         partition: Partition,
@@ -104,9 +107,9 @@ struct Run {
     answering: HashMap<tokio::task::Id, (Partition, Epoch)>,
     cancels: HashMap<Partition, CancellationToken>,
     /// Snapshots of the commit read being stepped (see `takeover_event`).
-    read: Option<((Partition, Epoch), Vec<ConversationSnapshot>)>,
+    read: Option<((Partition, Epoch), Vec<StoredSnapshot>)>,
     /// Snapshots of accepted commit reads, installed when their fence is written.
-    snapshots: HashMap<(Partition, Epoch), Vec<ConversationSnapshot>>,
+    snapshots: HashMap<(Partition, Epoch), Vec<StoredSnapshot>>,
     /// What the consumer was last assigned.
     assigned: BTreeSet<Partition>,
     /// The heartbeat lease at the last look (its changes are logged).
@@ -321,7 +324,7 @@ impl Owner {
                 if let Some(c) = consumed.filter(|c| c.offset == offset)
                     && let Some(payload) = c.payload
                 {
-                    self.apply(partition, offset, payload, answer_at, run, then);
+                    self.apply(partition, offset, payload, answer_at, run, then)?;
                 }
             }
             Effect::StartAnswers { partition, epoch } => self.start_answers(partition, epoch, run, then),
@@ -395,6 +398,7 @@ impl Owner {
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
         let partitions = self.log.partitions();
         store.retain(|c| meshchat_wire::partition_for(&c.key, partitions) != partition);
+        store.forget_evicted(partition);
         store.forget_fence(partition);
     }
 

@@ -118,6 +118,11 @@ pub struct Conversation {
     pub keyed: VecDeque<KeyedId>,
     /// Unanswered messages that get an error reply instead of an answer, by offset.
     pub refused: BTreeMap<i64, RefusedWhy>,
+    /// When its latest record was accepted or written (Unix seconds): how idle it is.
+    pub last_at: i64,
+    /// Offset in the snapshot topic of the last snapshot written or restored: where it comes
+    /// back from once evicted.
+    pub snapshot_offset: Option<i64>,
 }
 
 /// How long, and for how many messages at most, a conversation remembers idempotency keys.
@@ -187,6 +192,7 @@ impl Conversation {
             return Applied::Stale;
         }
         self.last_offset = self.last_offset.max(offset);
+        self.last_at = self.last_at.max(record_time(&record));
         if let ChatRecord::AgentReply(r) = &record {
             match verdict(fence, r.epoch, &r.in_reply_to, |id| {
                 self.pending_offset(id).is_none()
@@ -467,6 +473,12 @@ impl Conversation {
         conv.stored_through = s.last_offset;
         conv.keyed = s.keyed.into_iter().collect();
         conv.refused = s.refused.into_iter().map(|r| (r.offset, r.why)).collect();
+        conv.last_at = s
+            .entries
+            .iter()
+            .map(|e| record_time(&e.record))
+            .max()
+            .unwrap_or(0);
         conv.holds_commit = s.unstored.first().copied();
         conv.reread = s.unstored.into_iter().collect();
         for e in s.entries {
@@ -487,9 +499,31 @@ impl Conversation {
         conv
     }
 
+    /// Whether it may leave memory: everything it holds is in its last snapshot, and it waits
+    /// for nothing.
+    pub fn evictable(&self) -> bool {
+        !self.dirty
+            && self.pending.is_empty()
+            && self.in_flight.is_none()
+            && self.reread.is_empty()
+            && self.holds_commit.is_none()
+            && self.snapshot_offset.is_some()
+            && self.stored_through == self.last_offset
+    }
+
     /// Where reading the log must begin to complete this conversation.
     pub fn read_from(&self) -> i64 {
         self.reread.first().copied().unwrap_or(self.last_offset + 1)
+    }
+}
+
+/// When a record was accepted or written, in Unix seconds (0 for records without a time).
+pub fn record_time(record: &ChatRecord) -> i64 {
+    match record {
+        ChatRecord::UserMessage(m) => m.accepted_at.unwrap_or(m.timestamp).unix_timestamp(),
+        ChatRecord::AgentReply(r) => r.timestamp.unix_timestamp(),
+        ChatRecord::ParticipantAdded(p) => p.timestamp.unix_timestamp(),
+        ChatRecord::EpochFence(_) => 0,
     }
 }
 
@@ -510,6 +544,18 @@ pub struct Store {
     fences: Fences,
     /// History kept per conversation.
     pub keep: Keep,
+    /// Conversations evicted from memory: a hash of the key, the partition, and the offset of
+    /// their last snapshot (a collision only costs a slower restore: the record's key is
+    /// checked).
+    evicted: HashMap<u64, (Partition, i64)>,
+}
+
+/// What the eviction index keys a conversation by.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 // === impl Store ===
@@ -525,6 +571,7 @@ impl Store {
                 entries: keep.entries.max(1),
                 ..keep
             },
+            evicted: HashMap::new(),
         }
     }
 
@@ -561,12 +608,74 @@ impl Store {
 
     /// Installs a restored conversation, unless a newer state is already held.
     pub fn restore(&mut self, conv: Conversation) {
+        self.evicted.remove(&key_hash(&conv.key));
         match self.conversations.get(&conv.key) {
             Some(have) if have.last_offset >= conv.last_offset => {}
             _ => {
                 self.conversations.insert(conv.key.clone(), conv);
             }
         }
+    }
+
+    /// Where an evicted conversation's last snapshot is: its partition and offset (`None`: in
+    /// memory, or never seen).
+    pub fn evicted(&self, key: &str) -> Option<(Partition, i64)> {
+        if self.conversations.contains_key(key) {
+            return None;
+        }
+        self.evicted.get(&key_hash(key)).copied()
+    }
+
+    /// Conversations evicted from memory.
+    pub fn evicted_len(&self) -> usize {
+        self.evicted.len()
+    }
+
+    /// Records a conversation as evicted without holding it (a take-over's idle ones).
+    pub fn index_evicted(&mut self, key: &str, partition: Partition, snapshot_offset: i64) {
+        if !self.conversations.contains_key(key) {
+            self.evicted.insert(key_hash(key), (partition, snapshot_offset));
+        }
+    }
+
+    /// Evicts conversations idle for `idle_secs` at `now` (Unix seconds), then the least
+    /// recently active ones while more than `max_resident` are held; only those whose whole
+    /// state is in their last snapshot. `partition_of` places a key. Returns how many left.
+    pub fn evict_idle(
+        &mut self,
+        now: i64,
+        idle_secs: i64,
+        max_resident: usize,
+        partition_of: impl Fn(&str) -> Partition,
+    ) -> usize {
+        let mut candidates: Vec<(i64, String)> = self
+            .conversations
+            .values()
+            .filter(|c| c.evictable())
+            .map(|c| (c.last_at, c.key.clone()))
+            .collect();
+        let over = self.conversations.len().saturating_sub(max_resident);
+        let idle = candidates.iter().filter(|(at, _)| now - at >= idle_secs).count();
+        let n = idle.max(over).min(candidates.len());
+        if n == 0 {
+            return 0;
+        }
+        // the n least recently active: every idle one, and more while over the cap
+        if n < candidates.len() {
+            candidates.select_nth_unstable(n);
+            candidates.truncate(n);
+        }
+        for (_, key) in &candidates {
+            if let Some(c) = self.conversations.remove(key)
+                && let Some(offset) = c.snapshot_offset
+            {
+                self.evicted.insert(key_hash(key), (partition_of(key), offset));
+            }
+        }
+        if self.conversations.capacity() > 2 * self.conversations.len() + 1024 {
+            self.conversations.shrink_to_fit();
+        }
+        candidates.len()
     }
 
     /// A conversation by id.
@@ -602,6 +711,11 @@ impl Store {
     /// Drops every conversation `keep` rejects (used when partitions are released).
     pub fn retain(&mut self, mut keep: impl FnMut(&Conversation) -> bool) {
         self.conversations.retain(|_, c| keep(c));
+    }
+
+    /// Forgets the evicted conversations of `partition` (it is released).
+    pub fn forget_evicted(&mut self, partition: Partition) {
+        self.evicted.retain(|_, (p, _)| *p != partition);
     }
 }
 

@@ -85,23 +85,63 @@ pub fn read_partition_with(
     }
 }
 
-/// Latest snapshot of every conversation in `partitions` of the snapshot topic.
+/// A snapshot and its offset in the snapshot topic (where to fetch it again).
+pub type StoredSnapshot = (ConversationSnapshot, i64);
+
+/// Latest snapshot of every conversation in `partitions` of the snapshot topic, by key.
 pub fn restore_snapshots(
     consumer: &BaseConsumer,
     topic: &str,
     partitions: &[i32],
-) -> Result<HashMap<String, ConversationSnapshot>, KafkaError> {
+) -> Result<HashMap<String, StoredSnapshot>, KafkaError> {
     let mut latest = HashMap::new();
     for &p in partitions {
         read_partition_with(consumer, topic, p, 0, |raw| {
             let Some(payload) = raw.payload else { return };
             match decode::<ConversationSnapshot>(&payload) {
-                Ok(s) => keep_newest(&mut latest, s),
+                Ok(s) => keep_newest(&mut latest, s, raw.offset),
                 Err(e) => tracing::warn!(offset = raw.offset, error = %e, "skipping unreadable snapshot"),
             }
         })?;
     }
     Ok(latest)
+}
+
+/// The record at `offset` of `topic`/`partition`, if it is still there (blocking). Compaction
+/// may have removed it: then `None`.
+pub fn read_one(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<Raw>, KafkaError> {
+    let mut found = None;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, META_TIMEOUT)?;
+    if offset < low || offset >= high {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) if m.topic() != topic || m.partition() != partition || m.offset() < offset => {}
+            Some(Ok(m)) => {
+                if m.offset() == offset {
+                    found = Some(Raw {
+                        offset,
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                return Ok(found);
+            }
+        }
+    }
+    Err(KafkaError::Timeout { what: "record read" })
 }
 
 /// Whether snapshot `s`, read after `have`, replaces it: the one covering more of the log wins
@@ -113,10 +153,14 @@ pub fn supersedes(s: &ConversationSnapshot, have: Option<&ConversationSnapshot>)
 
 /// Keeps `s` if it supersedes what `latest` holds for its conversation — by key: the same id in
 /// two tenants is two conversations, which may share a partition.
-pub(super) fn keep_newest(latest: &mut HashMap<String, ConversationSnapshot>, s: ConversationSnapshot) {
+pub(super) fn keep_newest(
+    latest: &mut HashMap<String, StoredSnapshot>,
+    s: ConversationSnapshot,
+    offset: i64,
+) {
     let key = s.key();
-    if supersedes(&s, latest.get(&key)) {
-        latest.insert(key, s);
+    if supersedes(&s, latest.get(&key).map(|(have, _)| have)) {
+        latest.insert(key, (s, offset));
     }
 }
 

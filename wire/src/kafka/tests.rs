@@ -76,10 +76,14 @@ fn snapshots_of_the_same_id_in_two_tenants_are_both_kept() {
         epoch: 1,
     };
     let mut latest = HashMap::new();
-    super::logread::keep_newest(&mut latest, snap("acme", 5));
-    super::logread::keep_newest(&mut latest, snap("globex", 3));
-    super::logread::keep_newest(&mut latest, snap("acme", 4));
+    super::logread::keep_newest(&mut latest, snap("acme", 5), 10);
+    super::logread::keep_newest(&mut latest, snap("globex", 3), 11);
+    super::logread::keep_newest(&mut latest, snap("acme", 4), 12);
     assert_eq!(latest.len(), 2, "one per tenant");
-    assert_eq!(latest["acme/c"].last_offset, 5, "the newer of acme's");
-    assert_eq!(latest["globex/c"].last_offset, 3);
+    assert_eq!(
+        (latest["acme/c"].0.last_offset, latest["acme/c"].1),
+        (5, 10),
+        "the newer of acme's"
+    );
+    assert_eq!(latest["globex/c"].0.last_offset, 3);
 }

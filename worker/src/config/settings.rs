@@ -41,6 +41,8 @@ impl Config {
             context_tokens: self.context_tokens,
             snapshot_interval: Duration::from_secs_f64(self.snapshot_interval_secs),
             snapshot_max_bytes: self.snapshot_max_bytes as usize,
+            idle_evict: Duration::from_secs_f64(self.idle_evict_secs),
+            max_resident: self.max_resident_conversations,
             fetch: self.fetch(),
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_secs),
         }

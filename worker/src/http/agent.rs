@@ -39,6 +39,7 @@ pub async fn status<S: ChatService>(State(s): State<Arc<S>>, _caller: Caller) ->
         "loadFactor": round3(st.load_factor),
         "activeConversations": st.active_conversations,
         "residentConversations": st.resident_conversations,
+        "evictedConversations": st.evicted_conversations,
         "messagesPerSecond": round3(st.messages_per_second),
         "uptime": human(st.uptime_secs),
         "uptimeSeconds": st.uptime_secs,

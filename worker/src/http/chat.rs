@@ -230,6 +230,7 @@ pub async fn conversation<S: ChatService>(
 }
 
 async fn read<S: ChatService>(s: &S, key: &str, id: &str) -> Result<ConversationView, AppError> {
+    s.wake(key).await;
     match s.local_conversation(key) {
         Local::Found(view) => return Ok(view),
         Local::Missing => return Err(not_found(id)),

@@ -95,6 +95,7 @@ pub async fn forwarded_read<S: ChatService>(
 ) -> Result<Response, AppError> {
     from_peer(&*s, &headers)?;
     let id = check_key(&key)?;
+    s.wake(&key).await;
     match s.local_conversation(&key) {
         Local::Found(view) => return Ok(Json(view).into_response()),
         Local::Missing => return Err(AppError::NotFound(format!("conversation {id:?} not found"))),
@@ -120,6 +121,7 @@ pub async fn membership<S: ChatService>(
     from_peer(&*s, &headers)?;
     check_key(&key)?;
     let user = query.get("user").map(String::as_str).unwrap_or_default();
+    s.wake(&key).await;
     let membership = match s.local_membership(&key, user) {
         Some(m) => m,
         None => {

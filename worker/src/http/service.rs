@@ -92,6 +92,8 @@ pub struct WorkerStatus {
     pub active_conversations: usize,
     /// Conversations in memory.
     pub resident_conversations: usize,
+    /// Conversations of its partitions evicted from memory (idle; they come back on use).
+    pub evicted_conversations: usize,
     /// Smoothed user messages per second.
     pub messages_per_second: f64,
     /// Seconds since start.
@@ -177,6 +179,10 @@ pub trait ChatService: Send + Sync + 'static {
     /// Appends a participant's addition to its conversation's log; resolves once the broker
     /// acknowledged it.
     fn add_participant(&self, record: ParticipantAdded) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Brings the conversation keyed `key` back into memory if this worker evicted it (idle),
+    /// so what follows reads it locally.
+    fn wake(&self, key: &str) -> impl Future<Output = ()> + Send;
 
     /// The conversation from memory, when its partition is live here.
     fn local_conversation(&self, id: &str) -> Local;

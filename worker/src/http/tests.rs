@@ -198,6 +198,8 @@ impl ChatService for Fake {
         Ok(())
     }
 
+    async fn wake(&self, _key: &str) {}
+
     fn local_conversation(&self, id: &str) -> Local {
         self.local.get(id).cloned().unwrap_or(Local::NotHere)
     }

@@ -33,6 +33,7 @@ impl ChatService for Node {
         if self.members.get(&(key.to_string(), user.to_string())).is_some() {
             return Ok(Membership::Member);
         }
+        self.wake(key).await;
         let answer = self.ask_membership(key, user).await?;
         if answer == Membership::Member {
             self.joined(key, user);
@@ -45,6 +46,10 @@ impl ChatService for Node {
             return None;
         }
         let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        // evicted and not brought back (Kafka away): not known here, the log answers
+        if store.evicted(key).is_some() {
+            return None;
+        }
         Some(Membership::of(
             store.get(key).map(|c| c.participants.as_slice()),
             user,
@@ -82,6 +87,35 @@ impl ChatService for Node {
         Ok(())
     }
 
+    async fn wake(&self, key: &str) {
+        let evicted = self.store.read().unwrap_or_else(|p| p.into_inner()).evicted(key);
+        let Some((p, offset)) = evicted else { return };
+        let (log, tokenizer, keep, lookup) = (
+            self.log.clone(),
+            self.tokenizer.clone(),
+            self.keep,
+            key.to_string(),
+        );
+        let back = tokio::task::spawn_blocking(move || {
+            log.bring_back(&lookup, p, offset, keep, |t| tokenizer.count(t))
+        })
+        .await;
+        match back {
+            Ok(Ok(Some(conv))) => {
+                let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+                // only while the partition is still this worker's: else the index is stale
+                if store.evicted(key).is_some() {
+                    store.restore(conv);
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(conversation = %key, error = %e, "could not bring an evicted conversation back")
+            }
+            Err(e) => tracing::warn!(conversation = %key, error = %e, "bringing a conversation back failed"),
+        }
+    }
+
     fn local_conversation(&self, id: &str) -> Local {
         if !self.held.is_live(self.log.partition_of(id)) {
             return Local::NotHere;
@@ -89,6 +123,7 @@ impl ChatService for Node {
         let store = self.store.read().unwrap_or_else(|p| p.into_inner());
         match store.get(id) {
             Some(conv) => Local::Found(ConversationView::of(conv, &self.agent_name)),
+            None if store.evicted(id).is_some() => Local::NotHere,
             None => Local::Missing,
         }
     }
@@ -149,18 +184,19 @@ impl ChatService for Node {
     }
 
     fn status(&self) -> WorkerStatus {
-        let (active, resident) = {
+        let (active, resident, evicted) = {
             let store = self.store.read().unwrap_or_else(|p| p.into_inner());
             let active = store
                 .iter()
                 .filter(|c| !c.pending.is_empty() || c.in_flight.is_some())
                 .count();
-            (active, store.len())
+            (active, store.len(), store.evicted_len())
         };
         WorkerStatus {
             load_factor: self.load.load_factor(),
             active_conversations: active,
             resident_conversations: resident,
+            evicted_conversations: evicted,
             messages_per_second: self.load.messages_per_second(),
             uptime_secs: self.started.elapsed().as_secs(),
             held: self.held.partitions(),

@@ -79,7 +79,8 @@ impl Owner {
                     continue;
                 };
                 match result {
-                    Ok(_) => {
+                    Ok(offset) => {
+                        c.snapshot_offset = Some(offset);
                         c.stored_through = s.record.last_offset;
                         c.holds_commit = s.record.unstored.first().copied();
                     }
@@ -118,7 +119,23 @@ impl Owner {
         } else {
             consumer.commit(&tpl, CommitMode::Async)?;
         }
+        self.evict_idle();
         Ok(())
+    }
+
+    /// Idle conversations leave memory (their snapshots are written), and the least recently
+    /// active ones while more are held than allowed.
+    fn evict_idle(&self) {
+        let partitions = self.log.partitions();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let idle_secs = self.settings.idle_evict.as_secs() as i64;
+        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+        let evicted = store.evict_idle(now, idle_secs, self.settings.max_resident, |key| {
+            meshchat_wire::partition_for(key, partitions)
+        });
+        if evicted > 0 {
+            tracing::debug!(evicted, held = store.len(), "idle conversations left memory");
+        }
     }
 
     /// Publishes consumer lag per held partition (the query runs off the runtime).

@@ -2,8 +2,10 @@
 
 use std::collections::VecDeque;
 
+use meshchat_wire::kafka::{KafkaError, read_one};
 use meshchat_wire::{
-    ChatRecord, PresenceEvent, PresenceKind, RefusedWhy, ReplyErrorKind, SCHEMA_VERSION, decode, split_key,
+    ChatRecord, ConversationSnapshot, PresenceEvent, PresenceKind, RefusedWhy, ReplyErrorKind,
+    SCHEMA_VERSION, decode, split_key,
 };
 use time::OffsetDateTime;
 
@@ -12,7 +14,7 @@ use crate::context::{Role, Turn, trim_to_budget};
 use crate::llm::LlmError;
 use crate::owner::answer::Job;
 use crate::ownership::{Epoch, Event, Partition};
-use crate::store::{Applied, content_of};
+use crate::store::{Applied, Conversation, content_of};
 
 // === impl Owner ===
 
@@ -26,12 +28,12 @@ impl Owner {
         answer_at: Option<Epoch>,
         run: &mut Run,
         then: &mut VecDeque<Event>,
-    ) {
+    ) -> Result<(), KafkaError> {
         let record = match decode::<ChatRecord>(payload) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(partition = p, offset, error = %e, "skipping unreadable record");
-                return;
+                return Ok(());
             }
         };
         // fences have their own key and belong to no conversation
@@ -39,6 +41,10 @@ impl Owner {
             ChatRecord::EpochFence(_) => String::new(),
             _ => record.key(),
         };
+        let evicted = self.store.read().unwrap_or_else(|p| p.into_inner()).evicted(&key);
+        if let Some((_, snapshot_offset)) = evicted {
+            self.bring_back(p, &key, snapshot_offset, run)?;
+        }
         let tokens = self.tokenizer.count(content_of(&record));
         let user = match &record {
             ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
@@ -78,7 +84,7 @@ impl Owner {
             Applied::Fence => {
                 let epoch = self.store.read().unwrap_or_else(|p| p.into_inner()).fence(p);
                 then.push_back(Event::FenceRead { partition: p, epoch });
-                return;
+                return Ok(());
             }
             Applied::Participant { new_participant } => {
                 if new_participant
@@ -95,6 +101,52 @@ impl Owner {
         {
             self.answer_next(p, epoch, &key, run, then);
         }
+        Ok(())
+    }
+
+    /// Brings an evicted conversation back before a record of it is applied: its last
+    /// snapshot, fetched by offset (the log after it holds nothing of it: it was evicted clean),
+    /// or, if that record is gone, the conversation rebuilt from the log.
+    fn bring_back(
+        &self,
+        p: Partition,
+        key: &str,
+        snapshot_offset: i64,
+        run: &mut Run,
+    ) -> Result<(), KafkaError> {
+        let topics = self.log.topics();
+        let began = std::time::Instant::now();
+        let raw = tokio::task::block_in_place(|| {
+            let r = run.readers.take()?;
+            let raw = read_one(&r, &topics.conversations, p, snapshot_offset);
+            run.readers.give(r);
+            raw
+        })?;
+        let snapshot = raw
+            .filter(|raw| raw.key.as_deref() == Some(key.as_bytes()))
+            .and_then(|raw| raw.payload)
+            .and_then(|payload| decode::<ConversationSnapshot>(&payload).ok());
+        let conv = match snapshot {
+            Some(s) => {
+                let mut conv = Conversation::from_snapshot(s, |t| self.tokenizer.count(t));
+                conv.snapshot_offset = Some(snapshot_offset);
+                conv
+            }
+            None => {
+                tracing::info!(conversation = %key, "an evicted conversation's snapshot is gone; reading the log");
+                let keep = self.store.read().unwrap_or_else(|p| p.into_inner()).keep;
+                let read = tokio::task::block_in_place(|| {
+                    self.log.read_conversation(key, keep, |t| self.tokenizer.count(t))
+                })?;
+                read.unwrap_or_else(|| Conversation::new(key))
+            }
+        };
+        tracing::debug!(conversation = %key, took_ms = began.elapsed().as_millis() as u64, "an evicted conversation is back");
+        self.store
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore(conv);
+        Ok(())
     }
 
     /// Starts answering every conversation of `p` with unanswered messages.

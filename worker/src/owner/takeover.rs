@@ -3,15 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use meshchat_wire::kafka::{KafkaError, META_TIMEOUT, commit_start, restore_snapshots};
-use meshchat_wire::{ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, SCHEMA_VERSION, encode};
+use meshchat_wire::kafka::{KafkaError, META_TIMEOUT, StoredSnapshot, commit_start, restore_snapshots};
+use meshchat_wire::{ChatRecord, EpochFence, FENCE_KEY, SCHEMA_VERSION, encode};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
 use time::OffsetDateTime;
 
 use super::{Owner, Run, TakeoverResult};
 use crate::ownership::{Epoch, Event, Partition};
-use crate::store::Conversation;
+use crate::store::{Conversation, record_time};
 
 /// The record that fences partition `p` at `epoch` for `owner`: replies of older epochs after
 /// it are void.
@@ -50,7 +50,7 @@ impl Owner {
                     let (low, _) = r.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
                     let (start, fence) = commit_start(&committed, &topics.messages, p, low);
                     let snapshots = restore_snapshots(&r, &topics.conversations, &[p])?;
-                    Ok::<_, KafkaError>((start, fence, snapshots.into_values().collect()))
+                    Ok::<_, KafkaError>((start, fence, snapshots.into_values().collect::<Vec<_>>()))
                 })();
                 readers.give(r);
                 read
@@ -174,12 +174,32 @@ impl Owner {
     }
 
     /// Installs a take-over's snapshots and the fence before where its replay starts.
-    pub(super) fn restore(&self, p: Partition, fence: Epoch, snapshots: Vec<ConversationSnapshot>) {
-        tracing::info!(partition = p, conversations = snapshots.len(), fence, "replaying");
+    /// Idle conversations (all they hold in their snapshot, nothing to answer) are only indexed:
+    /// they come back from the snapshot when needed, so memory follows the active ones.
+    pub(super) fn restore(&self, p: Partition, fence: Epoch, snapshots: Vec<StoredSnapshot>) {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let idle_secs = self.settings.idle_evict.as_secs() as i64;
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
         store.seed_fence(p, fence);
-        for s in snapshots {
-            store.restore(Conversation::from_snapshot(s, |t| self.tokenizer.count(t)));
+        let (mut held, mut indexed) = (0usize, 0usize);
+        for (s, offset) in snapshots {
+            let last_at = s
+                .entries
+                .iter()
+                .map(|e| record_time(&e.record))
+                .max()
+                .unwrap_or(0);
+            let clean = s.pending.is_empty() && s.unstored.is_empty() && s.refused.is_empty();
+            if clean && now - last_at >= idle_secs {
+                store.index_evicted(&s.key(), p, offset);
+                indexed += 1;
+                continue;
+            }
+            let mut conv = Conversation::from_snapshot(s, |t| self.tokenizer.count(t));
+            conv.snapshot_offset = Some(offset);
+            store.restore(conv);
+            held += 1;
         }
+        tracing::info!(partition = p, held, idle = indexed, fence, "replaying");
     }
 }

@@ -434,3 +434,72 @@ fn messages_past_a_conversation_limit_are_refused_an_answer_but_wait_for_their_e
     assert_eq!(back.pending.len(), 2);
     assert_eq!(back.next_to_answer().map(|(o, _)| o), Some(0));
 }
+
+fn at(record: ChatRecord, secs: i64) -> ChatRecord {
+    let t = OffsetDateTime::from_unix_timestamp(secs).expect("time");
+    match record {
+        ChatRecord::UserMessage(mut m) => {
+            m.conversation_id = format!("c{secs}");
+            m.accepted_at = Some(t);
+            ChatRecord::UserMessage(m)
+        }
+        ChatRecord::AgentReply(mut r) => {
+            r.conversation_id = format!("c{secs}");
+            r.timestamp = t;
+            ChatRecord::AgentReply(r)
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn idle_and_least_recent_conversations_leave_memory_only_when_their_snapshot_holds_everything() {
+    let mut s = Store::new(50);
+    // five answered conversations, active at t = 100..=104, snapshotted
+    for i in 0..5 {
+        s.apply(0, 2 * i, at(user(&format!("m{i}"), "u"), 100 + i), 1);
+        s.apply(0, 2 * i + 1, at(reply(&format!("m{i}")), 100 + i), 1);
+    }
+    for c in s.iter_mut() {
+        c.dirty = false;
+        c.stored_through = c.last_offset;
+        c.snapshot_offset = Some(c.last_offset * 10);
+    }
+    // one with a message waiting, one changed since its snapshot: they stay
+    s.apply(0, 20, at(user("w", "u"), 90), 1);
+    s.get_mut("c104").expect("c104").dirty = true;
+    assert_eq!(s.len(), 6);
+    // at t = 160 with 50 s of idleness allowed: 100..=104 are idle but c104 is dirty
+    let evicted = s.evict_idle(160, 50, 1000, |_| 3);
+    assert_eq!(evicted, 4);
+    assert_eq!(s.len(), 2, "the waiting and the dirty one");
+    assert_eq!(s.evicted("c100"), Some((3, 10)), "partition and snapshot offset");
+    assert_eq!(s.evicted("c90"), None, "held");
+    assert_eq!(s.evicted("never"), None);
+    // back from its snapshot: no longer evicted
+    let mut back = Conversation::new("c100");
+    back.last_offset = 1;
+    s.restore(back);
+    assert_eq!(s.evicted("c100"), None);
+    assert_eq!(s.evicted_len(), 3);
+    // over the resident cap, the least recently active evictable ones go first
+    for c in s.iter_mut() {
+        c.dirty = false;
+        c.stored_through = c.last_offset;
+        c.snapshot_offset = Some(1);
+    }
+    s.apply(0, 21, at(user("n", "u"), 150), 1);
+    s.apply(0, 22, at(reply("n"), 150), 1);
+    if let Some(c) = s.get_mut("c150") {
+        c.dirty = false;
+        c.stored_through = c.last_offset;
+        c.snapshot_offset = Some(2);
+    }
+    let before = s.len();
+    let evicted = s.evict_idle(151, 1000, before - 1, |_| 0);
+    assert_eq!(evicted, 1);
+    assert!(s.get("c150").is_some(), "the most recent stays");
+    // a released partition forgets its evicted conversations
+    s.forget_evicted(3);
+    assert_eq!(s.evicted("c101"), None);
+}
