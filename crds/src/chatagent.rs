@@ -156,6 +156,11 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_pending_per_conversation: Option<u32>,
+    /// Requests (other than live streams) one worker serves at once; beyond, 503 (default
+    /// 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_requests: Option<u32>,
     /// Participants one conversation may have (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]

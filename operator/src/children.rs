@@ -603,6 +603,7 @@ fn limits_options(l: &LimitsSpec) -> LimitsFile {
         quota_wait_secs: l.quota_wait_seconds,
         max_pending_per_conversation: l.max_pending_per_conversation,
         max_participants_per_conversation: l.max_participants_per_conversation,
+        max_requests: l.max_requests,
     }
 }
 

@@ -257,6 +257,9 @@ pub struct LimitsFile {
     /// Participants per conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_participants_per_conversation: Option<u32>,
+    /// Requests in flight per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
 }
 
 /// Where the operator mounts a ChatAgent's API keys file in a worker.

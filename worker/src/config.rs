@@ -258,6 +258,9 @@ pub struct Config {
     /// Seconds an answer waits for its tenant's token quota before it becomes an error reply.
     #[arg(long, env = "MESHCHAT_QUOTA_WAIT_SECS", default_value_t = 10.0, value_parser = seconds)]
     pub quota_wait_secs: f64,
+    /// Requests (other than live streams) this worker serves at once; beyond, 503 at once.
+    #[arg(long, env = "MESHCHAT_MAX_REQUESTS", default_value_t = 4096, value_parser = at_least_one)]
+    pub max_requests: usize,
     /// Largest WebSocket message a client may send; a larger one closes its socket.
     #[arg(long, env = "MESHCHAT_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = at_least_one)]
     pub ws_max_message_bytes: usize,

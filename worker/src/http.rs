@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use meshchat_wire::worker::paths;
@@ -51,7 +52,21 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
             Duration::from_secs(30),
-        ));
+        ))
+        // a bounded number of requests at once; beyond, a fast 503 rather than a queue that
+        // grows with the flood (live streams have their own caps)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    AppError::Unavailable(
+                        "this worker is serving as many requests as it may; retry shortly".into(),
+                    )
+                }))
+                .layer(tower::load_shed::LoadShedLayer::new())
+                .layer(tower::limit::ConcurrencyLimitLayer::new(
+                    service.limits().settings().max_requests,
+                )),
+        );
     let live = Router::new()
         .route("/api/chat/ws", get(stream::websocket::<S>))
         .route("/api/chat/conversation/{id}/events", get(stream::sse::<S>));

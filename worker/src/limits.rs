@@ -41,6 +41,8 @@ pub struct LimitSettings {
     pub tenant_llm_tokens_per_minute: u64,
     /// Longest an answer waits for its tenant's token quota before it becomes an error reply.
     pub quota_wait: Duration,
+    /// Requests (other than live streams) this worker serves at once; beyond, 503 at once.
+    pub max_requests: usize,
     /// Largest WebSocket message a client may send (clients send nothing the worker needs).
     pub ws_max_message_bytes: usize,
     /// Time between the worker's pings on a WebSocket; a client that answers none of two is
@@ -61,6 +63,7 @@ impl Default for LimitSettings {
             worker_streams: 20_000,
             tenant_llm_tokens_per_minute: 1_000_000,
             quota_wait: Duration::from_secs(10),
+            max_requests: 4096,
             ws_max_message_bytes: 64 * 1024,
             ws_ping: Duration::from_secs(20),
         }

@@ -61,6 +61,7 @@ impl Config {
             worker_streams: self.worker_streams,
             tenant_llm_tokens_per_minute: self.tenant_llm_tokens_per_minute,
             quota_wait: Duration::from_secs_f64(self.quota_wait_secs),
+            max_requests: self.max_requests,
             ws_max_message_bytes: self.ws_max_message_bytes,
             ws_ping: Duration::from_secs_f64(self.ws_ping_secs),
         }

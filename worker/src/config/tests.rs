@@ -193,6 +193,7 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
             quota_wait_secs: Some(3),
             max_pending_per_conversation: Some(9),
             max_participants_per_conversation: Some(99),
+            max_requests: Some(77),
         },
     };
     let dir = std::env::temp_dir().join(format!("meshchat-file-{}", std::process::id()));
@@ -261,6 +262,7 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
         Some(c.max_participants_per_conversation),
         l.max_participants_per_conversation
     );
+    assert_eq!(Some(c.max_requests), l.max_requests.map(|n| n as usize));
     // the defaults the operator leaves out are the contract's
     let c = Config::load_from(args(&[])).expect("defaults");
     assert_eq!(c.listen.port(), worker::HTTP_PORT);

@@ -51,6 +51,7 @@ struct Fake {
     admit: Result<(), Duration>,
     added: Mutex<Vec<meshchat_wire::ParticipantAdded>>,
     limits: Arc<Limits>,
+    append_delay: Option<Duration>,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -118,6 +119,7 @@ fn fake() -> Fake {
         admit: Ok(()),
         added: Mutex::default(),
         limits: Arc::new(Limits::new(LimitSettings::default())),
+        append_delay: None,
     }
 }
 
@@ -193,6 +195,9 @@ impl ChatService for Fake {
     }
 
     async fn append(&self, message: UserMessage) -> Result<(), String> {
+        if let Some(d) = self.append_delay {
+            tokio::time::sleep(d).await;
+        }
         self.append.clone()?;
         self.appended.lock().expect("lock").push(message);
         Ok(())
@@ -821,4 +826,38 @@ async fn while_kafka_is_unreachable_a_send_answers_503_and_queues_nothing() {
             .is_some_and(|m| m.contains("Kafka is unreachable"))
     );
     assert!(s.appended.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn requests_beyond_the_workers_limit_answer_503_at_once() {
+    let mut f = fake();
+    f.limits = Arc::new(Limits::new(LimitSettings {
+        max_requests: 2,
+        ..LimitSettings::default()
+    }));
+    f.append_delay = Some(Duration::from_millis(300));
+    let s = Arc::new(f);
+    let send = || {
+        post(
+            "/api/chat/send",
+            json!({"conversationId": "c-1", "content": "hi"}),
+        )
+    };
+    let app = app(s.clone());
+    let results = futures::future::join_all((0..5).map(|_| app.clone().oneshot(send()))).await;
+    let statuses: Vec<StatusCode> = results
+        .into_iter()
+        .map(|r| r.expect("response").status())
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let shed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!((ok, shed), (2, 3), "{statuses:?}");
+    assert_eq!(
+        s.appended.lock().expect("lock").len(),
+        2,
+        "nothing of the shed ones stored"
+    );
 }
