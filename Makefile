@@ -7,7 +7,7 @@ TEST_KAFKA_DIR ?= $(HOME)/.cache/meshchat/kafka-test
 # where `make bench` writes its JSON, charts and report section
 BENCH_OUT ?= docs
 
-.PHONY: all build run test e2e bench fuzz lint fmt crds kafka-start kafka-stop clean help
+.PHONY: all build run test e2e bench fuzz lint fmt crds openapi kafka-start kafka-stop clean help
 
 all: build
 
@@ -16,6 +16,7 @@ help:
 	@echo "make test   - format, lint, unit, property and integration tests on a real broker"
 	@echo "make bench  - raw broker, placement, handoff and failover measurements (docs/benchmarks.md, .json, PNGs)"
 	@echo "make crds   - regenerate the ChatAgent CRD YAML"
+	@echo "make openapi - regenerate docs/openapi.json (the public API, also served at /api/openapi.json)"
 	@echo "make e2e    - the operator against a real cluster (KUBECONFIG: kind, k3d...), see docs/kubernetes.md"
 	@echo "make lint   - rustfmt --check, clippy -D warnings and cargo deny"
 	@echo "make fuzz   - each cargo-fuzz target for FUZZ_SECS (60) seconds (nightly; installs cargo-fuzz)"
@@ -26,6 +27,9 @@ build:
 
 run: build
 	@scripts/run-local.sh
+
+openapi:
+	MESHCHAT_WRITE_OPENAPI=1 $(CARGO) test -q -p meshchat-worker --lib the_checked_in_document_is_current
 
 crds:
 	$(CARGO) run -q -p meshchat-crds --bin crdgen crds/chatagent.crd.yaml charts/meshchat/crds/chatagent.crd.yaml

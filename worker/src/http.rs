@@ -9,6 +9,7 @@ mod chat;
 mod error;
 mod health;
 mod internal;
+pub(crate) mod openapi;
 mod service;
 mod stream;
 mod ticket;
@@ -68,6 +69,15 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
                 )),
         );
     let live = Router::new()
+        .route(
+            "/api/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi::DOCUMENT.as_str(),
+                )
+            }),
+        )
         .route("/api/chat/ws", get(stream::websocket::<S>))
         .route("/api/chat/conversation/{id}/events", get(stream::sse::<S>));
     api.merge(live)

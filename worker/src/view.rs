@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use crate::store::Conversation;
 
 /// One message as `GET /api/chat/conversation/{id}` and live streams show it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     /// Message id.
@@ -27,6 +27,7 @@ pub struct MessageView {
     pub node: Option<String>,
     /// For error replies: why the LLM did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::ReplyErrorDoc>)]
     pub error: Option<ReplyError>,
 }
 
@@ -80,7 +81,7 @@ impl From<&ChatRecord> for MessageView {
 }
 
 /// A whole conversation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConversationView {
     /// Conversation id.
     pub id: String,
