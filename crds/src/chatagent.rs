@@ -156,6 +156,11 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_pending_per_conversation: Option<u32>,
+    /// Records a conversation's worker may be behind (over all its partitions) before sends to
+    /// it answer 503 with Retry-After instead of growing the backlog (default 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_backlog: Option<u32>,
     /// Requests (other than live streams) one worker serves at once; beyond, 503 (default
     /// 4096).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -604,6 +604,7 @@ fn limits_options(l: &LimitsSpec) -> LimitsFile {
         max_pending_per_conversation: l.max_pending_per_conversation,
         max_participants_per_conversation: l.max_participants_per_conversation,
         max_requests: l.max_requests,
+        max_backlog: l.max_backlog,
     }
 }
 

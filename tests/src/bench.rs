@@ -27,6 +27,22 @@ pub const SUMMARY_KEYS: [&str; 14] = [
     "planner_decision_ms",
 ];
 
+/// Puts `md` (which starts with `begin` and ends with `end`) into `file` in place of the text
+/// between those markers, or appends it when the file has none yet.
+pub fn write_section(file: &std::path::Path, begin: &str, end: &str, md: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let next = match (text.find(begin), text.find(end)) {
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{}{}",
+            &text[..b],
+            md.trim_end_matches('\n'),
+            &text[e + end.len()..]
+        ),
+        _ => format!("{}\n\n{md}", text.trim_end()),
+    };
+    std::fs::write(file, next)
+}
+
 /// A `Key:   <n> kB` line of a `/proc` file (`/proc/meminfo`, `/proc/<pid>/status`), in KiB.
 pub fn proc_kb(file: &str, key: &str) -> Option<f64> {
     std::fs::read_to_string(file)

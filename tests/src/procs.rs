@@ -171,7 +171,7 @@ pub fn static_peers(specs: &[WorkerSpec], parts: &[&str]) -> String {
 }
 
 /// Limits high enough that no scenario meets them.
-pub const UNLIMITED: [(&str, &str); 8] = [
+pub const UNLIMITED: [(&str, &str); 9] = [
     ("MESHCHAT_USER_MESSAGES_PER_MINUTE", "10000000"),
     ("MESHCHAT_USER_MESSAGE_BURST", "1000000"),
     ("MESHCHAT_TENANT_MESSAGES_PER_MINUTE", "10000000"),
@@ -180,6 +180,7 @@ pub const UNLIMITED: [(&str, &str); 8] = [
     ("MESHCHAT_USER_STREAMS", "1000000"),
     ("MESHCHAT_TENANT_STREAMS", "1000000"),
     ("MESHCHAT_TENANT_LLM_TOKENS_PER_MINUTE", "0"),
+    ("MESHCHAT_MAX_BACKLOG", "1000000000"),
 ];
 
 /// The mesh secret test workers share.

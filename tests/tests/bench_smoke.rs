@@ -110,3 +110,26 @@ async fn the_authentication_benchmark_runs_in_smoke_mode() -> anyhow::Result<()>
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
 }
+
+/// `limits-bench --smoke` (the limits part of `make bench`) runs and writes its report: B is
+/// answered beside A's flood, A is refused with 429s, and the sweep stays under its RSS cap.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_limits_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let out = smoke("limits-bench").await?;
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("limits-bench.json"))?)?;
+    let iso = &json["isolation"];
+    assert_eq!(iso["b_failures"], 0, "{iso}");
+    assert!(
+        iso["a_limited"].as_u64().is_some_and(|n| n > 0),
+        "the flood met the limits: {iso}"
+    );
+    assert!(iso["b_p99_ratio"].as_f64().is_some_and(f64::is_finite), "{iso}");
+    let sweep = &json["sweep"];
+    assert_eq!(sweep["failed"], 0, "{sweep}");
+    assert!(sweep["evicted_end"].as_u64().is_some_and(|n| n > 0), "{sweep}");
+    let md = std::fs::read_to_string(out.join("benchmarks.md"))?;
+    assert!(md.contains("### Limits: one tenant's flood"), "{md}");
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}

@@ -260,6 +260,9 @@ pub struct LimitsFile {
     /// Requests in flight per worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests: Option<u32>,
+    /// Records a worker may be behind before sends to it are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backlog: Option<u32>,
 }
 
 /// Where the operator mounts a ChatAgent's API keys file in a worker.

@@ -160,6 +160,11 @@ pub struct Config {
     /// (once their snapshot is written).
     #[arg(long, env = "MESHCHAT_MAX_RESIDENT_CONVERSATIONS", default_value_t = 100_000, value_parser = at_least_one)]
     pub max_resident_conversations: usize,
+    /// Answers under way (waiting for an LLM slot, streaming, being written) beyond which the
+    /// owner stops reading new messages: they wait in Kafka, so memory stays bounded however
+    /// fast messages come.
+    #[arg(long, env = "MESHCHAT_MAX_QUEUED_ANSWERS", default_value_t = 4096, value_parser = at_least_one)]
+    pub max_queued_answers: usize,
     /// Largest snapshot record, in bytes; also what one conversation's history may take in
     /// memory. Older history stays in the log. Must stay under the broker's and producer's
     /// record limits (1 MB by default).
@@ -261,6 +266,10 @@ pub struct Config {
     /// Requests (other than live streams) this worker serves at once; beyond, 503 at once.
     #[arg(long, env = "MESHCHAT_MAX_REQUESTS", default_value_t = 4096, value_parser = at_least_one)]
     pub max_requests: usize,
+    /// Records a conversation's owner may be behind, over all its partitions, before sends to it
+    /// answer 503 (retry later) instead of growing the backlog.
+    #[arg(long, env = "MESHCHAT_MAX_BACKLOG", default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_backlog: i64,
     /// Largest WebSocket message a client may send; a larger one closes its socket.
     #[arg(long, env = "MESHCHAT_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = at_least_one)]
     pub ws_max_message_bytes: usize,

@@ -43,6 +43,11 @@ pub struct LimitSettings {
     pub quota_wait: Duration,
     /// Requests (other than live streams) this worker serves at once; beyond, 503 at once.
     pub max_requests: usize,
+    /// Records a conversation's owner may be behind (over all its partitions) before sends to
+    /// it are refused (503, retry later): the owner answers at its LLM's pace, and a backlog
+    /// beyond this is a mesh that cannot keep up — it would only grow, and with it the
+    /// conversations the owner holds waiting for their replies.
+    pub max_backlog: i64,
     /// Largest WebSocket message a client may send (clients send nothing the worker needs).
     pub ws_max_message_bytes: usize,
     /// Time between the worker's pings on a WebSocket; a client that answers none of two is
@@ -64,6 +69,7 @@ impl Default for LimitSettings {
             tenant_llm_tokens_per_minute: 1_000_000,
             quota_wait: Duration::from_secs(10),
             max_requests: 4096,
+            max_backlog: 5000,
             ws_max_message_bytes: 64 * 1024,
             ws_ping: Duration::from_secs(20),
         }

@@ -64,6 +64,8 @@ pub struct Load {
     running_gauge: Gauge,
     handled: AtomicU64,
     per_partition: Mutex<BTreeMap<Partition, PartitionCounts>>,
+    /// Records behind the log's end per held partition, at the last lag query.
+    lags: Mutex<BTreeMap<Partition, i64>>,
     smoothed: Mutex<Smoothed>,
 }
 
@@ -109,6 +111,7 @@ impl Load {
             running_gauge,
             handled: AtomicU64::new(0),
             per_partition: Mutex::new(BTreeMap::new()),
+            lags: Mutex::new(BTreeMap::new()),
             smoothed: Mutex::new(Smoothed::default()),
         }
     }
@@ -130,6 +133,27 @@ impl Load {
     /// Answers waiting for a slot now.
     pub fn queued_now(&self) -> u32 {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Records each held partition's owner is behind the log's end (the last query's).
+    pub fn set_lags(&self, lags: &[(Partition, i64)]) {
+        let mut l = self.lags.lock().unwrap_or_else(|p| p.into_inner());
+        l.clear();
+        l.extend(lags.iter().copied());
+    }
+
+    /// Records partition `p` is behind, if held and measured.
+    pub fn lag(&self, p: Partition) -> Option<i64> {
+        self.lags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&p)
+            .copied()
+    }
+
+    /// Records this worker is behind over all its partitions, as last measured.
+    pub fn total_lag(&self) -> i64 {
+        self.lags.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
     }
 
     /// LLM calls running now.

@@ -92,6 +92,14 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// How far behind worker `id` reported being over all its partitions (records), if it
+    /// reported.
+    pub fn lag_of(&self, id: &str) -> Option<i64> {
+        let m = self.reports.lock().ok()?;
+        let (r, _) = m.get(id)?;
+        Some(r.partitions.iter().map(|p| p.lag).sum())
+    }
+
     /// What this worker knows of worker `id`.
     pub fn peer(&self, id: &str) -> Peer {
         let timeout = self.heartbeat_timeout();

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub consumer_lag: Family<PartitionLabel, Gauge>,
     /// Live streams (WebSocket, SSE) open.
     pub live_streams: Gauge,
+    /// Conversations held in memory.
+    pub conversations_resident: Gauge,
+    /// Conversations of held partitions evicted from memory (they come back on use).
+    pub conversations_evicted: Gauge,
 }
 
 // === impl Metrics ===
@@ -72,6 +76,8 @@ impl Metrics {
             llm_failures: Counter::default(),
             consumer_lag: Family::default(),
             live_streams: Gauge::default(),
+            conversations_resident: Gauge::default(),
+            conversations_evicted: Gauge::default(),
         };
         let mut r = Registry::with_prefix("meshchat");
         r.register(
@@ -107,6 +113,16 @@ impl Metrics {
             "live_streams",
             "Live streams (WebSocket, SSE) open",
             m.live_streams.clone(),
+        );
+        r.register(
+            "conversations_resident",
+            "Conversations held in memory",
+            m.conversations_resident.clone(),
+        );
+        r.register(
+            "conversations_evicted",
+            "Conversations of held partitions evicted from memory",
+            m.conversations_evicted.clone(),
         );
         r.register(
             "consumer_lag",

@@ -50,6 +50,9 @@ pub struct OwnerSettings {
     pub idle_evict: Duration,
     /// Most conversations held in memory; the least recently active beyond leave.
     pub max_resident: usize,
+    /// Answers under way beyond which the owner stops reading new records: the log is the
+    /// queue, so memory stays bounded however fast messages come.
+    pub max_queued_answers: usize,
     /// How the consumer fetches.
     pub fetch: TailFetch,
     /// Time in-flight answers get on shutdown.
@@ -234,7 +237,7 @@ impl Owner {
                     self.step(event, &mut run, None).await?;
                     run.read = None;
                 }
-                m = run.consumer.recv() => match m {
+                m = run.consumer.recv(), if !self.saturated(&run) => match m {
                     Ok(m) => {
                         let (partition, offset) = (m.partition(), m.offset());
                         let payload = m.payload().map(<[u8]>::to_vec);
@@ -370,6 +373,14 @@ impl Owner {
             },
         }
         Ok(())
+    }
+
+    /// Whether enough answers are under way (waiting for an LLM slot, streaming, writing) that
+    /// reading more records would only grow memory: the records wait in Kafka instead (consumer
+    /// lag) and are read as answers end. Counted as tasks spawned, not as tasks that reached
+    /// the slot queue: a burst spawns far more than the runtime has started yet.
+    fn saturated(&self, run: &Run) -> bool {
+        run.answers.len() >= self.settings.max_queued_answers
     }
 
     /// Whether the heartbeat lease holds now; logs when that changes.

@@ -13,7 +13,7 @@ use clap::Parser;
 use futures::StreamExt;
 use jsonwebtoken::Algorithm;
 use meshchat_tests::auth::{api_key, claims, sign};
-use meshchat_tests::bench::percentiles;
+use meshchat_tests::bench::{percentiles, write_section};
 use meshchat_tests::*;
 use serde_json::{Value, json};
 
@@ -247,18 +247,7 @@ async fn main() -> anyhow::Result<()> {
             &json!({"modes": summary, "rounds": args.rounds, "sends": args.sends, "concurrency": args.concurrency}),
         )?,
     )?;
-    let file = args.out.join("benchmarks.md");
-    let text = std::fs::read_to_string(&file).unwrap_or_default();
-    let next = match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{}{}",
-            &text[..b],
-            md.trim_end_matches('\n'),
-            &text[e + END.len()..]
-        ),
-        _ => format!("{}\n\n{md}", text.trim_end()),
-    };
-    std::fs::write(&file, next)?;
+    write_section(&args.out.join("benchmarks.md"), BEGIN, END, &md)?;
     let failed: usize = per.iter().flatten().map(|r| r.3).sum();
     anyhow::ensure!(failed == 0, "{failed} sends failed");
     Ok(())

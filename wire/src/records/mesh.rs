@@ -97,6 +97,9 @@ pub struct PartitionLoad {
     pub in_flight: u32,
     /// Conversations held in memory.
     pub resident_conversations: u32,
+    /// Records the owner is behind the partition's end (absent from older workers).
+    #[serde(default)]
+    pub lag: i64,
 }
 
 /// One step of moving a partition between workers.

@@ -43,6 +43,7 @@ impl Config {
             snapshot_max_bytes: self.snapshot_max_bytes as usize,
             idle_evict: Duration::from_secs_f64(self.idle_evict_secs),
             max_resident: self.max_resident_conversations,
+            max_queued_answers: self.max_queued_answers,
             fetch: self.fetch(),
             shutdown_grace: Duration::from_secs_f64(self.shutdown_grace_secs),
         }
@@ -62,6 +63,7 @@ impl Config {
             tenant_llm_tokens_per_minute: self.tenant_llm_tokens_per_minute,
             quota_wait: Duration::from_secs_f64(self.quota_wait_secs),
             max_requests: self.max_requests,
+            max_backlog: self.max_backlog,
             ws_max_message_bytes: self.ws_max_message_bytes,
             ws_ping: Duration::from_secs_f64(self.ws_ping_secs),
         }

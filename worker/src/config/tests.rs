@@ -194,6 +194,7 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
             max_pending_per_conversation: Some(9),
             max_participants_per_conversation: Some(99),
             max_requests: Some(77),
+            max_backlog: Some(7000),
         },
     };
     let dir = std::env::temp_dir().join(format!("meshchat-file-{}", std::process::id()));
@@ -263,6 +264,7 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
         l.max_participants_per_conversation
     );
     assert_eq!(Some(c.max_requests), l.max_requests.map(|n| n as usize));
+    assert_eq!(Some(c.max_backlog), l.max_backlog.map(i64::from));
     // the defaults the operator leaves out are the contract's
     let c = Config::load_from(args(&[])).expect("defaults");
     assert_eq!(c.listen.port(), worker::HTTP_PORT);

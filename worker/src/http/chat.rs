@@ -51,6 +51,17 @@ pub async fn send<S: ChatService>(
     let who = &caller.who;
     s.limits().admit_message(&who.tenant, &who.user)?;
     let key = who.key(&req.conversation_id);
+    if let Some(behind) = s.backlog(&key)
+        && behind > s.limits().settings().max_backlog
+    {
+        // the owner answers at its LLM's pace; a backlog past this would only grow
+        return Err(AppError::Busy {
+            message: format!(
+                "this conversation's worker is {behind} messages behind; nothing was stored, retry shortly"
+            ),
+            retry_after: std::time::Duration::from_secs(5),
+        });
+    }
     let membership = if who.role == Role::User {
         Some(may_take_part(&*s, &key, &who.user, &req.conversation_id).await?)
     } else {

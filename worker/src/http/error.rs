@@ -34,6 +34,14 @@ pub enum AppError {
     /// A valid credential whose role does not allow the route.
     #[error("this credential's role does not allow this request")]
     Forbidden,
+    /// Overloaded (a backlog, not the caller's rate): 503 with `Retry-After`.
+    #[error("{message}")]
+    Busy {
+        /// Why.
+        message: String,
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// Over a rate limit; retry after the given time.
     #[error("{message}")]
     TooManyRequests {
@@ -87,6 +95,12 @@ impl IntoResponse for AppError {
                 StatusCode::FORBIDDEN,
                 json!({"error": "forbidden", "message": self.to_string()}),
             ),
+            AppError::Busy { message, retry_after } => {
+                let secs = retry_after.as_secs().max(1);
+                let body = json!({"error": "unavailable", "message": message, "retryAfterSeconds": secs});
+                let header = [(header::RETRY_AFTER, secs.to_string())];
+                return (StatusCode::SERVICE_UNAVAILABLE, header, Json(body)).into_response();
+            }
             AppError::TooManyRequests { message, retry_after } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 let body = json!({"error": "rate_limited", "message": message, "retryAfterSeconds": secs});

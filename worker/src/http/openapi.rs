@@ -253,7 +253,7 @@ pub struct MeshDoc {
         (status = 404, description = "Another user's conversation", body = ErrorBody),
         (status = 413, description = "Content or body too large", body = ErrorBody),
         (status = 429, description = "Over a rate limit (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Kafka away, worker draining or at its request limit; nothing stored", body = ErrorBody),
+        (status = 503, description = "Kafka away, the worker draining or at its request limit, or the conversation's worker too far behind (Retry-After); nothing stored", body = ErrorBody),
         (status = 504, description = "Took too long"),
     ))]
 fn send() {}

@@ -169,6 +169,10 @@ pub trait ChatService: Send + Sync + 'static {
     /// What callers and tenants may take from this worker.
     fn limits(&self) -> &Arc<Limits>;
 
+    /// Records the owner of the conversation keyed `key` is behind, over all its partitions, as
+    /// last measured (here, or in the owner's heartbeat); `None` when not known.
+    fn backlog(&self, key: &str) -> Option<i64>;
+
     /// Whether `tenant` may send another migrate request now (`Err`: when it may).
     fn admit_migration(&self, tenant: &str) -> Result<(), Duration>;
 

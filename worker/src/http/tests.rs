@@ -52,6 +52,7 @@ struct Fake {
     added: Mutex<Vec<meshchat_wire::ParticipantAdded>>,
     limits: Arc<Limits>,
     append_delay: Option<Duration>,
+    backlog: Option<i64>,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -120,6 +121,7 @@ fn fake() -> Fake {
         added: Mutex::default(),
         limits: Arc::new(Limits::new(LimitSettings::default())),
         append_delay: None,
+        backlog: None,
     }
 }
 
@@ -166,6 +168,10 @@ impl ChatService for Fake {
 
     fn limits(&self) -> &Arc<Limits> {
         &self.limits
+    }
+
+    fn backlog(&self, _key: &str) -> Option<i64> {
+        self.backlog
     }
 
     async fn membership(&self, key: &str, user: &str) -> Result<Membership, String> {
@@ -860,4 +866,21 @@ async fn requests_beyond_the_workers_limit_answer_503_at_once() {
         2,
         "nothing of the shed ones stored"
     );
+}
+
+#[tokio::test]
+async fn a_send_to_a_conversation_whose_owner_is_far_behind_answers_503_and_stores_nothing() {
+    let mut f = fake();
+    f.backlog = Some(LimitSettings::default().max_backlog + 1);
+    let s = Arc::new(f);
+    let resp = app(s.clone())
+        .oneshot(post(
+            "/api/chat/send",
+            json!({"conversationId": "c-1", "content": "hi"}),
+        ))
+        .await
+        .expect("a response");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().get("retry-after").is_some(), "says when to retry");
+    assert!(s.appended.lock().expect("lock").is_empty());
 }

@@ -94,6 +94,7 @@ impl Heartbeat {
                     tokens_per_s: now.tokens.saturating_sub(prev.tokens) as f64 / secs,
                     in_flight: h.answers,
                     resident_conversations: resident.get(&p).copied().unwrap_or(0),
+                    lag: self.load.lag(p).unwrap_or(0),
                 }
             })
             .collect();

@@ -68,6 +68,15 @@ impl ChatService for Node {
         &self.limits
     }
 
+    fn backlog(&self, key: &str) -> Option<i64> {
+        let p = self.log.partition_of(key);
+        if self.held.is_live(p) {
+            return Some(self.load.total_lag());
+        }
+        let owner = self.assignments.owner_of(p)?;
+        self.mesh.lag_of(&owner.node_id)
+    }
+
     fn admit_migration(&self, tenant: &str) -> Result<(), Duration> {
         use governor::clock::{Clock, DefaultClock};
         self.migrations
@@ -262,6 +271,11 @@ impl ChatService for Node {
         self.metrics
             .live_streams
             .set(i64::from(self.limits.streams_open()));
+        {
+            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+            self.metrics.conversations_resident.set(store.len() as i64);
+            self.metrics.conversations_evicted.set(store.evicted_len() as i64);
+        }
         let mut body = String::new();
         prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
         Ok(body)

@@ -133,8 +133,14 @@ impl Owner {
         let evicted = store.evict_idle(now, idle_secs, self.settings.max_resident, |key| {
             meshchat_wire::partition_for(key, partitions)
         });
+        let held = store.len();
+        drop(store);
         if evicted > 0 {
-            tracing::debug!(evicted, held = store.len(), "idle conversations left memory");
+            tracing::debug!(evicted, held, "idle conversations left memory");
+        }
+        if evicted >= 1000 {
+            // glibc keeps the freed pages of many small conversations; give them back
+            meshchat_heap::release_free_heap();
         }
     }
 
@@ -149,10 +155,11 @@ impl Owner {
             return;
         }
         let positions = positions.clone();
-        let (reader, topic, metrics) = (
+        let (reader, topic, metrics, load) = (
             reader.clone(),
             self.log.topics().messages.clone(),
             self.metrics.clone(),
+            self.load.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let mut latest = TopicPartitionList::new();
@@ -168,12 +175,14 @@ impl Owner {
                     return;
                 }
             };
-            for (p, lag) in lags(&ends, &topic, &positions) {
+            let lags = lags(&ends, &topic, &positions);
+            for (p, lag) in &lags {
                 metrics
                     .consumer_lag
-                    .get_or_create(&PartitionLabel { partition: p })
-                    .set(lag);
+                    .get_or_create(&PartitionLabel { partition: *p })
+                    .set(*lag);
             }
+            load.set_lags(&lags);
         });
     }
 }
