@@ -189,6 +189,11 @@ async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::
         assert_eq!((status, &again["messageId"]), (200, &first["messageId"]));
     }
 
+    // the restarted owner has written since (its idempotent producer holds its id: a freeze
+    // during that first handshake is another matter — see the note on issue 14)
+    let warm = send(&owner.url, "warm-up", "ann", "are you back?").await?;
+    wait_reply(&owner.url, "warm-up", &warm, T).await?;
+
     // a send stuck on a frozen broker: 503 (after the send's timeout, or at once once the
     // worker noticed), its record still queued; the client retries with the same key later
     broker.pause()?;
@@ -205,6 +210,14 @@ async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::
         "refused without waiting for the send's 15 s timeout: {waited:?}"
     );
     broker.resume()?;
+    // Found here and not fixed yet (noted on issue 14): a producer with records in flight
+    // through a freeze of the (single) broker can stay unable to deliver for minutes afterwards
+    // (librdkafka keeps the partition's leader as unknown). What this test is about — the stuck
+    // record landing late beside its retry — needs answers, so the owner restarts with a fresh
+    // producer; the front's producer, which carried the stuck send, keeps its own.
+    owner.kill().await?;
+    owner.restart().await?;
+    let resumed = std::time::Instant::now();
     let (status, retried) = wait_for("the retry to be accepted", T, || async {
         let r = send_keyed(&front.url, "order-2", conv, "[tag:twice] and a second one")
             .await
@@ -214,7 +227,15 @@ async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::
     .await?;
     assert_eq!(status, 200);
     let id2 = retried["messageId"].as_str().unwrap_or_default().to_string();
+    println!(
+        "the retry was accepted {:?} after the owner restarted",
+        resumed.elapsed()
+    );
     wait_reply(&owner.url, conv, &id2, T).await?;
+    println!(
+        "the retried message was answered {:?} after the owner restarted",
+        resumed.elapsed()
+    );
 
     // settle: the stuck send's record, if the producer still delivers it, lands by now
     tokio::time::sleep(Duration::from_secs(3)).await;
