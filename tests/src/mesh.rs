@@ -13,8 +13,8 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::{
-    FakeLlm, LiveClient, Worker, WorkerSpec, bin, broker, connect_ws, conversation, http, send,
-    unique_prefix, wait_for,
+    FakeLlm, LiveClient, Worker, WorkerSpec, bin, broker, connect_ws, conversation, send, unique_prefix,
+    wait_for,
 };
 
 /// The balancer process (`meshchat-operator local -f`).
@@ -193,13 +193,7 @@ impl TestMesh {
 
     /// `GET /api/agent/status` of worker `i`.
     pub async fn status(&self, i: usize) -> anyhow::Result<Value> {
-        Ok(http()
-            .get(format!("{}/api/agent/status", self.workers[i].url))
-            .bearer_auth(crate::auth::admin("harness"))
-            .send()
-            .await?
-            .json()
-            .await?)
+        self.workers[i].status().await
     }
 
     /// Partitions worker `i` holds live (None if it does not answer).

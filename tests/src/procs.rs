@@ -267,6 +267,17 @@ impl Worker {
         Ok(())
     }
 
+    /// `GET /api/agent/status` as the default tenant's admin.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(crate::http()
+            .get(format!("{}/api/agent/status", self.url))
+            .bearer_auth(crate::auth::admin("harness"))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Process id while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)

@@ -571,17 +571,6 @@ async fn a_conversation_past_its_pending_or_participant_cap_gets_error_replies_a
     Ok(())
 }
 
-/// `GET /api/agent/status` of `w` as an admin.
-async fn status(w: &Worker) -> anyhow::Result<Value> {
-    Ok(http()
-        .get(format!("{}/api/agent/status", w.url))
-        .bearer_auth(auth::admin("harness"))
-        .send()
-        .await?
-        .json()
-        .await?)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_conversations_leave_memory_and_come_back_whole() -> anyhow::Result<()> {
     let _serial = serial().await;
@@ -621,7 +610,7 @@ async fn idle_conversations_leave_memory_and_come_back_whole() -> anyhow::Result
     }
     // idle for 2 s: they leave memory (after their snapshot round)
     let st = wait_for("idle conversations evicted", T, || async {
-        let st = status(&w).await.ok()?;
+        let st = w.status().await.ok()?;
         (st["evictedConversations"].as_u64()? >= 25).then_some(st)
     })
     .await?;
@@ -669,7 +658,7 @@ async fn idle_conversations_leave_memory_and_come_back_whole() -> anyhow::Result
     // a restart takes the partitions over with the idle ones only indexed, and serves them
     w.stop().await?;
     w.restart().await?;
-    let st = status(&w).await?;
+    let st = w.status().await?;
     println!(
         "after a restart: held {}, evicted {}",
         st["residentConversations"], st["evictedConversations"]

@@ -115,6 +115,19 @@ fn quota(per_minute: u32, burst: u32) -> Quota {
     Quota::per_minute(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
+/// One cell of `limiter` for `key`, or what was limited (`what`, built only then) and when to
+/// retry.
+fn check(
+    limiter: &DefaultKeyedRateLimiter<String>,
+    key: String,
+    what: impl FnOnce() -> String,
+) -> Result<(), Limited> {
+    limiter.check_key(&key).map_err(|n| Limited {
+        what: what(),
+        retry_after: n.wait_time_from(DefaultClock::default().now()),
+    })
+}
+
 fn user_key(tenant: &str, user: &str) -> String {
     format!("{tenant}\u{1f}{user}")
 }
@@ -150,39 +163,29 @@ impl Limits {
 
     /// Admits one message of `user` of `tenant`, or says when to retry.
     pub fn admit_message(&self, tenant: &str, user: &str) -> Result<(), Limited> {
-        let now = DefaultClock::default().now();
-        self.user_messages
-            .check_key(&user_key(tenant, user))
-            .map_err(|n| Limited {
-                what: format!(
-                    "too many messages: {} a minute per user",
-                    self.settings.user_messages_per_minute
-                ),
-                retry_after: n.wait_time_from(now),
-            })?;
-        self.tenant_messages
-            .check_key(&tenant.to_string())
-            .map_err(|n| Limited {
-                what: format!(
-                    "too many messages from tenant {tenant:?}: {} a minute",
-                    self.settings.tenant_messages_per_minute
-                ),
-                retry_after: n.wait_time_from(now),
-            })
+        let s = &self.settings;
+        check(&self.user_messages, user_key(tenant, user), || {
+            format!(
+                "too many messages: {} a minute per user",
+                s.user_messages_per_minute
+            )
+        })?;
+        check(&self.tenant_messages, tenant.to_string(), || {
+            format!(
+                "too many messages from tenant {tenant:?}: {} a minute",
+                s.tenant_messages_per_minute
+            )
+        })
     }
 
     /// Admits one read of `user` of `tenant`, or says when to retry.
     pub fn admit_read(&self, tenant: &str, user: &str) -> Result<(), Limited> {
-        let now = DefaultClock::default().now();
-        self.user_reads
-            .check_key(&user_key(tenant, user))
-            .map_err(|n| Limited {
-                what: format!(
-                    "too many reads: {} a minute per user",
-                    self.settings.user_reads_per_minute
-                ),
-                retry_after: n.wait_time_from(now),
-            })
+        check(&self.user_reads, user_key(tenant, user), || {
+            format!(
+                "too many reads: {} a minute per user",
+                self.settings.user_reads_per_minute
+            )
+        })
     }
 
     /// A place for one more live stream of `user`, or why not. Streams end when clients go;

@@ -648,18 +648,24 @@ impl Store {
         max_resident: usize,
         partition_of: impl Fn(&str) -> Partition,
     ) -> usize {
+        // counted first: most rounds evict nothing, and cloning every key to find that out
+        // would cost a pass of allocations over all held conversations each round
+        let over = self.conversations.len().saturating_sub(max_resident);
+        let (mut evictable, mut idle) = (0, 0);
+        for c in self.conversations.values().filter(|c| c.evictable()) {
+            evictable += 1;
+            idle += usize::from(now - c.last_at >= idle_secs);
+        }
+        let n = idle.max(over).min(evictable);
+        if n == 0 {
+            return 0;
+        }
         let mut candidates: Vec<(i64, String)> = self
             .conversations
             .values()
             .filter(|c| c.evictable())
             .map(|c| (c.last_at, c.key.clone()))
             .collect();
-        let over = self.conversations.len().saturating_sub(max_resident);
-        let idle = candidates.iter().filter(|(at, _)| now - at >= idle_secs).count();
-        let n = idle.max(over).min(candidates.len());
-        if n == 0 {
-            return 0;
-        }
         // the n least recently active: every idle one, and more while over the cap
         if n < candidates.len() {
             candidates.select_nth_unstable(n);

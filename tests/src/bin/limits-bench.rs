@@ -234,20 +234,6 @@ async fn sweep(w: &Worker, n: usize, concurrency: usize) -> anyhow::Result<Value
         .fold(0, |a, (b, _): (usize, usize)| async move { a + b })
         .await;
     let secs = began.elapsed().as_secs_f64();
-    let status = |w: &Worker| {
-        let url = format!("{}/api/agent/status", w.url);
-        async move {
-            http()
-                .get(url)
-                .bearer_auth(auth::admin("sweep"))
-                .send()
-                .await
-                .ok()?
-                .json::<Value>()
-                .await
-                .ok()
-        }
-    };
     // every message answered (the owner reads the log only as fast as it answers: the backlog
     // waits in Kafka), then the snapshot rounds let the worker evict down to its cap
     let replies = || {
@@ -273,7 +259,7 @@ async fn sweep(w: &Worker, n: usize, concurrency: usize) -> anyhow::Result<Value
     }
     let answer_secs = began.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let last = status(w).await.unwrap_or(Value::Null);
+    let last = w.status().await.unwrap_or(Value::Null);
     sampler.abort();
     let peak = peak.lock().map(|p| *p).unwrap_or(0.0).max(rss());
     Ok(json!({
