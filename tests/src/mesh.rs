@@ -90,6 +90,8 @@ pub struct MeshOptions {
     pub interval_secs: u32,
     /// Cooldown.
     pub cooldown_secs: u32,
+    /// A broker of the test's own (`PrivateBroker`) instead of the shared one.
+    pub bootstrap: Option<String>,
 }
 
 impl Default for MeshOptions {
@@ -103,6 +105,7 @@ impl Default for MeshOptions {
             heartbeat_timeout_secs: 2,
             interval_secs: 3,
             cooldown_secs: 10,
+            bootstrap: None,
         }
     }
 }
@@ -127,7 +130,10 @@ pub struct TestMesh {
 impl TestMesh {
     /// Starts everything and waits until every partition is assigned and live.
     pub async fn start(test: &str, opts: MeshOptions) -> anyhow::Result<Self> {
-        let bootstrap = broker().await?;
+        let bootstrap = match &opts.bootstrap {
+            Some(b) => b.clone(),
+            None => broker().await?,
+        };
         let prefix = unique_prefix(test);
         let agent = format!("mesh-{test}");
         let llm = FakeLlm::start(&[

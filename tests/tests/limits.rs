@@ -189,8 +189,7 @@ async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::
         assert_eq!((status, &again["messageId"]), (200, &first["messageId"]));
     }
 
-    // the restarted owner has written since (its idempotent producer holds its id: a freeze
-    // during that first handshake is another matter — see the note on issue 14)
+    // the restarted owner holds its partitions again and answers
     let warm = send(&owner.url, "warm-up", "ann", "are you back?").await?;
     wait_reply(&owner.url, "warm-up", &warm, T).await?;
 
@@ -210,15 +209,10 @@ async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::
         "refused without waiting for the send's 15 s timeout: {waited:?}"
     );
     broker.resume()?;
-    // Found here and not fixed yet (noted on issue 14): a producer with records in flight
-    // through a freeze of the (single) broker can stay unable to deliver for minutes afterwards
-    // (librdkafka keeps the partition's leader as unknown). What this test is about — the stuck
-    // record landing late beside its retry — needs answers, so the owner restarts with a fresh
-    // producer; the front's producer, which carried the stuck send, keeps its own.
-    owner.kill().await?;
-    owner.restart().await?;
+    // no restarts: a producer that came out of the freeze unable to deliver (librdkafka can
+    // keep a partition leaderless after one) is replaced once a record times out (30 s)
     let resumed = std::time::Instant::now();
-    let (status, retried) = wait_for("the retry to be accepted", T, || async {
+    let (status, retried) = wait_for("the retry to be accepted", 2 * T, || async {
         let r = send_keyed(&front.url, "order-2", conv, "[tag:twice] and a second one")
             .await
             .ok()?;
@@ -228,12 +222,12 @@ async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::
     assert_eq!(status, 200);
     let id2 = retried["messageId"].as_str().unwrap_or_default().to_string();
     println!(
-        "the retry was accepted {:?} after the owner restarted",
+        "the retry was accepted {:?} after the broker resumed",
         resumed.elapsed()
     );
-    wait_reply(&owner.url, conv, &id2, T).await?;
+    wait_reply(&owner.url, conv, &id2, 2 * T).await?;
     println!(
-        "the retried message was answered {:?} after the owner restarted",
+        "the retried message was answered {:?} after the broker resumed",
         resumed.elapsed()
     );
 

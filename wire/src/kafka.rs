@@ -6,6 +6,7 @@ mod admin;
 mod commit;
 pub mod group;
 mod logread;
+mod offthread;
 mod pool;
 mod producer;
 
@@ -15,6 +16,7 @@ pub use logread::{
     Raw, StoredSnapshot, latest_table, offsets_since, read_one, read_partition, read_partition_with,
     restore_snapshots, supersedes,
 };
+pub use offthread::DropOffThread;
 pub use pool::ReaderPool;
 pub use producer::Producer;
 

@@ -47,6 +47,8 @@ pub struct Log {
     producer: Producer,
     owner_group: String,
     reachable: AtomicBool,
+    /// The last mesh event of this worker the broker acknowledged: (partition, offset).
+    own_event: std::sync::Mutex<Option<(i32, i64)>>,
 }
 
 // === impl Log ===
@@ -88,6 +90,7 @@ impl Log {
             partitions,
             events_partitions,
             reachable: AtomicBool::new(true),
+            own_event: std::sync::Mutex::new(None),
         })
     }
 
@@ -140,7 +143,18 @@ impl Log {
     pub async fn publish_event(&self, key: &str, event: &MeshEvent) -> Result<i64, KafkaError> {
         let bytes = encode(event)?;
         let p = partition_for(key, self.events_partitions);
-        self.producer.send(&self.topics.events, p, key, &bytes).await
+        let offset = self.producer.send(&self.topics.events, p, key, &bytes).await?;
+        let mut own = self.own_event.lock().unwrap_or_else(|e| e.into_inner());
+        if own.is_none_or(|(q, o)| q != p || o < offset) {
+            *own = Some((p, offset));
+        }
+        Ok(offset)
+    }
+
+    /// The last mesh event of this worker the broker acknowledged: (partition, offset); the
+    /// mesh view must read it back.
+    pub fn own_event(&self) -> Option<(i32, i64)> {
+        *self.own_event.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a mesh event keyed `key` (handoff steps: informational, a lost one delays nothing

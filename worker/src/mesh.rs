@@ -3,11 +3,12 @@
 //! reports and handoff steps), and publishes its own load report every heartbeat
 //! (`heartbeat.rs`).
 
+mod echo;
 mod heartbeat;
 
 pub use heartbeat::Heartbeat;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::load::Ewma;
 use crate::log::Log;
 use crate::ownership::{AssignmentSource, Epoch, Partition};
+use echo::{ECHO_LIMIT, EchoWatch};
 
 const RECENT_MOVES: usize = 100;
 const RECENT_REFUSALS: usize = 20;
@@ -217,9 +219,21 @@ impl Mesh {
             Ok(())
         })?;
         consumer.assign(&tpl)?;
+        // dropped off the runtime: a consumer that lost its coordinator blocks in its close
+        let consumer = kafka::DropOffThread::new(consumer);
+        let mut read: HashMap<i32, i64> = HashMap::new();
+        let mut echo = EchoWatch::new(ECHO_LIMIT);
+        let mut look = tokio::time::interval(Duration::from_secs(2));
         loop {
             let m = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
+                _ = look.tick() => {
+                    if echo.observe(Instant::now(), log.own_event(), &read) {
+                        tracing::warn!("the mesh view stopped reading this worker's own heartbeats; following the mesh again with a fresh Kafka client");
+                        return Err(KafkaError::Timeout { what: "reading the mesh events" });
+                    }
+                    continue;
+                }
                 m = consumer.recv() => m,
             };
             let m = match m {
@@ -229,6 +243,9 @@ impl Mesh {
                     continue;
                 }
             };
+            if m.topic() == topics.events {
+                read.insert(m.partition(), m.offset());
+            }
             let Some(payload) = m.payload() else { continue };
             if m.topic() == topics.assignments {
                 if m.key() != Some(self.agent.as_bytes()) {

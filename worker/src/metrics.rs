@@ -57,6 +57,8 @@ pub struct Metrics {
     pub conversations_resident: Gauge,
     /// Conversations of held partitions evicted from memory (they come back on use).
     pub conversations_evicted: Gauge,
+    /// Kafka producers replaced by fresh ones after a record timed out.
+    pub producer_replacements: Gauge,
 }
 
 // === impl Metrics ===
@@ -78,6 +80,7 @@ impl Metrics {
             live_streams: Gauge::default(),
             conversations_resident: Gauge::default(),
             conversations_evicted: Gauge::default(),
+            producer_replacements: Gauge::default(),
         };
         let mut r = Registry::with_prefix("meshchat");
         r.register(
@@ -123,6 +126,11 @@ impl Metrics {
             "conversations_evicted",
             "Conversations of held partitions evicted from memory",
             m.conversations_evicted.clone(),
+        );
+        r.register(
+            "kafka_producer_replacements",
+            "Kafka producers replaced by fresh ones after a record timed out",
+            m.producer_replacements.clone(),
         );
         r.register(
             "consumer_lag",

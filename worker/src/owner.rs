@@ -10,6 +10,7 @@ mod answer;
 mod commit;
 mod consumer;
 mod records;
+mod stall;
 mod takeover;
 
 pub use answer::{AnswerSettings, Answerer};
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use meshchat_wire::kafka::{self, KafkaError, ReaderPool, StoredSnapshot, TailFetch};
+use meshchat_wire::kafka::{self, DropOffThread, KafkaError, ReaderPool, StoredSnapshot, TailFetch};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, StreamConsumer};
 use tokio::sync::mpsc;
@@ -101,9 +102,10 @@ enum TakeoverResult {
 
 /// The loop's own state: Kafka clients, running answers, what take-overs read.
 struct Run {
-    consumer: StreamConsumer,
-    lag_reader: Arc<BaseConsumer>,
-    readers: Arc<ReaderPool>,
+    // dropped off the runtime: a consumer that lost its coordinator blocks in its close
+    consumer: DropOffThread<StreamConsumer>,
+    lag_reader: DropOffThread<Arc<BaseConsumer>>,
+    readers: DropOffThread<Arc<ReaderPool>>,
     results: mpsc::Sender<TakeoverResult>,
     answers: JoinSet<()>,
     /// What each answer task answers for (reported when it ends, even by a panic).
@@ -117,6 +119,8 @@ struct Run {
     assigned: BTreeSet<Partition>,
     /// The heartbeat lease at the last look (its changes are logged).
     lease_held: bool,
+    /// Reading that stopped with records waiting.
+    stalls: stall::StallWatch,
 }
 
 /// A record consumed, kept while its effects are carried out.
@@ -204,9 +208,11 @@ impl Owner {
             });
         }
         let mut run = Run {
-            consumer: cfg.create()?,
-            lag_reader: Arc::new(kafka::manual_consumer(base, kafka::group::LAG).create()?),
-            readers,
+            consumer: DropOffThread::new(cfg.create()?),
+            lag_reader: DropOffThread::new(Arc::new(
+                kafka::manual_consumer(base, kafka::group::LAG).create()?,
+            )),
+            readers: DropOffThread::new(readers),
             results,
             answers: JoinSet::new(),
             answering: HashMap::new(),
@@ -215,6 +221,7 @@ impl Owner {
             snapshots: HashMap::new(),
             assigned: BTreeSet::new(),
             lease_held: true,
+            stalls: stall::StallWatch::new(stall::STALL_LIMIT),
         };
         let mut assignments = self.assignments.subscribe();
         let first = assignments.borrow_and_update().clone();
@@ -263,7 +270,17 @@ impl Owner {
                     let lease_holds = self.lease_now(&mut run);
                     self.step(Event::SnapshotDue { lease_holds }, &mut run, None).await?;
                 }
-                _ = lag_tick.tick() => self.report_lag(&run.lag_reader, &self.held.positions()),
+                _ = lag_tick.tick() => {
+                    let positions = self.held.positions();
+                    let reading = !self.saturated(&run);
+                    if let Some((partition, offset)) =
+                        run.stalls.observe(Instant::now(), &positions, |p| self.load.lag(p), reading)
+                    {
+                        tracing::warn!(partition, offset, "reading stopped with records waiting; starting the owner loop again with fresh Kafka clients");
+                        return Err(KafkaError::Timeout { what: "reading a held partition" });
+                    }
+                    self.report_lag(&run.lag_reader, &positions);
+                }
                 Some(done) = run.answers.join_next_with_id(), if !run.answers.is_empty() => {
                     if let Some(event) = run.answer_ended(done) {
                         self.step(event, &mut run, None).await?;

@@ -438,6 +438,7 @@ fn mesh_options(
         heartbeat_timeout_secs: rebalance.heartbeat_timeout_seconds,
         interval_secs: rebalance.interval_seconds,
         cooldown_secs: rebalance.cooldown_seconds,
+        bootstrap: None,
     }
 }
 

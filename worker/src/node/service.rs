@@ -276,6 +276,10 @@ impl ChatService for Node {
             self.metrics.conversations_resident.set(store.len() as i64);
             self.metrics.conversations_evicted.set(store.evicted_len() as i64);
         }
+        let replaced = self.log.producer().replacements();
+        self.metrics
+            .producer_replacements
+            .set(i64::try_from(replaced).unwrap_or(i64::MAX));
         let mut body = String::new();
         prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
         Ok(body)
