@@ -15,7 +15,9 @@ pub use live::{
     LiveClient, connect_sse, connect_sse_as, connect_ws, connect_ws_as, connect_ws_query, ws_request,
 };
 pub use mesh::{BalancerProc, Load, MeshOptions, TestMesh, serial, verify_exactly_once, watch_all};
-pub use procs::{FakeLlm, MESH_SECRET, Worker, WorkerSpec, bin, free_ports, static_peers, unique_prefix};
+pub use procs::{
+    FakeLlm, MESH_SECRET, Worker, WorkerSpec, bin, free_ports, start_static, static_peers, unique_prefix,
+};
 
 use std::time::Duration;
 

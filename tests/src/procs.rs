@@ -170,6 +170,32 @@ pub fn static_peers(specs: &[WorkerSpec], parts: &[&str]) -> String {
         .join(";")
 }
 
+/// Starts workers `node-0`, `node-1`, … owning `parts` statically (one range each, peers of
+/// each other), each with `env` too.
+pub async fn start_static(
+    prefix: &str,
+    bootstrap: &str,
+    llm_url: &str,
+    parts: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Vec<Worker>> {
+    let specs: Vec<WorkerSpec> = (0..parts.len())
+        .map(|i| WorkerSpec::new(&format!("node-{i}"), prefix, bootstrap, llm_url))
+        .collect::<anyhow::Result<_>>()?;
+    let peers = static_peers(&specs, parts);
+    let mut workers = Vec::new();
+    for (spec, p) in specs.into_iter().zip(parts) {
+        let mut spec = spec
+            .env("MESHCHAT_OWNED_PARTITIONS", *p)
+            .env("MESHCHAT_PEERS", peers.clone());
+        for (k, v) in env {
+            spec = spec.env(k, *v);
+        }
+        workers.push(Worker::start(spec).await?);
+    }
+    Ok(workers)
+}
+
 /// Limits high enough that no scenario meets them.
 pub const UNLIMITED: [(&str, &str); 9] = [
     ("MESHCHAT_USER_MESSAGES_PER_MINUTE", "10000000"),

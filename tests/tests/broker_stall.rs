@@ -28,26 +28,14 @@ async fn static_workers_store_and_answer_again_after_the_broker_stalls() -> anyh
     let broker = PrivateBroker::start().await?;
     let prefix = unique_prefix("stall");
     let llm = FakeLlm::start(&[]).await?;
-    let parts = ["0-3", "4-7"];
-    let specs: Vec<WorkerSpec> = (0..2)
-        .map(|i| {
-            Ok(
-                WorkerSpec::new(&format!("node-{i}"), &prefix, &broker.bootstrap, &llm.url)?
-                    .env("MESHCHAT_PARTITIONS", "8"),
-            )
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let peers = static_peers(&specs, &parts);
-    let mut workers = Vec::new();
-    for (spec, p) in specs.into_iter().zip(parts) {
-        workers.push(
-            Worker::start(
-                spec.env("MESHCHAT_OWNED_PARTITIONS", p)
-                    .env("MESHCHAT_PEERS", peers.clone()),
-            )
-            .await?,
-        );
-    }
+    let workers = start_static(
+        &prefix,
+        &broker.bootstrap,
+        &llm.url,
+        &["0-3", "4-7"],
+        &[("MESHCHAT_PARTITIONS", "8")],
+    )
+    .await?;
     let accepted = stall_under_traffic(&broker, &workers).await?;
     every_worker_answers_again(&workers).await?;
     each_stored_message_answered_once(&broker, &prefix, accepted).await?;

@@ -31,22 +31,9 @@ async fn two_workers(
     let bootstrap = broker().await?;
     let prefix = unique_prefix(test);
     let llm = FakeLlm::start(&["--token-latency-ms", "2"]).await?;
-    let parts = ["0-1", "2-3"];
-    let specs: Vec<WorkerSpec> = (0..2)
-        .map(|i| WorkerSpec::new(&format!("node-{i}"), &prefix, &bootstrap, &llm.url))
-        .collect::<anyhow::Result<_>>()?;
-    let peers = static_peers(&specs, &parts);
-    let mut workers = Vec::new();
-    for (spec, p) in specs.into_iter().zip(parts) {
-        let mut spec = spec
-            .env("MESHCHAT_PARTITIONS", "4")
-            .env("MESHCHAT_OWNED_PARTITIONS", p)
-            .env("MESHCHAT_PEERS", peers.clone());
-        for (k, v) in extra {
-            spec = spec.env(k, *v);
-        }
-        workers.push(Worker::start(spec).await?);
-    }
+    let mut env = vec![("MESHCHAT_PARTITIONS", "4")];
+    env.extend_from_slice(extra);
+    let workers = start_static(&prefix, &bootstrap, &llm.url, &["0-1", "2-3"], &env).await?;
     Ok((bootstrap, prefix, llm, workers))
 }
 

@@ -11,21 +11,7 @@ async fn static_split_answers_every_message_exactly_once_in_order() -> anyhow::R
     let bootstrap = broker().await?;
     let prefix = unique_prefix("split");
     let llm = FakeLlm::start(&["--token-latency-ms", "2"]).await?;
-    let parts = ["0-7", "8-15", "16-23"];
-    let specs: Vec<WorkerSpec> = (0..3)
-        .map(|i| WorkerSpec::new(&format!("node-{i}"), &prefix, &bootstrap, &llm.url))
-        .collect::<anyhow::Result<_>>()?;
-    let peers = static_peers(&specs, &parts);
-    let mut workers = Vec::new();
-    for (spec, p) in specs.into_iter().zip(parts) {
-        workers.push(
-            Worker::start(
-                spec.env("MESHCHAT_OWNED_PARTITIONS", p)
-                    .env("MESHCHAT_PEERS", peers.clone()),
-            )
-            .await?,
-        );
-    }
+    let workers = start_static(&prefix, &bootstrap, &llm.url, &["0-7", "8-15", "16-23"], &[]).await?;
     let urls: Vec<String> = workers.iter().map(|w| w.url.clone()).collect();
 
     // 200 sends, 50 conversations, spread over the workers, 16 at a time
