@@ -38,8 +38,11 @@ fn repo() -> PathBuf {
 
 impl MakeRun {
     async fn start(env: &Env) -> anyhow::Result<Self> {
-        let mut cmd = Command::new("make");
-        cmd.arg("-s")
+        // as from a terminal, SIGINT not ignored: a harness started in the background (`&`,
+        // nohup) hands it down ignored, and a shell cannot take that back (its Ctrl-C trap
+        // would never run)
+        let mut cmd = Command::new("env");
+        cmd.args(["--default-signal=INT", "make", "-s"])
             .arg("-C")
             .arg(repo())
             .arg("run")
