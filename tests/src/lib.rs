@@ -9,6 +9,7 @@ mod kafka;
 mod live;
 mod mesh;
 mod procs;
+pub mod python;
 
 pub use kafka::{PrivateBroker, TopicRecord, broker, committed, end_offsets, produce, read_topic};
 pub use live::{

@@ -131,6 +131,39 @@ impl MakeRun {
     }
 }
 
+/// Runs the README's OpenAI client example (Python, the official `openai` package) against
+/// `env`'s first worker with the `ACME_USER` key make run printed; answers what it printed.
+async fn readme_openai_example(env: &Env, run: &MakeRun) -> anyhow::Result<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md"))?;
+    let section = readme
+        .find("**OpenAI-compatible endpoint.**")
+        .context("README: no OpenAI section")?;
+    let start = readme[section..]
+        .find("```python\n")
+        .context("README: no python example")?
+        + section
+        + 10;
+    let code = &readme[start..start + readme[start..].find("```").context("unterminated")?];
+    let code = code.replace(":8080/", &format!(":{}/", env.http_port));
+    let key = run
+        .printed("ACME_USER=")
+        .and_then(|l| l.trim().strip_prefix("ACME_USER=").map(str::to_string))
+        .context("make run printed no ACME_USER")?;
+    let venv =
+        tokio::task::spawn_blocking(|| meshchat_tests::python::venv_with(&["openai==3.57.0"])).await??;
+    let out = Command::new(venv.join("bin/python"))
+        .arg("-c")
+        .arg(format!("ACME_USER = {key:?}\n{code}"))
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the README's OpenAI example failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The README's curl lines of the quick start, pointed at `env`'s ports.
 fn readme_curls(env: &Env) -> anyhow::Result<Vec<String>> {
     let readme = std::fs::read_to_string(repo().join("README.md"))?;
@@ -410,6 +443,10 @@ async fn make_run_serves_survives_a_kill_and_restarts_balanced() -> anyhow::Resu
         },
     )
     .await?;
+
+    // the README's OpenAI client example, as printed, with the printed ACME_USER key
+    let answer = readme_openai_example(&env, &run).await?;
+    assert!(answer.starts_with(r#"Reply to "Hello!""#), "{answer}");
 
     // kill -9 a worker, with the pid make run printed
     let processes = run.printed("processes:").context("make run printed no pids")?;

@@ -5,32 +5,13 @@
 //! ends is not a response schemathesis can read; `limits.rs` and `identity.rs` cover them.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use meshchat_tests::*;
 
-/// schemathesis, installed once into a cached virtualenv.
+/// schemathesis, installed once into the cached virtualenv.
 fn schemathesis() -> anyhow::Result<PathBuf> {
-    let home = std::env::var("HOME").context("HOME")?;
-    let venv = PathBuf::from(home).join(".cache/meshchat/venv");
-    let bin = venv.join("bin/schemathesis");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()?
-        .success()
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "schemathesis==4.32.5"])
-            .status()?
-            .success();
-    if !ok || !bin.exists() {
-        bail!("could not install schemathesis from PyPI into {}", venv.display());
-    }
-    Ok(bin)
+    Ok(python::venv_with(&["schemathesis==4.32.5"])?.join("bin/schemathesis"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

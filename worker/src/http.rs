@@ -9,6 +9,7 @@ mod chat;
 mod error;
 mod health;
 mod internal;
+mod openai;
 pub(crate) mod openapi;
 mod service;
 mod stream;
@@ -50,6 +51,8 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
         .route("/api/agent/migrate", post(agent::migrate::<S>))
         .route("/api/mesh", get(agent::mesh::<S>))
         .route("/api/auth/ticket", post(ticket::issue::<S>))
+        .route("/v1/models", get(openai::models::<S>))
+        .route("/v1/models/{model}", get(openai::model_by_id::<S>))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
             Duration::from_secs(30),
@@ -79,7 +82,10 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
             }),
         )
         .route("/api/chat/ws", get(stream::websocket::<S>))
-        .route("/api/chat/conversation/{id}/events", get(stream::sse::<S>));
+        .route("/api/chat/conversation/{id}/events", get(stream::sse::<S>))
+        // waits for the LLM's answer (bounded by its own wait, not the 30 s request timeout);
+        // counted as a live stream
+        .route("/v1/chat/completions", post(openai::completions::<S>));
     api.merge(live)
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,5 +1,9 @@
 //! Validation of client input: pure, so every rule is unit- and property-tested.
 
+mod openai;
+
+pub use openai::{conversation_of_user, parse_completion};
+
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -120,6 +120,7 @@ impl Config {
             ownership: self.ownership,
             handoff_grace: Duration::from_secs_f64(self.handoff_grace_secs),
             mesh_secret: self.mesh_secret.clone(),
+            model: self.agent.clone(),
         }
     }
 

@@ -18,7 +18,7 @@ use super::caller::Caller;
 use super::error::{AppError, Body};
 use super::{ChatService, Local, Membership};
 use crate::auth::Role;
-use crate::validate::{FieldError, check_id, parse_participant, parse_send};
+use crate::validate::{FieldError, SendRequest, check_id, parse_participant, parse_send};
 
 /// How long a send waits for the broker's acknowledgement.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -43,11 +43,31 @@ pub async fn send<S: ChatService>(
 ) -> Result<Response, AppError> {
     caller.chats()?;
     let req = parse_send(&body, s.settings().max_content_bytes, caller.anonymous)?;
-    let keyed = headers
+    let keyed = idempotency_key(&headers)?;
+    let (id, now) = accept(&*s, &caller, keyed, req).await?;
+    let timestamp = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    Ok(Json(json!({"message": "Message sent", "messageId": id, "timestamp": timestamp})).into_response())
+}
+
+/// The request's `Idempotency-Key`, if any, checked.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, FieldError> {
+    headers
         .get(IDEMPOTENCY_KEY)
         .map(|v| parse_idempotency_key(v.as_bytes()))
-        .transpose()?;
-    accepting(&*s)?;
+        .transpose()
+}
+
+/// Stores a validated user message from `caller` (limits, backlog, membership, idempotency)
+/// and answers its id and acceptance time once the broker acknowledged it.
+pub(super) async fn accept<S: ChatService>(
+    s: &S,
+    caller: &Caller,
+    keyed: Option<&str>,
+    req: SendRequest,
+) -> Result<(String, OffsetDateTime), AppError> {
+    accepting(s)?;
     let who = &caller.who;
     s.limits().admit_message(&who.tenant, &who.user)?;
     let key = who.key(&req.conversation_id);
@@ -63,7 +83,7 @@ pub async fn send<S: ChatService>(
         });
     }
     let membership = if who.role == Role::User {
-        Some(may_take_part(&*s, &key, &who.user, &req.conversation_id).await?)
+        Some(may_take_part(s, &key, &who.user, &req.conversation_id).await?)
     } else {
         None
     };
@@ -100,10 +120,7 @@ pub async fn send<S: ChatService>(
     if membership != Some(Membership::Member) {
         s.joined(&key, &sender);
     }
-    let timestamp = now
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    Ok(Json(json!({"message": "Message sent", "messageId": id, "timestamp": timestamp})).into_response())
+    Ok((id, now))
 }
 
 /// Adds a user to a conversation of the caller's tenant: its admin may add anyone to any; a
@@ -240,7 +257,7 @@ pub async fn conversation<S: ChatService>(
     Ok(Json(view).into_response())
 }
 
-async fn read<S: ChatService>(s: &S, key: &str, id: &str) -> Result<ConversationView, AppError> {
+pub(super) async fn read<S: ChatService>(s: &S, key: &str, id: &str) -> Result<ConversationView, AppError> {
     s.wake(key).await;
     match s.local_conversation(key) {
         Local::Found(view) => return Ok(view),
@@ -273,6 +290,6 @@ async fn read<S: ChatService>(s: &S, key: &str, id: &str) -> Result<Conversation
         .ok_or_else(|| not_found(id))
 }
 
-fn not_found(id: &str) -> AppError {
+pub(super) fn not_found(id: &str) -> AppError {
     AppError::NotFound(format!("conversation {id:?} not found"))
 }

@@ -1,7 +1,7 @@
 //! The public API as an OpenAPI 3.1 document (utoipa), served at `GET /api/openapi.json` and
 //! checked in as `docs/openapi.json` (a unit test keeps the two equal; `make openapi` rewrites
 //! it). The operations below are documentation only: the handlers are in `chat.rs`,
-//! `agent.rs`, `ticket.rs` and `stream.rs`; schemathesis (`tests/tests/openapi.rs`) checks the
+//! `agent.rs`, `ticket.rs`, `stream.rs` and `openai.rs`; schemathesis (`tests/tests/openapi.rs`) checks the
 //! running worker against this document.
 
 #![allow(dead_code)] // the shapes and operations exist for the document
@@ -379,6 +379,114 @@ fn ticket() {}
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 fn openapi() {}
 
+/// `POST /v1/chat/completions`, as OpenAI's clients send it. Only the last message (a user's)
+/// is new: MeshChat keeps the conversation. Sampling settings are the ChatAgent's and ignored;
+/// `n` > 1 and tools are refused.
+#[derive(Serialize, ToSchema)]
+pub struct CompletionBody {
+    /// The ChatAgent's name, as `GET /v1/models` lists it.
+    #[schema(example = "meshchat")]
+    pub model: String,
+    /// The client's messages; the last one must be the user's new message (a string, or text
+    /// parts).
+    pub messages: Vec<CompletionMessage>,
+    /// Answer as server-sent `chat.completion.chunk` events ending with `data: [DONE]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Names the conversation when `X-MeshChat-Conversation` does not: one per user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// One message of a completion request.
+#[derive(Serialize, ToSchema)]
+pub struct CompletionMessage {
+    /// `system`, `user`, `assistant`; the last one must be `user`.
+    #[schema(example = "user")]
+    pub role: String,
+    /// The text.
+    #[schema(example = "Where is my order?")]
+    pub content: String,
+}
+
+/// OpenAI's `chat.completion` (not streamed).
+#[derive(Serialize, ToSchema)]
+pub struct ChatCompletionDoc {
+    /// `chatcmpl-` and the stored user message's id.
+    pub id: String,
+    /// `chat.completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// The model.
+    pub model: String,
+    /// One choice: `{index, message: {role: assistant, content}, finish_reason: stop}`.
+    pub choices: Vec<serde_json::Value>,
+    /// Not reported: `null`.
+    pub usage: Option<serde_json::Value>,
+}
+
+/// OpenAI's error shape, on the `/v1` routes.
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiErrorDoc {
+    /// `{message, type, param, code}`; `param` names the field at fault.
+    pub error: serde_json::Value,
+}
+
+/// OpenAI's model list: the one model this mesh serves.
+#[derive(Serialize, ToSchema)]
+pub struct ModelListDoc {
+    /// `list`.
+    pub object: String,
+    /// `{id, object: model, created, owned_by: meshchat}`.
+    pub data: Vec<serde_json::Value>,
+}
+
+/// OpenAI-compatible chat completion: the last message is stored and answered as by
+/// `POST /api/chat/send`, and the answer returned whole or streamed as OpenAI chunks.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    request_body = CompletionBody,
+    params(
+        ("X-MeshChat-Conversation" = Option<String>, Header, description = "The conversation to continue (else derived from the body's `user`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "As for /api/chat/send: a retry stores nothing new and returns the same answer"),
+    ),
+    responses(
+        (status = 200, description = "The answer: a chat.completion, or with `stream` server-sent chunks ending with [DONE]",
+            content((ChatCompletionDoc = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "Bad input, naming the field in error.param", body = OpenAiErrorDoc),
+        (status = 401, description = "No valid credential", body = OpenAiErrorDoc),
+        (status = 403, description = "The role may not chat", body = OpenAiErrorDoc),
+        (status = 404, description = "Unknown model, or another user's conversation", body = OpenAiErrorDoc),
+        (status = 413, description = "Message or body too large", body = OpenAiErrorDoc),
+        (status = 429, description = "Over a rate limit or the stream caps (Retry-After)", body = OpenAiErrorDoc),
+        (status = 502, description = "The LLM could not answer: the stored error reply", body = OpenAiErrorDoc),
+        (status = 503, description = "Kafka away or the worker draining; nothing stored", body = OpenAiErrorDoc),
+        (status = 504, description = "No reply within 600 s; it will be stored in the conversation", body = OpenAiErrorDoc),
+    ))]
+fn completions() {}
+
+/// The model this mesh serves: its ChatAgent.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses(
+        (status = 200, description = "One model", body = ModelListDoc),
+        (status = 401, description = "No valid credential", body = OpenAiErrorDoc),
+        (status = 403, description = "The role may not chat", body = OpenAiErrorDoc),
+        (status = 504, description = "Took too long"),
+    ))]
+fn models() {}
+
+/// One model.
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "openai",
+    params(("model" = String, Path, example = "meshchat", description = "The model id")),
+    responses(
+        (status = 200, description = "The model", body = serde_json::Value),
+        (status = 401, description = "No valid credential", body = OpenAiErrorDoc),
+        (status = 403, description = "The role may not chat", body = OpenAiErrorDoc),
+        (status = 404, description = "Not this mesh's model", body = OpenAiErrorDoc),
+        (status = 504, description = "Took too long"),
+    ))]
+fn model() {}
+
 struct Bearer;
 
 impl Modify for Bearer {
@@ -399,8 +507,8 @@ impl Modify for Bearer {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "MeshChat", description = "Chat for LLM agents over a Kafka mesh: the public API of every worker (docs/security.md: identities, tenants, limits)."),
-    paths(send, conversation, participants, events, websocket, status, migrate, mesh, ticket, openapi),
-    components(schemas(SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
+    paths(send, conversation, participants, events, websocket, status, migrate, mesh, ticket, openapi, completions, models, model),
+    components(schemas(CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
     modifiers(&Bearer),
     security(("bearer" = [])),
 )]

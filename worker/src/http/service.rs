@@ -38,6 +38,8 @@ pub struct HttpSettings {
     pub handoff_grace: Duration,
     /// What peers present to the internal listener, when set.
     pub mesh_secret: Option<String>,
+    /// The model id `/v1/models` lists: the ChatAgent's name.
+    pub model: String,
 }
 
 /// A conversation as this worker can serve it from memory.

@@ -3,6 +3,7 @@
 
 mod access;
 mod internal;
+mod openai;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,8 @@ struct Fake {
     limits: Arc<Limits>,
     append_delay: Option<Duration>,
     backlog: Option<i64>,
+    /// Live events handed to subscribers (none: a closed channel).
+    live: Option<broadcast::Sender<Arc<LiveEvent>>>,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -93,6 +96,7 @@ fn fake() -> Fake {
             ownership: Ownership::Dynamic,
             handoff_grace: Duration::from_secs(2),
             mesh_secret: None,
+            model: "support".into(),
         },
         readiness: Readiness {
             kafka: true,
@@ -122,6 +126,7 @@ fn fake() -> Fake {
         limits: Arc::new(Limits::new(LimitSettings::default())),
         append_delay: None,
         backlog: None,
+        live: None,
     }
 }
 
@@ -230,7 +235,10 @@ impl ChatService for Fake {
     }
 
     fn subscribe(&self, _conversation: &str) -> broadcast::Receiver<Arc<LiveEvent>> {
-        broadcast::channel(1).1
+        match &self.live {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        }
     }
 
     fn presence(&self, _tenant: &str, _conversation: &str, _user: &str, _kind: PresenceKind) {}
