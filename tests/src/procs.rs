@@ -108,6 +108,11 @@ impl FakeLlm {
             .json()
             .await?)
     }
+
+    /// Requests whose last user message carried `[tag:<tag>]`.
+    pub async fn calls(&self, tag: &str) -> anyhow::Result<u64> {
+        Ok(self.stats().await?["byTag"][tag].as_u64().unwrap_or(0))
+    }
 }
 
 /// How to start a worker.

@@ -151,10 +151,6 @@ async fn send_keyed(
 }
 
 /// How often the fake LLM was asked about `[tag:<tag>]`.
-async fn llm_calls(llm: &FakeLlm, tag: &str) -> anyhow::Result<u64> {
-    Ok(llm.stats().await?["byTag"][tag].as_u64().unwrap_or(0))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::Result<()> {
     let _serial = serial().await;
@@ -240,15 +236,15 @@ async fn a_retried_send_with_an_idempotency_key_stores_one_message() -> anyhow::
     println!(
         "user messages shown={} replies={replies} llm calls: once={} twice={} never={}",
         users.len(),
-        llm_calls(&llm, "once").await?,
-        llm_calls(&llm, "twice").await?,
-        llm_calls(&llm, "never").await?
+        llm.calls("once").await?,
+        llm.calls("twice").await?,
+        llm.calls("never").await?
     );
     assert_eq!(users.len(), 2, "one message per key: {view}");
     assert_eq!(replies, 2, "{view}");
-    assert_eq!(llm_calls(&llm, "once").await?, 1);
-    assert_eq!(llm_calls(&llm, "twice").await?, 1);
-    assert_eq!(llm_calls(&llm, "never").await?, 0);
+    assert_eq!(llm.calls("once").await?, 1);
+    assert_eq!(llm.calls("twice").await?, 1);
+    assert_eq!(llm.calls("never").await?, 0);
     let log = read_topic(&broker.bootstrap, &format!("{prefix}chat.messages")).await?;
     let tally = Tally::of(&log);
     let (replied, lost, duplicated) = tally.outcome(&[id.clone(), id2.clone()]);

@@ -466,6 +466,7 @@ async fn a_live_stream_started_after_a_fence_hides_a_zombie_reply() -> anyhow::R
         completion_tokens: 0,
         attempt: 0,
         chunks: 0,
+        cancelled: false,
     });
     let zombie_at = produce(&mesh.bootstrap, &messages, p, conv, &encode(&zombie)?).await?;
     let real = wait_reply(&mesh.workers[3].url, conv, &second, SETTLE).await?;

@@ -14,7 +14,7 @@ pub mod worker;
 
 pub use partition::{murmur2, partition_for};
 pub use records::{
-    AgentReply, AssignReason, AssignmentTable, ChatRecord, ConversationSnapshot,
+    AgentReply, AssignReason, AssignmentTable, CancelRequest, ChatRecord, ConversationSnapshot,
     DEFAULT_HEARTBEAT_TIMEOUT_MS, EpochFence, FENCE_KEY, HandoffEvent, HandoffStep, KEYED_ID_PREFIX, KeyedId,
     LoadReport, MIGRATION_REFUSED, MeshEvent, MigrateRequest, ParticipantAdded, PartitionAssignment,
     PartitionLoad, PresenceEvent, PresenceKind, Record, RecordError, Refused, RefusedWhy, ReplyChunk,

@@ -5,8 +5,8 @@ mod chat;
 mod mesh;
 
 pub use chat::{
-    AgentReply, ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, KEYED_ID_PREFIX, KeyedId,
-    ParticipantAdded, PresenceEvent, PresenceKind, Refused, RefusedWhy, ReplyChunk, ReplyError,
+    AgentReply, CancelRequest, ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, KEYED_ID_PREFIX,
+    KeyedId, ParticipantAdded, PresenceEvent, PresenceKind, Refused, RefusedWhy, ReplyChunk, ReplyError,
     ReplyErrorKind, SnapshotEntry, UserMessage,
 };
 pub use mesh::{

@@ -47,6 +47,7 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
             "/api/chat/conversation/{id}/participants",
             post(chat::add_participant::<S>),
         )
+        .route("/api/chat/conversation/{id}/cancel", post(chat::cancel::<S>))
         .route("/api/agent/status", get(agent::status::<S>))
         .route("/api/agent/migrate", post(agent::migrate::<S>))
         .route("/api/mesh", get(agent::mesh::<S>))

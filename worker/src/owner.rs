@@ -111,6 +111,8 @@ struct Run {
     /// What each answer task answers for (reported when it ends, even by a panic).
     answering: HashMap<tokio::task::Id, (Partition, Epoch)>,
     cancels: HashMap<Partition, CancellationToken>,
+    /// Per conversation, stops the answer in flight (a cancel request).
+    stops: HashMap<String, CancellationToken>,
     /// Snapshots of the commit read being stepped (see `takeover_event`).
     read: Option<((Partition, Epoch), Vec<StoredSnapshot>)>,
     /// Snapshots of accepted commit reads, installed when their fence is written.
@@ -217,6 +219,7 @@ impl Owner {
             answers: JoinSet::new(),
             answering: HashMap::new(),
             cancels: HashMap::new(),
+            stops: HashMap::new(),
             read: None,
             snapshots: HashMap::new(),
             assigned: BTreeSet::new(),

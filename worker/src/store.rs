@@ -156,6 +156,12 @@ pub enum Applied {
         /// The user did not take part before.
         new_participant: bool,
     },
+    /// A cancel request: the message whose reply it stops (its offset), and whether that
+    /// reply is being generated now; `None` when nothing waited for a reply.
+    Cancel {
+        /// The message's offset and whether its answer is in flight.
+        target: Option<(i64, bool)>,
+    },
 }
 
 // === impl Conversation ===
@@ -260,6 +266,20 @@ impl Conversation {
                 }
                 return Applied::Participant { new_participant };
             }
+            ChatRecord::CancelRequest(_) => {
+                // the earliest message before it still waiting for its reply; marked so that
+                // a snapshot, or a new owner replaying, gives it a cancelled reply too
+                let target = self
+                    .pending
+                    .iter()
+                    .find(|(o, _)| **o < offset && self.refused.get(o) != Some(&RefusedWhy::Cancelled))
+                    .map(|(o, m)| (*o, self.in_flight.as_deref() == Some(m.id.as_str())));
+                if let Some((at, _)) = target {
+                    self.refused.insert(at, RefusedWhy::Cancelled);
+                    self.dirty = true;
+                }
+                return Applied::Cancel { target };
+            }
         };
         self.push(Entry {
             offset,
@@ -353,9 +373,10 @@ impl Conversation {
                     content: r.content.clone(),
                     tokens: e.tokens,
                 }),
-                ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) => {
-                    None
-                }
+                ChatRecord::AgentReply(_)
+                | ChatRecord::EpochFence(_)
+                | ChatRecord::ParticipantAdded(_)
+                | ChatRecord::CancelRequest(_) => None,
             })
             .collect()
     }
@@ -523,6 +544,7 @@ pub fn record_time(record: &ChatRecord) -> i64 {
         ChatRecord::UserMessage(m) => m.accepted_at.unwrap_or(m.timestamp).unix_timestamp(),
         ChatRecord::AgentReply(r) => r.timestamp.unix_timestamp(),
         ChatRecord::ParticipantAdded(p) => p.timestamp.unix_timestamp(),
+        ChatRecord::CancelRequest(c) => c.timestamp.unix_timestamp(),
         ChatRecord::EpochFence(_) => 0,
     }
 }
@@ -532,7 +554,7 @@ pub fn content_of(record: &ChatRecord) -> &str {
     match record {
         ChatRecord::UserMessage(m) => &m.content,
         ChatRecord::AgentReply(r) => &r.content,
-        ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) => "",
+        ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) | ChatRecord::CancelRequest(_) => "",
     }
 }
 

@@ -29,6 +29,9 @@ pub struct MessageView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::http::openapi::ReplyErrorDoc>)]
     pub error: Option<ReplyError>,
+    /// For replies stopped on request: `content` is the text so far.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 impl From<&ChatRecord> for MessageView {
@@ -42,6 +45,7 @@ impl From<&ChatRecord> for MessageView {
                 in_reply_to: None,
                 node: None,
                 error: None,
+                cancelled: false,
             },
             ChatRecord::AgentReply(r) => MessageView {
                 id: r.id.clone(),
@@ -54,6 +58,7 @@ impl From<&ChatRecord> for MessageView {
                 in_reply_to: Some(r.in_reply_to.clone()),
                 node: Some(r.node.clone()),
                 error: r.error.clone(),
+                cancelled: r.cancelled,
             },
             ChatRecord::ParticipantAdded(p) => MessageView {
                 id: p.id.clone(),
@@ -63,6 +68,7 @@ impl From<&ChatRecord> for MessageView {
                 in_reply_to: None,
                 node: None,
                 error: None,
+                cancelled: false,
             },
             ChatRecord::EpochFence(f) => MessageView {
                 id: format!("fence-{}-{}", f.partition, f.epoch),
@@ -75,6 +81,17 @@ impl From<&ChatRecord> for MessageView {
                 in_reply_to: None,
                 node: Some(f.owner.clone()),
                 error: None,
+                cancelled: false,
+            },
+            ChatRecord::CancelRequest(c) => MessageView {
+                id: c.id.clone(),
+                sender: "system".into(),
+                content: format!("{} asked to stop the reply", c.requested_by),
+                timestamp: c.timestamp,
+                in_reply_to: None,
+                node: None,
+                error: None,
+                cancelled: false,
             },
         }
     }

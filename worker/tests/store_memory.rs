@@ -38,6 +38,7 @@ fn exchange(conv: &str, i: usize) -> (ChatRecord, ChatRecord) {
         completion_tokens: 12,
         attempt: 0,
         chunks: 1,
+        cancelled: false,
     });
     (user, reply)
 }

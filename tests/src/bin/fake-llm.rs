@@ -57,6 +57,40 @@ struct AppState {
     seen: Mutex<HashMap<String, u32>>,
     control: Mutex<Control>,
     by_marker: Mutex<HashMap<String, u64>>,
+    /// Streams the client dropped before their end, and when the last one of a tag was
+    /// (Unix ms): what a cancel's latency is measured against.
+    aborted: AtomicU64,
+    aborted_at: Mutex<HashMap<String, u128>>,
+}
+
+/// Counts a stream dropped before its end (the client went away: a cancel).
+struct Unfinished {
+    state: Shared,
+    tag: Option<String>,
+    done: bool,
+}
+
+impl Unfinished {
+    /// The stream reached its end.
+    fn finish(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.state.aborted.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        if let (Some(tag), Ok(mut m)) = (&self.tag, self.state.aborted_at.lock()) {
+            m.insert(tag.clone(), now);
+        }
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -75,6 +109,8 @@ async fn main() -> anyhow::Result<()> {
         seen: Mutex::new(HashMap::new()),
         control: Mutex::new(Control::default()),
         by_marker: Mutex::new(HashMap::new()),
+        aborted: AtomicU64::new(0),
+        aborted_at: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(completions))
@@ -102,6 +138,8 @@ async fn stats(State(s): State<Shared>) -> Json<Value> {
         "failed": s.failed.load(Ordering::Relaxed),
         "stalled": s.stalled.load(Ordering::Relaxed),
         "byTag": by_marker,
+        "aborted": s.aborted.load(Ordering::Relaxed),
+        "abortedAtMs": s.aborted_at.lock().map(|m| m.clone()).unwrap_or_default(),
     }))
 }
 
@@ -131,15 +169,20 @@ fn marker<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     Some(&text[start..end])
 }
 
-fn plan(s: &AppState, body: &Value) -> Plan {
-    let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let last_user = messages
+/// The request's last user message.
+fn last_user_text(body: &Value) -> Option<String> {
+    body["messages"]
+        .as_array()?
         .iter()
         .rev()
         .find(|m| m["role"] == "user")
         .and_then(|m| m["content"].as_str())
-        .unwrap_or("")
-        .to_string();
+        .map(str::to_string)
+}
+
+fn plan(s: &AppState, body: &Value) -> Plan {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let last_user = last_user_text(body).unwrap_or_default();
     // count requests per tag `[tag:x]` so tests can assert attempts
     if let Some(tag) = marker(&last_user, "tag")
         && let Ok(mut m) = s.by_marker.lock()
@@ -221,7 +264,12 @@ async fn completions(State(s): State<Shared>, Json(body): Json<Value>) -> Respon
         } => {
             let first = Duration::from_millis(s.args.first_token_ms);
             if stream {
-                sse(model, tokens, stall_mid, first, per_token).into_response()
+                let unfinished = Unfinished {
+                    tag: last_user_text(&body).and_then(|t| marker(&t, "tag").map(str::to_string)),
+                    state: s.clone(),
+                    done: false,
+                };
+                sse(model, tokens, stall_mid, first, per_token, unfinished).into_response()
             } else {
                 tokio::time::sleep(first + per_token * tokens.len() as u32).await;
                 Json(json!({
@@ -249,6 +297,7 @@ fn sse(
     stall_mid: bool,
     first: Duration,
     per_token: Duration,
+    mut unfinished: Unfinished,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let stream = async_stream::stream! {
         // token i is due at start + first + (i + 1) * per_token, however late the previous
@@ -268,6 +317,7 @@ fn sse(
             yield Ok(chunk(&model, json!({"content": t}), None));
         }
         yield Ok(chunk(&model, json!({}), Some("stop")));
+        unfinished.finish();
         yield Ok(Event::default().data("[DONE]"));
     };
     Sse::new(stream)

@@ -20,6 +20,9 @@ pub enum ChatRecord {
     EpochFence(EpochFence),
     /// A user added to a conversation (by its tenant's admin or one of its participants).
     ParticipantAdded(ParticipantAdded),
+    /// Someone asked to stop the reply being generated: the earliest unanswered message before
+    /// this record gets a reply with the text so far, marked cancelled.
+    CancelRequest(CancelRequest),
 }
 
 impl Record for ChatRecord {
@@ -29,6 +32,7 @@ impl Record for ChatRecord {
             ChatRecord::AgentReply(r) => r.v,
             ChatRecord::EpochFence(f) => f.v,
             ChatRecord::ParticipantAdded(p) => p.v,
+            ChatRecord::CancelRequest(c) => c.v,
         }
     }
 }
@@ -42,6 +46,7 @@ impl ChatRecord {
             ChatRecord::AgentReply(r) => conversation_key(&r.tenant, &r.conversation_id),
             ChatRecord::EpochFence(_) => FENCE_KEY.to_string(),
             ChatRecord::ParticipantAdded(p) => conversation_key(&p.tenant, &p.conversation_id),
+            ChatRecord::CancelRequest(c) => conversation_key(&c.tenant, &c.conversation_id),
         }
     }
 
@@ -52,6 +57,7 @@ impl ChatRecord {
             ChatRecord::AgentReply(r) => &r.conversation_id,
             ChatRecord::EpochFence(_) => "",
             ChatRecord::ParticipantAdded(p) => &p.conversation_id,
+            ChatRecord::CancelRequest(c) => &c.conversation_id,
         }
     }
 
@@ -62,6 +68,7 @@ impl ChatRecord {
             ChatRecord::AgentReply(r) => &r.id,
             ChatRecord::EpochFence(_) => "",
             ChatRecord::ParticipantAdded(p) => &p.id,
+            ChatRecord::CancelRequest(c) => &c.id,
         }
     }
 }
@@ -146,6 +153,9 @@ pub struct AgentReply {
     /// Number of `chat.stream` chunks that attempt produced, so live readers know when they have all.
     #[serde(default)]
     pub chunks: u32,
+    /// Stopped on request (`CancelRequest`): `content` is the text so far.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 /// A user added to a conversation: from then on a `user` credential of that user may read,
@@ -167,6 +177,29 @@ pub struct ParticipantAdded {
     pub user_id: String,
     /// Who added them.
     pub added_by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+}
+
+/// A request to stop the reply being generated in a conversation (`POST
+/// /api/chat/conversation/{id}/cancel`, any worker): the owner applies it in log order, so a
+/// new owner replaying the log decides alike.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelRequest {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Record id.
+    pub id: String,
+    /// Conversation id.
+    pub conversation_id: String,
+    /// Tenant (absent for the default tenant).
+    #[serde(default = "default_tenant", skip_serializing_if = "is_default_tenant")]
+    pub tenant: String,
+    /// Who asked.
+    pub requested_by: String,
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,
@@ -381,6 +414,8 @@ pub enum RefusedWhy {
     Pending,
     /// Its sender would have been one participant too many.
     Participants,
+    /// Its reply was cancelled before it began: it gets an empty reply marked cancelled.
+    Cancelled,
 }
 
 /// A message id derived from an idempotency key, as a snapshot keeps it.

@@ -93,6 +93,7 @@ fn arb_reply() -> impl Strategy<Value = ChatRecord> {
                 completion_tokens: 7,
                 attempt: 1,
                 chunks: 4,
+                cancelled: false,
             })
         })
 }

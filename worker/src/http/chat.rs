@@ -168,6 +168,54 @@ pub async fn add_participant<S: ChatService>(
     Ok(Json(json!({"conversationId": id, "userId": user, "addedBy": who.user})).into_response())
 }
 
+/// Stops the reply being generated in a conversation: a cancel request goes to its log, and
+/// the owner (whichever worker it is, also during a move) stops the answer and writes the
+/// text so far as the reply, marked `cancelled`. 202 whether or not a reply was under way.
+pub async fn cancel<S: ChatService>(
+    State(s): State<Arc<S>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    caller.chats()?;
+    check_id("id", &id)?;
+    let who = &caller.who;
+    s.limits().admit_message(&who.tenant, &who.user)?;
+    let key = who.key(&id);
+    match membership_of(&*s, &key, &who.user).await? {
+        Membership::Missing => return Err(not_found(&id)),
+        Membership::Stranger if who.role == Role::User => return Err(not_found(&id)),
+        _ => {}
+    }
+    accepting(&*s)?;
+    let record = meshchat_wire::CancelRequest {
+        v: SCHEMA_VERSION,
+        id: format!("cnc-{}", uuid::Uuid::now_v7().simple()),
+        conversation_id: id.clone(),
+        tenant: who.tenant.clone(),
+        requested_by: who.user.clone(),
+        timestamp: OffsetDateTime::now_utc(),
+    };
+    let cancel_id = record.id.clone();
+    match tokio::time::timeout(SEND_TIMEOUT, s.cancel(record)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(AppError::Unavailable(format!(
+                "Kafka did not accept the cancel request: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(AppError::Unavailable(
+                "Kafka did not acknowledge the cancel request in time".into(),
+            ));
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message": "Cancel requested", "conversationId": id, "requestId": cancel_id})),
+    )
+        .into_response())
+}
+
 /// Refuses a `user` posting to (or watching) a conversation of its tenant that exists and that
 /// it does not take part in — as not found, so nobody learns which ids others use.
 pub(super) async fn may_take_part<S: ChatService>(

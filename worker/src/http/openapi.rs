@@ -290,6 +290,35 @@ fn conversation() {}
     ))]
 fn participants() {}
 
+/// `POST /api/chat/conversation/{id}/cancel` answered.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelResponse {
+    /// `Cancel requested`.
+    pub message: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// The request's id.
+    pub request_id: String,
+}
+
+/// Stops the reply being generated (from any worker): its text so far becomes the reply,
+/// marked `cancelled`; the conversation's next message is answered. 202 whether or not a reply
+/// was under way.
+#[utoipa::path(post, path = "/api/chat/conversation/{id}/cancel", tag = "chat",
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", example = "conv-123", description = "The conversation")),
+    responses(
+        (status = 202, description = "Requested: written to the log", body = CancelResponse),
+        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The role may not chat", body = ErrorBody),
+        (status = 404, description = "No such conversation for the caller", body = ErrorBody),
+        (status = 429, description = "Over a rate limit", body = ErrorBody),
+        (status = 503, description = "Kafka away or worker draining", body = ErrorBody),
+        (status = 504, description = "Took too long"),
+    ))]
+fn cancel() {}
+
 /// Live events of a conversation as server-sent events (`message`, `token`, `reply`,
 /// `presence`; `?presence` shows the caller online).
 #[utoipa::path(get, path = "/api/chat/conversation/{id}/events", tag = "chat",
@@ -507,8 +536,8 @@ impl Modify for Bearer {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "MeshChat", description = "Chat for LLM agents over a Kafka mesh: the public API of every worker (docs/security.md: identities, tenants, limits)."),
-    paths(send, conversation, participants, events, websocket, status, migrate, mesh, ticket, openapi, completions, models, model),
-    components(schemas(CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
+    paths(send, conversation, participants, cancel, events, websocket, status, migrate, mesh, ticket, openapi, completions, models, model),
+    components(schemas(CancelResponse, CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
     modifiers(&Bearer),
     security(("bearer" = [])),
 )]

@@ -186,6 +186,11 @@ pub trait ChatService: Send + Sync + 'static {
     /// acknowledged it.
     fn add_participant(&self, record: ParticipantAdded) -> impl Future<Output = Result<(), String>> + Send;
 
+    /// Appends a cancel request to its conversation's log; resolves once the broker
+    /// acknowledged it.
+    fn cancel(&self, record: meshchat_wire::CancelRequest)
+    -> impl Future<Output = Result<(), String>> + Send;
+
     /// Brings the conversation keyed `key` back into memory if this worker evicted it (idle),
     /// so what follows reads it locally.
     fn wake(&self, key: &str) -> impl Future<Output = ()> + Send;

@@ -54,6 +54,7 @@ struct Fake {
     limits: Arc<Limits>,
     append_delay: Option<Duration>,
     backlog: Option<i64>,
+    cancels: Mutex<Vec<meshchat_wire::CancelRequest>>,
     /// Live events handed to subscribers (none: a closed channel).
     live: Option<broadcast::Sender<Arc<LiveEvent>>>,
 }
@@ -127,6 +128,7 @@ fn fake() -> Fake {
         append_delay: None,
         backlog: None,
         live: None,
+        cancels: Mutex::default(),
     }
 }
 
@@ -202,6 +204,12 @@ impl ChatService for Fake {
     async fn add_participant(&self, record: meshchat_wire::ParticipantAdded) -> Result<(), String> {
         self.append.clone()?;
         self.added.lock().expect("lock").push(record);
+        Ok(())
+    }
+
+    async fn cancel(&self, record: meshchat_wire::CancelRequest) -> Result<(), String> {
+        self.append.clone()?;
+        self.cancels.lock().expect("lock").push(record);
         Ok(())
     }
 

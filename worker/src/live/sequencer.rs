@@ -154,7 +154,8 @@ impl Sequencer {
                 }
             }
             // a fence is the partition's; an added participant shows as the owner's `joined`
-            ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) => {}
+            // a cancel shows as the reply it ends (marked cancelled)
+            ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) | ChatRecord::CancelRequest(_) => {}
             ChatRecord::AgentReply(ref r) => {
                 let complete = r.chunks == 0
                     || self

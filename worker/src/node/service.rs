@@ -90,6 +90,12 @@ impl ChatService for Node {
         Ok(())
     }
 
+    async fn cancel(&self, record: meshchat_wire::CancelRequest) -> Result<(), String> {
+        let record = meshchat_wire::ChatRecord::CancelRequest(record);
+        self.log.append_record(&record).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     async fn append(&self, message: UserMessage) -> Result<(), String> {
         self.log.append(message).await.map_err(|e| e.to_string())?;
         self.metrics.messages_in.inc();

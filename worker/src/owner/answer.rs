@@ -37,6 +37,9 @@ pub struct Job {
     pub epoch: Epoch,
     /// Cancelled when the partition's release grace ends.
     pub cancel: CancellationToken,
+    /// Cancelled by a cancel request: the reply is written with the text so far, marked
+    /// cancelled (already cancelled: an empty cancelled reply).
+    pub stop: CancellationToken,
     /// Set when the message is not to be answered (a conversation limit): the error reply.
     pub refusal: Option<LlmError>,
 }
@@ -116,20 +119,23 @@ impl Answerer {
     pub async fn answer(&self, job: Job) -> bool {
         let quota = match job.refusal.clone() {
             Some(refusal) => Err(refusal),
+            None if job.stop.is_cancelled() => Ok(()),
             None => match self.await_quota(&job).await {
                 Some(quota) => quota,
                 None => return false,
             },
         };
-        // only a call to the LLM takes one of its slots
+        // only a call to the LLM takes one of its slots; a cancelled answer needs none
         let permit = match quota {
             Err(_) => None,
+            Ok(()) if job.stop.is_cancelled() => None,
             Ok(()) => {
                 let _queued = self.load.queued();
                 tokio::select! {
                     p = self.slots.acquire() => match p { Ok(p) => Some(p), Err(_) => return false },
                     () = self.stop_new.cancelled() => return false,
                     () = job.cancel.cancelled() => return false,
+                    () = job.stop.cancelled() => None,
                 }
             }
         };
@@ -147,24 +153,31 @@ impl Answerer {
         let started = std::time::Instant::now();
         let mut seq = 0u32;
         let mut current_attempt = 0u32;
+        // the current attempt's text, for a cancelled reply
+        let mut so_far = String::new();
         let outcome = {
             let on_delta = |attempt: u32, delta: &str| {
                 if attempt != current_attempt {
                     current_attempt = attempt;
                     seq = 0;
+                    so_far.clear();
                 }
                 self.send_chunk(&job, &reply_id, attempt, seq, delta);
+                so_far.push_str(delta);
                 seq += 1;
             };
             match quota {
-                Err(e) => Err(e),
+                Err(e) => Some(Err(e)),
+                Ok(()) if permit.is_none() => None,
                 Ok(()) => {
                     self.limits
                         .charge_tokens(&job.message.tenant, u64::from(prompt_tokens));
+                    // a cancel drops the LLM's stream (its connection) at once
                     tokio::select! {
-                        r = self.llm.stream(&job.context, on_delta) => r,
+                        r = self.llm.stream(&job.context, on_delta) => Some(r),
                         () = self.abandon.cancelled() => return false,
                         () = job.cancel.cancelled() => return false,
+                        () = job.stop.cancelled() => None,
                     }
                 }
             }
@@ -172,9 +185,14 @@ impl Answerer {
         drop(permit);
         self.metrics.llm_latency.observe(started.elapsed().as_secs_f64());
         let now = OffsetDateTime::now_utc();
+        let cancelled = outcome.is_none();
         let (content, error, attempt) = match outcome {
-            Ok(c) => (c.content, None, c.attempt),
-            Err(e) => {
+            None => {
+                tracing::info!(message_id = %job.message.id, chars = so_far.len(), "reply cancelled on request");
+                (std::mem::take(&mut so_far), None, current_attempt)
+            }
+            Some(Ok(c)) => (c.content, None, c.attempt),
+            Some(Err(e)) => {
                 self.metrics.llm_failures.inc_by(u64::from(e.attempts));
                 tracing::warn!(message_id = %job.message.id, error = %e, "answering with an error reply");
                 let attempt = e.attempts.saturating_sub(1);
@@ -208,6 +226,7 @@ impl Answerer {
             completion_tokens,
             attempt,
             chunks,
+            cancelled,
         });
         // produce only while this worker may still write for the partition at the job's epoch
         // (not abandoned, not fenced), and holds its lease (it may have been declared dead

@@ -8,6 +8,7 @@ use meshchat_wire::{
     SCHEMA_VERSION, decode, split_key,
 };
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use super::{Owner, Run};
 use crate::context::{Role, Turn, trim_to_budget};
@@ -49,7 +50,7 @@ impl Owner {
         let user = match &record {
             ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
             ChatRecord::ParticipantAdded(p) => Some(p.user_id.clone()),
-            ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) => None,
+            ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) | ChatRecord::CancelRequest(_) => None,
         };
         let applied = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
@@ -94,7 +95,26 @@ impl Owner {
                     self.joined(&key, &user);
                 }
             }
-            Applied::Reply | Applied::Stale => {}
+            Applied::Cancel { target } => match target {
+                Some((_, true)) => {
+                    tracing::info!(partition = p, offset, conversation = %key, "cancel requested: stopping the reply being generated");
+                    if let Some(stop) = run.stops.remove(&key) {
+                        stop.cancel();
+                    }
+                }
+                Some((at, false)) => {
+                    if let Some(epoch) = answer_at {
+                        self.refuse(p, epoch, &key, at, RefusedWhy::Cancelled, run, then);
+                    }
+                }
+                None => {
+                    tracing::debug!(partition = p, offset, conversation = %key, "cancel requested with no reply under way");
+                }
+            },
+            Applied::Reply => {
+                run.stops.remove(&key);
+            }
+            Applied::Stale => {}
         }
         if let Some(epoch) = answer_at
             && !key.is_empty()
@@ -203,6 +223,7 @@ impl Owner {
         };
         let keep = self.store.read().unwrap_or_else(|p| p.into_inner()).keep;
         let text = match why {
+            RefusedWhy::Cancelled => String::new(),
             RefusedWhy::Pending => format!(
                 "Too many messages are waiting for an answer in this conversation (at most {}); this one was not answered",
                 keep.pending
@@ -212,7 +233,21 @@ impl Owner {
                 keep.participants
             ),
         };
-        tracing::info!(partition = p, offset, conversation = %key, ?why, "a conversation limit refuses a message an answer");
+        // a reply cancelled before it began is an empty reply marked cancelled, not an error
+        let stop = CancellationToken::new();
+        let refusal = if why == RefusedWhy::Cancelled {
+            tracing::info!(partition = p, offset, conversation = %key, "cancel requested before the reply began");
+            stop.cancel();
+            None
+        } else {
+            tracing::info!(partition = p, offset, conversation = %key, ?why, "a conversation limit refuses a message an answer");
+            Some(LlmError {
+                kind: ReplyErrorKind::Limit,
+                detail: text.clone(),
+                message: text,
+                attempts: 0,
+            })
+        };
         let job = Job {
             partition: p,
             user_offset: offset,
@@ -220,12 +255,8 @@ impl Owner {
             context: Vec::new(),
             epoch,
             cancel: run.cancels.entry(p).or_default().child_token(),
-            refusal: Some(LlmError {
-                kind: ReplyErrorKind::Limit,
-                detail: text.clone(),
-                message: text,
-                attempts: 0,
-            }),
+            stop,
+            refusal,
         };
         let answerer = self.answerer.clone();
         let task = run.answers.spawn(async move {
@@ -253,6 +284,8 @@ impl Owner {
                 tokens: self.tokenizer.count(&self.settings.system_prompt),
             });
             let context = trim_to_budget(system, &conv.turns_until(offset), self.settings.context_tokens);
+            let stop = CancellationToken::new();
+            run.stops.insert(key.to_string(), stop.clone());
             Job {
                 partition: p,
                 user_offset: offset,
@@ -260,6 +293,7 @@ impl Owner {
                 context,
                 epoch,
                 cancel: run.cancels.entry(p).or_default().child_token(),
+                stop,
                 refusal: None,
             }
         };

@@ -33,6 +33,7 @@ fn reply(to: &str) -> ChatRecord {
         completion_tokens: 2,
         attempt: 0,
         chunks: 1,
+        cancelled: false,
     })
 }
 
@@ -502,4 +503,73 @@ fn idle_and_least_recent_conversations_leave_memory_only_when_their_snapshot_hol
     // a released partition forgets its evicted conversations
     s.forget_evicted(3);
     assert_eq!(s.evicted("c101"), None);
+}
+
+fn cancel_request(id: &str) -> ChatRecord {
+    ChatRecord::CancelRequest(meshchat_wire::CancelRequest {
+        v: 1,
+        id: id.into(),
+        conversation_id: "c".into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
+        requested_by: "ann".into(),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    })
+}
+
+#[test]
+fn a_cancel_stops_the_earliest_waiting_reply_only_and_a_replay_decides_alike() {
+    let mut c = Conversation::new("c");
+    // nothing waits: nothing to stop
+    assert_eq!(
+        c.apply(0, cancel_request("x0"), 0, 50, 0),
+        Applied::Cancel { target: None }
+    );
+    c.apply(1, user("m1", "ann"), 1, 50, 0);
+    c.apply(2, user("m2", "ann"), 1, 50, 0);
+    c.in_flight = Some("m1".into());
+    // the reply being generated (m1's) is stopped; m2 is not touched
+    assert_eq!(
+        c.apply(3, cancel_request("x1"), 0, 50, 0),
+        Applied::Cancel {
+            target: Some((1, true))
+        }
+    );
+    assert_eq!(c.refused.get(&1), Some(&RefusedWhy::Cancelled));
+    assert_eq!(c.entries.len(), 2, "a cancel is not history");
+    // a second cancel before m1's reply is written stops m2's, which has not begun
+    assert_eq!(
+        c.apply(4, cancel_request("x2"), 0, 50, 0),
+        Applied::Cancel {
+            target: Some((2, false))
+        }
+    );
+    // a cancel never reaches a message sent after it
+    c.apply(5, user("m3", "ann"), 1, 50, 0);
+    // a snapshot (or a new owner replaying the log) keeps both marks
+    let back = Conversation::from_snapshot(c.to_snapshot(1), |_| 1);
+    let marked: Vec<(i64, RefusedWhy)> = back.refused.iter().map(|(o, w)| (*o, *w)).collect();
+    assert_eq!(
+        marked,
+        vec![(1, RefusedWhy::Cancelled), (2, RefusedWhy::Cancelled)]
+    );
+    let mut replayed = Conversation::new("c");
+    for (o, r) in [
+        (1, user("m1", "ann")),
+        (2, user("m2", "ann")),
+        (3, cancel_request("x1")),
+        (4, cancel_request("x2")),
+        (5, user("m3", "ann")),
+    ] {
+        replayed.apply(o, r, 1, 50, 0);
+    }
+    assert_eq!(replayed.refused, back.refused);
+    assert_eq!(
+        replayed.next_to_answer().map(|(o, _)| o),
+        Some(5),
+        "m3 is answered"
+    );
+    // the cancelled replies count like any reply
+    assert_eq!(replayed.apply(6, reply("m1"), 1, 50, 0), Applied::Reply);
+    assert_eq!(replayed.apply(7, reply("m2"), 1, 50, 0), Applied::Reply);
+    assert!(replayed.refused.is_empty());
 }

@@ -22,6 +22,7 @@ fn routes() -> Vec<(&'static str, &'static str, Value)> {
             "/api/chat/conversation/c/participants",
             json!({"userId": "x"}),
         ),
+        ("POST", "/api/chat/conversation/c/cancel", Value::Null),
     ]
 }
 
@@ -407,5 +408,60 @@ async fn auth_none_takes_the_sender_from_the_body_and_says_so_on_status() {
     assert_eq!(
         (body["auth"].as_str(), body["warnings"].as_array().map(Vec::len)),
         (Some("required"), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_is_recorded_for_a_participant_and_the_tenant_admin_only() {
+    let mut f = fake();
+    f.members.insert(("mine".into(), "u".into()), Membership::Member);
+    f.members
+        .insert(("mine".into(), "v".into()), Membership::Stranger);
+    f.members
+        .insert(("mine".into(), "root".into()), Membership::Stranger);
+    f.members
+        .insert(("acme/mine".into(), "boss".into()), Membership::Missing);
+    let s = Arc::new(f);
+    let cancel = |token: &str, conv: &str| {
+        post_as(
+            token,
+            &format!("/api/chat/conversation/{conv}/cancel"),
+            Value::Null,
+        )
+    };
+    let (status, body) = call(&s, cancel("k-u", "mine")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["message"], "Cancel requested");
+    let (status, _) = call(&s, cancel("k-admin", "mine")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "the tenant's admin");
+    for (token, conv, why) in [
+        ("k-v", "mine", "another user's conversation"),
+        ("k-acme-admin", "mine", "another tenant's conversation"),
+        ("k-u", "nope", "no such conversation"),
+    ] {
+        let (status, body) = call(&s, cancel(token, conv)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{why}: {body}");
+    }
+    let (status, _) = call(&s, cancel("k-op", "mine")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let recorded: Vec<(String, String, String)> = s
+        .cancels
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|c| {
+            (
+                c.tenant.clone(),
+                c.conversation_id.clone(),
+                c.requested_by.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![
+            ("default".into(), "mine".into(), "u".into()),
+            ("default".into(), "mine".into(), "root".into())
+        ]
     );
 }

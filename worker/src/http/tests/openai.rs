@@ -31,6 +31,7 @@ fn reply(id: &str, in_reply_to: &str, content: &str) -> MessageView {
         in_reply_to: Some(in_reply_to.into()),
         node: Some("node-0".into()),
         error: None,
+        cancelled: false,
     }
 }
 

@@ -33,6 +33,7 @@ fn reply(i: usize, chunks: u32) -> ChatRecord {
         completion_tokens: chunks,
         attempt: 0,
         chunks,
+        cancelled: false,
     })
 }
 
