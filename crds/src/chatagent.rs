@@ -194,6 +194,16 @@ pub struct AuthSpec {
     pub migrate_per_minute: Option<u32>,
 }
 
+/// What a message does while a reply is being generated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WhileReplying {
+    /// It waits its turn.
+    #[default]
+    Enqueue,
+    /// The reply under way is cancelled and the new message answered.
+    Interrupt,
+}
+
 /// Whether the public API asks for credentials.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AuthMode {
@@ -380,6 +390,11 @@ pub struct LlmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: Option<u32>,
+    /// What a user's message does while a reply to an earlier one of its conversation is being
+    /// generated: `Enqueue` (default: it waits its turn) or `Interrupt` (that reply is
+    /// cancelled, keeping its text so far, and the new message answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub while_replying: Option<WhileReplying>,
 }
 
 /// A key in a Secret.
@@ -576,6 +591,7 @@ impl Default for LlmSpec {
             context_tokens: None,
             concurrency: None,
             timeout_seconds: None,
+            while_replying: None,
         }
     }
 }

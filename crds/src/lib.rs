@@ -7,7 +7,7 @@ mod chatagent;
 pub use chatagent::{
     AuthMode, AuthSpec, AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, CredentialsSecretRef,
     ImagePullPolicy, JwtSpec, KafkaSpec, LimitsSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec,
-    SecretKeyRef, TlsSpec, WorkerLoadStatus,
+    SecretKeyRef, TlsSpec, WhileReplying, WorkerLoadStatus,
 };
 
 /// The `ChatAgent` CRD as YAML, exactly as `crdgen` writes it into the repository.

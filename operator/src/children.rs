@@ -20,7 +20,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
-use meshchat_crds::{AuthMode, AuthSpec, ChatAgent, LimitsSpec};
+use meshchat_crds::{AuthMode, AuthSpec, ChatAgent, LimitsSpec, WhileReplying};
 use meshchat_wire::murmur2;
 use meshchat_wire::worker::{self, LimitsFile, Ownership, WorkerFile, env as worker_env, paths};
 
@@ -583,6 +583,10 @@ pub fn worker_file(agent: &ChatAgent) -> Result<WorkerFile, ChildError> {
         context_tokens: spec.llm.context_tokens,
         llm_concurrency: spec.llm.concurrency,
         llm_timeout_secs: spec.llm.timeout_seconds,
+        while_replying: spec.llm.while_replying.map(|w| match w {
+            WhileReplying::Enqueue => meshchat_wire::worker::WhileReplying::Enqueue,
+            WhileReplying::Interrupt => meshchat_wire::worker::WhileReplying::Interrupt,
+        }),
         limits: spec.limits.as_ref().map(limits_options).unwrap_or_default(),
         ..auth_options(spec.auth.as_ref())
     })

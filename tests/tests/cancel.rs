@@ -107,3 +107,46 @@ async fn a_reply_cancelled_from_another_worker_keeps_its_text_so_far() -> anyhow
     drop(workers);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_interrupt_a_new_message_cancels_the_reply_under_way() -> anyhow::Result<()> {
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("interrupt");
+    let llm = FakeLlm::start(&[]).await?;
+    let w = Worker::start(
+        WorkerSpec::new("w", &prefix, &bootstrap, &llm.url)?
+            .env("MESHCHAT_PARTITIONS", "4")
+            .env("MESHCHAT_WHILE_REPLYING", "interrupt"),
+    )
+    .await?;
+    let conv = "chatty";
+    let slow = send(
+        &w.url,
+        conv,
+        "ann",
+        "[tag:long] [slow:200] tell me a long story please",
+    )
+    .await?;
+    wait_for("the first tokens", T, || async {
+        (llm.calls("long").await.ok()? > 0).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let newer = send(&w.url, conv, "ann", "actually, just say hi").await?;
+    let cut = wait_reply(&w.url, conv, &slow, T).await?;
+    let text = cut["content"].as_str().unwrap_or_default();
+    assert_eq!(cut["cancelled"], true, "{cut}");
+    assert!(!text.is_empty() && text.len() < 40, "the text so far: {text:?}");
+    let answer = wait_reply(&w.url, conv, &newer, T).await?;
+    assert!(answer["cancelled"].is_null(), "{answer}");
+    assert!(
+        answer["content"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(r#"Reply to "actually, just say hi""#)),
+        "{answer}"
+    );
+    assert!(llm.stats().await?["aborted"].as_u64() >= Some(1));
+    let log = read_topic(&bootstrap, &format!("{prefix}chat.messages")).await?;
+    assert_eq!(Tally::of(&log).outcome(&[slow, newer]), (2, 0, 0));
+    Ok(())
+}

@@ -113,6 +113,19 @@ impl std::fmt::Display for Ownership {
     }
 }
 
+/// What a user's message does while a reply to an earlier one of its conversation is being
+/// generated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WhileReplying {
+    /// It waits its turn: replies come one at a time, in order.
+    #[default]
+    Enqueue,
+    /// The reply under way (and any not begun) is cancelled with its text so far, and the new
+    /// message answered.
+    Interrupt,
+}
+
 /// A worker's log format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -182,6 +195,9 @@ pub struct WorkerFile {
     /// Seconds per LLM attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_timeout_secs: Option<u32>,
+    /// What a message does while a reply is being generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub while_replying: Option<WhileReplying>,
     /// `required` or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,

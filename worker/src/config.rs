@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser};
-use meshchat_wire::worker::{self, LogFormat, Ownership, env};
+use meshchat_wire::worker::{self, LogFormat, Ownership, WhileReplying, env};
 
 use crate::tokenizer::Encoding;
 
@@ -191,6 +191,11 @@ pub struct Config {
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// What a user's message does while a reply to an earlier one of its conversation is being
+    /// generated: `enqueue` (it waits its turn) or `interrupt` (that reply is cancelled, keeping
+    /// its text so far, and the new message answered).
+    #[arg(long, env = "MESHCHAT_WHILE_REPLYING", value_enum, default_value_t = WhileReplying::Enqueue)]
+    pub while_replying: WhileReplying,
     /// `required`: every public route needs a bearer credential (API key or JWT). `none`: no
     /// credential is asked for and every caller is an admin of the default tenant — for
     /// development only; the worker says so at start and on /api/agent/status.

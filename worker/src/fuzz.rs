@@ -47,6 +47,7 @@ pub fn conversation(data: &[u8]) {
         bytes: max_bytes,
         pending: usize::from(first % 8) + 1,
         participants: usize::from(first % 4) + 1,
+        interrupt: first % 2 == 1,
     };
     let mut c = Conversation::new("acme/c");
     for (offset, piece) in rest.split(|b| *b == 0xff).enumerate() {

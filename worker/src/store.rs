@@ -36,6 +36,8 @@ pub struct Keep {
     pub pending: usize,
     /// Most participants.
     pub participants: usize,
+    /// A new message cancels the replies earlier ones wait for (`--while-replying interrupt`).
+    pub interrupt: bool,
 }
 
 impl From<usize> for Keep {
@@ -46,6 +48,7 @@ impl From<usize> for Keep {
             bytes: usize::MAX,
             pending: usize::MAX,
             participants: usize::MAX,
+            interrupt: false,
         }
     }
 }
@@ -137,6 +140,9 @@ pub enum Applied {
         new_participant: bool,
         /// Set when a conversation limit refuses it an answer (it gets an error reply).
         refused: Option<RefusedWhy>,
+        /// With `interrupt`: earlier messages whose replies it cancels, as [`Applied::Cancel`]'s
+        /// target.
+        interrupts: Vec<(i64, bool)>,
     },
     /// The first reply to a pending message.
     Reply,
@@ -230,6 +236,19 @@ impl Conversation {
                 if new_participant && refused != Some(RefusedWhy::Participants) {
                     self.participants.push(m.user_id.clone());
                 }
+                // with `interrupt`, an answered message cancels what earlier ones wait for
+                let interrupts: Vec<(i64, bool)> = if keep.interrupt && refused.is_none() {
+                    self.pending
+                        .iter()
+                        .filter(|(o, _)| !self.refused.contains_key(o))
+                        .map(|(o, m)| (*o, self.in_flight.as_deref() == Some(m.id.as_str())))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                for (at, _) in &interrupts {
+                    self.refused.insert(*at, RefusedWhy::Cancelled);
+                }
                 self.pending.insert(offset, m.clone());
                 if let Some(why) = refused {
                     self.refused.insert(offset, why);
@@ -237,6 +256,7 @@ impl Conversation {
                 Applied::UserMessage {
                     new_participant: new_participant && refused != Some(RefusedWhy::Participants),
                     refused,
+                    interrupts,
                 }
             }
             ChatRecord::AgentReply(r) => {
@@ -267,12 +287,13 @@ impl Conversation {
                 return Applied::Participant { new_participant };
             }
             ChatRecord::CancelRequest(_) => {
-                // the earliest message before it still waiting for its reply; marked so that
-                // a snapshot, or a new owner replaying, gives it a cancelled reply too
+                // the earliest message before it still waiting for its answer (one refused by a
+                // limit has its error reply coming); marked so that a snapshot, or a new owner
+                // replaying, gives it a cancelled reply too
                 let target = self
                     .pending
                     .iter()
-                    .find(|(o, _)| **o < offset && self.refused.get(o) != Some(&RefusedWhy::Cancelled))
+                    .find(|(o, _)| **o < offset && !self.refused.contains_key(o))
                     .map(|(o, m)| (*o, self.in_flight.as_deref() == Some(m.id.as_str())));
                 if let Some((at, _)) = target {
                     self.refused.insert(at, RefusedWhy::Cancelled);

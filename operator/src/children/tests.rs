@@ -21,6 +21,7 @@ fn sample() -> ChatAgent {
         key: "api-token-key".into(),
     });
     spec.llm.system_prompt = Some("You are helpful.\nBe brief: always.".into());
+    spec.llm.while_replying = Some(meshchat_crds::WhileReplying::Interrupt);
     agent(spec)
 }
 
@@ -163,6 +164,7 @@ fn the_rendered_config_is_what_the_worker_reads() {
     assert_eq!(map["topic-prefix"], "support.");
     assert_eq!(map["partitions"], 24);
     assert_eq!(map["system-prompt"], "You are helpful.\nBe brief: always.");
+    assert_eq!(map["while-replying"], "interrupt");
     // workers size their lease by the balancer's table, not by a second copy of the timeout
     assert!(!map.contains_key("heartbeat-timeout-secs"));
     // the text is the typed contract the worker's tests parse (meshchat_wire::worker::WorkerFile)

@@ -76,6 +76,7 @@ impl Config {
             bytes: self.snapshot_max_bytes as usize,
             pending: self.max_pending_per_conversation as usize,
             participants: self.max_participants_per_conversation as usize,
+            interrupt: self.while_replying == meshchat_wire::worker::WhileReplying::Interrupt,
         }
     }
 

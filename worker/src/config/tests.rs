@@ -170,6 +170,7 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
         context_tokens: Some(8000),
         llm_concurrency: Some(12),
         llm_timeout_secs: Some(45),
+        while_replying: Some(meshchat_wire::worker::WhileReplying::Interrupt),
         auth: Some("required".into()),
         api_keys_file: Some("/etc/meshchat/auth/api-keys".into()),
         jwks_url: Some("https://idp.example/jwks.json".into()),
@@ -228,6 +229,7 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
     assert_eq!(Some(c.context_tokens), file.context_tokens);
     assert_eq!(Some(c.llm_concurrency), file.llm_concurrency);
     assert_eq!(Some(c.llm_timeout_secs), file.llm_timeout_secs.map(f64::from));
+    assert_eq!(Some(c.while_replying), file.while_replying);
     assert_eq!(c.auth, AuthMode::Required);
     assert_eq!(
         c.api_keys_file.map(|f| f.to_string_lossy().to_string()),

@@ -60,9 +60,13 @@ impl Owner {
             Applied::UserMessage {
                 new_participant,
                 refused,
+                interrupts,
             } => {
                 self.metrics.messages_handled.inc();
                 self.load.message(p);
+                for target in interrupts {
+                    self.stop_reply(p, offset, &key, target, answer_at, run, then);
+                }
                 if let (Some(why), Some(epoch)) = (refused, answer_at) {
                     self.refuse(p, epoch, &key, offset, why, run, then);
                 }
@@ -96,17 +100,7 @@ impl Owner {
                 }
             }
             Applied::Cancel { target } => match target {
-                Some((_, true)) => {
-                    tracing::info!(partition = p, offset, conversation = %key, "cancel requested: stopping the reply being generated");
-                    if let Some(stop) = run.stops.remove(&key) {
-                        stop.cancel();
-                    }
-                }
-                Some((at, false)) => {
-                    if let Some(epoch) = answer_at {
-                        self.refuse(p, epoch, &key, at, RefusedWhy::Cancelled, run, then);
-                    }
-                }
+                Some(target) => self.stop_reply(p, offset, &key, target, answer_at, run, then),
                 None => {
                     tracing::debug!(partition = p, offset, conversation = %key, "cancel requested with no reply under way");
                 }
@@ -198,6 +192,35 @@ impl Owner {
                 self.refuse(p, epoch, &id, offset, why, run, then);
             }
             self.answer_next(p, epoch, &id, run, then);
+        }
+    }
+
+    /// Stops the reply to the message at `target.0` (a cancel request, or a newer message with
+    /// `interrupt`): the answer in flight (`target.1`) is stopped and writes its text so far; one
+    /// not begun gets an empty cancelled reply now, if the partition is live here.
+    #[allow(clippy::too_many_arguments)]
+    fn stop_reply(
+        &self,
+        p: Partition,
+        offset: i64,
+        key: &str,
+        target: (i64, bool),
+        answer_at: Option<Epoch>,
+        run: &mut Run,
+        then: &mut VecDeque<Event>,
+    ) {
+        match target {
+            (_, true) => {
+                tracing::info!(partition = p, offset, conversation = %key, "stopping the reply being generated");
+                if let Some(stop) = run.stops.remove(key) {
+                    stop.cancel();
+                }
+            }
+            (at, false) => {
+                if let Some(epoch) = answer_at {
+                    self.refuse(p, epoch, key, at, RefusedWhy::Cancelled, run, then);
+                }
+            }
         }
     }
 

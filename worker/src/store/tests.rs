@@ -573,3 +573,41 @@ fn a_cancel_stops_the_earliest_waiting_reply_only_and_a_replay_decides_alike() {
     assert_eq!(replayed.apply(7, reply("m2"), 1, 50, 0), Applied::Reply);
     assert!(replayed.refused.is_empty());
 }
+
+#[test]
+fn with_interrupt_a_new_message_cancels_the_replies_earlier_ones_wait_for() {
+    let keep = Keep {
+        interrupt: true,
+        ..Keep::from(50)
+    };
+    let interrupts = |a: Applied| match a {
+        Applied::UserMessage { interrupts, .. } => interrupts,
+        other => panic!("{other:?}"),
+    };
+    let mut c = Conversation::new("c");
+    assert_eq!(interrupts(c.apply(1, user("m1", "ann"), 1, keep, 0)), vec![]);
+    c.in_flight = Some("m1".into());
+    // m2 interrupts m1's reply under way
+    assert_eq!(
+        interrupts(c.apply(2, user("m2", "ann"), 1, keep, 0)),
+        vec![(1, true)]
+    );
+    // m3 comes before m1's cancelled reply is written: m2's, not begun, is cancelled too; m1 is
+    // not cancelled twice
+    assert_eq!(
+        interrupts(c.apply(3, user("m3", "bob"), 1, keep, 0)),
+        vec![(2, false)]
+    );
+    c.apply(4, reply("m1"), 1, keep, 0);
+    c.in_flight = None;
+    // only the newest is answered; the others wait for their cancelled replies
+    assert_eq!(c.next_to_answer().map(|(o, _)| o), Some(3));
+    let waiting: Vec<(i64, RefusedWhy)> = c.refused_pending().map(|(o, _, w)| (o, w)).collect();
+    assert_eq!(waiting, vec![(2, RefusedWhy::Cancelled)]);
+    // enqueue (the default) leaves earlier messages alone
+    let mut q = Conversation::new("c");
+    q.apply(1, user("m1", "ann"), 1, 50, 0);
+    q.in_flight = Some("m1".into());
+    assert_eq!(interrupts(q.apply(2, user("m2", "ann"), 1, 50, 0)), vec![]);
+    assert!(q.refused.is_empty());
+}
