@@ -133,3 +133,23 @@ async fn the_limits_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
 }
+
+/// `chat-api-bench --smoke` (the chat API part of `make bench`) runs and writes its report:
+/// every cancelled reply's LLM stream was seen dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chat_api_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let out = smoke("chat-api-bench").await?;
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("chat-api-bench.json"))?)?;
+    assert_eq!(json["not_dropped"], 0, "{json}");
+    assert!(
+        json["to_llm_dropped_ms"]["p99"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{json}"
+    );
+    let md = std::fs::read_to_string(out.join("benchmarks.md"))?;
+    assert!(md.contains("### Cancelling a reply"), "{md}");
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}
