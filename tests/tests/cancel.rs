@@ -150,3 +150,71 @@ async fn with_interrupt_a_new_message_cancels_the_reply_under_way() -> anyhow::R
     assert_eq!(Tally::of(&log).outcome(&[slow, newer]), (2, 0, 0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_during_a_move_of_the_conversation_stops_its_reply_once() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mesh = TestMesh::start(
+        "cancel-move",
+        MeshOptions {
+            workers: 2,
+            partitions: 4,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let from = mesh.owned(0).await.unwrap_or_default();
+    let conv = (0..100)
+        .map(|i| format!("moving-{i}"))
+        .find(|c| {
+            let p = meshchat_wire::partition_for(&meshchat_wire::conversation_key("default", c), 4);
+            from.contains(&i64::from(p))
+        })
+        .unwrap_or_default();
+    let p = i64::from(meshchat_wire::partition_for(
+        &meshchat_wire::conversation_key("default", &conv),
+        4,
+    ));
+    let (a, b) = (&mesh.workers[0].url, &mesh.workers[1].url);
+    let slow = send(b, &conv, "ann", "[tag:moving] [slow:200] [big:20000] a long one").await?;
+    wait_for("the first tokens", T, || async {
+        (mesh.llm.calls("moving").await.ok()? > 0).then_some(())
+    })
+    .await?;
+    // the conversation's partition moves to node-1 while its reply streams, and the cancel
+    // comes at once: the old owner (releasing) or the new one (replaying) stops the reply
+    let moved = http()
+        .post(format!("{a}/api/agent/migrate"))
+        .bearer_auth(auth::operator())
+        .json(&serde_json::json!({"targetNode": "node-1", "partitions": [p]}))
+        .send()
+        .await?;
+    assert_eq!(moved.status(), 200);
+    let (status, _) = cancel(b, &conv).await?;
+    assert_eq!(status, 202);
+    let reply = wait_reply(b, &conv, &slow, T).await?;
+    println!(
+        "cancelled reply by {} with {:?}",
+        reply["node"],
+        reply["content"]
+            .as_str()
+            .map(|t| t.chars().take(40).collect::<String>())
+    );
+    assert_eq!(reply["cancelled"], true, "{reply}");
+    mesh.wait_owned_by(&[0, 1], T).await?;
+    assert!(
+        mesh.owned(1).await.unwrap_or_default().contains(&p),
+        "the partition moved"
+    );
+    let next = send(a, &conv, "ann", "and now?").await?;
+    let answer = wait_reply(a, &conv, &next, T).await?;
+    assert!(
+        answer["cancelled"].is_null() && answer["error"].is_null(),
+        "{answer}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // let any duplicate surface
+    let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
+    let tally = Tally::of(&log);
+    assert_eq!(tally.outcome(&[slow, next]), (2, 0, 0), "each answered once");
+    Ok(())
+}
