@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use meshchat_wire::{KEYED_ID_PREFIX, SCHEMA_VERSION, UserMessage};
+use meshchat_wire::{ChatRecord, KEYED_ID_PREFIX, SCHEMA_VERSION, UserMessage};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -137,11 +137,7 @@ pub async fn add_participant<S: ChatService>(
     let who = &caller.who;
     s.limits().admit_message(&who.tenant, &who.user)?;
     let key = who.key(&id);
-    match membership_of(&*s, &key, &who.user).await? {
-        Membership::Missing => return Err(not_found(&id)),
-        Membership::Stranger if who.role == Role::User => return Err(not_found(&id)),
-        _ => {}
-    }
+    may_act_on(&*s, &caller, &key, &id).await?;
     accepting(&*s)?;
     let record = meshchat_wire::ParticipantAdded {
         v: SCHEMA_VERSION,
@@ -152,19 +148,8 @@ pub async fn add_participant<S: ChatService>(
         added_by: who.user.clone(),
         timestamp: OffsetDateTime::now_utc(),
     };
-    match tokio::time::timeout(SEND_TIMEOUT, s.add_participant(record)).await {
-        Ok(Ok(())) => s.joined(&key, &user),
-        Ok(Err(e)) => {
-            return Err(AppError::Unavailable(format!(
-                "Kafka did not accept the change: {e}"
-            )));
-        }
-        Err(_) => {
-            return Err(AppError::Unavailable(
-                "Kafka did not acknowledge the change in time".into(),
-            ));
-        }
-    }
+    store(&*s, ChatRecord::ParticipantAdded(record), "the change").await?;
+    s.joined(&key, &user);
     Ok(Json(json!({"conversationId": id, "userId": user, "addedBy": who.user})).into_response())
 }
 
@@ -181,11 +166,7 @@ pub async fn cancel<S: ChatService>(
     let who = &caller.who;
     s.limits().admit_message(&who.tenant, &who.user)?;
     let key = who.key(&id);
-    match membership_of(&*s, &key, &who.user).await? {
-        Membership::Missing => return Err(not_found(&id)),
-        Membership::Stranger if who.role == Role::User => return Err(not_found(&id)),
-        _ => {}
-    }
+    may_act_on(&*s, &caller, &key, &id).await?;
     accepting(&*s)?;
     let record = meshchat_wire::CancelRequest {
         v: SCHEMA_VERSION,
@@ -196,24 +177,34 @@ pub async fn cancel<S: ChatService>(
         timestamp: OffsetDateTime::now_utc(),
     };
     let cancel_id = record.id.clone();
-    match tokio::time::timeout(SEND_TIMEOUT, s.cancel(record)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(AppError::Unavailable(format!(
-                "Kafka did not accept the cancel request: {e}"
-            )));
-        }
-        Err(_) => {
-            return Err(AppError::Unavailable(
-                "Kafka did not acknowledge the cancel request in time".into(),
-            ));
-        }
-    }
+    store(&*s, ChatRecord::CancelRequest(record), "the cancel request").await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"message": "Cancel requested", "conversationId": id, "requestId": cancel_id})),
     )
         .into_response())
+}
+
+/// An existing conversation of the caller's tenant that the caller may act on: its admin any,
+/// a `user` one it takes part in; anything else is not found.
+async fn may_act_on<S: ChatService>(s: &S, caller: &Caller, key: &str, id: &str) -> Result<(), AppError> {
+    match membership_of(s, key, &caller.who.user).await? {
+        Membership::Missing => Err(not_found(id)),
+        Membership::Stranger if caller.who.role == Role::User => Err(not_found(id)),
+        _ => Ok(()),
+    }
+}
+
+/// Appends `record` to its conversation's log; a 503 naming `what` when Kafka does not take
+/// it in time.
+async fn store<S: ChatService>(s: &S, record: ChatRecord, what: &str) -> Result<(), AppError> {
+    match tokio::time::timeout(SEND_TIMEOUT, s.append_record(record)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(AppError::Unavailable(format!("Kafka did not accept {what}: {e}"))),
+        Err(_) => Err(AppError::Unavailable(format!(
+            "Kafka did not acknowledge {what} in time"
+        ))),
+    }
 }
 
 /// Refuses a `user` posting to (or watching) a conversation of its tenant that exists and that

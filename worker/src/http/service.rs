@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use meshchat_wire::worker::Ownership;
 use meshchat_wire::{
-    AssignmentTable, HandoffEvent, LoadReport, MigrateRequest, ParticipantAdded, PresenceKind, SystemEvent,
+    AssignmentTable, ChatRecord, HandoffEvent, LoadReport, MigrateRequest, PresenceKind, SystemEvent,
     UserMessage,
 };
 use tokio::sync::broadcast;
@@ -182,14 +182,9 @@ pub trait ChatService: Send + Sync + 'static {
     /// acknowledged it (`Err`: why it did not, for a 503).
     fn append(&self, message: UserMessage) -> impl Future<Output = Result<(), String>> + Send;
 
-    /// Appends a participant's addition to its conversation's log; resolves once the broker
-    /// acknowledged it.
-    fn add_participant(&self, record: ParticipantAdded) -> impl Future<Output = Result<(), String>> + Send;
-
-    /// Appends a cancel request to its conversation's log; resolves once the broker
-    /// acknowledged it.
-    fn cancel(&self, record: meshchat_wire::CancelRequest)
-    -> impl Future<Output = Result<(), String>> + Send;
+    /// Appends another record of a conversation (a participant added, a cancel request) to its
+    /// log; resolves once the broker acknowledged it.
+    fn append_record(&self, record: ChatRecord) -> impl Future<Output = Result<(), String>> + Send;
 
     /// Brings the conversation keyed `key` back into memory if this worker evicted it (idle),
     /// so what follows reads it locally.

@@ -50,11 +50,11 @@ struct Fake {
     members: BTreeMap<(String, String), Membership>,
     joined: Mutex<Vec<(String, String)>>,
     admit: Result<(), Duration>,
-    added: Mutex<Vec<meshchat_wire::ParticipantAdded>>,
+    /// Records other than user messages, in order.
+    records: Mutex<Vec<meshchat_wire::ChatRecord>>,
     limits: Arc<Limits>,
     append_delay: Option<Duration>,
     backlog: Option<i64>,
-    cancels: Mutex<Vec<meshchat_wire::CancelRequest>>,
     /// Live events handed to subscribers (none: a closed channel).
     live: Option<broadcast::Sender<Arc<LiveEvent>>>,
 }
@@ -123,12 +123,11 @@ fn fake() -> Fake {
         members: BTreeMap::new(),
         joined: Mutex::default(),
         admit: Ok(()),
-        added: Mutex::default(),
+        records: Mutex::default(),
         limits: Arc::new(Limits::new(LimitSettings::default())),
         append_delay: None,
         backlog: None,
         live: None,
-        cancels: Mutex::default(),
     }
 }
 
@@ -201,15 +200,9 @@ impl ChatService for Fake {
         self.admit
     }
 
-    async fn add_participant(&self, record: meshchat_wire::ParticipantAdded) -> Result<(), String> {
+    async fn append_record(&self, record: meshchat_wire::ChatRecord) -> Result<(), String> {
         self.append.clone()?;
-        self.added.lock().expect("lock").push(record);
-        Ok(())
-    }
-
-    async fn cancel(&self, record: meshchat_wire::CancelRequest) -> Result<(), String> {
-        self.append.clone()?;
-        self.cancels.lock().expect("lock").push(record);
+        self.records.lock().expect("lock").push(record);
         Ok(())
     }
 

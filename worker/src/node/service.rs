@@ -84,14 +84,7 @@ impl ChatService for Node {
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
-    async fn add_participant(&self, record: meshchat_wire::ParticipantAdded) -> Result<(), String> {
-        let record = meshchat_wire::ChatRecord::ParticipantAdded(record);
-        self.log.append_record(&record).await.map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    async fn cancel(&self, record: meshchat_wire::CancelRequest) -> Result<(), String> {
-        let record = meshchat_wire::ChatRecord::CancelRequest(record);
+    async fn append_record(&self, record: meshchat_wire::ChatRecord) -> Result<(), String> {
         self.log.append_record(&record).await.map_err(|e| e.to_string())?;
         Ok(())
     }

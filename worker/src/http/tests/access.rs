@@ -223,11 +223,16 @@ async fn participants_are_added_by_a_participant_or_the_tenant_admin() {
         assert_eq!(status, want, "{what}");
     }
     let added: Vec<(String, String, String)> = s
-        .added
+        .records
         .lock()
         .expect("lock")
         .iter()
-        .map(|p| (p.conversation_id.clone(), p.user_id.clone(), p.added_by.clone()))
+        .filter_map(|r| match r {
+            meshchat_wire::ChatRecord::ParticipantAdded(p) => {
+                Some((p.conversation_id.clone(), p.user_id.clone(), p.added_by.clone()))
+            }
+            _ => None,
+        })
         .collect();
     assert_eq!(
         added,
@@ -445,16 +450,17 @@ async fn a_cancel_is_recorded_for_a_participant_and_the_tenant_admin_only() {
     let (status, _) = call(&s, cancel("k-op", "mine")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let recorded: Vec<(String, String, String)> = s
-        .cancels
+        .records
         .lock()
         .expect("lock")
         .iter()
-        .map(|c| {
-            (
+        .filter_map(|r| match r {
+            meshchat_wire::ChatRecord::CancelRequest(c) => Some((
                 c.tenant.clone(),
                 c.conversation_id.clone(),
                 c.requested_by.clone(),
-            )
+            )),
+            _ => None,
         })
         .collect();
     assert_eq!(
