@@ -5,6 +5,7 @@
 mod admin;
 mod commit;
 pub mod group;
+pub mod leaderless;
 mod logread;
 mod offthread;
 mod pool;
@@ -14,7 +15,7 @@ pub use admin::{ensure_topics, partition_count, topic_partitions};
 pub use commit::{commit_metadata, commit_start, fence_of_commit};
 pub use logread::{
     Raw, StoredSnapshot, latest_table, offsets_since, read_one, read_partition, read_partition_with,
-    restore_snapshots, supersedes,
+    read_range_with, restore_snapshots, supersedes,
 };
 pub use offthread::DropOffThread;
 pub use pool::ReaderPool;

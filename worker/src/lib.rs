@@ -18,6 +18,7 @@ mod live;
 mod llm;
 mod load;
 mod log;
+mod logging;
 mod mesh;
 mod metrics;
 mod node;
@@ -30,6 +31,7 @@ mod view;
 
 pub use config::{Config, ConfigError};
 pub use drain::client as drain_client;
+pub use logging::init as init_logging;
 pub use meshchat_wire::worker::LogFormat;
 pub use node::serve;
 pub use store::Store;

@@ -47,6 +47,8 @@ pub struct Log {
     producer: Producer,
     owner_group: String,
     reachable: AtomicBool,
+    /// When the probe last found Kafka answering again after it did not.
+    came_back: std::sync::Mutex<Option<Instant>>,
     /// The last mesh event of this worker the broker acknowledged: (partition, offset).
     own_event: std::sync::Mutex<Option<(i32, i64)>>,
 }
@@ -90,6 +92,7 @@ impl Log {
             partitions,
             events_partitions,
             reachable: AtomicBool::new(true),
+            came_back: std::sync::Mutex::new(None),
             own_event: std::sync::Mutex::new(None),
         })
     }
@@ -240,6 +243,16 @@ impl Log {
         self.reachable.load(Ordering::Relaxed)
     }
 
+    /// Kafka came back within `window` after the probe found it unreachable (clients may
+    /// come out of that unable to read on; see the owner's stall watch).
+    pub fn came_back_within(&self, window: Duration) -> bool {
+        self.came_back
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() <= window)
+    }
+
     /// Asks Kafka for metadata every 3 s until `stop`, marking it (un)reachable.
     pub async fn probe(self: Arc<Self>, stop: CancellationToken) {
         let consumer = match kafka::manual_consumer(&self.kafka, kafka::group::PROBE).create::<BaseConsumer>()
@@ -265,6 +278,9 @@ impl Log {
             .unwrap_or(false);
             if self.reachable.swap(reachable, Ordering::Relaxed) != reachable {
                 tracing::warn!(reachable, "Kafka reachability changed");
+                if reachable && let Ok(mut at) = self.came_back.lock() {
+                    *at = Some(Instant::now());
+                }
             }
         }
     }

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use meshchat_worker::Config;
-use tracing_subscriber::EnvFilter;
 
 /// How long an exiting worker waits for work still running on the runtime (a Kafka client
 /// closing against a broker that is gone).
@@ -22,14 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_env("MESHCHAT_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,tower_http=warn"));
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_format == meshchat_worker::LogFormat::Json {
-        subscriber.json().init();
-    } else {
-        subscriber.init();
-    }
+    meshchat_worker::init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

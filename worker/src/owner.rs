@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use meshchat_wire::kafka::{self, DropOffThread, KafkaError, ReaderPool, StoredSnapshot, TailFetch};
+use meshchat_wire::kafka::{
+    self, DropOffThread, KafkaError, ReaderPool, StoredSnapshot, TailFetch, leaderless,
+};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, StreamConsumer};
 use tokio::sync::mpsc;
@@ -224,7 +226,7 @@ impl Owner {
             snapshots: HashMap::new(),
             assigned: BTreeSet::new(),
             lease_held: true,
-            stalls: stall::StallWatch::new(stall::STALL_LIMIT),
+            stalls: stall::StallWatch::new(stall::STALL_LIMIT, stall::SUSPECT_LIMIT),
         };
         let mut assignments = self.assignments.subscribe();
         let first = assignments.borrow_and_update().clone();
@@ -276,9 +278,15 @@ impl Owner {
                 _ = lag_tick.tick() => {
                     let positions = self.held.positions();
                     let reading = !self.saturated(&run);
-                    if let Some((partition, offset)) =
-                        run.stalls.observe(Instant::now(), &positions, |p| self.load.lag(p), reading)
-                    {
+                    let suspect = leaderless::leaderless_seen_within(stall::SUSPECT_WINDOW)
+                        || self.log.came_back_within(stall::SUSPECT_WINDOW);
+                    if let Some((partition, offset)) = run.stalls.observe(
+                        Instant::now(),
+                        &positions,
+                        |p| self.load.lag(p),
+                        reading,
+                        suspect,
+                    ) {
                         tracing::warn!(partition, offset, "reading stopped with records waiting; starting the owner loop again with fresh Kafka clients");
                         return Err(KafkaError::Timeout { what: "reading a held partition" });
                     }

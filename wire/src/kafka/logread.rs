@@ -48,9 +48,23 @@ pub fn read_partition_with(
     topic: &str,
     partition: i32,
     from: i64,
+    each: impl FnMut(Raw),
+) -> Result<(), KafkaError> {
+    read_range_with(consumer, topic, partition, from, None, each)
+}
+
+/// The records of `topic`/`partition` from `from` (or the oldest kept) up to `until` (not
+/// included; the high watermark at call time when `None`), passed to `each` (blocking).
+pub fn read_range_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    until: Option<i64>,
     mut each: impl FnMut(Raw),
 ) -> Result<(), KafkaError> {
     let (low, high) = consumer.fetch_watermarks(topic, partition, META_TIMEOUT)?;
+    let high = until.map_or(high, |u| u.min(high));
     let start = from.max(low);
     if start >= high {
         return Ok(());
