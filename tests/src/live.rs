@@ -103,10 +103,24 @@ pub async fn connect_sse_as(
     conversation: &str,
     token: Option<&str>,
 ) -> anyhow::Result<LiveClient> {
+    connect_sse_from(base, conversation, token, None).await
+}
+
+/// Opens the SSE stream of `conversation`, resuming after event `last_id` (sent as
+/// `Last-Event-ID`, as a browser's EventSource does) when given.
+pub async fn connect_sse_from(
+    base: &str,
+    conversation: &str,
+    token: Option<&str>,
+    last_id: Option<&str>,
+) -> anyhow::Result<LiveClient> {
     let url = format!("{base}/api/chat/conversation/{conversation}/events");
     let mut request = reqwest::Client::new().get(&url); // no overall timeout: a stream
     if let Some(t) = token {
         request = request.bearer_auth(t);
+    }
+    if let Some(id) = last_id {
+        request = request.header("last-event-id", id);
     }
     let resp = request.send().await?;
     if resp.status() != 200 {

@@ -153,7 +153,10 @@ pub enum LiveEvent {
         in_reply_to: String,
         /// Id the final reply will have.
         reply_id: String,
-        /// LLM attempt; a higher one restarts the text.
+        /// The answering owner's epoch: a higher one (the conversation moved, or its owner
+        /// failed over, mid-reply) restarts the text.
+        epoch: u64,
+        /// LLM attempt within that epoch; a higher one restarts the text.
         attempt: u32,
         /// Chunk number within the attempt.
         seq: u32,
@@ -181,6 +184,7 @@ impl LiveEvent {
         LiveEvent::Token {
             in_reply_to: c.in_reply_to.clone(),
             reply_id: c.reply_id.clone(),
+            epoch: c.epoch,
             attempt: c.attempt,
             seq: c.seq,
             delta: c.delta.clone(),

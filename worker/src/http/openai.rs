@@ -25,6 +25,7 @@ use super::ChatService;
 use super::caller::Caller;
 use super::chat::{accept, idempotency_key, read};
 use super::error::{AppError, Body};
+use crate::live::Positioned;
 use crate::validate::{FieldError, SendRequest, check_id, conversation_of_user, parse_completion};
 use crate::view::{LiveEvent, MessageView};
 
@@ -116,7 +117,7 @@ async fn complete<S: ChatService>(
     // a held connection is a stream: it counts against the caller's and the tenant's caps
     let permit = s.limits().open_stream(&who.tenant, &who.user)?;
     // subscribed before the message is stored, so none of its reply's events is missed
-    let rx = s.subscribe(&key);
+    let (rx, _) = s.subscribe(&key);
     let send = SendRequest {
         conversation_id: conversation.clone(),
         user_id: None,
@@ -180,8 +181,9 @@ impl Shape {
 
 /// What following a message's answer yields.
 enum Step {
-    /// A piece of text.
-    Delta(String),
+    /// A piece of text of one generation of the answer (owner epoch, LLM attempt): a new one
+    /// starts the text again.
+    Delta((u64, u32), String),
     /// The stored reply.
     Reply(MessageView),
     /// No reply within [`REPLY_WAIT`], or the worker is closing.
@@ -191,7 +193,7 @@ enum Step {
 /// Follows the answer to `message_id` in conversation `key`.
 struct Follow<S: ChatService> {
     service: Arc<S>,
-    rx: Receiver<Arc<LiveEvent>>,
+    rx: Receiver<Arc<Positioned>>,
     key: String,
     conversation: String,
     message_id: String,
@@ -229,11 +231,15 @@ impl<S: ChatService> Follow<S> {
                 }
             };
             match event {
-                Ok(e) => match &*e {
+                Ok(e) => match &e.event {
                     LiveEvent::Token {
-                        in_reply_to, delta, ..
+                        in_reply_to,
+                        delta,
+                        epoch,
+                        attempt,
+                        ..
                     } if *in_reply_to == self.message_id => {
-                        return Step::Delta(delta.clone());
+                        return Step::Delta((*epoch, *attempt), delta.clone());
                     }
                     LiveEvent::Reply { message }
                         if message.in_reply_to.as_deref() == Some(&self.message_id) =>
@@ -266,7 +272,7 @@ async fn whole<S: ChatService>(mut follow: Follow<S>, shape: Shape) -> Response 
     let deadline = tokio::time::Instant::now() + REPLY_WAIT;
     loop {
         match follow.next(deadline).await {
-            Step::Delta(_) => {}
+            Step::Delta(..) => {}
             Step::Reply(reply) => {
                 return match &reply.error {
                     Some(e) => reply_failed(&kind_code(e.kind), &e.message),
@@ -297,13 +303,28 @@ fn stream<S: ChatService>(
         {
             return;
         }
-        // OpenAI's chunks cannot take text back: after a retried LLM attempt its text follows
+        // OpenAI's chunks cannot take text back: a new generation (retried LLM attempt, or a
+        // new owner after a move or failover) goes on from where its text passes what was sent;
+        // one that says something else sends nothing more
         let mut sent = String::new();
+        let mut generation = None;
+        let mut text = String::new();
         loop {
             let event = match follow.next(deadline).await {
-                Step::Delta(text) => {
-                    sent.push_str(&text);
-                    Event::default().data(shape.chunk(json!({"content": text}), None))
+                Step::Delta(g, delta) => {
+                    if generation != Some(g) {
+                        generation = Some(g);
+                        text.clear();
+                    }
+                    text.push_str(&delta);
+                    match text.strip_prefix(sent.as_str()) {
+                        Some(new) if !new.is_empty() => {
+                            let new = new.to_string();
+                            sent.clone_from(&text);
+                            Event::default().data(shape.chunk(json!({"content": new}), None))
+                        }
+                        _ => continue,
+                    }
                 }
                 Step::Reply(reply) => {
                     if let Some(e) = &reply.error {

@@ -320,11 +320,15 @@ pub struct CancelResponse {
 fn cancel() {}
 
 /// Live events of a conversation as server-sent events (`message`, `token`, `reply`,
-/// `presence`; `?presence` shows the caller online).
+/// `presence`; `?presence` shows the caller online). Each event's `id:` (also `id` in its JSON)
+/// is the client's position; reconnecting to any worker with it as `Last-Event-ID` (or
+/// `?after=`) sends exactly the events after it. Keep-alives are comment lines.
 #[utoipa::path(get, path = "/api/chat/conversation/{id}/events", tag = "chat",
     params(
         ("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", example = "conv-123", description = "The conversation"),
         ("ticket" = Option<String>, Query, description = "A ticket from POST /api/auth/ticket, instead of the header"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = r"^[0-9]{1,18}\.[0-9]{1,18}\.[0-9]{1,18}$", example = "120.4511.33", description = "Resume after this event id"),
+        ("after" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9]{1,18}\.[0-9]{1,18}$", description = "Resume after this event id (when the header cannot be set)"),
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
@@ -337,11 +341,13 @@ fn cancel() {}
     ))]
 fn events() {}
 
-/// Live events of a conversation over a WebSocket (JSON text frames); clients send nothing
-/// but pings (a message over 64 KiB closes the socket).
+/// Live events of a conversation over a WebSocket (JSON text frames, each with its `id`);
+/// clients send nothing but pings (a message over 64 KiB closes the socket). Reconnecting to
+/// any worker with `?after=<id>` sends exactly the events after it.
 #[utoipa::path(get, path = "/api/chat/ws", tag = "chat",
     params(
         ("conversationId" = String, Query, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "The conversation"),
+        ("after" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9]{1,18}\.[0-9]{1,18}$", example = "120.4511.33", description = "Resume after this event id"),
         ("ticket" = Option<String>, Query, description = "A ticket, instead of the header or the `meshchat.bearer.<token>` subprotocol"),
     ),
     responses(

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::drain::{Drained, UndoRefused};
 use crate::limits::Limits;
+use crate::live::{CatchUpError, Cursor, Positioned};
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition};
-use crate::view::{ConversationView, LiveEvent};
+use crate::view::ConversationView;
 
 /// Who this worker is and what it accepts.
 #[derive(Clone, Debug)]
@@ -203,8 +204,17 @@ pub trait ChatService: Send + Sync + 'static {
     /// Rebuilds conversation `id` from the log (`Ok(None)`: the log has no record of it).
     fn read_log(&self, id: &str) -> impl Future<Output = Result<Option<ConversationView>, String>> + Send;
 
-    /// This worker's live events of `conversation`, from now on.
-    fn subscribe(&self, conversation: &str) -> broadcast::Receiver<Arc<LiveEvent>>;
+    /// This worker's live events of `conversation` from now on, and where now is in the
+    /// conversation's logs (a new client's position).
+    fn subscribe(&self, conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor);
+
+    /// The events of `conversation` at or after `from`, read back from the log up to its end
+    /// now (a resume; subscribe first, then merge: see `live::Cursor`).
+    fn catch_up(
+        &self,
+        conversation: &str,
+        from: Cursor,
+    ) -> impl Future<Output = Result<Vec<Positioned>, CatchUpError>> + Send;
 
     /// Publishes a user's presence in a conversation of `tenant`.
     fn presence(&self, tenant: &str, conversation: &str, user: &str, kind: PresenceKind);

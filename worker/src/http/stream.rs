@@ -1,12 +1,17 @@
 //! Live streams: `GET /api/chat/ws?conversationId=…` (WebSocket) and
 //! `GET /api/chat/conversation/{id}/events` (SSE). Both carry the same JSON events.
 //!
+//! Every event carries an `id`: the client's position in the conversation's logs after it
+//! (`live::Cursor`). A client that reconnects — to any worker — with the last id it got
+//! (`Last-Event-ID`, as browsers' EventSource send it, or `?after=`) is sent exactly the events
+//! after it: those it missed are read back from the log, then live delivery continues.
+//!
 //! A `user` may watch a conversation it takes part in, or one that does not exist yet (to
 //! watch the conversation it is about to start). In the second case the stream shows nothing
 //! until the conversation's first message arrives, and ends if someone else sent it: a
 //! conversation started by another user is not this user's to watch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, Stream, StreamExt};
@@ -27,8 +33,12 @@ use super::error::AppError;
 use super::{ChatService, Membership};
 use crate::auth::Role;
 use crate::limits::StreamPermit;
+use crate::live::{CatchUpError, Cursor, Merge, Positioned};
 use crate::validate::{FieldError, check_id};
 use crate::view::LiveEvent;
+
+/// The header a reconnecting EventSource sends its last event id in.
+const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Upgrades to a WebSocket that receives the conversation's live events as JSON text frames.
 pub async fn websocket<S: ChatService>(
@@ -44,9 +54,10 @@ pub async fn websocket<S: ChatService>(
         .ok_or_else(|| FieldError::new("conversationId", "query parameter is required"))?
         .clone();
     check_id("conversationId", &conversation)?;
+    let after = resume_point(None, &query)?;
     let ws =
         ws.map_err(|e| FieldError::new("upgrade", format!("not a WebSocket handshake: {}", e.body_text())))?;
-    let watch = Watch::open(&state, &live.caller, &conversation, &query).await?;
+    let watch = Watch::open(&state, &live.caller, &conversation, &query, after).await?;
     let ws = if live.via_protocol {
         ws.protocols([WS_PROTOCOL])
     } else {
@@ -67,12 +78,14 @@ pub async fn sse<S: ChatService>(
     State(state): State<Arc<S>>,
     live: LiveCaller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     live.caller.chats()?;
     check_id("id", &id)?;
     let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
-    let mut watch = Watch::open(&state, &live.caller, &id, &query).await?;
+    let after = resume_point(Some(&headers), &query)?;
+    let mut watch = Watch::open(&state, &live.caller, &id, &query, after).await?;
     let shutdown = state.closing();
     let stream = async_stream(move |yield_| async move {
         loop {
@@ -80,16 +93,25 @@ pub async fn sse<S: ChatService>(
                 e = watch.next() => e,
                 () = shutdown.cancelled() => return,
             };
-            let ev = match event {
-                Next::Event(e) => Event::default()
-                    .event(e.name())
-                    .data(serde_json::to_string(&*e).unwrap_or_default()),
-                Next::Lagged(n) => Event::default()
-                    .event("lagged")
-                    .data(format!(r#"{{"type":"lagged","missed":{n}}}"#)),
+            let (ev, last) = match event {
+                Next::Event(e, id) => (
+                    Event::default()
+                        .id(id.to_string())
+                        .event(e.event.name())
+                        .data(delivered(&e.event, id)),
+                    false,
+                ),
+                // events were missed: the stream ends, and the client's reconnect (from its
+                // last id) reads them back
+                Next::Lagged(n) => (
+                    Event::default()
+                        .event("lagged")
+                        .data(format!(r#"{{"type":"lagged","missed":{n}}}"#)),
+                    true,
+                ),
                 Next::End => return,
             };
-            if yield_.send(Ok(ev)).await.is_err() {
+            if yield_.send(Ok(ev)).await.is_err() || last {
                 return;
             }
         }
@@ -99,7 +121,11 @@ pub async fn sse<S: ChatService>(
 
 /// One caller's view of a conversation's live events.
 struct Watch<S: ChatService> {
-    rx: Receiver<Arc<LiveEvent>>,
+    rx: Receiver<Arc<Positioned>>,
+    /// Events read back from the log for a resume, sent before live ones.
+    stored: VecDeque<Arc<Positioned>>,
+    /// Where the client stands: what it was sent, stored or live, is not sent again.
+    merge: Merge,
     /// This stream's place among the caller's, the tenant's and the worker's.
     _permit: StreamPermit,
     /// Set while a `user` watches a conversation that did not exist: the user whose message
@@ -109,9 +135,41 @@ struct Watch<S: ChatService> {
 }
 
 enum Next {
-    Event(Arc<LiveEvent>),
+    /// An event and its id.
+    Event(Arc<Positioned>, Cursor),
     Lagged(u64),
     End,
+}
+
+/// Where a client resumes, `Last-Event-ID` (SSE only) or `?after=`, and which of them said so.
+fn resume_point(
+    headers: Option<&HeaderMap>,
+    query: &HashMap<String, String>,
+) -> Result<Option<(Cursor, &'static str)>, FieldError> {
+    let header = headers
+        .and_then(|h| h.get(LAST_EVENT_ID))
+        .map(|v| (v.to_str().unwrap_or("\u{fffd}"), "Last-Event-ID"));
+    let Some((raw, field)) = header.or_else(|| query.get("after").map(|a| (a.as_str(), "after"))) else {
+        return Ok(None);
+    };
+    raw.parse()
+        .map(|c| Some((c, field)))
+        .map_err(|e: crate::live::BadCursor| FieldError::new(field, e.to_string()))
+}
+
+/// An event as sent: its JSON with its `id`.
+fn delivered(event: &LiveEvent, id: Cursor) -> String {
+    #[derive(serde::Serialize)]
+    struct Delivered<'a> {
+        id: String,
+        #[serde(flatten)]
+        event: &'a LiveEvent,
+    }
+    serde_json::to_string(&Delivered {
+        id: id.to_string(),
+        event,
+    })
+    .unwrap_or_default()
 }
 
 impl<S: ChatService> Watch<S> {
@@ -120,6 +178,7 @@ impl<S: ChatService> Watch<S> {
         caller: &Caller,
         id: &str,
         query: &HashMap<String, String>,
+        after: Option<(Cursor, &'static str)>,
     ) -> Result<Self, AppError> {
         let who = &caller.who;
         let key = who.key(id);
@@ -130,8 +189,21 @@ impl<S: ChatService> Watch<S> {
         } else {
             Membership::Member
         };
-        // subscribe before answering, so nothing sent after the 101 or the SSE headers is missed
-        let rx = state.subscribe(&key);
+        // subscribe before answering, so nothing sent after the 101 or the SSE headers is
+        // missed; a resume reads what came before from the log after subscribing
+        let (rx, now) = state.subscribe(&key);
+        let (stored, from) = match after {
+            None => (VecDeque::new(), now),
+            Some((from, field)) => {
+                let stored = state.catch_up(&key, from).await.map_err(|e| match e {
+                    CatchUpError::Beyond { .. } => AppError::Field(FieldError::new(field, e.to_string())),
+                    CatchUpError::Kafka(e) => {
+                        AppError::Unavailable(format!("reading the conversation back: {e}"))
+                    }
+                })?;
+                (stored.into_iter().map(Arc::new).collect(), from)
+            }
+        };
         // presence is asked for with `?presence` (or the original API's `?userId=`); the user
         // shown is the caller — a query's userId is trusted only with --auth none
         let presence_of = if caller.anonymous {
@@ -151,6 +223,8 @@ impl<S: ChatService> Watch<S> {
         };
         Ok(Self {
             rx,
+            stored,
+            merge: Merge::new(from),
             _permit: permit,
             starter: (membership == Membership::Missing).then(|| who.user.clone()),
             _online: presence_of.map(|u| Online::new(state, &who.tenant, id, u)),
@@ -159,18 +233,24 @@ impl<S: ChatService> Watch<S> {
 
     async fn next(&mut self) -> Next {
         loop {
-            let event = match self.rx.recv().await {
-                Ok(e) => e,
-                Err(RecvError::Lagged(n)) => return Next::Lagged(n),
-                Err(RecvError::Closed) => return Next::End,
+            let event = match self.stored.pop_front() {
+                Some(e) => e,
+                None => match self.rx.recv().await {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(n)) => return Next::Lagged(n),
+                    Err(RecvError::Closed) => return Next::End,
+                },
+            };
+            let Some(id) = self.merge.offer(event.pos) else {
+                continue; // sent already (read back, then live)
             };
             let Some(starter) = &self.starter else {
-                return Next::Event(event);
+                return Next::Event(event, id);
             };
-            match &*event {
+            match &event.event {
                 LiveEvent::Message { message } if message.sender == *starter => {
                     self.starter = None;
-                    return Next::Event(event);
+                    return Next::Event(event, id);
                 }
                 // someone else started it: not this user's conversation
                 LiveEvent::Message { .. } => return Next::End,
@@ -238,13 +318,17 @@ async fn serve_socket<S: ChatService>(state: Arc<S>, socket: WebSocket, mut watc
                     continue;
                 }
             };
-            let text = match event {
-                Next::Event(e) => serde_json::to_string(&*e).unwrap_or_default(),
-                Next::Lagged(n) => format!(r#"{{"type":"lagged","missed":{n}}}"#),
+            let (text, last) = match event {
+                Next::Event(e, id) => (delivered(&e.event, id), false),
+                // events were missed: the socket closes; the client reconnects with `?after=`
+                Next::Lagged(n) => (format!(r#"{{"type":"lagged","missed":{n}}}"#), true),
                 Next::End => break,
             };
             if tx.send(Message::Text(text.into())).await.is_err() {
                 return;
+            }
+            if last {
+                break;
             }
         }
         let _ = tx.send(Message::Close(None)).await;

@@ -4,6 +4,7 @@
 mod access;
 mod internal;
 mod openai;
+mod resume;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use super::*;
 use crate::auth::{ApiKeyEntry, ApiKeys, Authenticator, Role, Tickets, hash_key_hex};
 use crate::drain::Drained;
 use crate::limits::{LimitSettings, Limits};
+use crate::live::{CatchUpError, Cursor, Positioned};
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition, Phase};
 use crate::view::{ConversationView, LiveEvent};
@@ -56,7 +58,9 @@ struct Fake {
     append_delay: Option<Duration>,
     backlog: Option<i64>,
     /// Live events handed to subscribers (none: a closed channel).
-    live: Option<broadcast::Sender<Arc<LiveEvent>>>,
+    live: Option<broadcast::Sender<Arc<Positioned>>>,
+    /// What a resume reads back from the "log": these events at or after its cursor.
+    stored: Vec<Positioned>,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -128,6 +132,7 @@ fn fake() -> Fake {
         append_delay: None,
         backlog: None,
         live: None,
+        stored: Vec::new(),
     }
 }
 
@@ -235,11 +240,29 @@ impl ChatService for Fake {
         self.log.clone()
     }
 
-    fn subscribe(&self, _conversation: &str) -> broadcast::Receiver<Arc<LiveEvent>> {
-        match &self.live {
+    fn subscribe(&self, _conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor) {
+        let rx = match &self.live {
             Some(tx) => tx.subscribe(),
             None => broadcast::channel(1).1,
+        };
+        (rx, Cursor::default())
+    }
+
+    async fn catch_up(&self, _conversation: &str, from: Cursor) -> Result<Vec<Positioned>, CatchUpError> {
+        let end = Cursor {
+            messages: 1000,
+            stream: 1000,
+            users: 1000,
+        };
+        if !from.within(&end) {
+            return Err(CatchUpError::Beyond { cursor: from, end });
         }
+        Ok(self
+            .stored
+            .iter()
+            .filter(|e| e.pos.offset >= from.get(e.pos.topic))
+            .cloned()
+            .collect())
     }
 
     fn presence(&self, _tenant: &str, _conversation: &str, _user: &str, _kind: PresenceKind) {}

@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::cursor::{Pos, Positioned, Topic};
 use super::{Hub, Sequencer};
 use crate::log::Log;
 use crate::ownership::{Fences, Partition};
@@ -69,12 +70,16 @@ impl Fanout {
             for p in 0..partitions {
                 let (_, high) = presence.fetch_watermarks(&topics.users, p, META_TIMEOUT)?;
                 presence_tpl.add_partition_offset(&topics.users, p, Offset::Offset(high))?;
+                hub.read_to(p, Topic::Users, high);
                 let (_, high) = consumer.fetch_watermarks(&topics.stream, p, META_TIMEOUT)?;
                 tpl.add_partition_offset(&topics.stream, p, Offset::Offset(high))?;
+                hub.read_to(p, Topic::Stream, high);
                 let (low, high) = consumer.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
                 position.insert(p, high);
+                hub.read_to(p, Topic::Messages, high);
                 let (from, fence) = commit_start(&committed, &topics.messages, p, low);
                 fences.observe(p, fence);
+                hub.fences_from(p, from.min(high), fence);
                 tpl.add_partition_offset(&topics.messages, p, Offset::Offset(from.min(high)))?;
             }
             Ok(())
@@ -103,11 +108,15 @@ impl Fanout {
                 }
                 m = presence.recv() => match m {
                     Ok(m) => {
+                        hub.read_to(m.partition(), Topic::Users, m.offset() + 1);
                         let Some(conv) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
                         if hub.watched(conv)
                             && let Some(Ok(e)) = m.payload().map(decode::<PresenceEvent>)
                         {
-                            hub.publish(conv, LiveEvent::Presence { user_id: e.user_id, kind: e.kind });
+                            hub.publish(conv, Positioned {
+                                pos: Pos::new(Topic::Users, m.offset()),
+                                event: LiveEvent::Presence { user_id: e.user_id, kind: e.kind },
+                            });
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "fan-out presence consume error"),
@@ -125,6 +134,9 @@ impl Fanout {
                     let silent = on_messages && silent_until.get(&p).is_some_and(|h| m.offset() < *h);
                     if on_messages && !silent {
                         position.insert(p, m.offset() + 1);
+                        hub.read_to(p, Topic::Messages, m.offset() + 1);
+                    } else if !on_messages {
+                        hub.read_to(p, Topic::Stream, m.offset() + 1);
                     }
                     let Some(conv) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
                     if on_messages
@@ -132,6 +144,7 @@ impl Fanout {
                         && let Some(Ok(ChatRecord::EpochFence(f))) = m.payload().map(decode::<ChatRecord>)
                     {
                         fences.observe(p, f.epoch);
+                        hub.fence_at(p, m.offset(), f.epoch);
                         continue;
                     }
                     if silent || !hub.watched(conv) {
@@ -148,7 +161,7 @@ impl Fanout {
                         match decode::<ReplyChunk>(payload) {
                             Ok(c) => {
                                 let pos = position.get(&p).copied().unwrap_or(0);
-                                sequencer(&mut sequencers, conv).on_chunk(c, pos, fence, now)
+                                sequencer(&mut sequencers, conv).on_chunk(m.offset(), c, pos, fence, now)
                             }
                             Err(_) => continue,
                         }
@@ -165,7 +178,7 @@ fn sequencer<'a>(map: &'a mut HashMap<String, Sequencer>, conv: &str) -> &'a mut
         .or_insert_with(|| Sequencer::new(HOLD))
 }
 
-fn publish(hub: &Hub, conv: &str, events: Vec<LiveEvent>) {
+fn publish(hub: &Hub, conv: &str, events: Vec<Positioned>) {
     for e in events {
         hub.publish(conv, e);
     }

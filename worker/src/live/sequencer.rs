@@ -7,16 +7,20 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use meshchat_wire::{ChatRecord, KEYED_ID_PREFIX, ReplyChunk};
+use meshchat_wire::{AgentReply, ChatRecord, KEYED_ID_PREFIX, ReplyChunk};
 
+use super::cursor::{Pos, Positioned, Topic};
 use crate::ownership::{Epoch, Verdict, verdict, void};
 use crate::view::{LiveEvent, MessageView};
 
 const FINISHED_MEMORY: usize = 128;
 
+/// How far a reply's tokens have been shown: its generation — the owner's epoch and the LLM
+/// attempt; a new owner (after a move or a failover) or a retry starts the text again — and
+/// the next chunk number.
 #[derive(Debug, Default)]
 struct Progress {
-    attempt: u32,
+    generation: (u64, u32),
     next_seq: u32,
 }
 
@@ -24,8 +28,8 @@ struct Progress {
 #[derive(Debug)]
 pub struct Sequencer {
     hold: Duration,
-    /// Chunks whose user message has not been read yet.
-    held_chunks: Vec<ReplyChunk>,
+    /// Chunks (and their `chat.stream` offsets) whose user message has not been read yet.
+    held_chunks: Vec<(i64, ReplyChunk)>,
     replies: HashMap<String, Progress>,
     /// Reply ids and answered message ids recently finished (the first reply wins).
     finished: VecDeque<String>,
@@ -59,7 +63,7 @@ impl Sequencer {
         record: ChatRecord,
         fence: Epoch,
         now: Instant,
-    ) -> Vec<LiveEvent> {
+    ) -> Vec<Positioned> {
         let mut out = Vec::new();
         if let ChatRecord::AgentReply(r) = &record
             && verdict(fence, r.epoch, &r.in_reply_to, |id| self.answered(id)) != Verdict::Counts
@@ -85,16 +89,17 @@ impl Sequencer {
         out
     }
 
-    /// A chunk of `chat.stream`; `messages_pos` is the reader's next offset on the
+    /// A chunk of `chat.stream` at `offset`; `messages_pos` is the reader's next offset on the
     /// conversation's `chat.messages` partition (so whether the chunk's message was read), and
     /// `fence` that partition's latest fence.
     pub fn on_chunk(
         &mut self,
+        offset: i64,
         chunk: ReplyChunk,
         messages_pos: i64,
         fence: Epoch,
         now: Instant,
-    ) -> Vec<LiveEvent> {
+    ) -> Vec<Positioned> {
         let mut out = Vec::new();
         if void(fence, chunk.epoch)
             || self.finished.contains(&chunk.reply_id)
@@ -104,19 +109,31 @@ impl Sequencer {
         }
         let message_emitted = chunk.user_offset < messages_pos && !self.is_queued(chunk.user_offset);
         if !message_emitted {
-            self.held_chunks.push(chunk);
+            self.held_chunks.push((offset, chunk));
             return out;
         }
-        self.emit_chunk(chunk, &mut out);
+        self.emit_chunk(offset, chunk, &mut out);
         self.try_unblock(now, false, &mut out);
         out
     }
 
     /// Releases a final reply whose chunks did not come within `hold`.
-    pub fn on_tick(&mut self, now: Instant) -> Vec<LiveEvent> {
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Positioned> {
         let mut out = Vec::new();
         self.try_unblock(now, true, &mut out);
         out
+    }
+
+    /// `reply`'s tokens were all delivered before (a resume read none of them back): it does
+    /// not wait for them.
+    pub fn streamed(&mut self, reply: &AgentReply) {
+        self.replies.insert(
+            reply.id.clone(),
+            Progress {
+                generation: (reply.epoch, reply.attempt),
+                next_seq: reply.chunks,
+            },
+        );
     }
 
     /// Whether anything is waiting (the caller ticks only such sequencers).
@@ -139,18 +156,21 @@ impl Sequencer {
             .is_some_and(|(_, q)| q.iter().any(|(o, _)| *o == offset))
     }
 
-    fn emit_record(&mut self, offset: i64, record: ChatRecord, now: Instant, out: &mut Vec<LiveEvent>) {
+    fn emit_record(&mut self, offset: i64, record: ChatRecord, now: Instant, out: &mut Vec<Positioned>) {
         match record {
             ChatRecord::UserMessage(_) => {
-                out.push(LiveEvent::Message {
-                    message: MessageView::from(&record),
+                out.push(Positioned {
+                    pos: Pos::new(Topic::Messages, offset),
+                    event: LiveEvent::Message {
+                        message: MessageView::from(&record),
+                    },
                 });
                 let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_chunks)
                     .into_iter()
-                    .partition(|c| c.user_offset <= offset);
+                    .partition(|(_, c)| c.user_offset <= offset);
                 self.held_chunks = held;
-                for c in ready {
-                    self.emit_chunk(c, out);
+                for (at, c) in ready {
+                    self.emit_chunk(at, c, out);
                 }
             }
             // a fence is the partition's; an added participant shows as the owner's `joined`
@@ -161,9 +181,9 @@ impl Sequencer {
                     || self
                         .replies
                         .get(&r.id)
-                        .is_some_and(|p| p.attempt == r.attempt && p.next_seq >= r.chunks);
+                        .is_some_and(|p| p.generation == (r.epoch, r.attempt) && p.next_seq >= r.chunks);
                 if complete {
-                    self.finish(&record, out);
+                    self.finish(offset, &record, out);
                 } else {
                     let mut queue = VecDeque::new();
                     queue.push_back((offset, record));
@@ -173,34 +193,39 @@ impl Sequencer {
         }
     }
 
-    fn emit_chunk(&mut self, c: ReplyChunk, out: &mut Vec<LiveEvent>) {
+    fn emit_chunk(&mut self, offset: i64, c: ReplyChunk, out: &mut Vec<Positioned>) {
         let p = self.replies.entry(c.reply_id.clone()).or_default();
-        if c.attempt < p.attempt || (c.attempt == p.attempt && c.seq < p.next_seq) {
-            return; // void attempt or duplicate
+        let generation = (c.epoch, c.attempt);
+        if generation < p.generation || (generation == p.generation && c.seq < p.next_seq) {
+            return; // an earlier generation's, or a duplicate
         }
-        if c.attempt > p.attempt {
-            p.attempt = c.attempt;
-        }
+        p.generation = generation;
         p.next_seq = c.seq + 1;
-        out.push(LiveEvent::token(&c));
+        out.push(Positioned {
+            pos: Pos::new(Topic::Stream, offset),
+            event: LiveEvent::token(&c),
+        });
     }
 
-    fn finish(&mut self, record: &ChatRecord, out: &mut Vec<LiveEvent>) {
+    fn finish(&mut self, offset: i64, record: &ChatRecord, out: &mut Vec<Positioned>) {
         if let ChatRecord::AgentReply(r) = record {
             self.replies.remove(&r.id);
-            self.held_chunks.retain(|c| c.in_reply_to != r.in_reply_to);
+            self.held_chunks.retain(|(_, c)| c.in_reply_to != r.in_reply_to);
             self.finished.push_back(r.id.clone());
             self.finished.push_back(r.in_reply_to.clone());
             while self.finished.len() > FINISHED_MEMORY {
                 self.finished.pop_front();
             }
         }
-        out.push(LiveEvent::Reply {
-            message: MessageView::from(record),
+        out.push(Positioned {
+            pos: Pos::new(Topic::Messages, offset),
+            event: LiveEvent::Reply {
+                message: MessageView::from(record),
+            },
         });
     }
 
-    fn try_unblock(&mut self, now: Instant, allow_timeout: bool, out: &mut Vec<LiveEvent>) {
+    fn try_unblock(&mut self, now: Instant, allow_timeout: bool, out: &mut Vec<Positioned>) {
         loop {
             let Some((deadline, queue)) = &mut self.blocked else {
                 return;
@@ -211,7 +236,7 @@ impl Sequencer {
             let complete = self
                 .replies
                 .get(&head.id)
-                .is_some_and(|p| p.attempt == head.attempt && p.next_seq >= head.chunks);
+                .is_some_and(|p| p.generation == (head.epoch, head.attempt) && p.next_seq >= head.chunks);
             let timed_out = allow_timeout && now >= *deadline;
             if !(complete || timed_out) {
                 return;
@@ -219,8 +244,8 @@ impl Sequencer {
             let Some((_deadline, mut queue)) = self.blocked.take() else {
                 return;
             };
-            if let Some((_, reply)) = queue.pop_front() {
-                self.finish(&reply, out);
+            if let Some((at, reply)) = queue.pop_front() {
+                self.finish(at, &reply, out);
             }
             while let Some((offset, record)) = queue.pop_front() {
                 self.emit_record(offset, record, now, out);

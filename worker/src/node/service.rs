@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use meshchat_wire::{MeshEvent, MigrateRequest, PresenceEvent, PresenceKind, SCHEMA_VERSION, UserMessage};
+use meshchat_wire::kafka::KafkaError;
+use meshchat_wire::{
+    MeshEvent, MigrateRequest, PresenceEvent, PresenceKind, SCHEMA_VERSION, UserMessage, partition_for,
+};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -15,9 +18,10 @@ use crate::http::{
     ChatService, FORWARDED, Forwarded, HttpSettings, Local, Membership, MeshView, Readiness, WorkerStatus,
 };
 use crate::limits::Limits;
+use crate::live::{self, CatchUpError, Cursor, Positioned};
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, OwnerInfo};
-use crate::view::{ConversationView, LiveEvent};
+use crate::view::ConversationView;
 use meshchat_wire::worker::paths;
 
 impl ChatService for Node {
@@ -171,8 +175,23 @@ impl ChatService for Node {
         Ok(conv.map(|c| ConversationView::of(&c, &self.agent_name)))
     }
 
-    fn subscribe(&self, conversation: &str) -> broadcast::Receiver<Arc<LiveEvent>> {
-        self.hub.subscribe(conversation)
+    fn subscribe(&self, conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor) {
+        self.hub
+            .subscribe(conversation, partition_for(conversation, self.log.partitions()))
+    }
+
+    async fn catch_up(&self, conversation: &str, from: Cursor) -> Result<Vec<Positioned>, CatchUpError> {
+        let (log, hub, key) = (self.log.clone(), self.hub.clone(), conversation.to_string());
+        tokio::task::spawn_blocking(move || {
+            let p = partition_for(&key, log.partitions());
+            live::catch_up(log.kafka(), log.topics(), p, &key, from, &hub)
+        })
+        .await
+        .map_err(|_| {
+            CatchUpError::Kafka(KafkaError::Timeout {
+                what: "reading a conversation back",
+            })
+        })?
     }
 
     fn presence(&self, tenant: &str, conversation: &str, user: &str, kind: PresenceKind) {

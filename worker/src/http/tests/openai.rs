@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::http::chat::keyed_message_id;
+use crate::live::cursor::{Pos, Topic};
 use crate::view::MessageView;
 
 fn completion(model: &str, content: &str, stream: bool) -> Value {
@@ -238,6 +239,7 @@ async fn a_streamed_completion_turns_tokens_into_chunks_and_ends_with_done() {
             let token = |seq: u32, delta: &str| LiveEvent::Token {
                 in_reply_to: id.clone(),
                 reply_id: "rep-3".into(),
+                epoch: 1,
                 attempt: 0,
                 seq,
                 delta: delta.into(),
@@ -246,16 +248,23 @@ async fn a_streamed_completion_turns_tokens_into_chunks_and_ends_with_done() {
             let other = LiveEvent::Token {
                 in_reply_to: "msg-other".into(),
                 reply_id: "rep-9".into(),
+                epoch: 1,
                 attempt: 0,
                 seq: 0,
                 delta: "NOT MINE".into(),
             };
-            for e in [token(0, "Hel"), other, token(1, "lo")] {
-                let _ = tx.send(Arc::new(e));
+            for (at, e) in [(1, token(0, "Hel")), (2, other), (3, token(1, "lo"))] {
+                let _ = tx.send(Arc::new(Positioned {
+                    pos: Pos::new(Topic::Stream, at),
+                    event: e,
+                }));
             }
             // a token missed on the way: the stored reply's rest follows
-            let _ = tx.send(Arc::new(LiveEvent::Reply {
-                message: reply("rep-3", &id, "Hello, world"),
+            let _ = tx.send(Arc::new(Positioned {
+                pos: Pos::new(Topic::Messages, 9),
+                event: LiveEvent::Reply {
+                    message: reply("rep-3", &id, "Hello, world"),
+                },
             }));
         })
     };

@@ -1,70 +1,6 @@
 use super::*;
-use meshchat_wire::{AgentReply, UserMessage};
+use crate::live::fixtures::{chunk, reply, trace, user};
 use proptest::prelude::*;
-use time::OffsetDateTime;
-
-fn user(i: usize) -> ChatRecord {
-    ChatRecord::UserMessage(UserMessage {
-        v: 1,
-        id: format!("m{i}"),
-        conversation_id: "c".into(),
-        tenant: meshchat_wire::DEFAULT_TENANT.into(),
-        user_id: "u".into(),
-        content: format!("q{i}"),
-        timestamp: OffsetDateTime::UNIX_EPOCH,
-        accepted_by: "n".into(),
-        accepted_at: None,
-    })
-}
-
-fn reply(i: usize, chunks: u32) -> ChatRecord {
-    ChatRecord::AgentReply(AgentReply {
-        v: 1,
-        id: format!("r{i}"),
-        conversation_id: "c".into(),
-        tenant: meshchat_wire::DEFAULT_TENANT.into(),
-        in_reply_to: format!("m{i}"),
-        sender: "agent".into(),
-        content: format!("a{i}"),
-        timestamp: OffsetDateTime::UNIX_EPOCH,
-        node: "n".into(),
-        epoch: 1,
-        error: None,
-        completion_tokens: chunks,
-        attempt: 0,
-        chunks,
-        cancelled: false,
-    })
-}
-
-fn chunk(i: usize, user_offset: i64, seq: u32) -> ReplyChunk {
-    ReplyChunk {
-        v: 1,
-        conversation_id: "c".into(),
-        tenant: meshchat_wire::DEFAULT_TENANT.into(),
-        in_reply_to: format!("m{i}"),
-        user_offset,
-        reply_id: format!("r{i}"),
-        attempt: 0,
-        seq,
-        delta: format!("t{i}.{seq} "),
-        node: "n".into(),
-        epoch: 1,
-    }
-}
-
-/// Compact trace: "M0", "T0.1", "R0".
-fn trace(events: &[LiveEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| match e {
-            LiveEvent::Message { message } => format!("M{}", &message.id[1..]),
-            LiveEvent::Token { reply_id, seq, .. } => format!("T{}.{seq}", &reply_id[1..]),
-            LiveEvent::Reply { message } => format!("R{}", &message.id[1..]),
-            LiveEvent::Presence { .. } => "P".into(),
-        })
-        .collect()
-}
 
 /// The two topics of a conversation with `chunks[i]` chunks for reply i: the messages log
 /// (user i at offset 2i, reply i at 2i+1) and the stream.
@@ -94,7 +30,7 @@ fn expected(chunks: &[u32]) -> Vec<String> {
 fn chunk_before_its_message_waits() {
     let now = Instant::now();
     let mut s = Sequencer::new(Duration::from_millis(500));
-    assert!(s.on_chunk(chunk(0, 0, 0), 0, 0, now).is_empty());
+    assert!(s.on_chunk(0, chunk(0, 0, 0), 0, 0, now).is_empty());
     assert_eq!(trace(&s.on_message(0, user(0), 0, now)), ["M0", "T0.0"]);
 }
 
@@ -108,11 +44,11 @@ fn reply_before_its_chunks_waits_then_times_out() {
         s.on_message(2, user(1), 0, now).is_empty(),
         "queued behind the held reply"
     );
-    assert_eq!(trace(&s.on_chunk(chunk(0, 0, 0), 3, 0, now)), ["T0.0"]);
+    assert_eq!(trace(&s.on_chunk(0, chunk(0, 0, 0), 3, 0, now)), ["T0.0"]);
     assert!(s.on_tick(now + Duration::from_millis(100)).is_empty());
     assert_eq!(trace(&s.on_tick(now + Duration::from_millis(600))), ["R0", "M1"]);
     assert!(
-        s.on_chunk(chunk(0, 0, 1), 3, 0, now).is_empty(),
+        s.on_chunk(0, chunk(0, 0, 1), 3, 0, now).is_empty(),
         "late chunk of a finished reply is dropped"
     );
 }
@@ -136,12 +72,17 @@ proptest! {
             } else {
                 // the reader's position on chat.messages is the next log offset it will read
                 let pos = log.get(li).map_or(log.len() as i64, |(o, _)| *o);
-                out.extend(s.on_chunk(stream[si].clone(), pos, 0, now));
+                out.extend(s.on_chunk(si as i64, stream[si].clone(), pos, 0, now));
                 si += 1;
             }
         }
         prop_assert_eq!(trace(&out), expected(&chunks));
         prop_assert!(!s.is_waiting());
+        // each log's events leave in its order: a client's cursor (live/cursor.rs) only grows
+        for topic in [Topic::Messages, Topic::Stream] {
+            let offsets: Vec<i64> = out.iter().filter(|e| e.pos.topic == topic).map(|e| e.pos.offset).collect();
+            prop_assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{:?}: {:?}", topic, offsets);
+        }
     }
 }
 
@@ -157,7 +98,7 @@ fn a_second_reply_to_a_message_is_never_shown() {
     }
     assert!(s.on_message(2, dup, 0, now).is_empty());
     assert!(
-        s.on_chunk(chunk(0, 0, 0), 3, 0, now).is_empty(),
+        s.on_chunk(0, chunk(0, 0, 0), 3, 0, now).is_empty(),
         "chunks of an answered message are dropped"
     );
 }
@@ -168,7 +109,7 @@ fn a_zombie_reply_and_its_chunks_behind_a_newer_fence_are_never_shown() {
     let mut s = Sequencer::new(Duration::from_millis(500));
     assert_eq!(trace(&s.on_message(0, user(0), 2, now)), ["M0"]);
     // written under epoch 1, read after a fence of epoch 2: void
-    assert!(s.on_chunk(chunk(0, 0, 0), 1, 2, now).is_empty());
+    assert!(s.on_chunk(0, chunk(0, 0, 0), 1, 2, now).is_empty());
     assert!(s.on_message(1, reply(0, 1), 2, now).is_empty());
     // the new owner's reply (epoch 2) counts, and is not a duplicate of the void one
     let mut real = reply(0, 0);
@@ -177,4 +118,36 @@ fn a_zombie_reply_and_its_chunks_behind_a_newer_fence_are_never_shown() {
         r.epoch = 2;
     }
     assert_eq!(trace(&s.on_message(2, real, 2, now)), ["R0-new"]);
+}
+
+#[test]
+fn a_new_owner_starts_the_text_again() {
+    let now = Instant::now();
+    let mut s = Sequencer::new(Duration::from_millis(500));
+    s.on_message(0, user(0), 1, now);
+    let moved = |seq: u32| {
+        let mut c = chunk(0, 0, seq);
+        c.epoch = 2;
+        c
+    };
+    let mut out = s.on_chunk(0, chunk(0, 0, 0), 1, 1, now);
+    out.extend(s.on_chunk(1, chunk(0, 0, 1), 1, 1, now));
+    // the conversation moved mid-reply: the new owner (epoch 2) answers from the start
+    out.extend(s.on_chunk(2, moved(0), 1, 1, now));
+    out.extend(s.on_chunk(3, chunk(0, 0, 1), 1, 1, now)); // a late one of epoch 1: dropped
+    out.extend(s.on_chunk(4, moved(1), 1, 1, now));
+    let mut done = reply(0, 2);
+    if let ChatRecord::AgentReply(r) = &mut done {
+        r.epoch = 2;
+    }
+    out.extend(s.on_message(1, done, 2, now));
+    assert_eq!(trace(&out), ["T0.0", "T0.1", "T0.0", "T0.1", "R0"]);
+    let epochs: Vec<u64> = out
+        .iter()
+        .filter_map(|e| match &e.event {
+            LiveEvent::Token { epoch, .. } => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(epochs, [1, 1, 2, 2]);
 }
