@@ -211,6 +211,16 @@ impl Log {
         history::read_conversation(&self.kafka, &self.topics, self.partitions, key, keep, count)
     }
 
+    /// A conversation's whole history as `chat.messages` keeps it (blocking: call from a
+    /// blocking thread).
+    pub fn read_history(
+        &self,
+        key: &str,
+        count: impl Fn(&str) -> u32,
+    ) -> Result<Option<Conversation>, KafkaError> {
+        history::read_history(&self.kafka, &self.topics, self.partitions, key, count)
+    }
+
     /// An evicted conversation brought back (blocking: call from a blocking thread): its
     /// snapshot at `offset` of partition `p` of the snapshot topic, or — if that record is gone —
     /// the conversation rebuilt from the log.

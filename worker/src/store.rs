@@ -126,6 +126,8 @@ pub struct Conversation {
     /// Offset in the snapshot topic of the last snapshot written or restored: where it comes
     /// back from once evicted.
     pub snapshot_offset: Option<i64>,
+    /// Older history left memory (it stays in the log: `?before=` pages read it there).
+    pub trimmed: bool,
 }
 
 /// How long, and for how many messages at most, a conversation remembers idempotency keys.
@@ -354,6 +356,7 @@ impl Conversation {
             }
             if let Some(gone) = self.entries.pop_front() {
                 self.bytes = self.bytes.saturating_sub(entry_bytes(&gone.record));
+                self.trimmed = true;
             }
         }
     }
@@ -445,6 +448,7 @@ impl Conversation {
                 })
                 .collect(),
             unstored,
+            trimmed: self.trimmed || kept.len() < self.entries.len(),
             epoch,
         }
     }
@@ -522,6 +526,7 @@ impl Conversation {
             .max()
             .unwrap_or(0);
         conv.holds_commit = s.unstored.first().copied();
+        conv.trimmed = s.trimmed;
         conv.reread = s.unstored.into_iter().collect();
         for e in s.entries {
             let tokens = count(content_of(&e.record));

@@ -104,8 +104,11 @@ pub struct ConversationView {
     pub id: String,
     /// Users, then the agent once it has replied.
     pub participants: Vec<String>,
-    /// Retained history, oldest first.
+    /// Retained history (or the page asked for), oldest first.
     pub messages: Vec<MessageView>,
+    /// Older messages exist than these: ask for them with `?before=<the first one's id>`.
+    #[serde(default, rename = "hasMore")]
+    pub has_more: bool,
 }
 
 impl ConversationView {
@@ -133,7 +136,28 @@ impl ConversationView {
                 .iter()
                 .map(|e| MessageView::from(&e.record))
                 .collect(),
+            has_more: conv.trimmed,
         }
+    }
+
+    /// The page of at most `limit` messages just before message `before` (the newest when
+    /// `None`), if this view can tell: `None` when `before` is not among its messages, or when
+    /// older messages it does not hold are needed.
+    pub fn page(&self, before: Option<&str>, limit: usize) -> Option<ConversationView> {
+        let end = match before {
+            Some(id) => self.messages.iter().position(|m| m.id == id)?,
+            None => self.messages.len(),
+        };
+        let start = end.saturating_sub(limit);
+        if start == 0 && end < limit && self.has_more {
+            return None;
+        }
+        Some(ConversationView {
+            id: self.id.clone(),
+            participants: self.participants.clone(),
+            messages: self.messages[start..end].to_vec(),
+            has_more: start > 0 || self.has_more,
+        })
     }
 }
 

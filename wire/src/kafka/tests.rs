@@ -73,6 +73,7 @@ fn snapshots_of_the_same_id_in_two_tenants_are_both_kept() {
         keyed: Vec::new(),
         refused: Vec::new(),
         unstored: Vec::new(),
+        trimmed: false,
         epoch: 1,
     };
     let mut latest = HashMap::new();

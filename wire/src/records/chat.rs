@@ -392,6 +392,9 @@ pub struct ConversationSnapshot {
     /// read back from the log (the owner's committed offset never passes them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unstored: Vec<i64>,
+    /// Older history was left out of `entries` (it stays in `chat.messages` until retention).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trimmed: bool,
     /// Epoch of the writer.
     pub epoch: u64,
 }

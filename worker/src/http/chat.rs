@@ -1,10 +1,11 @@
 //! `POST /api/chat/send` and `GET /api/chat/conversation/{id}`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -284,16 +285,66 @@ pub async fn conversation<S: ChatService>(
     State(s): State<Arc<S>>,
     caller: Caller,
     Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, AppError> {
     caller.chats()?;
     check_id("id", &id)?;
+    let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
+    let page = page_of(&query)?;
     let who = &caller.who;
     s.limits().admit_read(&who.tenant, &who.user)?;
-    let view = read(&*s, &who.key(&id), &id).await?;
+    let key = who.key(&id);
+    let view = read(&*s, &key, &id).await?;
     if who.role == Role::User && !view.participants.contains(&who.user) {
         return Err(not_found(&id));
     }
-    Ok(Json(view).into_response())
+    let Some((before, limit)) = page else {
+        return Ok(Json(view).into_response());
+    };
+    match view.page(before.as_deref(), limit) {
+        Some(p) => return Ok(Json(p).into_response()),
+        None if !view.has_more => {
+            return Err(FieldError::new("before", "no message with this id in the conversation").into());
+        }
+        None => {}
+    }
+    // older than any worker holds: the whole history from the log
+    let whole = s
+        .read_history(&key)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("could not read the log: {e}")))?
+        .ok_or_else(|| not_found(&id))?;
+    whole
+        .page(before.as_deref(), limit)
+        .map(|p| Json(p).into_response())
+        .ok_or_else(|| FieldError::new("before", "no message with this id in the conversation").into())
+}
+
+/// Most messages one page holds, and how many when `limit` is not given.
+const PAGE_MAX: usize = 100;
+const PAGE_DEFAULT: usize = 50;
+
+/// `?before=<messageId>&limit=<1..100>`: a page of the history, or `None` for the whole view.
+fn page_of(query: &HashMap<String, String>) -> Result<Option<(Option<String>, usize)>, FieldError> {
+    let before = query.get("before").cloned();
+    let limit = query.get("limit");
+    if before.is_none() && limit.is_none() {
+        return Ok(None);
+    }
+    if let Some(b) = &before {
+        check_id("before", b)?;
+    }
+    let limit = match limit {
+        None => PAGE_DEFAULT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE_MAX).contains(n))
+            .ok_or_else(|| {
+                FieldError::new("limit", format!("must be a whole number from 1 to {PAGE_MAX}"))
+            })?,
+    };
+    Ok(Some((before, limit)))
 }
 
 pub(super) async fn read<S: ChatService>(s: &S, key: &str, id: &str) -> Result<ConversationView, AppError> {

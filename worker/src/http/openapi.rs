@@ -258,12 +258,19 @@ pub struct MeshDoc {
     ))]
 fn send() {}
 
-/// A conversation: participants and retained history.
+/// A conversation: participants and the history its owner holds (`hasMore`: older messages
+/// exist). With `limit` or `before`, a page of the history: the `limit` messages just before
+/// message `before` (the newest without it), oldest first; the whole history stays readable
+/// this way as long as `chat.messages` keeps it.
 #[utoipa::path(get, path = "/api/chat/conversation/{id}", tag = "chat",
-    params(("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", example = "conv-123", description = "The conversation")),
+    params(
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", example = "conv-123", description = "The conversation"),
+        ("before" = Option<String>, Query, pattern = r"^[A-Za-z0-9._:-]{1,128}$", description = "A message id: the page ends just before it"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Most messages in the page (default 50)"),
+    ),
     responses(
         (status = 200, description = "The conversation", body = ConversationView),
-        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 400, description = "Bad id, limit or before (no such message)", body = ErrorBody),
         (status = 401, description = "No valid credential", body = ErrorBody),
         (status = 403, description = "The role may not read conversations", body = ErrorBody),
         (status = 404, description = "No such conversation for the caller", body = ErrorBody),

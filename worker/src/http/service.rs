@@ -204,6 +204,11 @@ pub trait ChatService: Send + Sync + 'static {
     /// Rebuilds conversation `id` from the log (`Ok(None)`: the log has no record of it).
     fn read_log(&self, id: &str) -> impl Future<Output = Result<Option<ConversationView>, String>> + Send;
 
+    /// Conversation `id`'s whole history as the log keeps it, beyond what any worker holds
+    /// (`Ok(None)`: the log has no record of it).
+    fn read_history(&self, id: &str)
+    -> impl Future<Output = Result<Option<ConversationView>, String>> + Send;
+
     /// This worker's live events of `conversation` from now on, and where now is in the
     /// conversation's logs (a new client's position).
     fn subscribe(&self, conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor);

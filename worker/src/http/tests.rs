@@ -4,6 +4,7 @@
 mod access;
 mod internal;
 mod openai;
+mod paging;
 mod resume;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,8 @@ struct Fake {
     live: Option<broadcast::Sender<Arc<Positioned>>>,
     /// What a resume reads back from the "log": these events at or after its cursor.
     stored: Vec<Positioned>,
+    /// What a whole-history read of the log finds.
+    history: Option<ConversationView>,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -133,6 +136,7 @@ fn fake() -> Fake {
         backlog: None,
         live: None,
         stored: Vec::new(),
+        history: None,
     }
 }
 
@@ -151,6 +155,7 @@ fn conversation(id: &str) -> ConversationView {
         id: id.into(),
         participants: vec!["u".into()],
         messages: Vec::new(),
+        has_more: false,
     }
 }
 
@@ -238,6 +243,11 @@ impl ChatService for Fake {
     async fn read_log(&self, id: &str) -> Result<Option<ConversationView>, String> {
         self.log_reads.lock().expect("lock").push(id.into());
         self.log.clone()
+    }
+
+    async fn read_history(&self, id: &str) -> Result<Option<ConversationView>, String> {
+        self.log_reads.lock().expect("lock").push(format!("history:{id}"));
+        Ok(self.history.clone())
     }
 
     fn subscribe(&self, _conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor) {

@@ -29,7 +29,45 @@ pub fn read_conversation(
             snapshot = Some(s);
         }
     })?;
-    let mut conv = snapshot.map(|s| Conversation::from_snapshot(s, &count));
+    let conv = snapshot.map(|s| Conversation::from_snapshot(s, &count));
+    replay(cfg, topics, p, key, conv, keep, count)
+}
+
+/// One conversation's whole history as `chat.messages` still keeps it (no snapshot: a
+/// snapshot holds only the newest part); `None` when the log has no record of it.
+pub fn read_history(
+    cfg: &ClientConfig,
+    topics: &Topics,
+    partitions: i32,
+    key: &str,
+    count: impl Fn(&str) -> u32,
+) -> Result<Option<Conversation>, KafkaError> {
+    let keep = Keep {
+        entries: usize::MAX,
+        bytes: usize::MAX,
+        pending: usize::MAX,
+        participants: usize::MAX,
+        interrupt: false,
+    };
+    let p = partition_for(key, partitions);
+    let mut conv = replay(cfg, topics, p, key, None, keep, count)?;
+    if let Some(c) = &mut conv {
+        // what retention removed is gone: older history than this does not exist any more
+        c.trimmed = false;
+    }
+    Ok(conv)
+}
+
+/// Applies the conversation's records of partition `p` to `conv` (those after what it holds).
+fn replay(
+    cfg: &ClientConfig,
+    topics: &Topics,
+    p: i32,
+    key: &str,
+    mut conv: Option<Conversation>,
+    keep: Keep,
+    count: impl Fn(&str) -> u32,
+) -> Result<Option<Conversation>, KafkaError> {
     // fences count from the start of the retained log, so scan it all; apply from `from`
     let from = conv.as_ref().map_or(0, Conversation::read_from);
     let mut fences = Fences::default();

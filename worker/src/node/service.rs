@@ -175,6 +175,15 @@ impl ChatService for Node {
         Ok(conv.map(|c| ConversationView::of(&c, &self.agent_name)))
     }
 
+    async fn read_history(&self, id: &str) -> Result<Option<ConversationView>, String> {
+        let (log, tokenizer, key) = (self.log.clone(), self.tokenizer.clone(), id.to_string());
+        let conv = tokio::task::spawn_blocking(move || log.read_history(&key, |t| tokenizer.count(t)))
+            .await
+            .map_err(|_| "log read failed".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(conv.map(|c| ConversationView::of(&c, &self.agent_name)))
+    }
+
     fn subscribe(&self, conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor) {
         self.hub
             .subscribe(conversation, partition_for(conversation, self.log.partitions()))
