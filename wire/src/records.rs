@@ -2,6 +2,7 @@
 //! Rust peers read the same bytes and a reader can refuse a version it does not know.
 
 mod chat;
+mod index;
 mod mesh;
 
 pub use chat::{
@@ -9,6 +10,7 @@ pub use chat::{
     KeyedId, ParticipantAdded, PresenceEvent, PresenceKind, Refused, RefusedWhy, ReplyChunk, ReplyError,
     ReplyErrorKind, SnapshotEntry, UserMessage,
 };
+pub use index::IndexEntry;
 pub use mesh::{
     AssignReason, AssignmentTable, DEFAULT_HEARTBEAT_TIMEOUT_MS, HandoffEvent, HandoffStep, LoadReport,
     MIGRATION_REFUSED, MeshEvent, MigrateRequest, PartitionAssignment, PartitionLoad, SystemEvent,

@@ -16,6 +16,9 @@ pub struct Topics {
     pub stream: String,
     /// Compacted assignment tables, key = ChatAgent name.
     pub assignments: String,
+    /// Compacted conversation index (what conversation lists show), co-partitioned with
+    /// `messages`: each owner writes its conversations' entries, every worker reads them all.
+    pub index: String,
 }
 
 /// How many partitions a topic is created with.
@@ -55,6 +58,7 @@ impl Topics {
             events: name("chat.events"),
             stream: name("chat.stream"),
             assignments: name("chat.assignments"),
+            index: name("chat.index"),
         }
     }
 
@@ -86,6 +90,12 @@ impl Topics {
                 Partitioning::Fixed(EVENTS_PARTITIONS),
                 vec![("retention.ms", "86400000")],
             ),
+            // one entry per conversation, the latest wins
+            spec(
+                &self.index,
+                Partitioning::PerConversation,
+                vec![("cleanup.policy", "compact")],
+            ),
             // one table per ChatAgent, the latest wins
             spec(
                 &self.assignments,
@@ -96,8 +106,8 @@ impl Topics {
     }
 
     /// The topics that must have as many partitions as `chat.messages`.
-    pub fn co_partitioned(&self) -> [&str; 2] {
-        [&self.conversations, &self.stream]
+    pub fn co_partitioned(&self) -> [&str; 3] {
+        [&self.conversations, &self.stream, &self.index]
     }
 }
 
@@ -110,7 +120,7 @@ mod tests {
         let t = Topics::with_prefix("x.");
         let layout = t.layout();
         let names: std::collections::BTreeSet<&str> = layout.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names.len(), 6);
+        assert_eq!(names.len(), 7);
         assert!(names.iter().all(|n| n.starts_with("x.chat.")));
         for name in t.co_partitioned() {
             let s = layout.iter().find(|s| s.name == name).expect("laid out");
@@ -121,6 +131,9 @@ mod tests {
             .filter(|s| s.configs.contains(&("cleanup.policy", "compact")))
             .map(|s| s.name.as_str())
             .collect();
-        assert_eq!(compacted, vec!["x.chat.conversations", "x.chat.assignments"]);
+        assert_eq!(
+            compacted,
+            vec!["x.chat.conversations", "x.chat.index", "x.chat.assignments"]
+        );
     }
 }

@@ -9,6 +9,7 @@ mod chat;
 mod error;
 mod health;
 mod internal;
+mod list;
 mod openai;
 pub(crate) mod openapi;
 mod service;
@@ -18,7 +19,7 @@ mod ticket;
 pub use agent::AUTH_NONE_WARNING;
 pub use error::AppError;
 pub use service::{
-    ChatService, Forwarded, HttpSettings, Local, Membership, MeshView, Readiness, WorkerStatus,
+    ChatService, Forwarded, HttpSettings, IndexLoading, Local, Membership, MeshView, Readiness, WorkerStatus,
 };
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
     let body_limit = service.settings().max_content_bytes * 2 + 16 * 1024;
     let api = Router::new()
         .route("/api/chat/send", post(chat::send::<S>))
+        .route("/api/chat/conversations", get(list::conversations::<S>))
         .route("/api/chat/conversation/{id}", get(chat::conversation::<S>))
         .route(
             "/api/chat/conversation/{id}/participants",

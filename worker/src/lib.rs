@@ -13,6 +13,7 @@ mod context;
 mod drain;
 pub mod fuzz;
 mod http;
+mod index;
 mod limits;
 mod live;
 mod llm;

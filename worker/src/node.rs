@@ -20,6 +20,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::http::HttpSettings;
+use crate::index::{ConversationIndex, IndexFollower};
 use crate::limits::Limits;
 use crate::live::{Fanout, Hub};
 use crate::llm::Llm;
@@ -61,6 +62,10 @@ pub struct Node {
     limits: Arc<Limits>,
     /// Fired on shutdown: closes live streams.
     closing: CancellationToken,
+    /// Every conversation, for lists.
+    index: Arc<RwLock<ConversationIndex>>,
+    /// Set once the index is read.
+    index_loaded: Arc<AtomicBool>,
 }
 
 type MigrateLimiter = governor::DefaultKeyedRateLimiter<String>;
@@ -73,6 +78,7 @@ struct Tasks {
     owner: Owner,
     fanout: Fanout,
     heartbeat: Heartbeat,
+    index: IndexFollower,
 }
 
 /// Runs the worker described by `config` until SIGTERM or Ctrl-C, then drains.
@@ -84,6 +90,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         owner,
         fanout,
         heartbeat,
+        index,
     } = tasks;
     let owner = Arc::new(owner);
     let owner_task = tokio::spawn(supervise("owner loop", owner_stop.clone(), move |stop| {
@@ -91,6 +98,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         async move { owner.hold_partitions(stop).await }
     }));
     let closing = node.closing.clone();
+    let index = Arc::new(index);
+    tokio::spawn(supervise("conversation index", closing.clone(), move |stop| {
+        let index = index.clone();
+        async move { index.follow(stop).await }
+    }));
     let fanout = Arc::new(fanout);
     let fanout_task = tokio::spawn(supervise("live fan-out", closing.clone(), move |stop| {
         let fanout = fanout.clone();
@@ -232,6 +244,8 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         mesh.clone(),
     );
     let hub = Arc::new(Hub::default());
+    let index = Arc::new(RwLock::new(ConversationIndex::default()));
+    let index_loaded = Arc::new(AtomicBool::new(false));
     let live_ready = Arc::new(AtomicBool::new(false));
     let fanout = Fanout {
         log: log.clone(),
@@ -289,11 +303,18 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         migrations: migrate_limiter(config.migrate_per_minute),
         limits,
         closing,
+        index: index.clone(),
+        index_loaded: index_loaded.clone(),
     };
     let tasks = Tasks {
         owner,
         fanout,
         heartbeat,
+        index: IndexFollower {
+            log: node.log.clone(),
+            index,
+            loaded: index_loaded,
+        },
     };
     Ok((node, tasks))
 }

@@ -9,6 +9,7 @@ mod announce;
 mod answer;
 mod commit;
 mod consumer;
+mod index;
 mod records;
 mod stall;
 mod takeover;
@@ -234,6 +235,7 @@ impl Owner {
         self.step(Event::Assigned(first), &mut run, None).await?;
         let mut snapshot_tick = tokio::time::interval(self.settings.snapshot_interval);
         let mut lag_tick = tokio::time::interval(Duration::from_secs(2));
+        let mut index_tick = tokio::time::interval(Duration::from_secs(1));
         // awaited releases and the lease are polled: keep the added pause small
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
@@ -271,6 +273,7 @@ impl Owner {
                     let lease_holds = self.lease_now(&mut run);
                     self.step(Event::Tick { lease_holds }, &mut run, None).await?;
                 }
+                _ = index_tick.tick() => self.write_index().await,
                 _ = snapshot_tick.tick() => {
                     let lease_holds = self.lease_now(&mut run);
                     self.step(Event::SnapshotDue { lease_holds }, &mut run, None).await?;

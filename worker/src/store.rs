@@ -128,6 +128,14 @@ pub struct Conversation {
     pub snapshot_offset: Option<i64>,
     /// Older history left memory (it stays in the log: `?before=` pages read it there).
     pub trimmed: bool,
+    /// The first message's beginning: its title in conversation lists.
+    pub title: Option<String>,
+    /// Messages and replies so far.
+    pub message_count: u64,
+    /// Its latest message or reply (Unix milliseconds).
+    pub last_activity_ms: i64,
+    /// Changed since its conversation index entry was last written.
+    pub index_dirty: bool,
 }
 
 /// How long, and for how many messages at most, a conversation remembers idempotency keys.
@@ -285,6 +293,7 @@ impl Conversation {
                 if new_participant {
                     self.participants.push(p.user_id.clone());
                     self.dirty = true;
+                    self.index_dirty = true;
                 }
                 return Applied::Participant { new_participant };
             }
@@ -304,6 +313,14 @@ impl Conversation {
                 return Applied::Cancel { target };
             }
         };
+        if !reread {
+            self.message_count += 1;
+        }
+        self.last_activity_ms = self.last_activity_ms.max(record_time_ms(&record));
+        if let (None, ChatRecord::UserMessage(m)) = (&self.title, &record) {
+            self.title = Some(title_of(&m.content));
+        }
+        self.index_dirty = true;
         self.push(Entry {
             offset,
             record,
@@ -449,6 +466,8 @@ impl Conversation {
                 .collect(),
             unstored,
             trimmed: self.trimmed || kept.len() < self.entries.len(),
+            title: self.title.clone(),
+            message_count: self.message_count,
             epoch,
         }
     }
@@ -527,6 +546,23 @@ impl Conversation {
             .unwrap_or(0);
         conv.holds_commit = s.unstored.first().copied();
         conv.trimmed = s.trimmed;
+        conv.message_count = if s.message_count > 0 {
+            s.message_count
+        } else {
+            u64::try_from(s.entries.len()).unwrap_or(0)
+        };
+        conv.last_activity_ms = s
+            .entries
+            .iter()
+            .map(|e| record_time_ms(&e.record))
+            .max()
+            .unwrap_or(0);
+        conv.title = s.title.or_else(|| {
+            s.entries.iter().find_map(|e| match &e.record {
+                ChatRecord::UserMessage(m) if !s.trimmed => Some(title_of(&m.content)),
+                _ => None,
+            })
+        });
         conv.reread = s.unstored.into_iter().collect();
         for e in s.entries {
             let tokens = count(content_of(&e.record));
@@ -565,6 +601,28 @@ impl Conversation {
 }
 
 /// When a record was accepted or written, in Unix seconds (0 for records without a time).
+/// Characters of the first message a conversation list shows as its title.
+pub const TITLE_CHARS: usize = 80;
+
+/// A title: the text's first [`TITLE_CHARS`] characters, spaces folded.
+pub fn title_of(content: &str) -> String {
+    let folded: Vec<&str> = content.split_whitespace().collect();
+    folded.join(" ").chars().take(TITLE_CHARS).collect()
+}
+
+/// When a record was accepted or written, Unix milliseconds (0 for a fence).
+pub fn record_time_ms(record: &ChatRecord) -> i64 {
+    let at = match record {
+        ChatRecord::UserMessage(m) => m.accepted_at.unwrap_or(m.timestamp),
+        ChatRecord::AgentReply(r) => r.timestamp,
+        ChatRecord::ParticipantAdded(p) => p.timestamp,
+        ChatRecord::CancelRequest(c) => c.timestamp,
+        ChatRecord::EpochFence(_) => return 0,
+    };
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// When a record was accepted or written, Unix seconds (0 for a fence).
 pub fn record_time(record: &ChatRecord) -> i64 {
     match record {
         ChatRecord::UserMessage(m) => m.accepted_at.unwrap_or(m.timestamp).unix_timestamp(),

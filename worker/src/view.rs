@@ -161,6 +161,60 @@ impl ConversationView {
     }
 }
 
+/// `GET /api/chat/conversations`: a page of the caller's conversations, most recent first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationList {
+    /// Most recent first.
+    pub conversations: Vec<ConversationSummary>,
+    /// Pass as `?cursor=` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// How many the whole list holds.
+    pub total: usize,
+}
+
+/// One conversation in a list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationSummary {
+    /// Conversation id.
+    pub id: String,
+    /// The first message's beginning (80 characters).
+    pub title: String,
+    /// Its latest message or reply (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String)]
+    pub last_activity: OffsetDateTime,
+    /// Messages and replies.
+    pub message_count: u64,
+    /// Users who take part.
+    pub participants: Vec<String>,
+}
+
+impl From<crate::index::Page> for ConversationList {
+    fn from(page: crate::index::Page) -> Self {
+        Self {
+            conversations: page
+                .items
+                .into_iter()
+                .map(|l| ConversationSummary {
+                    id: l.id,
+                    title: l.title,
+                    last_activity: OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(l.last_activity_ms) * 1_000_000,
+                    )
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    message_count: l.message_count,
+                    participants: l.participants,
+                })
+                .collect(),
+            next_cursor: page.next.map(|c| c.to_string()),
+            total: page.total,
+        }
+    }
+}
+
 /// An event on a live stream (WebSocket text frame or SSE `data:`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]

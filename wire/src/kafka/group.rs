@@ -14,6 +14,8 @@ pub fn fanout(node_id: &str) -> String {
 
 /// A worker's view of the mesh (assignment tables and events).
 pub const MESH_VIEW: &str = "meshchat-mesh-watch";
+/// Every worker's reader of the conversation index.
+pub const INDEX: &str = "meshchat-index";
 /// A worker's lag queries.
 pub const LAG: &str = "meshchat-lag";
 /// A worker's Kafka reachability probe.

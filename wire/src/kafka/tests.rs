@@ -74,6 +74,8 @@ fn snapshots_of_the_same_id_in_two_tenants_are_both_kept() {
         refused: Vec::new(),
         unstored: Vec::new(),
         trimmed: false,
+        title: None,
+        message_count: 0,
         epoch: 1,
     };
     let mut latest = HashMap::new();

@@ -395,6 +395,13 @@ pub struct ConversationSnapshot {
     /// Older history was left out of `entries` (it stays in `chat.messages` until retention).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trimmed: bool,
+    /// The first message's beginning: the title conversation lists show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Messages and replies so far, those left out of `entries` included (0 in snapshots
+    /// written before it was counted).
+    #[serde(default)]
+    pub message_count: u64,
     /// Epoch of the writer.
     pub epoch: u64,
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::view::{ConversationView, MessageView};
+use crate::view::{ConversationList, ConversationSummary, ConversationView, MessageView};
 
 /// The document, built once.
 pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
@@ -257,6 +257,25 @@ pub struct MeshDoc {
         (status = 504, description = "Took too long"),
     ))]
 fn send() {}
+
+/// The caller's conversations, most recent first, from the conversation index every worker
+/// keeps: a user's own (those it takes part in), an admin's whole tenant. A conversation shows
+/// about a second after its latest message.
+#[utoipa::path(get, path = "/api/chat/conversations", tag = "chat",
+    params(
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Most conversations in the page (default 20)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the list", body = ConversationList),
+        (status = 400, description = "Bad limit or cursor", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The role may not chat", body = ErrorBody),
+        (status = 429, description = "Over the read limit", body = ErrorBody),
+        (status = 503, description = "The index is still being read (a worker that just started)", body = ErrorBody),
+        (status = 504, description = "Took too long"),
+    ))]
+fn conversations() {}
 
 /// A conversation: participants and the history its owner holds (`hasMore`: older messages
 /// exist). With `limit` or `before`, a page of the history: the `limit` messages just before
@@ -549,8 +568,8 @@ impl Modify for Bearer {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "MeshChat", description = "Chat for LLM agents over a Kafka mesh: the public API of every worker (docs/security.md: identities, tenants, limits)."),
-    paths(send, conversation, participants, cancel, events, websocket, status, migrate, mesh, ticket, openapi, completions, models, model),
-    components(schemas(CancelResponse, CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
+    paths(send, conversations, conversation, participants, cancel, events, websocket, status, migrate, mesh, ticket, openapi, completions, models, model),
+    components(schemas(CancelResponse, CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, ConversationList, ConversationSummary, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
     modifiers(&Bearer),
     security(("bearer" = [])),
 )]

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::drain::{Drained, UndoRefused};
+use crate::index::{ListCursor, Page};
 use crate::limits::Limits;
 use crate::live::{CatchUpError, Cursor, Positioned};
 use crate::mesh::Peer;
@@ -204,6 +205,16 @@ pub trait ChatService: Send + Sync + 'static {
     /// Rebuilds conversation `id` from the log (`Ok(None)`: the log has no record of it).
     fn read_log(&self, id: &str) -> impl Future<Output = Result<Option<ConversationView>, String>> + Send;
 
+    /// A page of `tenant`'s conversations (those `user` takes part in, when given) from the
+    /// conversation index; `Err` while the index is still being read.
+    fn list_conversations(
+        &self,
+        tenant: &str,
+        user: Option<&str>,
+        after: Option<ListCursor>,
+        limit: usize,
+    ) -> Result<Page, IndexLoading>;
+
     /// Conversation `id`'s whole history as the log keeps it, beyond what any worker holds
     /// (`Ok(None)`: the log has no record of it).
     fn read_history(&self, id: &str)
@@ -257,3 +268,8 @@ pub trait ChatService: Send + Sync + 'static {
     /// Prometheus text.
     fn metrics_text(&self) -> Result<String, std::fmt::Error>;
 }
+
+/// The conversation index is still being read (a worker that just started).
+#[derive(Debug, thiserror::Error)]
+#[error("the conversation index is still loading")]
+pub struct IndexLoading;

@@ -3,6 +3,7 @@
 
 mod access;
 mod internal;
+mod list;
 mod openai;
 mod paging;
 mod resume;
@@ -64,6 +65,8 @@ struct Fake {
     stored: Vec<Positioned>,
     /// What a whole-history read of the log finds.
     history: Option<ConversationView>,
+    /// The conversation index (none: still loading).
+    index: Option<crate::index::ConversationIndex>,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -137,6 +140,7 @@ fn fake() -> Fake {
         live: None,
         stored: Vec::new(),
         history: None,
+        index: None,
     }
 }
 
@@ -243,6 +247,19 @@ impl ChatService for Fake {
     async fn read_log(&self, id: &str) -> Result<Option<ConversationView>, String> {
         self.log_reads.lock().expect("lock").push(id.into());
         self.log.clone()
+    }
+
+    fn list_conversations(
+        &self,
+        tenant: &str,
+        user: Option<&str>,
+        after: Option<crate::index::ListCursor>,
+        limit: usize,
+    ) -> Result<crate::index::Page, IndexLoading> {
+        match &self.index {
+            Some(i) => Ok(i.list(tenant, user, after, limit)),
+            None => Err(IndexLoading),
+        }
     }
 
     async fn read_history(&self, id: &str) -> Result<Option<ConversationView>, String> {

@@ -15,8 +15,10 @@ use super::Node;
 use crate::auth::Authenticator;
 use crate::drain::{Drained, UndoRefused};
 use crate::http::{
-    ChatService, FORWARDED, Forwarded, HttpSettings, Local, Membership, MeshView, Readiness, WorkerStatus,
+    ChatService, FORWARDED, Forwarded, HttpSettings, IndexLoading, Local, Membership, MeshView, Readiness,
+    WorkerStatus,
 };
+use crate::index::{ListCursor, Page};
 use crate::limits::Limits;
 use crate::live::{self, CatchUpError, Cursor, Positioned};
 use crate::mesh::Peer;
@@ -173,6 +175,20 @@ impl ChatService for Node {
         .map_err(|_| "log read failed".to_string())?
         .map_err(|e| e.to_string())?;
         Ok(conv.map(|c| ConversationView::of(&c, &self.agent_name)))
+    }
+
+    fn list_conversations(
+        &self,
+        tenant: &str,
+        user: Option<&str>,
+        after: Option<ListCursor>,
+        limit: usize,
+    ) -> Result<Page, IndexLoading> {
+        if !self.index_loaded.load(Ordering::Relaxed) {
+            return Err(IndexLoading);
+        }
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        Ok(index.list(tenant, user, after, limit))
     }
 
     async fn read_history(&self, id: &str) -> Result<Option<ConversationView>, String> {

@@ -1,0 +1,130 @@
+//! `GET /api/chat/conversations`: each user's conversations, most recent first, paged, from
+//! the conversation index every worker reads — across partitions owned by different workers,
+//! through either worker, and after a worker restarted (its index read again from the topic).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meshchat_tests::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Every page of `token`'s list through `base`, `limit` at a time: (id, messageCount) in order.
+async fn list_all(base: &str, token: &str, limit: usize) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/api/chat/conversations?limit={limit}");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let resp = http().get(&url).bearer_auth(token).send().await?;
+        anyhow::ensure!(resp.status() == 200, "{url}: {}", resp.status());
+        let page: Value = resp.json().await?;
+        let items = page["conversations"].as_array().cloned().unwrap_or_default();
+        anyhow::ensure!(items.len() <= limit);
+        out.extend(items.iter().map(|c| {
+            (
+                c["id"].as_str().unwrap_or_default().to_string(),
+                c["messageCount"].as_u64().unwrap_or(0),
+            )
+        }));
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return Ok(out),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_user_lists_its_conversations_most_recent_first_from_any_worker_and_after_a_restart()
+-> anyhow::Result<()> {
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("convlist");
+    let llm = FakeLlm::start(&[]).await?;
+    let mut workers = start_static(
+        &prefix,
+        &bootstrap,
+        &llm.url,
+        &["0-1", "2-3"],
+        &[("MESHCHAT_PARTITIONS", "4")],
+    )
+    .await?;
+    // ann starts 7 conversations, bob 3; one of ann's gets a second exchange last
+    let (ann, bob) = (
+        auth::jwt("default", "ann", "user"),
+        auth::jwt("default", "bob", "user"),
+    );
+    let mut partitions = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for i in 0..10 {
+        let (who, token) = if i % 3 == 2 { ("bob", &bob) } else { ("ann", &ann) };
+        let conv = format!("{who}-topic-{i}");
+        let p = meshchat_wire::partition_for(&meshchat_wire::conversation_key("default", &conv), 4);
+        *partitions.entry(p).or_insert(0) += 1;
+        let id = send_as(
+            &workers[i % 2].url,
+            token,
+            &conv,
+            who,
+            &format!("[{i}] what about topic {i}?"),
+        )
+        .await?;
+        wait_reply(&workers[0].url, &conv, &id, T).await?;
+        order.insert(0, conv);
+    }
+    println!("conversations per partition: {partitions:?}");
+    assert!(partitions.len() > 1, "spread over partitions of both workers");
+    let again = "ann-topic-0".to_string();
+    let id = send_as(&workers[1].url, &ann, &again, "ann", "and one more thing").await?;
+    wait_reply(&workers[0].url, &again, &id, T).await?;
+    let replied = Instant::now();
+    order.retain(|c| *c != again);
+    order.insert(0, again.clone());
+    let want = |who: &str| -> Vec<(String, u64)> {
+        order
+            .iter()
+            .filter(|c| c.starts_with(who))
+            .map(|c| (c.clone(), if *c == again { 4 } else { 2 }))
+            .collect()
+    };
+    // in the lists once the owners wrote their entries (every second)
+    wait_for("the lists", T, || async {
+        (list_all(&workers[1].url, &ann, 100).await.ok()? == want("ann")).then_some(())
+    })
+    .await?;
+    println!(
+        "the second exchange showed in a list {:?} after its reply",
+        replied.elapsed()
+    );
+    for (base, limit) in [(&workers[0].url, 3), (&workers[1].url, 2), (&workers[0].url, 100)] {
+        assert_eq!(
+            list_all(base, &ann, limit).await?,
+            want("ann"),
+            "{base}, {limit} a page"
+        );
+        assert_eq!(
+            list_all(base, &bob, limit).await?,
+            want("bob"),
+            "{base}, {limit} a page"
+        );
+    }
+    // an admin lists the whole tenant; another tenant sees none of it
+    let all = list_all(&workers[0].url, &auth::admin("root"), 4).await?;
+    assert_eq!(all.len(), 10);
+    assert!(
+        list_all(&workers[0].url, &auth::jwt("acme", "alice", "user"), 10)
+            .await?
+            .is_empty()
+    );
+    // a restarted worker reads the index again
+    workers[1].kill().await?;
+    workers[1].restart().await?;
+    let reread = wait_for("the index read again", T, || async {
+        list_all(&workers[1].url, &ann, 3).await.ok()
+    })
+    .await?;
+    assert_eq!(reread, want("ann"));
+    Ok(())
+}
