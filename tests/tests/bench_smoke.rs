@@ -153,3 +153,25 @@ async fn the_chat_api_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
 }
+
+/// `index-bench --smoke` (conversation lists, part of `make bench`) runs and writes its report:
+/// the worker read every entry written, and both callers paged through their lists.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_index_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let out = smoke("index-bench").await?;
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("index-bench.json"))?)?;
+    assert_eq!(json["conversations"], 5000, "{json}");
+    assert_eq!(
+        json["admin_pages_of_100_ms"]["conversations_seen"], 5000,
+        "50 pages of 100: {json}"
+    );
+    assert_eq!(
+        json["user_pages_of_20_ms"]["conversations_seen"], 1000,
+        "50 full pages of 20 (5 a walk, again and again): {json}"
+    );
+    let md = std::fs::read_to_string(out.join("benchmarks.md"))?;
+    assert!(md.contains("### Conversation lists"), "{md}");
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}

@@ -29,8 +29,10 @@ impl IndexFollower {
     pub async fn follow(&self, stop: CancellationToken) -> Result<(), KafkaError> {
         let topic = self.log.topics().index.clone();
         let partitions = self.log.partitions();
-        let consumer: StreamConsumer =
-            kafka::tail_consumer(self.log.kafka(), kafka::group::INDEX, TailFetch::LongPoll).create()?;
+        let mut cfg = kafka::tail_consumer(self.log.kafka(), kafka::group::INDEX, TailFetch::LongPoll);
+        // records are small and read once: a small prefetch, not librdkafka's 64 MB
+        cfg.set("queued.max.messages.kbytes", "8192");
+        let consumer: StreamConsumer = cfg.create()?;
         let mut ends: HashMap<i32, i64> = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         tokio::task::block_in_place(|| -> Result<(), KafkaError> {
@@ -52,6 +54,8 @@ impl IndexFollower {
             {
                 *self.index.write().unwrap_or_else(|p| p.into_inner()) = table;
                 self.loaded.store(true, Ordering::Relaxed);
+                // the table replaced and the reading's garbage: give the pages back
+                meshchat_heap::release_free_heap();
                 tracing::info!(
                     conversations = self.index.read().map_or(0, |i| i.len()),
                     "conversation index loaded"

@@ -10,6 +10,7 @@ use std::fmt;
 use std::ops::Bound;
 use std::str::FromStr;
 
+use hashbrown::HashTable;
 use meshchat_wire::{IndexEntry, split_key};
 
 /// A place in an ordering: most recent first, ties by a hash of the key (the same on every
@@ -21,10 +22,26 @@ struct Slot {
     key: Box<str>,
     title: Box<str>,
     tenant: u32,
-    participants: Box<[u32]>,
+    participants: Participants,
     last_ms: i64,
     count: u64,
     tie: u64,
+}
+
+/// Users taking part: most conversations have one, kept inline.
+#[derive(Debug)]
+enum Participants {
+    One(u32),
+    Many(Box<[u32]>),
+}
+
+impl Participants {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Participants::One(u) => std::slice::from_ref(u),
+            Participants::Many(us) => us,
+        }
+    }
 }
 
 /// Where a page ended: the next page starts after it.
@@ -91,7 +108,8 @@ pub struct Page {
 pub struct ConversationIndex {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    by_key: HashMap<Box<str>, u32>,
+    /// Slots by key, hashed by their `tie` (the key's hash): no second copy of the key.
+    by_key: HashTable<u32>,
     tenants: Interner,
     users: Interner,
     by_tenant: HashMap<u32, BTreeSet<Rank>>,
@@ -139,11 +157,22 @@ impl ConversationIndex {
         self.by_key.len()
     }
 
+    fn slot_of(&self, key: &str) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_key
+            .find(tie_of(key), |&at| {
+                slots
+                    .get(at as usize)
+                    .is_some_and(|s| s.as_ref().is_some_and(|s| &*s.key == key))
+            })
+            .copied()
+    }
+
     /// Takes an entry of conversation `key`. An entry that says less than the one held (fewer
     /// messages, or as many and older) is an earlier writer's — a deposed owner's — and is
     /// ignored; returns whether it was taken.
     pub fn upsert(&mut self, key: &str, e: &IndexEntry) -> bool {
-        if let Some(&at) = self.by_key.get(key)
+        if let Some(at) = self.slot_of(key)
             && let Some(Some(held)) = self.slots.get(at as usize)
             && (e.message_count, e.last_activity_ms) < (held.count, held.last_ms)
         {
@@ -151,7 +180,10 @@ impl ConversationIndex {
         }
         self.remove(key);
         let tenant = self.tenants.intern(&e.tenant);
-        let participants: Box<[u32]> = e.participants.iter().map(|u| self.users.intern(u)).collect();
+        let participants = match e.participants.as_slice() {
+            [one] => Participants::One(self.users.intern(one)),
+            many => Participants::Many(many.iter().map(|u| self.users.intern(u)).collect()),
+        };
         let slot = Slot {
             key: key.into(),
             title: e.title.as_str().into(),
@@ -170,19 +202,30 @@ impl ConversationIndex {
         };
         let rank = (Reverse(slot.last_ms), slot.tie, at);
         self.by_tenant.entry(tenant).or_default().insert(rank);
-        for &u in &slot.participants {
+        for &u in slot.participants.as_slice() {
             self.by_user.entry((tenant, u)).or_default().insert(rank);
         }
-        self.by_key.insert(key.into(), at);
+        let tie = slot.tie;
         if let Some(s) = self.slots.get_mut(at as usize) {
             *s = Some(slot);
         }
+        // in its slot first: a growing table rehashes every entry, this one included
+        let slots = &self.slots;
+        self.by_key.insert_unique(tie, at, |&s| {
+            slots
+                .get(s as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| s.tie)
+        });
         true
     }
 
     /// Forgets conversation `key` (deleted).
     pub fn remove(&mut self, key: &str) {
-        let Some(at) = self.by_key.remove(key) else { return };
+        let Some(at) = self.slot_of(key) else { return };
+        if let Ok(found) = self.by_key.find_entry(tie_of(key), |&s| s == at) {
+            found.remove();
+        }
         let Some(slot) = self.slots.get_mut(at as usize).and_then(Option::take) else {
             return;
         };
@@ -190,7 +233,7 @@ impl ConversationIndex {
         if let Some(set) = self.by_tenant.get_mut(&slot.tenant) {
             set.remove(&rank);
         }
-        for &u in &slot.participants {
+        for &u in slot.participants.as_slice() {
             if let Some(set) = self.by_user.get_mut(&(slot.tenant, u)) {
                 set.remove(&rank);
             }
@@ -240,6 +283,7 @@ impl ConversationIndex {
             message_count: s.count,
             participants: s
                 .participants
+                .as_slice()
                 .iter()
                 .map(|&u| self.users.name(u).to_string())
                 .collect(),
