@@ -128,3 +128,119 @@ async fn each_user_lists_its_conversations_most_recent_first_from_any_worker_and
     assert_eq!(reread, want("ann"));
     Ok(())
 }
+
+/// `GET /api/chat/conversation/{id}` through `base` as the default tenant's admin: status.
+async fn get_status(base: &str, path: &str) -> anyhow::Result<u16> {
+    let resp = http()
+        .get(format!("{base}{path}"))
+        .bearer_auth(auth::admin("root"))
+        .send()
+        .await?;
+    Ok(resp.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_conversation_is_served_nowhere_and_leaves_tombstones() -> anyhow::Result<()> {
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("convdel");
+    let llm = FakeLlm::start(&[]).await?;
+    let mut workers = start_static(
+        &prefix,
+        &bootstrap,
+        &llm.url,
+        &["0-1", "2-3"],
+        &[("MESHCHAT_PARTITIONS", "4")],
+    )
+    .await?;
+    let ann = auth::jwt("default", "ann", "user");
+    // a conversation node-0 owns, and one that stays
+    let owned =
+        |c: &String| meshchat_wire::partition_for(&meshchat_wire::conversation_key("default", c), 4) < 2;
+    let mut convs = (0..200).map(|i| format!("secret-{i}")).filter(owned);
+    let (conv, kept) = (convs.next().unwrap_or_default(), convs.next().unwrap_or_default());
+    for (c, n) in [(&conv, 3), (&kept, 1)] {
+        for i in 0..n {
+            let id = send_as(&workers[1].url, &ann, c, "ann", &format!("private matter {i}")).await?;
+            wait_reply(&workers[0].url, c, &id, T).await?;
+        }
+    }
+    wait_for("both listed", T, || async {
+        (list_all(&workers[1].url, &ann, 10).await.ok()?.len() == 2).then_some(())
+    })
+    .await?;
+    // deleted through the worker that does not own it: served no more once it answers
+    let resp = http()
+        .delete(format!("{}/api/chat/conversation/{conv}", workers[1].url))
+        .bearer_auth(&ann)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await?);
+    let asked = Instant::now();
+    for w in &workers {
+        for path in [
+            format!("/api/chat/conversation/{conv}"),
+            format!("/api/chat/conversation/{conv}?limit=5"),
+        ] {
+            assert_eq!(get_status(&w.url, &path).await?, 404, "{} {path}", w.url);
+        }
+    }
+    let listed = wait_for("gone from the lists", T, || async {
+        let l = list_all(&workers[1].url, &ann, 10).await.ok()?;
+        (l.len() == 1).then_some(l)
+    })
+    .await?;
+    println!(
+        "gone from the list {:?} after the delete answered",
+        asked.elapsed()
+    );
+    assert_eq!(listed[0].0, kept);
+    // its snapshot and index entry have tombstones; the log keeps its records until retention
+    let key = meshchat_wire::conversation_key("default", &conv);
+    for topic in ["chat.conversations", "chat.index"] {
+        let records = read_topic(&bootstrap, &format!("{prefix}{topic}")).await?;
+        let last = records.iter().rev().find(|r| r.key == key);
+        assert!(
+            last.is_some_and(|r| r.value.is_null()),
+            "{topic}: the last record of {key} is a tombstone"
+        );
+    }
+    // the owner restarted: still gone (no snapshot, the deletion replayed or committed past)
+    workers[0].kill().await?;
+    workers[0].restart().await?;
+    wait_for("the kept conversation served again", T, || async {
+        (get_status(&workers[0].url, &format!("/api/chat/conversation/{kept}"))
+            .await
+            .ok()?
+            == 200)
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(
+        get_status(&workers[0].url, &format!("/api/chat/conversation/{conv}")).await?,
+        404
+    );
+    assert_eq!(
+        get_status(&workers[1].url, &format!("/api/chat/conversation/{conv}")).await?,
+        404
+    );
+    // the same id again: a new conversation, with nothing of the old one
+    let id = send_as(&workers[1].url, &ann, &conv, "ann", "starting over").await?;
+    wait_reply(&workers[0].url, &conv, &id, T).await?;
+    let view: Value = http()
+        .get(format!(
+            "{}/api/chat/conversation/{conv}?limit=100",
+            workers[1].url
+        ))
+        .bearer_auth(&ann)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let contents: Vec<&str> = view["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["content"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(contents.len(), 2, "{view}");
+    assert!(contents.iter().all(|c| !c.contains("private matter")), "{view}");
+    Ok(())
+}

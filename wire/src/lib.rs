@@ -14,11 +14,11 @@ pub mod worker;
 
 pub use partition::{murmur2, partition_for};
 pub use records::{
-    AgentReply, AssignReason, AssignmentTable, CancelRequest, ChatRecord, ConversationSnapshot,
-    DEFAULT_HEARTBEAT_TIMEOUT_MS, EpochFence, FENCE_KEY, HandoffEvent, HandoffStep, IndexEntry,
-    KEYED_ID_PREFIX, KeyedId, LoadReport, MIGRATION_REFUSED, MeshEvent, MigrateRequest, ParticipantAdded,
-    PartitionAssignment, PartitionLoad, PresenceEvent, PresenceKind, Record, RecordError, Refused,
-    RefusedWhy, ReplyChunk, ReplyError, ReplyErrorKind, SCHEMA_VERSION, SnapshotEntry, SystemEvent,
+    AgentReply, AssignReason, AssignmentTable, CancelRequest, ChatRecord, ConversationDeleted,
+    ConversationSnapshot, DEFAULT_HEARTBEAT_TIMEOUT_MS, EpochFence, FENCE_KEY, HandoffEvent, HandoffStep,
+    IndexEntry, KEYED_ID_PREFIX, KeyedId, LoadReport, MIGRATION_REFUSED, MeshEvent, MigrateRequest,
+    ParticipantAdded, PartitionAssignment, PartitionLoad, PresenceEvent, PresenceKind, Record, RecordError,
+    Refused, RefusedWhy, ReplyChunk, ReplyError, ReplyErrorKind, SCHEMA_VERSION, SnapshotEntry, SystemEvent,
     UserMessage, WorkerInfo, decode, encode,
 };
 pub use tenant::{DEFAULT_TENANT, conversation_key, split_key};

@@ -6,9 +6,9 @@ mod index;
 mod mesh;
 
 pub use chat::{
-    AgentReply, CancelRequest, ChatRecord, ConversationSnapshot, EpochFence, FENCE_KEY, KEYED_ID_PREFIX,
-    KeyedId, ParticipantAdded, PresenceEvent, PresenceKind, Refused, RefusedWhy, ReplyChunk, ReplyError,
-    ReplyErrorKind, SnapshotEntry, UserMessage,
+    AgentReply, CancelRequest, ChatRecord, ConversationDeleted, ConversationSnapshot, EpochFence, FENCE_KEY,
+    KEYED_ID_PREFIX, KeyedId, ParticipantAdded, PresenceEvent, PresenceKind, Refused, RefusedWhy, ReplyChunk,
+    ReplyError, ReplyErrorKind, SnapshotEntry, UserMessage,
 };
 pub use index::IndexEntry;
 pub use mesh::{

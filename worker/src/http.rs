@@ -44,7 +44,10 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
     let api = Router::new()
         .route("/api/chat/send", post(chat::send::<S>))
         .route("/api/chat/conversations", get(list::conversations::<S>))
-        .route("/api/chat/conversation/{id}", get(chat::conversation::<S>))
+        .route(
+            "/api/chat/conversation/{id}",
+            get(chat::conversation::<S>).delete(chat::delete::<S>),
+        )
         .route(
             "/api/chat/conversation/{id}/participants",
             post(chat::add_participant::<S>),

@@ -156,6 +156,8 @@ pub enum Applied {
     },
     /// The first reply to a pending message.
     Reply,
+    /// The conversation was deleted: everything before is gone.
+    Deleted,
     /// Already reflected (offset at or below the last applied one).
     Stale,
     /// A reply to a message that is not pending: a duplicate, dropped.
@@ -297,6 +299,12 @@ impl Conversation {
                 }
                 return Applied::Participant { new_participant };
             }
+            ChatRecord::ConversationDeleted(_) => {
+                // a reader of the log: what came before is gone; a later message starts afresh
+                *self = Conversation::new(&self.key);
+                self.last_offset = offset;
+                return Applied::Deleted;
+            }
             ChatRecord::CancelRequest(_) => {
                 // the earliest message before it still waiting for its answer (one refused by a
                 // limit has its error reply coming); marked so that a snapshot, or a new owner
@@ -417,7 +425,8 @@ impl Conversation {
                 ChatRecord::AgentReply(_)
                 | ChatRecord::EpochFence(_)
                 | ChatRecord::ParticipantAdded(_)
-                | ChatRecord::CancelRequest(_) => None,
+                | ChatRecord::CancelRequest(_)
+                | ChatRecord::ConversationDeleted(_) => None,
             })
             .collect()
     }
@@ -617,6 +626,7 @@ pub fn record_time_ms(record: &ChatRecord) -> i64 {
         ChatRecord::AgentReply(r) => r.timestamp,
         ChatRecord::ParticipantAdded(p) => p.timestamp,
         ChatRecord::CancelRequest(c) => c.timestamp,
+        ChatRecord::ConversationDeleted(d) => d.timestamp,
         ChatRecord::EpochFence(_) => return 0,
     };
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
@@ -629,6 +639,7 @@ pub fn record_time(record: &ChatRecord) -> i64 {
         ChatRecord::AgentReply(r) => r.timestamp.unix_timestamp(),
         ChatRecord::ParticipantAdded(p) => p.timestamp.unix_timestamp(),
         ChatRecord::CancelRequest(c) => c.timestamp.unix_timestamp(),
+        ChatRecord::ConversationDeleted(d) => d.timestamp.unix_timestamp(),
         ChatRecord::EpochFence(_) => 0,
     }
 }
@@ -638,7 +649,10 @@ pub fn content_of(record: &ChatRecord) -> &str {
     match record {
         ChatRecord::UserMessage(m) => &m.content,
         ChatRecord::AgentReply(r) => &r.content,
-        ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) | ChatRecord::CancelRequest(_) => "",
+        ChatRecord::EpochFence(_)
+        | ChatRecord::ParticipantAdded(_)
+        | ChatRecord::CancelRequest(_)
+        | ChatRecord::ConversationDeleted(_) => "",
     }
 }
 
@@ -654,6 +668,9 @@ pub struct Store {
     /// their last snapshot (a collision only costs a slower restore: the record's key is
     /// checked).
     evicted: HashMap<u64, (Partition, i64)>,
+    /// Keys of conversations deleted since the last snapshot round: their snapshots and index
+    /// entries get tombstones then.
+    pub deleted: Vec<(Partition, String)>,
 }
 
 /// What the eviction index keys a conversation by.
@@ -678,6 +695,7 @@ impl Store {
                 ..keep
             },
             evicted: HashMap::new(),
+            deleted: Vec::new(),
         }
     }
 
@@ -690,6 +708,22 @@ impl Store {
         let fence = self.fences.get(partition);
         let limit = self.keep;
         let key = record.key();
+        match &record {
+            ChatRecord::ConversationDeleted(_) => {
+                self.conversations.remove(&key);
+                self.evicted.remove(&key_hash(&key));
+                self.deleted.push((partition, key));
+                return Applied::Deleted;
+            }
+            // a reply or a cancel of no conversation here (it was deleted) creates none
+            ChatRecord::AgentReply(_) if !self.conversations.contains_key(&key) => {
+                return Applied::DuplicateReply;
+            }
+            ChatRecord::CancelRequest(_) if !self.conversations.contains_key(&key) => {
+                return Applied::Cancel { target: None };
+            }
+            _ => {}
+        }
         self.conversations
             .entry(key)
             .or_insert_with_key(|key| Conversation::new(key))

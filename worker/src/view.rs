@@ -93,6 +93,16 @@ impl From<&ChatRecord> for MessageView {
                 error: None,
                 cancelled: false,
             },
+            ChatRecord::ConversationDeleted(d) => MessageView {
+                id: d.id.clone(),
+                sender: "system".into(),
+                content: format!("{} deleted the conversation", d.deleted_by),
+                timestamp: d.timestamp,
+                in_reply_to: None,
+                node: None,
+                error: None,
+                cancelled: false,
+            },
         }
     }
 }

@@ -111,7 +111,13 @@ pub fn restore_snapshots(
     let mut latest = HashMap::new();
     for &p in partitions {
         read_partition_with(consumer, topic, p, 0, |raw| {
-            let Some(payload) = raw.payload else { return };
+            let Some(payload) = raw.payload else {
+                // a tombstone: the conversation was deleted (a later snapshot is a new one)
+                if let Some(key) = raw.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) {
+                    latest.remove(key);
+                }
+                return;
+            };
             match decode::<ConversationSnapshot>(&payload) {
                 Ok(s) => keep_newest(&mut latest, s, raw.offset),
                 Err(e) => tracing::warn!(offset = raw.offset, error = %e, "skipping unreadable snapshot"),

@@ -97,6 +97,16 @@ impl Producer {
             .partition(partition)
             .key(key)
             .payload(payload);
+        self.deliver(record).await
+    }
+
+    /// Writes a tombstone (no value: a compacted topic forgets `key`); returns the offset.
+    pub async fn send_tombstone(&self, topic: &str, partition: i32, key: &str) -> Result<i64, KafkaError> {
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).partition(partition).key(key);
+        self.deliver(record).await
+    }
+
+    async fn deliver(&self, record: FutureRecord<'_, str, [u8]>) -> Result<i64, KafkaError> {
         let generation = self.current();
         match generation.producer.send(record, Timeout::Never).await {
             Ok(delivery) => Ok(delivery.offset),

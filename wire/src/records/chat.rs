@@ -23,6 +23,9 @@ pub enum ChatRecord {
     /// Someone asked to stop the reply being generated: the earliest unanswered message before
     /// this record gets a reply with the text so far, marked cancelled.
     CancelRequest(CancelRequest),
+    /// The conversation was erased: nothing of it before this record is served again (its
+    /// snapshot and index entry get tombstones; the log keeps the records until retention).
+    ConversationDeleted(ConversationDeleted),
 }
 
 impl Record for ChatRecord {
@@ -33,6 +36,7 @@ impl Record for ChatRecord {
             ChatRecord::EpochFence(f) => f.v,
             ChatRecord::ParticipantAdded(p) => p.v,
             ChatRecord::CancelRequest(c) => c.v,
+            ChatRecord::ConversationDeleted(d) => d.v,
         }
     }
 }
@@ -47,6 +51,7 @@ impl ChatRecord {
             ChatRecord::EpochFence(_) => FENCE_KEY.to_string(),
             ChatRecord::ParticipantAdded(p) => conversation_key(&p.tenant, &p.conversation_id),
             ChatRecord::CancelRequest(c) => conversation_key(&c.tenant, &c.conversation_id),
+            ChatRecord::ConversationDeleted(d) => conversation_key(&d.tenant, &d.conversation_id),
         }
     }
 
@@ -58,6 +63,7 @@ impl ChatRecord {
             ChatRecord::EpochFence(_) => "",
             ChatRecord::ParticipantAdded(p) => &p.conversation_id,
             ChatRecord::CancelRequest(c) => &c.conversation_id,
+            ChatRecord::ConversationDeleted(d) => &d.conversation_id,
         }
     }
 
@@ -69,6 +75,7 @@ impl ChatRecord {
             ChatRecord::EpochFence(_) => "",
             ChatRecord::ParticipantAdded(p) => &p.id,
             ChatRecord::CancelRequest(c) => &c.id,
+            ChatRecord::ConversationDeleted(d) => &d.id,
         }
     }
 }
@@ -200,6 +207,27 @@ pub struct CancelRequest {
     pub tenant: String,
     /// Who asked.
     pub requested_by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+}
+
+/// A conversation erased by its tenant's admin or a participant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationDeleted {
+    /// Schema version.
+    #[serde(default = "v1")]
+    pub v: u16,
+    /// Record id.
+    pub id: String,
+    /// Conversation id.
+    pub conversation_id: String,
+    /// Tenant (absent for the default tenant).
+    #[serde(default = "default_tenant", skip_serializing_if = "is_default_tenant")]
+    pub tenant: String,
+    /// Who asked.
+    pub deleted_by: String,
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,

@@ -186,6 +186,49 @@ pub async fn cancel<S: ChatService>(
         .into_response())
 }
 
+/// Erases a conversation for its tenant (its admin, or a `user` taking part): a deletion
+/// record goes to its log; its owner forgets it, and tombstones its snapshot and index entry.
+/// 200 once it is served no more (the owner read the deletion), 202 if that takes longer.
+pub async fn delete<S: ChatService>(
+    State(s): State<Arc<S>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    caller.chats()?;
+    check_id("id", &id)?;
+    let who = &caller.who;
+    s.limits().admit_message(&who.tenant, &who.user)?;
+    let key = who.key(&id);
+    may_act_on(&*s, &caller, &key, &id).await?;
+    accepting(&*s)?;
+    let record = meshchat_wire::ConversationDeleted {
+        v: SCHEMA_VERSION,
+        id: format!("del-{}", uuid::Uuid::now_v7().simple()),
+        conversation_id: id.clone(),
+        tenant: who.tenant.clone(),
+        deleted_by: who.user.clone(),
+        timestamp: OffsetDateTime::now_utc(),
+    };
+    store(&*s, ChatRecord::ConversationDeleted(record), "the deletion").await?;
+    let deadline = tokio::time::Instant::now() + DELETE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Err(AppError::NotFound(_)) = read(&*s, &key, &id).await {
+            return Ok(
+                Json(json!({"message": "Conversation deleted", "conversationId": id})).into_response(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message": "Deletion recorded; it applies when the conversation's owner reads it", "conversationId": id})),
+    )
+        .into_response())
+}
+
+/// How long a deletion waits for the conversation's owner to apply it.
+const DELETE_WAIT: Duration = Duration::from_secs(10);
+
 /// An existing conversation of the caller's tenant that the caller may act on: its admin any,
 /// a `user` one it takes part in; anything else is not found.
 async fn may_act_on<S: ChatService>(s: &S, caller: &Caller, key: &str, id: &str) -> Result<(), AppError> {

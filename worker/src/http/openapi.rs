@@ -299,6 +299,25 @@ fn conversations() {}
     ))]
 fn conversation() {}
 
+/// Erases a conversation for its tenant (its admin, or a participant): it is served no more —
+/// not read, listed, paged, resumed or answered; its snapshot and index entry get tombstones.
+/// Its records stay in `chat.messages` (and tokens in `chat.stream`) until retention removes
+/// them (docs/architecture.md, "Deleting a conversation"). The same id may start a new one.
+#[utoipa::path(delete, path = "/api/chat/conversation/{id}", tag = "chat",
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,128}$", example = "conv-123", description = "The conversation")),
+    responses(
+        (status = 200, description = "Deleted: served no more", body = DeleteResponse),
+        (status = 202, description = "Recorded; its owner has not applied it yet", body = DeleteResponse),
+        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The role may not chat", body = ErrorBody),
+        (status = 404, description = "No such conversation for the caller", body = ErrorBody),
+        (status = 429, description = "Over a rate limit", body = ErrorBody),
+        (status = 503, description = "Kafka away or worker draining", body = ErrorBody),
+        (status = 504, description = "Took too long"),
+    ))]
+fn delete_conversation() {}
+
 /// Adds a user to a conversation (its admin; or a participant).
 #[utoipa::path(post, path = "/api/chat/conversation/{id}/participants", tag = "chat",
     request_body = ParticipantBody,
@@ -315,6 +334,16 @@ fn conversation() {}
         (status = 504, description = "Took too long"),
     ))]
 fn participants() {}
+
+/// `DELETE /api/chat/conversation/{id}` answered.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteResponse {
+    /// `Conversation deleted`, or (202) that the deletion is recorded.
+    pub message: String,
+    /// The conversation.
+    pub conversation_id: String,
+}
 
 /// `POST /api/chat/conversation/{id}/cancel` answered.
 #[derive(Serialize, ToSchema)]
@@ -568,8 +597,8 @@ impl Modify for Bearer {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "MeshChat", description = "Chat for LLM agents over a Kafka mesh: the public API of every worker (docs/security.md: identities, tenants, limits)."),
-    paths(send, conversations, conversation, participants, cancel, events, websocket, status, migrate, mesh, ticket, openapi, completions, models, model),
-    components(schemas(CancelResponse, CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, ConversationList, ConversationSummary, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
+    paths(send, conversations, conversation, delete_conversation, participants, cancel, events, websocket, status, migrate, mesh, ticket, openapi, completions, models, model),
+    components(schemas(CancelResponse, DeleteResponse, CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, ConversationList, ConversationSummary, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
     modifiers(&Bearer),
     security(("bearer" = [])),
 )]

@@ -232,7 +232,17 @@ impl ChatService for Fake {
     async fn wake(&self, _key: &str) {}
 
     fn local_conversation(&self, id: &str) -> Local {
-        self.local.get(id).cloned().unwrap_or(Local::NotHere)
+        // the fake owns what it holds: a deletion it recorded applies at once
+        let deleted = self
+            .records
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|r| matches!(r, meshchat_wire::ChatRecord::ConversationDeleted(_)) && r.key() == id);
+        match self.local.get(id) {
+            Some(_) if deleted => Local::Missing,
+            found => found.cloned().unwrap_or(Local::NotHere),
+        }
     }
 
     fn owner_of(&self, id: &str) -> Option<OwnerInfo> {

@@ -133,6 +133,15 @@ pub fn catch_up(
             }
         },
     )?;
+    // a deletion in the range: nothing before it is shown again
+    if let Some(at) = records
+        .iter()
+        .rposition(|(_, r, _)| matches!(r, ChatRecord::ConversationDeleted(_)))
+    {
+        let deleted_at = records[at].0;
+        records.drain(..=at);
+        chunks.retain(|(_, c)| c.user_offset > deleted_at);
+    }
     out.extend(sequence(end.messages, chunks, records, fence));
     Ok(out)
 }

@@ -175,7 +175,11 @@ impl Sequencer {
             }
             // a fence is the partition's; an added participant shows as the owner's `joined`
             // a cancel shows as the reply it ends (marked cancelled)
-            ChatRecord::EpochFence(_) | ChatRecord::ParticipantAdded(_) | ChatRecord::CancelRequest(_) => {}
+            // a deletion ends what was shown: the stream's route refuses the conversation now
+            ChatRecord::EpochFence(_)
+            | ChatRecord::ParticipantAdded(_)
+            | ChatRecord::CancelRequest(_)
+            | ChatRecord::ConversationDeleted(_) => {}
             ChatRecord::AgentReply(ref r) => {
                 let complete = r.chunks == 0
                     || self

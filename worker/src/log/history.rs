@@ -21,9 +21,15 @@ pub fn read_conversation(
     let p = partition_for(key, partitions);
     let mut snapshot = None;
     read_partition(cfg, &topics.conversations, p, 0, |raw| {
-        if raw.key.as_deref() == Some(key.as_bytes())
-            && let Some(payload) = raw.payload
-            && let Ok(s) = decode::<ConversationSnapshot>(&payload)
+        if raw.key.as_deref() != Some(key.as_bytes()) {
+            return;
+        }
+        let Some(payload) = raw.payload else {
+            // a tombstone: the conversation was deleted; what the log holds after is all
+            snapshot = None;
+            return;
+        };
+        if let Ok(s) = decode::<ConversationSnapshot>(&payload)
             && supersedes(&s, snapshot.as_ref())
         {
             snapshot = Some(s);
@@ -94,5 +100,6 @@ fn replay(
             _ => {}
         }
     })?;
-    Ok(conv)
+    // deleted and nothing since: no conversation
+    Ok(conv.filter(|c| !c.entries.is_empty() || !c.participants.is_empty()))
 }

@@ -13,6 +13,9 @@ use crate::metrics::PartitionLabel;
 use crate::ownership::{Epoch, Partition};
 use crate::store::Snapshot;
 
+/// A deleted conversation's partition and key.
+type Deleted = (Partition, String);
+
 // === impl Owner ===
 
 impl Owner {
@@ -36,9 +39,14 @@ impl Owner {
         }
         let partitions = self.log.partitions();
         let max_bytes = self.settings.snapshot_max_bytes;
-        let (snapshots, fences): (Vec<Snapshot>, BTreeMap<Partition, Epoch>) = {
+        let (snapshots, fences, deleted): (Vec<Snapshot>, BTreeMap<Partition, Epoch>, Vec<Deleted>) = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
             let fences = positions.keys().map(|p| (*p, store.fence(*p))).collect();
+            // a partition no longer held: its new owner replays the deletion (not committed yet)
+            let deleted = std::mem::take(&mut store.deleted)
+                .into_iter()
+                .filter(|(p, _)| positions.contains_key(p))
+                .collect();
             let snapshots = store
                 .iter_mut()
                 .filter(|c| c.dirty)
@@ -57,8 +65,9 @@ impl Owner {
                     }
                 })
                 .collect();
-            (snapshots, fences)
+            (snapshots, fences, deleted)
         };
+        self.tombstone(&deleted).await?;
         let topics = self.log.topics();
         let sends = snapshots.iter().map(|s| {
             let key = s.record.key();
@@ -197,6 +206,30 @@ fn lags(ends: &TopicPartitionList, topic: &str, positions: &BTreeMap<i32, i64>) 
             _ => None,
         })
         .collect()
+}
+
+impl Owner {
+    /// Deleted conversations' snapshots and index entries get tombstones (before the commit
+    /// passes their deletion); on failure they are kept for the next round.
+    async fn tombstone(&self, deleted: &[Deleted]) -> Result<(), KafkaError> {
+        let topics = self.log.topics();
+        let sends = deleted.iter().flat_map(|(p, key)| {
+            [&topics.conversations, &topics.index]
+                .map(|topic| async move { self.log.producer().send_tombstone(topic, *p, key).await })
+        });
+        let failed = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .find_map(Result::err);
+        match failed {
+            None => Ok(()),
+            Some(e) => {
+                let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+                store.deleted.extend(deleted.iter().cloned());
+                Err(e)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

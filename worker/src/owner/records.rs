@@ -50,7 +50,10 @@ impl Owner {
         let user = match &record {
             ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
             ChatRecord::ParticipantAdded(p) => Some(p.user_id.clone()),
-            ChatRecord::AgentReply(_) | ChatRecord::EpochFence(_) | ChatRecord::CancelRequest(_) => None,
+            ChatRecord::AgentReply(_)
+            | ChatRecord::EpochFence(_)
+            | ChatRecord::CancelRequest(_)
+            | ChatRecord::ConversationDeleted(_) => None,
         };
         let applied = {
             let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
@@ -107,6 +110,14 @@ impl Owner {
             },
             Applied::Reply => {
                 run.stops.remove(&key);
+            }
+            Applied::Deleted => {
+                // an answer under way stops; its reply, if written, finds no message to answer
+                if let Some(stop) = run.stops.remove(&key) {
+                    stop.cancel();
+                }
+                tracing::info!(partition = p, offset, conversation = %key, "conversation deleted");
+                return Ok(());
             }
             Applied::Stale => {}
         }

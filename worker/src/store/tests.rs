@@ -611,3 +611,52 @@ fn with_interrupt_a_new_message_cancels_the_replies_earlier_ones_wait_for() {
     assert_eq!(interrupts(q.apply(2, user("m2", "ann"), 1, 50, 0)), vec![]);
     assert!(q.refused.is_empty());
 }
+
+fn deleted() -> ChatRecord {
+    ChatRecord::ConversationDeleted(meshchat_wire::ConversationDeleted {
+        v: 1,
+        id: "del-1".into(),
+        conversation_id: "c".into(),
+        tenant: meshchat_wire::DEFAULT_TENANT.into(),
+        deleted_by: "ann".into(),
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    })
+}
+
+#[test]
+fn a_deleted_conversation_is_gone_and_a_later_message_starts_afresh() {
+    let mut s = Store::new(50);
+    s.apply(0, 0, user("m1", "ann"), 1);
+    s.apply(0, 1, reply("m1"), 1);
+    s.apply(0, 2, user("m2", "ann"), 1);
+    assert_eq!(s.apply(0, 3, deleted(), 0), Applied::Deleted);
+    assert!(s.get("c").is_none());
+    assert_eq!(s.deleted, vec![(0, "c".to_string())], "tombstones are due");
+    // m2's reply, written after the deletion, brings nothing back; nor does a cancel
+    assert_eq!(s.apply(0, 4, reply("m2"), 1), Applied::DuplicateReply);
+    assert_eq!(
+        s.apply(0, 5, cancel_request("x"), 0),
+        Applied::Cancel { target: None }
+    );
+    assert!(s.get("c").is_none());
+    s.apply(0, 6, user("m3", "bob"), 1);
+    let c = s.get("c").expect("a new conversation");
+    assert_eq!(
+        (c.entries.len(), c.message_count, c.participants.clone()),
+        (1, 1, vec!["bob".to_string()])
+    );
+    assert_eq!(c.title.as_deref(), Some("question m3"));
+    // a reader of the log applying it all to one conversation ends alike
+    let mut replayed = Conversation::new("c");
+    for (o, r) in [
+        (0, user("m1", "ann")),
+        (1, reply("m1")),
+        (2, user("m2", "ann")),
+        (3, deleted()),
+    ] {
+        replayed.apply(o, r, 1, 50, 0);
+    }
+    assert!(replayed.entries.is_empty() && replayed.participants.is_empty());
+    replayed.apply(6, user("m3", "bob"), 1, 50, 0);
+    assert_eq!(replayed.message_count, 1);
+}

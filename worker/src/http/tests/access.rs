@@ -23,6 +23,9 @@ fn routes() -> Vec<(&'static str, &'static str, Value)> {
             json!({"userId": "x"}),
         ),
         ("POST", "/api/chat/conversation/c/cancel", Value::Null),
+        ("DELETE", "/api/chat/conversation/c", Value::Null),
+        ("GET", "/api/chat/conversations", Value::Null),
+        ("GET", "/api/chat/conversation/c?limit=5", Value::Null),
     ]
 }
 
@@ -470,4 +473,55 @@ async fn a_cancel_is_recorded_for_a_participant_and_the_tenant_admin_only() {
             ("default".into(), "mine".into(), "root".into())
         ]
     );
+}
+
+#[tokio::test]
+async fn a_deletion_is_recorded_for_a_participant_and_the_tenant_admin_only() {
+    let mut f = fake();
+    f.members.insert(("mine".into(), "u".into()), Membership::Member);
+    f.members
+        .insert(("mine".into(), "v".into()), Membership::Stranger);
+    f.members
+        .insert(("acme/mine".into(), "boss".into()), Membership::Missing);
+    f.local.insert("mine".into(), Local::Found(conversation("mine")));
+    let s = Arc::new(f);
+    let delete = |token: &str, conv: &str| {
+        Request::delete(format!("/api/chat/conversation/{conv}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    for (token, conv, why) in [
+        ("k-v", "mine", "another user's conversation"),
+        ("k-acme-admin", "mine", "another tenant's conversation"),
+        ("k-u", "nope", "no such conversation"),
+    ] {
+        let (status, body) = call(&s, delete(token, conv)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{why}: {body}");
+    }
+    let (status, _) = call(&s, delete("k-op", "mine")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        s.records.lock().expect("lock").is_empty(),
+        "nothing recorded for refusals"
+    );
+    // a participant: recorded, and answered once the conversation is served no more
+    let (status, body) = call(&s, delete("k-u", "mine")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "Conversation deleted");
+    let recorded: Vec<(String, String)> = s
+        .records
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|r| match r {
+            meshchat_wire::ChatRecord::ConversationDeleted(d) => {
+                Some((d.conversation_id.clone(), d.deleted_by.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded, vec![("mine".into(), "u".into())]);
+    let (status, _) = call(&s, get("/api/chat/conversation/mine")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
