@@ -276,8 +276,9 @@ pub struct KafkaSpec {
     #[serde(default)]
     #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{0,64}$"))]
     pub topic_prefix: String,
-    /// Partitions of `chat.messages` (and of `chat.conversations`, `chat.stream`). Kafka
-    /// cannot remove partitions, and conversations are placed by partition: it can only grow.
+    /// Partitions of `chat.messages` (and of `chat.conversations`, `chat.stream`,
+    /// `chat.index`). Kafka cannot remove partitions, and conversations are placed by
+    /// partition: it can only grow.
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("partitions cannot shrink (Kafka cannot remove partitions)"))]

@@ -51,6 +51,8 @@ pub struct Log {
     came_back: std::sync::Mutex<Option<Instant>>,
     /// The last mesh event of this worker the broker acknowledged: (partition, offset).
     own_event: std::sync::Mutex<Option<(i32, i64)>>,
+    /// The last `chat.messages` record of this worker the broker acknowledged.
+    own_message: std::sync::Mutex<Option<(i32, i64)>>,
 }
 
 // === impl Log ===
@@ -94,6 +96,7 @@ impl Log {
             reachable: AtomicBool::new(true),
             came_back: std::sync::Mutex::new(None),
             own_event: std::sync::Mutex::new(None),
+            own_message: std::sync::Mutex::new(None),
         })
     }
 
@@ -137,9 +140,23 @@ impl Log {
         let key = record.key();
         let partition = self.partition_of(&key);
         let bytes = encode(record)?;
-        self.producer
+        let offset = self
+            .producer
             .send(&self.topics.messages, partition, &key, &bytes)
-            .await
+            .await?;
+        self.note_own_message(partition, offset);
+        Ok(offset)
+    }
+
+    /// A record this worker wrote to `chat.messages` was acknowledged at `offset` of `partition`:
+    /// its live fan-out must read it back.
+    pub fn note_own_message(&self, partition: i32, offset: i64) {
+        note_latest(&self.own_message, partition, offset);
+    }
+
+    /// The last `chat.messages` record of this worker the broker acknowledged.
+    pub fn own_message(&self) -> Option<(i32, i64)> {
+        *self.own_message.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes a mesh event keyed `key` and waits for the broker.
@@ -147,10 +164,7 @@ impl Log {
         let bytes = encode(event)?;
         let p = partition_for(key, self.events_partitions);
         let offset = self.producer.send(&self.topics.events, p, key, &bytes).await?;
-        let mut own = self.own_event.lock().unwrap_or_else(|e| e.into_inner());
-        if own.is_none_or(|(q, o)| q != p || o < offset) {
-            *own = Some((p, offset));
-        }
+        note_latest(&self.own_event, p, offset);
         Ok(offset)
     }
 
@@ -293,5 +307,13 @@ impl Log {
                 }
             }
         }
+    }
+}
+
+/// Remembers the newest acknowledged record (partition, offset) of this worker in `slot`.
+fn note_latest(slot: &std::sync::Mutex<Option<(i32, i64)>>, partition: i32, offset: i64) {
+    let mut own = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if own.is_none_or(|(q, o)| q != partition || o < offset) {
+        *own = Some((partition, offset));
     }
 }

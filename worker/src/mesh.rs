@@ -3,7 +3,7 @@
 //! reports and handoff steps), and publishes its own load report every heartbeat
 //! (`heartbeat.rs`).
 
-mod echo;
+pub(crate) mod echo;
 mod heartbeat;
 
 pub use heartbeat::Heartbeat;

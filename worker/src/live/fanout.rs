@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::cursor::{Pos, Positioned, Topic};
 use super::{Hub, Sequencer};
 use crate::log::Log;
+use crate::mesh::echo::{ECHO_LIMIT, EchoWatch};
 use crate::ownership::{Fences, Partition};
 use crate::view::LiveEvent;
 
@@ -45,6 +46,11 @@ impl Fanout {
     /// Delivers live events until `stop`.
     pub async fn deliver(&self, stop: CancellationToken) -> Result<(), KafkaError> {
         let (topics, partitions, hub) = (self.log.topics(), self.log.partitions(), &self.hub);
+        if self.ready.load(Ordering::Relaxed) {
+            // started again after a failure: events may have been missed meanwhile; every live
+            // stream ends, and its client resumes from its last event id (read back from the log)
+            hub.close_all();
+        }
         let base = self.log.kafka();
         let group = kafka::group::fanout(&self.node_id);
         // presence events are rare and need no order with the rest: a consumer of their own
@@ -87,12 +93,21 @@ impl Fanout {
         drop(commits);
         consumer.assign(&tpl)?;
         presence.assign(&presence_tpl)?;
+        // given up on a thread of their own: a wedged consumer can block in its close
+        let (consumer, presence) = (
+            kafka::DropOffThread::new(consumer),
+            kafka::DropOffThread::new(presence),
+        );
         // records of chat.messages below these offsets were written before we started: fences only
         let silent_until = position.clone();
         self.ready.store(true, Ordering::Relaxed);
         let mut sequencers: HashMap<String, Sequencer> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut prune = tokio::time::interval(Duration::from_secs(5));
+        // what this worker wrote must come back: else the consumer is wedged (librdkafka can
+        // leave one unable to fetch after the broker was fenced) and a fresh one takes over
+        let mut look = tokio::time::interval(Duration::from_secs(2));
+        let mut echo = EchoWatch::new(ECHO_LIMIT);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
@@ -100,6 +115,13 @@ impl Fanout {
                     let now = Instant::now();
                     for (conv, seq) in sequencers.iter_mut().filter(|(_, s)| s.is_waiting()) {
                         publish(hub, conv, seq.on_tick(now));
+                    }
+                }
+                _ = look.tick() => {
+                    let read: HashMap<i32, i64> = position.iter().map(|(p, next)| (*p, next - 1)).collect();
+                    if echo.observe(Instant::now(), self.log.own_message(), &read) {
+                        tracing::warn!("live delivery stopped reading what this worker wrote; reading again with a fresh Kafka client");
+                        return Err(KafkaError::Timeout { what: "live fan-out reading chat.messages" });
                     }
                 }
                 _ = prune.tick() => {

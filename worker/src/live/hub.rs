@@ -65,6 +65,11 @@ impl Hub {
         }
     }
 
+    /// Ends every live stream (their channels close).
+    pub fn close_all(&self) {
+        lock(&self.channels).clear();
+    }
+
     /// Forgets conversations nobody watches any more; returns those still watched.
     pub fn prune(&self) -> usize {
         let mut map = lock(&self.channels);

@@ -351,7 +351,10 @@ impl Answerer {
                 .send(&self.log.topics().messages, job.partition, &key, &bytes);
             tokio::select! {
                 r = send => match r {
-                    Ok(_) => return Written::Yes,
+                    Ok(offset) => {
+                        self.log.note_own_message(job.partition, offset);
+                        return Written::Yes;
+                    }
                     Err(e) if e.is_permanent() => return Written::Refused(e),
                     Err(e) => tracing::warn!(error = %e, "reply not acknowledged; retrying"),
                 },
