@@ -60,6 +60,22 @@ pub fn http() -> reqwest::Client {
     CLIENT.clone()
 }
 
+/// Conversations `<name>-<n>` of the default tenant, in order, whose partition (of
+/// `partitions`) is in `on`: for a test that wants ones a given worker owns.
+pub fn conversations_on(
+    name: &str,
+    partitions: i32,
+    on: std::ops::Range<i32>,
+) -> impl Iterator<Item = String> {
+    let name = name.to_string();
+    (0..).map(move |n| format!("{name}-{n}")).filter(move |c| {
+        on.contains(&meshchat_wire::partition_for(
+            &meshchat_wire::conversation_key("default", c),
+            partitions,
+        ))
+    })
+}
+
 /// Sends a chat message as `user` (an admin of the default tenant); returns the message id.
 pub async fn send(base: &str, conversation: &str, user: &str, content: &str) -> anyhow::Result<String> {
     send_as(base, &auth::admin(user), conversation, user, content).await

@@ -154,9 +154,7 @@ async fn a_deleted_conversation_is_served_nowhere_and_leaves_tombstones() -> any
     .await?;
     let ann = auth::jwt("default", "ann", "user");
     // a conversation node-0 owns, and one that stays
-    let owned =
-        |c: &String| meshchat_wire::partition_for(&meshchat_wire::conversation_key("default", c), 4) < 2;
-    let mut convs = (0..200).map(|i| format!("secret-{i}")).filter(owned);
+    let mut convs = conversations_on("secret", 4, 0..2);
     let (conv, kept) = (convs.next().unwrap_or_default(), convs.next().unwrap_or_default());
     for (c, n) in [(&conv, 3), (&kept, 1)] {
         for i in 0..n {

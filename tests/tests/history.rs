@@ -61,10 +61,7 @@ async fn a_long_history_pages_back_to_its_first_message_from_any_worker_and_afte
         &[("MESHCHAT_PARTITIONS", "4"), ("MESHCHAT_HISTORY_LIMIT", "6")],
     )
     .await?;
-    let conv = (0..100)
-        .map(|i| format!("long-{i}"))
-        .find(|c| meshchat_wire::partition_for(&meshchat_wire::conversation_key("default", c), 4) < 2)
-        .unwrap_or_default();
+    let conv = conversations_on("long", 4, 0..2).next().unwrap_or_default();
     for i in 0..12 {
         let id = send(&workers[1].url, &conv, "ann", &format!("question {i}")).await?;
         wait_reply(&workers[0].url, &conv, &id, T).await?;

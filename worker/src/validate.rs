@@ -49,6 +49,18 @@ pub struct SendRequest {
 }
 
 /// Checks an id against `[A-Za-z0-9._:-]{1,128}`.
+/// A page size from `?limit=` (`default` when absent): a whole number from 1 to `max`.
+pub fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, FieldError> {
+    match raw {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| FieldError::new("limit", format!("must be a whole number from 1 to {max}"))),
+    }
+}
+
 pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
     if value.is_empty() {
         return Err(FieldError::new(field, "must not be empty"));

@@ -19,7 +19,7 @@ use super::caller::Caller;
 use super::error::{AppError, Body};
 use super::{ChatService, Local, Membership};
 use crate::auth::Role;
-use crate::validate::{FieldError, SendRequest, check_id, parse_participant, parse_send};
+use crate::validate::{FieldError, SendRequest, check_id, parse_limit, parse_participant, parse_send};
 
 /// How long a send waits for the broker's acknowledgement.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -162,13 +162,8 @@ pub async fn cancel<S: ChatService>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    caller.chats()?;
-    check_id("id", &id)?;
+    acting_on(&*s, &caller, &id).await?;
     let who = &caller.who;
-    s.limits().admit_message(&who.tenant, &who.user)?;
-    let key = who.key(&id);
-    may_act_on(&*s, &caller, &key, &id).await?;
-    accepting(&*s)?;
     let record = meshchat_wire::CancelRequest {
         v: SCHEMA_VERSION,
         id: format!("cnc-{}", uuid::Uuid::now_v7().simple()),
@@ -194,13 +189,8 @@ pub async fn delete<S: ChatService>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    caller.chats()?;
-    check_id("id", &id)?;
+    let key = acting_on(&*s, &caller, &id).await?;
     let who = &caller.who;
-    s.limits().admit_message(&who.tenant, &who.user)?;
-    let key = who.key(&id);
-    may_act_on(&*s, &caller, &key, &id).await?;
-    accepting(&*s)?;
     let record = meshchat_wire::ConversationDeleted {
         v: SCHEMA_VERSION,
         id: format!("del-{}", uuid::Uuid::now_v7().simple()),
@@ -228,6 +218,19 @@ pub async fn delete<S: ChatService>(
 
 /// How long a deletion waits for the conversation's owner to apply it.
 const DELETE_WAIT: Duration = Duration::from_secs(10);
+
+/// The key of conversation `id` once the caller may change it: it chats, is within its
+/// message rate, may act on the conversation, and the worker takes writes.
+async fn acting_on<S: ChatService>(s: &S, caller: &Caller, id: &str) -> Result<String, AppError> {
+    caller.chats()?;
+    check_id("id", id)?;
+    let who = &caller.who;
+    s.limits().admit_message(&who.tenant, &who.user)?;
+    let key = who.key(id);
+    may_act_on(s, caller, &key, id).await?;
+    accepting(s)?;
+    Ok(key)
+}
 
 /// An existing conversation of the caller's tenant that the caller may act on: its admin any,
 /// a `user` one it takes part in; anything else is not found.
@@ -377,17 +380,10 @@ fn page_of(query: &HashMap<String, String>) -> Result<Option<(Option<String>, us
     if let Some(b) = &before {
         check_id("before", b)?;
     }
-    let limit = match limit {
-        None => PAGE_DEFAULT,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=PAGE_MAX).contains(n))
-            .ok_or_else(|| {
-                FieldError::new("limit", format!("must be a whole number from 1 to {PAGE_MAX}"))
-            })?,
-    };
-    Ok(Some((before, limit)))
+    Ok(Some((
+        before,
+        parse_limit(limit.map(String::as_str), PAGE_DEFAULT, PAGE_MAX)?,
+    )))
 }
 
 pub(super) async fn read<S: ChatService>(s: &S, key: &str, id: &str) -> Result<ConversationView, AppError> {

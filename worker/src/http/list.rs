@@ -14,7 +14,7 @@ use super::caller::Caller;
 use super::error::AppError;
 use crate::auth::Role;
 use crate::index::ListCursor;
-use crate::validate::FieldError;
+use crate::validate::{FieldError, parse_limit};
 use crate::view::ConversationList;
 
 /// Most conversations one page holds, and how many when `limit` is not given.
@@ -29,16 +29,7 @@ pub async fn conversations<S: ChatService>(
 ) -> Result<Json<ConversationList>, AppError> {
     caller.chats()?;
     let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
-    let limit = match query.get("limit") {
-        None => PAGE_DEFAULT,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=PAGE_MAX).contains(n))
-            .ok_or_else(|| {
-                FieldError::new("limit", format!("must be a whole number from 1 to {PAGE_MAX}"))
-            })?,
-    };
+    let limit = parse_limit(query.get("limit").map(String::as_str), PAGE_DEFAULT, PAGE_MAX)?;
     let after = query
         .get("cursor")
         .map(|c| c.parse::<ListCursor>())
