@@ -279,27 +279,40 @@ impl Log {
 
     /// Asks Kafka for metadata every 3 s until `stop`, marking it (un)reachable.
     pub async fn probe(self: Arc<Self>, stop: CancellationToken) {
-        let consumer = match kafka::manual_consumer(&self.kafka, kafka::group::PROBE).create::<BaseConsumer>()
-        {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create the Kafka probe");
-                self.reachable.store(false, Ordering::Relaxed);
-                return;
-            }
-        };
+        let create = || kafka::manual_consumer(&self.kafka, kafka::group::PROBE).create::<BaseConsumer>();
+        let mut consumer: Option<Arc<BaseConsumer>> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(3));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
-            let (c, t) = (consumer.clone(), self.topics.messages.clone());
+            // a probe that failed asks with a fresh client next time: librdkafka can leave one
+            // unable to fetch metadata for good after the broker was fenced, and a worker that
+            // believes Kafka away refuses every send
+            let c = match consumer.take() {
+                Some(c) => c,
+                None => match create() {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot create the Kafka probe");
+                        self.reachable.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                },
+            };
+            let (probe, t) = (c.clone(), self.topics.messages.clone());
             let reachable = tokio::task::spawn_blocking(move || {
-                c.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok()
+                probe.fetch_metadata(Some(&t), Duration::from_secs(3)).is_ok()
             })
             .await
             .unwrap_or(false);
+            if reachable {
+                consumer = Some(c);
+            } else {
+                // closing a client joins its threads: not on the runtime
+                drop(kafka::DropOffThread::new(c));
+            }
             if self.reachable.swap(reachable, Ordering::Relaxed) != reachable {
                 tracing::warn!(reachable, "Kafka reachability changed");
                 if reachable && let Ok(mut at) = self.came_back.lock() {

@@ -63,13 +63,28 @@ impl ReaderPool {
             _ => Some(c),
         };
         if let Some(c) = surplus {
-            // closing a client joins its threads: not on the take-over's path
-            let spawned = std::thread::Builder::new()
-                .name("reader-close".into())
-                .spawn(move || drop(c));
-            if let Err(e) = spawned {
-                tracing::debug!(error = %e, "closing a surplus reader inline");
-            }
+            Self::close(c);
+        }
+    }
+
+    /// Returns a reader after its read: kept when it worked, closed when it failed (a client
+    /// can come out of a broker's fencing unable to fetch metadata for good; the next take-over
+    /// must not inherit it).
+    pub fn give_after<T, E>(&self, c: BaseConsumer, read: &Result<T, E>) {
+        if read.is_ok() {
+            self.give(c);
+        } else {
+            Self::close(c);
+        }
+    }
+
+    fn close(c: BaseConsumer) {
+        // closing a client joins its threads: not on the take-over's path
+        let spawned = std::thread::Builder::new()
+            .name("reader-close".into())
+            .spawn(move || drop(c));
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "closing a reader inline");
         }
     }
 

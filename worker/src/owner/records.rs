@@ -144,7 +144,7 @@ impl Owner {
         let raw = tokio::task::block_in_place(|| {
             let r = run.readers.take()?;
             let raw = read_one(&r, &topics.conversations, p, snapshot_offset);
-            run.readers.give(r);
+            run.readers.give_after(r, &raw);
             raw
         })?;
         let snapshot = raw

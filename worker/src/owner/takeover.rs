@@ -52,7 +52,7 @@ impl Owner {
                     let snapshots = restore_snapshots(&r, &topics.conversations, &[p])?;
                     Ok::<_, KafkaError>((start, fence, snapshots.into_values().collect::<Vec<_>>()))
                 })();
-                readers.give(r);
+                readers.give_after(r, &read);
                 read
             })
             .await
@@ -101,7 +101,7 @@ impl Owner {
                 tokio::task::spawn_blocking(move || {
                     let r = readers.take()?;
                     let end = r.fetch_watermarks(&topic, p, META_TIMEOUT).map(|(_, high)| high);
-                    readers.give(r);
+                    readers.give_after(r, &end);
                     Ok::<_, KafkaError>(end?)
                 })
                 .await
