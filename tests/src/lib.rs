@@ -13,12 +13,13 @@ pub mod python;
 
 pub use kafka::{PrivateBroker, TopicRecord, broker, committed, end_offsets, produce, read_topic};
 pub use live::{
-    LiveClient, connect_sse, connect_sse_as, connect_sse_from, connect_sse_resuming, connect_ws,
-    connect_ws_as, connect_ws_query, ws_request,
+    LiveClient, connect_sse, connect_sse_as, connect_sse_from, connect_ws, connect_ws_as, connect_ws_query,
+    ws_request,
 };
 pub use mesh::{BalancerProc, Load, MeshOptions, TestMesh, serial, verify_exactly_once, watch_all};
 pub use procs::{
-    FakeLlm, MESH_SECRET, Worker, WorkerSpec, bin, free_ports, start_static, static_peers, unique_prefix,
+    FakeLlm, MESH_SECRET, StaticPair, Worker, WorkerSpec, bin, free_ports, start_static, static_pair,
+    static_peers, unique_prefix,
 };
 
 use std::time::Duration;

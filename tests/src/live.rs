@@ -114,79 +114,36 @@ pub async fn connect_sse_from(
     token: Option<&str>,
     last_id: Option<&str>,
 ) -> anyhow::Result<LiveClient> {
-    sse(base, conversation, token, last_id, false).await
-}
-
-/// Opens the SSE stream of `conversation` as the default tenant's admin and, like a browser's
-/// EventSource, reconnects (to the same worker, with the last event id) whenever it ends.
-pub async fn connect_sse_resuming(base: &str, conversation: &str) -> anyhow::Result<LiveClient> {
-    sse(
-        base,
-        conversation,
-        Some(&crate::auth::admin("harness")),
-        None,
-        true,
-    )
-    .await
-}
-
-async fn sse(
-    base: &str,
-    conversation: &str,
-    token: Option<&str>,
-    last_id: Option<&str>,
-    resume: bool,
-) -> anyhow::Result<LiveClient> {
     let url = format!("{base}/api/chat/conversation/{conversation}/events");
-    let open = {
-        let (url, token) = (url.clone(), token.map(str::to_string));
-        move |last: Option<String>| {
-            let mut request = reqwest::Client::new().get(&url); // no overall timeout: a stream
-            if let Some(t) = &token {
-                request = request.bearer_auth(t);
-            }
-            if let Some(id) = last {
-                request = request.header("last-event-id", id);
-            }
-            request.send()
-        }
-    };
-    let resp = open(last_id.map(str::to_string)).await?;
+    let mut request = reqwest::Client::new().get(&url); // no overall timeout: a stream
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    if let Some(id) = last_id {
+        request = request.header("last-event-id", id);
+    }
+    let resp = request.send().await?;
     if resp.status() != 200 {
         bail!("SSE {url} answered {}", resp.status());
     }
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
+    let mut body = resp.bytes_stream();
     let task = tokio::spawn(async move {
-        let mut resp = Some(resp);
-        let mut last: Option<String> = None;
-        loop {
-            if let Some(r) = resp.take() {
-                let mut body = r.bytes_stream();
-                let mut buf = String::new();
-                while let Some(Ok(chunk)) = body.next().await {
-                    buf.push_str(&String::from_utf8_lossy(&chunk));
-                    while let Some(end) = buf.find("\n\n") {
-                        let frame: String = buf.drain(..end + 2).collect();
-                        for line in frame.lines() {
-                            if let Some(id) = line.strip_prefix("id: ") {
-                                last = Some(id.to_string());
-                            }
-                            if let Some(data) = line.strip_prefix("data: ")
-                                && let Ok(v) = serde_json::from_str::<Value>(data)
-                                && let Ok(mut e) = sink.lock()
-                            {
-                                e.push(v);
-                            }
-                        }
+        let mut buf = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                for line in frame.lines() {
+                    if let Some(data) = line.strip_prefix("data: ")
+                        && let Ok(v) = serde_json::from_str::<Value>(data)
+                        && let Ok(mut e) = sink.lock()
+                    {
+                        e.push(v);
                     }
                 }
             }
-            if !resume {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            resp = open(last.clone()).await.ok().filter(|r| r.status() == 200);
         }
     });
     Ok(LiveClient { events, task })

@@ -175,6 +175,37 @@ pub fn static_peers(specs: &[WorkerSpec], parts: &[&str]) -> String {
         .join(";")
 }
 
+/// Two static workers on the test broker, node-0 owning partitions 0–1 of 4 and node-1 2–3,
+/// with their fake LLM (running while this lives).
+pub struct StaticPair {
+    /// The broker.
+    pub bootstrap: String,
+    /// Their topics' prefix.
+    pub prefix: String,
+    /// Their LLM.
+    pub llm: FakeLlm,
+    /// node-0 and node-1.
+    pub workers: Vec<Worker>,
+}
+
+/// Starts a [`StaticPair`] for `test`, the workers with `env` too.
+pub async fn static_pair(test: &str, env: &[(&str, &str)]) -> anyhow::Result<StaticPair> {
+    let bootstrap = crate::kafka::broker().await?;
+    let prefix = unique_prefix(test);
+    let llm = FakeLlm::start(&[]).await?;
+    let env: Vec<(&str, &str)> = [("MESHCHAT_PARTITIONS", "4")]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    let workers = start_static(&prefix, &bootstrap, &llm.url, &["0-1", "2-3"], &env).await?;
+    Ok(StaticPair {
+        bootstrap,
+        prefix,
+        llm,
+        workers,
+    })
+}
+
 /// Starts workers `node-0`, `node-1`, … owning `parts` statically (one range each, peers of
 /// each other), each with `env` too.
 pub async fn start_static(

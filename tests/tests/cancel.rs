@@ -22,17 +22,12 @@ async fn cancel(base: &str, conversation: &str) -> anyhow::Result<(u16, Value)> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_cancelled_from_another_worker_keeps_its_text_so_far() -> anyhow::Result<()> {
-    let bootstrap = broker().await?;
-    let prefix = unique_prefix("cancel");
-    let llm = FakeLlm::start(&[]).await?;
-    let workers = start_static(
-        &prefix,
-        &bootstrap,
-        &llm.url,
-        &["0-1", "2-3"],
-        &[("MESHCHAT_PARTITIONS", "4")],
-    )
-    .await?;
+    let StaticPair {
+        bootstrap,
+        prefix,
+        llm,
+        workers,
+    } = static_pair("cancel", &[]).await?;
     // a conversation node-0 owns; everything below goes through node-1
     let conv = (0..100)
         .map(|i| format!("story-{i}"))

@@ -40,17 +40,12 @@ async fn list_all(base: &str, token: &str, limit: usize) -> anyhow::Result<Vec<(
 #[tokio::test(flavor = "multi_thread")]
 async fn each_user_lists_its_conversations_most_recent_first_from_any_worker_and_after_a_restart()
 -> anyhow::Result<()> {
-    let bootstrap = broker().await?;
-    let prefix = unique_prefix("convlist");
-    let llm = FakeLlm::start(&[]).await?;
-    let mut workers = start_static(
-        &prefix,
-        &bootstrap,
-        &llm.url,
-        &["0-1", "2-3"],
-        &[("MESHCHAT_PARTITIONS", "4")],
-    )
-    .await?;
+    let StaticPair {
+        bootstrap: _,
+        prefix: _,
+        llm: _llm,
+        mut workers,
+    } = static_pair("convlist", &[]).await?;
     // ann starts 7 conversations, bob 3; one of ann's gets a second exchange last
     let (ann, bob) = (
         auth::jwt("default", "ann", "user"),
@@ -141,17 +136,12 @@ async fn get_status(base: &str, path: &str) -> anyhow::Result<u16> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_conversation_is_served_nowhere_and_leaves_tombstones() -> anyhow::Result<()> {
-    let bootstrap = broker().await?;
-    let prefix = unique_prefix("convdel");
-    let llm = FakeLlm::start(&[]).await?;
-    let mut workers = start_static(
-        &prefix,
-        &bootstrap,
-        &llm.url,
-        &["0-1", "2-3"],
-        &[("MESHCHAT_PARTITIONS", "4")],
-    )
-    .await?;
+    let StaticPair {
+        bootstrap,
+        prefix,
+        llm: _llm,
+        mut workers,
+    } = static_pair("convdel", &[]).await?;
     let ann = auth::jwt("default", "ann", "user");
     // a conversation node-0 owns, and one that stays
     let mut convs = conversations_on("secret", 4, 0..2);

@@ -50,17 +50,12 @@ async fn page_back(base: &str, conv: &str, limit: usize) -> anyhow::Result<(Vec<
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_history_pages_back_to_its_first_message_from_any_worker_and_after_a_restart()
 -> anyhow::Result<()> {
-    let bootstrap = broker().await?;
-    let prefix = unique_prefix("history");
-    let llm = FakeLlm::start(&[]).await?;
-    let mut workers = start_static(
-        &prefix,
-        &bootstrap,
-        &llm.url,
-        &["0-1", "2-3"],
-        &[("MESHCHAT_PARTITIONS", "4"), ("MESHCHAT_HISTORY_LIMIT", "6")],
-    )
-    .await?;
+    let StaticPair {
+        bootstrap,
+        prefix,
+        llm: _llm,
+        mut workers,
+    } = static_pair("history", &[("MESHCHAT_HISTORY_LIMIT", "6")]).await?;
     let conv = conversations_on("long", 4, 0..2).next().unwrap_or_default();
     for i in 0..12 {
         let id = send(&workers[1].url, &conv, "ann", &format!("question {i}")).await?;

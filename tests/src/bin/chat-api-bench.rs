@@ -44,17 +44,12 @@ async fn main() -> anyhow::Result<()> {
     if args.smoke {
         args.cancels = 5;
     }
-    let bootstrap = broker().await?;
-    let llm = FakeLlm::start(&[]).await?;
-    let prefix = unique_prefix("chat-api-bench");
-    let workers = start_static(
-        &prefix,
-        &bootstrap,
-        &llm.url,
-        &["0-1", "2-3"],
-        &[("MESHCHAT_PARTITIONS", "4")],
-    )
-    .await?;
+    let StaticPair {
+        bootstrap: _,
+        prefix: _,
+        llm,
+        workers,
+    } = static_pair("chat-api-bench", &[]).await?;
     let (owner, other) = (&workers[0].url, &workers[1].url);
     let owned =
         |c: &String| meshchat_wire::partition_for(&meshchat_wire::conversation_key("default", c), 4) < 2;

@@ -47,12 +47,12 @@ impl Owner {
         let failed: Vec<&String> = futures::future::join_all(sends)
             .await
             .into_iter()
-            .filter_map(|(key, r)| {
-                r.map_err(
-                    |e| tracing::warn!(conversation = %key, error = %e, "index entry not written; retrying"),
-                )
-                .err()
-                .map(|()| key)
+            .filter_map(|(key, r)| match r {
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(conversation = %key, error = %e, "index entry not written; retrying");
+                    Some(key)
+                }
             })
             .collect();
         if !failed.is_empty() {
