@@ -99,6 +99,7 @@ bench:
 	  $(CARGO_TARGET_DIR)/release/chat-api-bench --out $(BENCH_OUT) || status=$$?; \
 	  MESHCHAT_TEST_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
 	  $(CARGO_TARGET_DIR)/release/index-bench --out $(BENCH_OUT) || status=$$?; \
+	  $(CARGO_TARGET_DIR)/release/live-bench --out $(BENCH_OUT) || status=$$?; \
 	  scripts/kafka.sh stop $(TEST_KAFKA_PORT) $(TEST_KAFKA_DIR); exit $$status
 
 clean:

@@ -80,6 +80,17 @@ Configuration:
       - { name: org.apache.kafka, level: WARN }
       - { name: state.change.logger, level: WARN }
 LOG
+  # KAFKA_REQUEST_LOG=1: every answered request, one JSON line each, in logs/requests.log
+  # (the benchmarks count the fetches and bytes live delivery costs the broker from it)
+  if [ "${KAFKA_REQUEST_LOG:-0}" = 1 ]; then
+    cat >>"$dir/log4j2.yaml" <<'LOG'
+      - name: kafka.request.logger
+        level: DEBUG
+        additivity: false
+        AppenderRef: [ { ref: REQUESTS } ]
+LOG
+    sed -i 's|^    Console: .*|&\n    File: { name: REQUESTS, fileName: "${sys:kafka.logs.dir}/requests.log", PatternLayout: { pattern: "%m%n" } }|' "$dir/log4j2.yaml"
+  fi
 }
 
 start() {

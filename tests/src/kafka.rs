@@ -199,6 +199,20 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts one on free ports (`scripts/kafka.sh start`; ~10 s).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Starts one that logs every request it answers in [`Self::request_log`].
+    pub async fn logging_requests() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// Where a broker started with [`Self::logging_requests`] logs them: one JSON line each.
+    pub fn request_log(&self) -> std::path::PathBuf {
+        self.dir.join("logs").join("requests.log")
+    }
+
+    async fn start_with(log_requests: bool) -> anyhow::Result<Self> {
         let port = crate::free_ports(2)?;
         let dir = std::env::temp_dir().join(format!("meshchat-kafka-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -212,6 +226,7 @@ impl PrivateBroker {
                 .arg(script)
                 .args(["start", &p])
                 .arg(&d)
+                .env("KAFKA_REQUEST_LOG", if log_requests { "1" } else { "0" })
                 .output()
         })
         .await??;

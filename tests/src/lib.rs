@@ -61,6 +61,22 @@ pub fn http() -> reqwest::Client {
     CLIENT.clone()
 }
 
+/// The value of the gauge `name` on the worker whose internal listener is `internal_url`.
+pub async fn gauge(internal_url: &str, name: &str) -> Option<i64> {
+    let text = http()
+        .get(format!("{internal_url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Conversations `<name>-<n>` of the default tenant, in order, whose partition (of
 /// `partitions`) is in `on`: for a test that wants ones a given worker owns.
 pub fn conversations_on(

@@ -175,3 +175,24 @@ async fn the_index_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
 }
+
+/// `live-bench --smoke` (live delivery's broker cost with 1, 3 and 6 workers, part of `make
+/// bench`) runs and writes its report: with every message's watcher on any worker, the record
+/// bytes live delivery fetched equal those produced into its topics — each record read once —
+/// whatever the number of workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_delivery_benchmark_runs_in_smoke_mode() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let out = smoke("live-bench").await?;
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("live-bench.json"))?)?;
+    let rows = json["per_message"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 6, "two paces × 1, 3, 6 workers: {json}");
+    for row in &rows {
+        let read_once = row["live_bytes_over_produced"].as_f64().unwrap_or(f64::NAN);
+        assert!((read_once - 1.0).abs() < 1e-9, "each record fetched once: {row}");
+    }
+    let md = std::fs::read_to_string(out.join("benchmarks.md"))?;
+    assert!(md.contains("### Live delivery's broker cost"), "{md}");
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}

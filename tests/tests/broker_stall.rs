@@ -36,8 +36,10 @@ async fn static_workers_store_and_answer_again_after_the_broker_stalls() -> anyh
         &[("MESHCHAT_PARTITIONS", "8")],
     )
     .await?;
+    let watchers = watch_through_the_stall(&workers).await?;
     let accepted = stall_under_traffic(&broker, &workers).await?;
-    every_worker_answers_again(&workers).await?;
+    let sent = every_worker_answers_again(&workers).await?;
+    each_watcher_streams_a_reply(&watchers, &sent).await?;
     each_stored_message_answered_once(&broker, &prefix, accepted).await?;
     no_worker_restarted(&workers).await
 }
@@ -56,11 +58,13 @@ async fn a_dynamic_mesh_stores_and_answers_again_after_the_broker_stalls() -> an
         },
     )
     .await?;
+    let watchers = watch_through_the_stall(&mesh.workers).await?;
     let accepted = stall_under_traffic(&broker, &mesh.workers).await?;
     // heartbeats stopped with the broker: the balancer may have moved partitions meanwhile;
     // they all end up held, each once
     mesh.wait_all_live(RECOVERY).await?;
-    every_worker_answers_again(&mesh.workers).await?;
+    let sent = every_worker_answers_again(&mesh.workers).await?;
+    each_watcher_streams_a_reply(&watchers, &sent).await?;
     each_stored_message_answered_once(&broker, &mesh.prefix, accepted).await?;
     no_worker_restarted(&mesh.workers).await
 }
@@ -108,8 +112,48 @@ async fn stall_under_traffic(broker: &PrivateBroker, workers: &[Worker]) -> anyh
     Ok(accepted)
 }
 
-/// Each worker accepts a send on every conversation again, and each is answered.
-async fn every_worker_answers_again(workers: &[Worker]) -> anyhow::Result<()> {
+/// A live stream on each worker, open through the stall: worker `w` watches `conv(w)` (owned by
+/// either worker: relayed or read by its own fan-out).
+async fn watch_through_the_stall(workers: &[Worker]) -> anyhow::Result<Vec<(String, LiveClient)>> {
+    let token = auth::admin("watcher");
+    let mut out = Vec::new();
+    for (w, worker) in workers.iter().enumerate() {
+        out.push((
+            conv(w),
+            connect_sse_from(&worker.url, &conv(w), Some(&token), None).await?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The streams opened before the stall, never reconnected by their clients, carry the replies
+/// to messages sent after it: each worker went on from its client's last event, wherever the
+/// conversation was served again.
+async fn each_watcher_streams_a_reply(
+    watchers: &[(String, LiveClient)],
+    sent: &[(String, String, String)],
+) -> anyhow::Result<()> {
+    for (w, (c, client)) in watchers.iter().enumerate() {
+        let ids: Vec<&str> = sent
+            .iter()
+            .filter(|(_, sc, _)| sc == c)
+            .map(|(_, _, id)| id.as_str())
+            .collect();
+        client
+            .wait(
+                &format!("worker {w}'s stream of {c} to show a reply sent after the stall"),
+                RECOVERY,
+                |e| e["type"] == "reply" && ids.iter().any(|id| e["message"]["inReplyTo"] == *id),
+            )
+            .await?;
+    }
+    println!("every worker's stream opened before the stall showed a reply sent after it");
+    Ok(())
+}
+
+/// Each worker accepts a send on every conversation again, and each is answered; returns the
+/// sends (worker URL, conversation, message id).
+async fn every_worker_answers_again(workers: &[Worker]) -> anyhow::Result<Vec<(String, String, String)>> {
     let started = Instant::now();
     let mut sent = Vec::new();
     for (w, worker) in workers.iter().enumerate() {
@@ -139,7 +183,7 @@ async fn every_worker_answers_again(workers: &[Worker]) -> anyhow::Result<()> {
         "every worker answered on every conversation {:?} after the traffic ended",
         started.elapsed()
     );
-    Ok(())
+    Ok(sent)
 }
 
 /// Ground truth: every user message in the log — those sent through the stall included,

@@ -287,17 +287,7 @@ async fn send_raw(
 
 /// The worker's `meshchat_live_streams` gauge.
 async fn live_streams(w: &Worker) -> Option<i64> {
-    let text = http()
-        .get(format!("{}/metrics", w.internal_url))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("meshchat_live_streams "))
-        .and_then(|v| v.trim().parse().ok())
+    gauge(&w.internal_url, "meshchat_live_streams").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -235,3 +235,63 @@ async fn a_client_resumes_after_the_partition_moved_mid_reply() -> anyhow::Resul
     .await?;
     Ok(())
 }
+
+/// The client watches through a worker that does not own the conversation (its events are
+/// relayed by the owner) and keeps its one connection while `disrupt` takes the owner away
+/// mid-reply: its worker goes on from the client's last event wherever the conversation is
+/// served then, so the same stream carries the whole reply, no id twice.
+async fn relayed_through_a_disruption(
+    mesh: &mut TestMesh,
+    conv: &str,
+    watch_at: usize,
+    disrupt: impl AsyncFnOnce(&mut TestMesh) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let base = mesh.workers[watch_at].url.clone();
+    let client = watch(Via::Sse, &base, conv, None).await?;
+    let message = send(&base, conv, "ann", SLOW).await?;
+    client
+        .wait("three tokens", T, |_| tokens_of(&client.events(), &message) >= 3)
+        .await?;
+    disrupt(mesh).await?;
+    client
+        .wait("the reply on the same stream", T, |e| {
+            e["type"] == "reply" && e["message"]["inReplyTo"] == message
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (tokens, _) = check(&client.events(), &[], &message);
+    println!("one stream: {tokens} tokens, ids unique, text whole");
+    let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
+    assert_eq!(Tally::of(&log).outcome(&[message]), (1, 0, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_stream_goes_on_when_the_owner_is_killed_mid_reply() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mut mesh = mesh("relay-kill").await?;
+    let (conv, _) = owned_by(&mesh, 0, "relay-killed").await;
+    relayed_through_a_disruption(&mut mesh, &conv, 1, async |mesh| mesh.workers[0].kill().await).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_stream_follows_its_conversation_when_the_partition_moves_mid_reply() -> anyhow::Result<()>
+{
+    let _serial = serial().await;
+    let mut mesh = mesh("relay-move").await?;
+    let (conv, p) = owned_by(&mesh, 0, "relay-moved").await;
+    relayed_through_a_disruption(&mut mesh, &conv, 2, async |mesh| {
+        let moved = http()
+            .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
+            .bearer_auth(auth::operator())
+            .json(&serde_json::json!({"targetNode": "node-1", "partitions": [p]}))
+            .send()
+            .await?;
+        assert_eq!(moved.status(), 200);
+        wait_for("the move", T, || async {
+            mesh.owned(1).await.filter(|o| o.contains(&p)).map(|_| ())
+        })
+        .await
+    })
+    .await
+}

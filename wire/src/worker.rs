@@ -30,6 +30,9 @@ pub mod paths {
     /// Whether a user takes part in a conversation, asked of its owner
     /// (`GET {MEMBERSHIP}/{key}?user=…`).
     pub const MEMBERSHIP: &str = "/internal/membership";
+    /// A conversation's live events, relayed to a peer whose clients watch it:
+    /// `GET /internal/live/{tenant}/{id}?after=<event id>` (SSE).
+    pub const LIVE_RELAY: &str = "/internal/live";
 }
 
 /// Environment variables the operator sets on a worker.

@@ -7,6 +7,7 @@ mod agent;
 mod caller;
 mod chat;
 mod error;
+mod feed;
 mod health;
 mod internal;
 mod list;
@@ -119,6 +120,10 @@ pub fn internal_app<S: ChatService>(service: Arc<S>) -> Router {
         .route(
             &format!("{}/{{*key}}", paths::MEMBERSHIP),
             get(internal::membership::<S>),
+        )
+        .route(
+            &format!("{}/{{*key}}", paths::LIVE_RELAY),
+            get(internal::live::<S>),
         )
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .layer(TraceLayer::new_for_http())

@@ -51,8 +51,8 @@ pub struct Log {
     came_back: std::sync::Mutex<Option<Instant>>,
     /// The last mesh event of this worker the broker acknowledged: (partition, offset).
     own_event: std::sync::Mutex<Option<(i32, i64)>>,
-    /// The last `chat.messages` record of this worker the broker acknowledged.
-    own_message: std::sync::Mutex<Option<(i32, i64)>>,
+    /// The last `chat.messages` record of this worker the broker acknowledged, per partition.
+    own_messages: std::sync::Mutex<std::collections::HashMap<i32, i64>>,
 }
 
 // === impl Log ===
@@ -96,7 +96,7 @@ impl Log {
             reachable: AtomicBool::new(true),
             came_back: std::sync::Mutex::new(None),
             own_event: std::sync::Mutex::new(None),
-            own_message: std::sync::Mutex::new(None),
+            own_messages: std::sync::Mutex::default(),
         })
     }
 
@@ -151,12 +151,15 @@ impl Log {
     /// A record this worker wrote to `chat.messages` was acknowledged at `offset` of `partition`:
     /// its live fan-out must read it back.
     pub fn note_own_message(&self, partition: i32, offset: i64) {
-        note_latest(&self.own_message, partition, offset);
+        let mut own = self.own_messages.lock().unwrap_or_else(|e| e.into_inner());
+        let last = own.entry(partition).or_insert(offset);
+        *last = (*last).max(offset);
     }
 
-    /// The last `chat.messages` record of this worker the broker acknowledged.
-    pub fn own_message(&self) -> Option<(i32, i64)> {
-        *self.own_message.lock().unwrap_or_else(|e| e.into_inner())
+    /// The last `chat.messages` record of this worker the broker acknowledged in `partition`.
+    pub fn own_message_in(&self, partition: i32) -> Option<i64> {
+        let own = self.own_messages.lock().unwrap_or_else(|e| e.into_inner());
+        own.get(&partition).copied()
     }
 
     /// Publishes a mesh event keyed `key` and waits for the broker.

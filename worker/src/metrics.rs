@@ -53,6 +53,8 @@ pub struct Metrics {
     pub consumer_lag: Family<PartitionLabel, Gauge>,
     /// Live streams (WebSocket, SSE) open.
     pub live_streams: Gauge,
+    /// Partitions this worker's live fan-out reads (those its subscribers watch).
+    pub live_partitions: Gauge,
     /// Conversations held in memory.
     pub conversations_resident: Gauge,
     /// Conversations of held partitions evicted from memory (they come back on use).
@@ -78,6 +80,7 @@ impl Metrics {
             llm_failures: Counter::default(),
             consumer_lag: Family::default(),
             live_streams: Gauge::default(),
+            live_partitions: Gauge::default(),
             conversations_resident: Gauge::default(),
             conversations_evicted: Gauge::default(),
             producer_replacements: Gauge::default(),
@@ -116,6 +119,11 @@ impl Metrics {
             "live_streams",
             "Live streams (WebSocket, SSE) open",
             m.live_streams.clone(),
+        );
+        r.register(
+            "live_partitions",
+            "Partitions the live fan-out reads (those its own and relayed subscribers watch)",
+            m.live_partitions.clone(),
         );
         r.register(
             "conversations_resident",

@@ -50,6 +50,7 @@ pub struct Node {
     registry: Registry,
     metrics: Metrics,
     client: reqwest::Client,
+    relay_client: reqwest::Client,
     started: Instant,
     drain: Drain,
     auth: Authenticator,
@@ -295,6 +296,10 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
         metrics,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .build()?,
+        // relayed live streams last as long as their clients: no overall timeout
+        relay_client: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
             .build()?,
         started: Instant::now(),
         drain,

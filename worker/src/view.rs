@@ -226,7 +226,7 @@ impl From<crate::index::Page> for ConversationList {
 }
 
 /// An event on a live stream (WebSocket text frame or SSE `data:`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum LiveEvent {
     /// A user message entered the conversation.

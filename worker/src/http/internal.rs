@@ -14,9 +14,17 @@ use meshchat_wire::split_key;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+
 use super::caller::bearer;
 use super::error::AppError;
+use super::feed::{Feed, FeedNext};
+use super::stream::open_failed;
 use super::{ChatService, Local, Membership};
+use crate::live::{Cursor, FROM_HEADER, KEEP_ALIVE, Relayed};
+use crate::validate::FieldError;
 use crate::validate::check_id;
 
 /// Whether the request carries `Authorization: Bearer <mesh secret>`. Compared in constant time.
@@ -134,3 +142,62 @@ pub async fn membership<S: ChatService>(
     };
     Ok(Json(json!({"membership": membership})).into_response())
 }
+
+/// `GET /internal/live/{key}?after=<event id>`: a conversation's live events for a peer whose
+/// clients watch it (SSE; each event names its record, see `live::Relayed`). Read by this
+/// worker's fan-out, never relayed again. The stream ends when this worker's fan-out restarts,
+/// when the peer falls behind, and once another worker has owned the conversation for a while:
+/// the peer then goes on from its last event wherever the conversation is served.
+pub async fn live<S: ChatService>(
+    State(s): State<Arc<S>>,
+    Path(key): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    from_peer(&*s, &headers)?;
+    check_key(&key)?;
+    let after = query
+        .get("after")
+        .map(|a| {
+            a.parse::<Cursor>()
+                .map_err(|e| FieldError::new("after", e.to_string()))
+        })
+        .transpose()?;
+    let mut feed = Feed::open(&s, &key, after, false)
+        .await
+        .map_err(|e| open_failed(e, "after"))?;
+    let from = feed.position();
+    let (shutdown, me) = (s.closing(), s.settings().node_id.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
+    tokio::spawn(async move {
+        let mut look = tokio::time::interval(OWNER_LOOK);
+        let mut elsewhere = 0;
+        loop {
+            let event = tokio::select! {
+                e = feed.next() => e,
+                _ = look.tick() => {
+                    let moved = s.owner_of(&key).is_some_and(|o| o.node_id != me);
+                    elsewhere = if moved { elsewhere + 1 } else { 0 };
+                    // twice in a row: the new owner has had time to hear of it too
+                    if elsewhere >= 2 {
+                        return;
+                    }
+                    continue;
+                }
+                () = shutdown.cancelled() => return,
+                () = tx.closed() => return,
+            };
+            let FeedNext::Event(e, id) = event else { return };
+            let ev = Event::default().id(id.to_string()).data(Relayed::encode(&e));
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
+    Ok(([(FROM_HEADER, from.to_string())], body).into_response())
+}
+
+/// How often a relayed stream looks whether its conversation moved to another worker.
+const OWNER_LOOK: std::time::Duration = std::time::Duration::from_secs(5);

@@ -18,14 +18,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::sync::broadcast::Receiver;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::ChatService;
 use super::caller::Caller;
 use super::chat::{accept, idempotency_key, read};
 use super::error::{AppError, Body};
-use crate::live::Positioned;
+use super::feed::{Feed, FeedNext};
+use super::stream::open_failed;
 use crate::validate::{FieldError, SendRequest, check_id, conversation_of_user, parse_completion};
 use crate::view::{LiveEvent, MessageView};
 
@@ -116,8 +115,10 @@ async fn complete<S: ChatService>(
     let key = who.key(&conversation);
     // a held connection is a stream: it counts against the caller's and the tenant's caps
     let permit = s.limits().open_stream(&who.tenant, &who.user)?;
-    // subscribed before the message is stored, so none of its reply's events is missed
-    let (rx, _) = s.subscribe(&key);
+    // the feed starts before the message is stored, so none of its reply's events is missed
+    let feed = Feed::open(&s, &key, None, true)
+        .await
+        .map_err(|e| open_failed(e, "after"))?;
     let send = SendRequest {
         conversation_id: conversation.clone(),
         user_id: None,
@@ -127,7 +128,7 @@ async fn complete<S: ChatService>(
     let (message_id, _) = accept(&*s, &caller, keyed, send).await?;
     let follow = Follow {
         service: s,
-        rx,
+        feed,
         key,
         conversation,
         message_id,
@@ -193,13 +194,13 @@ enum Step {
 /// Follows the answer to `message_id` in conversation `key`.
 struct Follow<S: ChatService> {
     service: Arc<S>,
-    rx: Receiver<Arc<Positioned>>,
+    feed: Feed<S>,
     key: String,
     conversation: String,
     message_id: String,
     /// When the conversation was last looked at; `None`: look now.
     looked: Option<tokio::time::Instant>,
-    /// The live events still come (the hub closes a channel only when the worker goes).
+    /// The live events still come.
     live: bool,
 }
 
@@ -211,7 +212,7 @@ impl<S: ChatService> Follow<S> {
                 .looked
                 .map_or_else(tokio::time::Instant::now, |t| t + LOOK_EVERY);
             let event = tokio::select! {
-                e = self.rx.recv(), if self.live => e,
+                e = self.feed.next(), if self.live => e,
                 () = tokio::time::sleep_until(look_at) => {
                     self.looked = Some(tokio::time::Instant::now());
                     if let Some(reply) = self.look().await {
@@ -231,7 +232,7 @@ impl<S: ChatService> Follow<S> {
                 }
             };
             match event {
-                Ok(e) => match &e.event {
+                FeedNext::Event(e, _) => match &e.event {
                     LiveEvent::Token {
                         in_reply_to,
                         delta,
@@ -249,8 +250,8 @@ impl<S: ChatService> Follow<S> {
                     _ => {}
                 },
                 // events were missed: the conversation says whether the reply is there
-                Err(RecvError::Lagged(_)) => self.looked = None,
-                Err(RecvError::Closed) => {
+                FeedNext::Lagged(_) => self.looked = None,
+                FeedNext::End => {
                     self.live = false;
                     self.looked = None;
                 }

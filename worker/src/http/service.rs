@@ -20,7 +20,7 @@ use crate::auth::Authenticator;
 use crate::drain::{Drained, UndoRefused};
 use crate::index::{ListCursor, Page};
 use crate::limits::Limits;
-use crate::live::{CatchUpError, Cursor, Positioned};
+use crate::live::{CatchUpError, Cursor, NotServing, Positioned, Relay};
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition};
 use crate::view::ConversationView;
@@ -221,8 +221,21 @@ pub trait ChatService: Send + Sync + 'static {
     -> impl Future<Output = Result<Option<ConversationView>, String>> + Send;
 
     /// This worker's live events of `conversation` from now on, and where now is in the
-    /// conversation's logs (a new client's position).
-    fn subscribe(&self, conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor);
+    /// conversation's logs (a new client's position). The first subscriber of a partition waits
+    /// until this worker's fan-out reads it.
+    fn subscribe(
+        &self,
+        conversation: &str,
+    ) -> impl Future<Output = Result<(broadcast::Receiver<Arc<Positioned>>, Cursor), NotServing>> + Send;
+
+    /// The live events of the conversation keyed `key` relayed by the worker whose internal
+    /// listener is at `url` (its owner), after `after` or from its now.
+    fn relay(
+        &self,
+        url: &str,
+        key: &str,
+        after: Option<Cursor>,
+    ) -> impl Future<Output = Result<Relay, String>> + Send;
 
     /// The events of `conversation` at or after `from`, read back from the log up to its end
     /// now (a resume; subscribe first, then merge: see `live::Cursor`).

@@ -11,7 +11,7 @@
 //! until the conversation's first message arrives, and ends if someone else sent it: a
 //! conversation started by another user is not this user's to watch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,16 +24,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, Stream, StreamExt};
 use meshchat_wire::PresenceKind;
-use tokio::sync::broadcast::Receiver;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::caller::{Caller, LiveCaller, WS_PROTOCOL};
 use super::chat::may_take_part;
 use super::error::AppError;
+use super::feed::{Feed, FeedNext, OpenError};
 use super::{ChatService, Membership};
 use crate::auth::Role;
 use crate::limits::StreamPermit;
-use crate::live::{CatchUpError, Cursor, Merge, Positioned};
+use crate::live::{CatchUpError, Cursor, Positioned};
 use crate::validate::{FieldError, check_id};
 use crate::view::LiveEvent;
 
@@ -121,11 +120,8 @@ pub async fn sse<S: ChatService>(
 
 /// One caller's view of a conversation's live events.
 struct Watch<S: ChatService> {
-    rx: Receiver<Arc<Positioned>>,
-    /// Events read back from the log for a resume, sent before live ones.
-    stored: VecDeque<Arc<Positioned>>,
-    /// Where the client stands: what it was sent, stored or live, is not sent again.
-    merge: Merge,
+    /// Its events, each once, from wherever they are served.
+    feed: Feed<S>,
     /// This stream's place among the caller's, the tenant's and the worker's.
     _permit: StreamPermit,
     /// Set while a `user` watches a conversation that did not exist: the user whose message
@@ -155,6 +151,19 @@ fn resume_point(
     raw.parse()
         .map(|c| Some((c, field)))
         .map_err(|e: crate::live::BadCursor| FieldError::new(field, e.to_string()))
+}
+
+/// A feed that could not start, as the caller is told (`field` named the resume point).
+pub(super) fn open_failed(e: OpenError, field: &str) -> AppError {
+    match e {
+        OpenError::CatchUp(e @ CatchUpError::Beyond { .. }) => {
+            AppError::Field(FieldError::new(field, e.to_string()))
+        }
+        OpenError::CatchUp(CatchUpError::Kafka(e)) => {
+            AppError::Unavailable(format!("reading the conversation back: {e}"))
+        }
+        OpenError::NotServing(e) => AppError::Unavailable(e.to_string()),
+    }
 }
 
 /// An event as sent: its JSON with its `id`.
@@ -189,21 +198,11 @@ impl<S: ChatService> Watch<S> {
         } else {
             Membership::Member
         };
-        // subscribe before answering, so nothing sent after the 101 or the SSE headers is
-        // missed; a resume reads what came before from the log after subscribing
-        let (rx, now) = state.subscribe(&key);
-        let (stored, from) = match after {
-            None => (VecDeque::new(), now),
-            Some((from, field)) => {
-                let stored = state.catch_up(&key, from).await.map_err(|e| match e {
-                    CatchUpError::Beyond { .. } => AppError::Field(FieldError::new(field, e.to_string())),
-                    CatchUpError::Kafka(e) => {
-                        AppError::Unavailable(format!("reading the conversation back: {e}"))
-                    }
-                })?;
-                (stored.into_iter().map(Arc::new).collect(), from)
-            }
-        };
+        // the feed starts before answering, so nothing sent after the 101 or the SSE headers
+        // is missed; a resume's events before that are read back from the log
+        let feed = Feed::open(state, &key, after.map(|(c, _)| c), true)
+            .await
+            .map_err(|e| open_failed(e, after.map_or("after", |(_, f)| f)))?;
         // presence is asked for with `?presence` (or the original API's `?userId=`); the user
         // shown is the caller — a query's userId is trusted only with --auth none
         let presence_of = if caller.anonymous {
@@ -222,9 +221,7 @@ impl<S: ChatService> Watch<S> {
             None
         };
         Ok(Self {
-            rx,
-            stored,
-            merge: Merge::new(from),
+            feed,
             _permit: permit,
             starter: (membership == Membership::Missing).then(|| who.user.clone()),
             _online: presence_of.map(|u| Online::new(state, &who.tenant, id, u)),
@@ -233,16 +230,10 @@ impl<S: ChatService> Watch<S> {
 
     async fn next(&mut self) -> Next {
         loop {
-            let event = match self.stored.pop_front() {
-                Some(e) => e,
-                None => match self.rx.recv().await {
-                    Ok(e) => e,
-                    Err(RecvError::Lagged(n)) => return Next::Lagged(n),
-                    Err(RecvError::Closed) => return Next::End,
-                },
-            };
-            let Some(id) = self.merge.offer(event.pos) else {
-                continue; // sent already (read back, then live)
+            let (event, id) = match self.feed.next().await {
+                FeedNext::Event(e, id) => (e, id),
+                FeedNext::Lagged(n) => return Next::Lagged(n),
+                FeedNext::End => return Next::End,
             };
             let Some(starter) = &self.starter else {
                 return Next::Event(event, id);

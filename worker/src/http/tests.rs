@@ -27,7 +27,7 @@ use super::*;
 use crate::auth::{ApiKeyEntry, ApiKeys, Authenticator, Role, Tickets, hash_key_hex};
 use crate::drain::Drained;
 use crate::limits::{LimitSettings, Limits};
-use crate::live::{CatchUpError, Cursor, Positioned};
+use crate::live::{CatchUpError, Cursor, NotServing, Positioned, Relay};
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition, Phase};
 use crate::view::{ConversationView, LiveEvent};
@@ -277,12 +277,19 @@ impl ChatService for Fake {
         Ok(self.history.clone())
     }
 
-    fn subscribe(&self, _conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor) {
+    async fn subscribe(
+        &self,
+        _conversation: &str,
+    ) -> Result<(broadcast::Receiver<Arc<Positioned>>, Cursor), NotServing> {
         let rx = match &self.live {
             Some(tx) => tx.subscribe(),
             None => broadcast::channel(1).1,
         };
-        (rx, Cursor::default())
+        Ok((rx, Cursor::default()))
+    }
+
+    async fn relay(&self, url: &str, _key: &str, _after: Option<Cursor>) -> Result<Relay, String> {
+        Err(format!("no worker at {url} here"))
     }
 
     async fn catch_up(&self, _conversation: &str, from: Cursor) -> Result<Vec<Positioned>, CatchUpError> {

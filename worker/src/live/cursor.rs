@@ -14,7 +14,8 @@ use std::str::FromStr;
 use crate::view::LiveEvent;
 
 /// One of the logs a conversation's live events come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Topic {
     /// `chat.messages`: user messages and replies.
     Messages,
@@ -143,6 +144,11 @@ impl Merge {
     /// A client standing at `cursor`.
     pub fn new(cursor: Cursor) -> Self {
         Self { cursor }
+    }
+
+    /// Where the client stands.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
     }
 
     /// The event at `pos`, stored or live: its id if the client has not had it.

@@ -17,6 +17,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::cursor::{Pos, Positioned, Topic};
+use super::hub::LINGER;
 use super::{Hub, Sequencer};
 use crate::log::Log;
 use crate::mesh::echo::{ECHO_LIMIT, EchoWatch};
@@ -40,66 +41,62 @@ pub struct Fanout {
     pub ready: Arc<AtomicBool>,
 }
 
+/// Where the fan-out serves a partition from (records before these were there before it).
+#[derive(Clone, Copy, Debug)]
+struct Served {
+    /// `chat.messages` records below this are read for their fences only.
+    silent_until: i64,
+    /// Its next offset of `chat.messages` (past the silent part).
+    next: i64,
+    /// `chat.stream` and `chat.users` records below these are left over from an earlier
+    /// reading of the partition.
+    stream_from: i64,
+    users_from: i64,
+}
+
+/// The fan-out's Kafka clients.
+struct Clients {
+    consumer: kafka::DropOffThread<StreamConsumer>,
+    presence: kafka::DropOffThread<StreamConsumer>,
+    /// Reads the owners' commits (where the fences are known from).
+    commits: BaseConsumer,
+}
+
 // === impl Fanout ===
 
 impl Fanout {
-    /// Delivers live events until `stop`.
+    /// Delivers live events until `stop`, reading the partitions subscribers ask for.
     pub async fn deliver(&self, stop: CancellationToken) -> Result<(), KafkaError> {
-        let (topics, partitions, hub) = (self.log.topics(), self.log.partitions(), &self.hub);
-        if self.ready.load(Ordering::Relaxed) {
-            // started again after a failure: events may have been missed meanwhile; every live
-            // stream ends, and its client resumes from its last event id (read back from the log)
-            hub.close_all();
-        }
+        let (topics, hub) = (self.log.topics(), &self.hub);
+        // started again after a failure: events may have been missed meanwhile; every live
+        // stream ends, and its client resumes from its last event id (read back from the log)
+        hub.restart();
         let base = self.log.kafka();
         let group = kafka::group::fanout(&self.node_id);
+        // its own client id, so the broker's request log tells live delivery's fetches apart
+        let client_id = format!("{}-live", self.node_id);
         // presence events are rare and need no order with the rest: a consumer of their own
         // keeps chat.users' partitions out of every fetch of the busy topics (each partition
         // listed in a fetch costs the broker and librdkafka, which sends full fetch requests)
-        let presence: StreamConsumer = kafka::tail_consumer(base, &group, TailFetch::LongPoll).create()?;
-        let consumer: StreamConsumer = kafka::tail_consumer(base, &group, self.fetch).create()?;
-        let mut presence_tpl = TopicPartitionList::new();
-        // Serve exactly from the high watermarks (not `Offset::End`, which librdkafka resolves
-        // lazily and may miss records of topics created moments ago), so `position` is exact.
-        let mut tpl = TopicPartitionList::new();
-        let mut position: HashMap<Partition, i64> = HashMap::new();
+        let presence: StreamConsumer = kafka::tail_consumer(base, &group, TailFetch::LongPoll)
+            .set("client.id", &client_id)
+            .create()?;
+        let consumer: StreamConsumer = kafka::tail_consumer(base, &group, self.fetch)
+            .set("client.id", &client_id)
+            .create()?;
+        consumer.assign(&TopicPartitionList::new())?;
+        presence.assign(&TopicPartitionList::new())?;
+        let commits: BaseConsumer = kafka::manual_consumer(base, self.log.owner_group()).create()?;
+        // given up on a thread of their own: a wedged consumer can block in its close
+        let clients = Clients {
+            consumer: kafka::DropOffThread::new(consumer),
+            presence: kafka::DropOffThread::new(presence),
+            commits,
+        };
+        let mut served: HashMap<Partition, Served> = HashMap::new();
         // a zombie's replies and chunks are void behind the fences read
         let mut fences = Fences::default();
-        let commits: BaseConsumer = kafka::manual_consumer(base, self.log.owner_group()).create()?;
-        tokio::task::block_in_place(|| -> Result<(), KafkaError> {
-            // commits first: a commit read now lies before the high watermarks read next
-            let mut owned = TopicPartitionList::new();
-            for p in 0..partitions {
-                owned.add_partition(&topics.messages, p);
-            }
-            let committed = commits.committed_offsets(owned, META_TIMEOUT)?;
-            for p in 0..partitions {
-                let (_, high) = presence.fetch_watermarks(&topics.users, p, META_TIMEOUT)?;
-                presence_tpl.add_partition_offset(&topics.users, p, Offset::Offset(high))?;
-                hub.read_to(p, Topic::Users, high);
-                let (_, high) = consumer.fetch_watermarks(&topics.stream, p, META_TIMEOUT)?;
-                tpl.add_partition_offset(&topics.stream, p, Offset::Offset(high))?;
-                hub.read_to(p, Topic::Stream, high);
-                let (low, high) = consumer.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
-                position.insert(p, high);
-                hub.read_to(p, Topic::Messages, high);
-                let (from, fence) = commit_start(&committed, &topics.messages, p, low);
-                fences.observe(p, fence);
-                hub.fences_from(p, from.min(high), fence);
-                tpl.add_partition_offset(&topics.messages, p, Offset::Offset(from.min(high)))?;
-            }
-            Ok(())
-        })?;
-        drop(commits);
-        consumer.assign(&tpl)?;
-        presence.assign(&presence_tpl)?;
-        // given up on a thread of their own: a wedged consumer can block in its close
-        let (consumer, presence) = (
-            kafka::DropOffThread::new(consumer),
-            kafka::DropOffThread::new(presence),
-        );
-        // records of chat.messages below these offsets were written before we started: fences only
-        let silent_until = position.clone();
+        self.serve(&clients, &mut served, &mut fences, hub.waiting())?;
         self.ready.store(true, Ordering::Relaxed);
         let mut sequencers: HashMap<String, Sequencer> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -108,9 +105,15 @@ impl Fanout {
         // leave one unable to fetch after the broker was fenced) and a fresh one takes over
         let mut look = tokio::time::interval(Duration::from_secs(2));
         let mut echo = EchoWatch::new(ECHO_LIMIT);
+        let (consumer, presence) = (&clients.consumer, &clients.presence);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
+                Some(p) = hub.asked() => {
+                    let mut asked = vec![p];
+                    asked.extend(hub.waiting());
+                    self.serve(&clients, &mut served, &mut fences, asked)?;
+                }
                 _ = tick.tick() => {
                     let now = Instant::now();
                     for (conv, seq) in sequencers.iter_mut().filter(|(_, s)| s.is_waiting()) {
@@ -118,19 +121,34 @@ impl Fanout {
                     }
                 }
                 _ = look.tick() => {
-                    let read: HashMap<i32, i64> = position.iter().map(|(p, next)| (*p, next - 1)).collect();
-                    if echo.observe(Instant::now(), self.log.own_message(), &read) {
+                    let read: HashMap<i32, i64> = served.iter().map(|(p, s)| (*p, s.next - 1)).collect();
+                    // only what it reads can come back to it: the first partition it reads
+                    // holding something this worker wrote since, and not read yet if any is
+                    let own: Vec<(i32, i64)> = served
+                        .iter()
+                        .filter_map(|(p, s)| self.log.own_message_in(*p).filter(|o| *o >= s.silent_until).map(|o| (*p, o)))
+                        .collect();
+                    let written = own.iter().find(|(p, o)| read.get(p).is_some_and(|r| r < o)).or(own.first()).copied();
+                    if echo.observe(Instant::now(), written, &read) {
                         tracing::warn!("live delivery stopped reading what this worker wrote; reading again with a fresh Kafka client");
                         return Err(KafkaError::Timeout { what: "live fan-out reading chat.messages" });
                     }
                 }
                 _ = prune.tick() => {
-                    hub.prune();
+                    let gone = hub.prune(Instant::now(), LINGER);
+                    if !gone.is_empty() {
+                        self.let_go(&clients, &mut served, &gone)?;
+                        echo.forget(&gone);
+                    }
                     sequencers.retain(|conv, _| hub.watched(conv));
                 }
                 m = presence.recv() => match m {
                     Ok(m) => {
-                        hub.read_to(m.partition(), Topic::Users, m.offset() + 1);
+                        let p = m.partition();
+                        if served.get(&p).is_none_or(|s| m.offset() < s.users_from) {
+                            continue;
+                        }
+                        hub.read_to(p, Topic::Users, m.offset() + 1);
                         let Some(conv) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
                         if hub.watched(conv)
                             && let Some(Ok(e)) = m.payload().map(decode::<PresenceEvent>)
@@ -153,13 +171,19 @@ impl Fanout {
                     };
                     let p = m.partition();
                     let on_messages = m.topic() == topics.messages;
-                    let silent = on_messages && silent_until.get(&p).is_some_and(|h| m.offset() < *h);
+                    // a record of a partition let go, or of an earlier reading of it
+                    let Some(at) = served.get_mut(&p) else { continue };
+                    if !on_messages && m.offset() < at.stream_from {
+                        continue;
+                    }
+                    let silent = on_messages && m.offset() < at.silent_until;
                     if on_messages && !silent {
-                        position.insert(p, m.offset() + 1);
+                        at.next = m.offset() + 1;
                         hub.read_to(p, Topic::Messages, m.offset() + 1);
                     } else if !on_messages {
                         hub.read_to(p, Topic::Stream, m.offset() + 1);
                     }
+                    let messages_next = at.next;
                     let Some(conv) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
                     if on_messages
                         && conv == FENCE_KEY
@@ -181,10 +205,7 @@ impl Fanout {
                         }
                     } else {
                         match decode::<ReplyChunk>(payload) {
-                            Ok(c) => {
-                                let pos = position.get(&p).copied().unwrap_or(0);
-                                sequencer(&mut sequencers, conv).on_chunk(m.offset(), c, pos, fence, now)
-                            }
+                            Ok(c) => sequencer(&mut sequencers, conv).on_chunk(m.offset(), c, messages_next, fence, now),
                             Err(_) => continue,
                         }
                     };
@@ -192,6 +213,106 @@ impl Fanout {
                 }
             }
         }
+    }
+
+    /// Starts reading `partitions` (those not read yet): from the owners' commits silently up
+    /// to the ends of the logs now, learning fences; from those ends, serving. Blocks briefly
+    /// on the broker (commits and watermarks); its waiting subscribers go on afterwards.
+    fn serve(
+        &self,
+        clients: &Clients,
+        served: &mut HashMap<Partition, Served>,
+        fences: &mut Fences,
+        partitions: Vec<Partition>,
+    ) -> Result<(), KafkaError> {
+        let mut new: Vec<Partition> = partitions
+            .into_iter()
+            .filter(|p| !served.contains_key(p))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let (topics, hub) = (self.log.topics(), &self.hub);
+        let mut tpl = TopicPartitionList::new();
+        let mut presence_tpl = TopicPartitionList::new();
+        tokio::task::block_in_place(|| -> Result<(), KafkaError> {
+            // commits first: a commit read now lies before the high watermarks read next
+            let mut owned = TopicPartitionList::new();
+            for p in &new {
+                owned.add_partition(&topics.messages, *p);
+            }
+            let committed = clients.commits.committed_offsets(owned, META_TIMEOUT)?;
+            for &p in &new {
+                // Serve exactly from the high watermarks (not `Offset::End`, which librdkafka
+                // resolves lazily and may miss records of topics created moments ago), so
+                // positions are exact.
+                let (_, users) = clients
+                    .presence
+                    .fetch_watermarks(&topics.users, p, META_TIMEOUT)?;
+                presence_tpl.add_partition_offset(&topics.users, p, Offset::Offset(users))?;
+                let (_, stream) = clients
+                    .consumer
+                    .fetch_watermarks(&topics.stream, p, META_TIMEOUT)?;
+                tpl.add_partition_offset(&topics.stream, p, Offset::Offset(stream))?;
+                let (low, high) = clients
+                    .consumer
+                    .fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
+                let (from, fence) = commit_start(&committed, &topics.messages, p, low);
+                let from = from.min(high);
+                tpl.add_partition_offset(&topics.messages, p, Offset::Offset(from))?;
+                hub.read_to(p, Topic::Users, users);
+                hub.read_to(p, Topic::Stream, stream);
+                hub.read_to(p, Topic::Messages, high);
+                hub.fences_from(p, from, fence);
+                fences.observe(p, fence);
+                served.insert(
+                    p,
+                    Served {
+                        silent_until: high,
+                        next: high,
+                        stream_from: stream,
+                        users_from: users,
+                    },
+                );
+            }
+            Ok(())
+        })?;
+        clients.consumer.incremental_assign(&tpl)?;
+        clients.presence.incremental_assign(&presence_tpl)?;
+        for p in new {
+            tracing::debug!(
+                partition = p,
+                "live delivery reads a partition its subscribers watch"
+            );
+            hub.ready(p);
+        }
+        Ok(())
+    }
+
+    /// Stops reading `partitions` (nobody here watched them for a while).
+    fn let_go(
+        &self,
+        clients: &Clients,
+        served: &mut HashMap<Partition, Served>,
+        partitions: &[Partition],
+    ) -> Result<(), KafkaError> {
+        let topics = self.log.topics();
+        let (mut tpl, mut presence_tpl) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for &p in partitions {
+            if served.remove(&p).is_some() {
+                tpl.add_partition(&topics.messages, p);
+                tpl.add_partition(&topics.stream, p);
+                presence_tpl.add_partition(&topics.users, p);
+            }
+        }
+        if tpl.count() > 0 {
+            tracing::debug!(?partitions, "live delivery lets go of partitions nobody watches");
+            clients.consumer.incremental_unassign(&tpl)?;
+            clients.presence.incremental_unassign(&presence_tpl)?;
+        }
+        Ok(())
     }
 }
 

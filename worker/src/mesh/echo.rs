@@ -23,6 +23,13 @@ impl EchoWatch {
         Self { limit, pending: None }
     }
 
+    /// Stops waiting for own events in `partitions` (no longer read).
+    pub fn forget(&mut self, partitions: &[i32]) {
+        if self.pending.is_some_and(|(p, _, _)| partitions.contains(&p)) {
+            self.pending = None;
+        }
+    }
+
     /// Looks at the last own event written and the offsets read per partition; true when an
     /// own event has stayed unread for the whole limit.
     pub fn observe(&mut self, now: Instant, written: Option<(i32, i64)>, read: &HashMap<i32, i64>) -> bool {

@@ -20,7 +20,11 @@ use crate::http::{
 };
 use crate::index::{ListCursor, Page};
 use crate::limits::Limits;
-use crate::live::{self, CatchUpError, Cursor, Positioned};
+use crate::live::{self, CatchUpError, Cursor, NotServing, Positioned, Relay};
+
+/// How long a relayed live stream may take to start (the owner may first start reading the
+/// partition, and read a resume back).
+const RELAY_OPEN: Duration = Duration::from_secs(20);
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, OwnerInfo};
 use crate::view::ConversationView;
@@ -200,9 +204,41 @@ impl ChatService for Node {
         Ok(conv.map(|c| ConversationView::of(&c, &self.agent_name)))
     }
 
-    fn subscribe(&self, conversation: &str) -> (broadcast::Receiver<Arc<Positioned>>, Cursor) {
+    async fn subscribe(
+        &self,
+        conversation: &str,
+    ) -> Result<(broadcast::Receiver<Arc<Positioned>>, Cursor), NotServing> {
         self.hub
             .subscribe(conversation, partition_for(conversation, self.log.partitions()))
+            .await
+    }
+
+    async fn relay(&self, url: &str, key: &str, after: Option<Cursor>) -> Result<Relay, String> {
+        let mut request = self
+            .relay_client
+            .get(format!("{url}{}/{key}", paths::LIVE_RELAY))
+            .header(FORWARDED, &self.http.node_id);
+        if let Some(after) = after {
+            request = request.query(&[("after", after.to_string())]);
+        }
+        if let Some(secret) = &self.http.mesh_secret {
+            request = request.bearer_auth(secret);
+        }
+        // the owner answers once its fan-out reads the partition (and a resume was read back)
+        let resp = tokio::time::timeout(RELAY_OPEN, request.send())
+            .await
+            .map_err(|_| format!("no answer within {} s", RELAY_OPEN.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("answered {}", resp.status()));
+        }
+        let from = resp
+            .headers()
+            .get(live::FROM_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Cursor>().ok())
+            .ok_or_else(|| format!("no {} header", live::FROM_HEADER))?;
+        Ok(Relay::read(from, resp.bytes_stream()))
     }
 
     async fn catch_up(&self, conversation: &str, from: Cursor) -> Result<Vec<Positioned>, CatchUpError> {
@@ -314,6 +350,9 @@ impl ChatService for Node {
         self.metrics
             .live_streams
             .set(i64::from(self.limits.streams_open()));
+        self.metrics
+            .live_partitions
+            .set(i64::try_from(self.hub.read_partitions()).unwrap_or(i64::MAX));
         {
             let store = self.store.read().unwrap_or_else(|p| p.into_inner());
             self.metrics.conversations_resident.set(store.len() as i64);

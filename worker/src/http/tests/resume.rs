@@ -169,3 +169,79 @@ async fn an_id_that_is_not_one_or_is_past_the_log_is_refused_naming_where_it_cam
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["field"], "after", "{body}");
 }
+
+/// `GET /internal/live/{key}`: a peer's relay of a conversation's events — the mesh secret
+/// only, an `after` that is an event id, where it starts in `x-meshchat-from`, each event with
+/// the record it comes from (the peer merges and gives ids itself); never on the public port.
+#[tokio::test]
+async fn a_peer_is_relayed_events_with_their_records_after_its_id() {
+    let (tx, _keep) = broadcast::channel(64);
+    let mut f = fake();
+    f.settings.mesh_secret = Some("s3cret-mesh".into());
+    f.live = Some(tx.clone());
+    f.stored = vec![
+        at(Topic::Stream, 5, token(1, "ll")),
+        at(Topic::Stream, 6, token(2, "o")),
+    ];
+    let s = Arc::new(f);
+    let relay = |after: &str, secret: Option<&str>| {
+        let mut req = Request::get(format!("/internal/live/acme/c?after={after}"));
+        if let Some(secret) = secret {
+            req = req.header("authorization", format!("Bearer {secret}"));
+        }
+        req.body(Body::empty()).expect("request")
+    };
+    for secret in [None, Some("nope")] {
+        let resp = internal_app(s.clone())
+            .oneshot(relay("11.5.0", secret))
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = internal_app(s.clone())
+        .oneshot(relay("11.x.0", Some("s3cret-mesh")))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(body["field"], "after");
+    let (status, _) = call(&s, relay("11.5.0", Some("s3cret-mesh"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not on the public port");
+
+    let resp = internal_app(s.clone())
+        .oneshot(relay("11.5.0", Some("s3cret-mesh")))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-meshchat-from"], "11.5.0");
+    let feeder = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reply = LiveEvent::Reply {
+            message: message("r-1", "Hello", Some("m-1")),
+        };
+        let _ = tx.send(Arc::new(at(Topic::Messages, 12, reply)));
+        tx
+    });
+    let events = sse_events(resp, 3).await;
+    let _tx = feeder.await.expect("feeder");
+    let records: Vec<(&str, i64, &str)> = events
+        .iter()
+        .map(|(_, _, d)| {
+            (
+                d["topic"].as_str().unwrap_or_default(),
+                d["offset"].as_i64().unwrap_or(-1),
+                d["event"]["type"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        records,
+        [
+            ("stream", 5, "token"),
+            ("stream", 6, "token"),
+            ("messages", 12, "reply")
+        ]
+    );
+    assert_eq!(events[2].0, "13.7.0", "the SSE id is the peer's position too");
+}
