@@ -367,12 +367,21 @@ pub async fn verify_exactly_once(
             bail!("replies of {conv} are not in message order: users {users:?} replies {replies:?}");
         }
         if let Some(client) = live.get(conv) {
-            let events = client.events();
-            for id in ids {
-                let n = events
+            let seen = |id: &str| {
+                client
+                    .events()
                     .iter()
-                    .filter(|e| e["type"] == "reply" && e["message"]["inReplyTo"] == id.as_str())
-                    .count();
+                    .filter(|e| e["type"] == "reply" && e["message"]["inReplyTo"] == id)
+                    .count()
+            };
+            // live delivery follows the log: a stream that moved to another source (its
+            // conversation's owner drained or died) catches up from its last event
+            let _ = wait_for("live clients to show every reply", timeout, || async {
+                ids.iter().all(|id| seen(id) > 0).then_some(())
+            })
+            .await;
+            for id in ids {
+                let n = seen(id);
                 if n != 1 {
                     bail!("live client of {conv} saw {n} replies to {id}");
                 }

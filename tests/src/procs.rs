@@ -303,7 +303,10 @@ impl Worker {
             .env("MESHCHAT_LLM_BASE_URL", &s.llm_url)
             .env("MESHCHAT_LLM_API_KEY", "test-key")
             .env("MESHCHAT_SNAPSHOT_INTERVAL_SECS", "1")
-            .env("MESHCHAT_LOG", "info,rdkafka=warn")
+            .env(
+                "MESHCHAT_LOG",
+                std::env::var("MESHCHAT_TEST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            )
             // scenarios drive load as a handful of users; the limits have their own tests
             // (limits.rs), which set them back
             .envs(UNLIMITED)

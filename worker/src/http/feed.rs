@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ChatService;
-use crate::live::{CatchUpError, Cursor, Merge, NotServing, Positioned};
+use crate::live::{CatchUpError, Cursor, Merge, NotServing, Positioned, Relay};
+use crate::mesh::Peer;
 
 /// How often a feed read here looks whether its conversation's owner could serve it instead.
 const OWNER_LOOK: Duration = Duration::from_secs(5);
@@ -43,11 +44,16 @@ pub(super) struct Feed<S: ChatService> {
     merge: Merge,
     /// When a feed read here next looks at the owner.
     look_at: Instant,
+    /// The owner's relay being opened, while events still come from here.
+    moving: Option<Opening>,
     opened_at: Instant,
-    /// Sources opened in a row that ended without an event (a source that cannot serve is
-    /// given up).
+    /// Sources opened in a row that ended without an event: after one, the next is this
+    /// worker's own reads; after [`FRUITLESS_LIMIT`], the feed ends.
     fruitless: u32,
 }
+
+/// A relay being opened.
+type Opening = tokio::task::JoinHandle<Result<Relay, String>>;
 
 enum Source {
     /// This worker's fan-out, after the events a resume read back from the log.
@@ -96,6 +102,7 @@ impl<S: ChatService> Feed<S> {
             source,
             merge: Merge::new(from),
             look_at: now + OWNER_LOOK,
+            moving: None,
             opened_at: now,
             fruitless: 0,
         })
@@ -113,16 +120,27 @@ impl<S: ChatService> Feed<S> {
                 Source::Here { rx, stored } => match stored.pop_front() {
                     Some(e) => Some(e),
                     None => {
-                        let may_move = self.relayed;
+                        let may_look = self.relayed && self.moving.is_none();
+                        let moving = self.moving.as_mut();
                         tokio::select! {
                             e = rx.recv() => match e {
                                 Ok(e) => Some(e),
                                 Err(RecvError::Lagged(n)) => return FeedNext::Lagged(n),
                                 Err(RecvError::Closed) => None,
                             },
-                            () = tokio::time::sleep_until(self.look_at), if may_move => {
+                            () = tokio::time::sleep_until(self.look_at), if may_look => {
                                 self.look_at = Instant::now() + OWNER_LOOK;
-                                self.move_to_owner().await;
+                                self.moving = self.open_owner();
+                                continue;
+                            }
+                            Some(opened) = async { match moving { Some(m) => Some(m.await), None => None } } => {
+                                self.moving = None;
+                                // from the position when it was asked: the merge drops what
+                                // came from here meanwhile
+                                if let Ok(Ok(relay)) = opened {
+                                    self.source = Source::Owner { events: relay.events };
+                                    self.opened_at = Instant::now();
+                                }
                                 continue;
                             }
                         }
@@ -138,6 +156,7 @@ impl<S: ChatService> Feed<S> {
                     }
                 }
                 None => {
+                    tracing::debug!(conversation = %self.key, at = %self.merge.cursor(), "a live stream's source ended");
                     if !self.reopen().await {
                         return FeedNext::End;
                     }
@@ -149,15 +168,25 @@ impl<S: ChatService> Feed<S> {
     /// The source ended: goes on from where the client stands, wherever that is served now
     /// (trying again for a while: Kafka may be away, the owner failing over).
     async fn reopen(&mut self) -> bool {
+        if let Some(moving) = self.moving.take() {
+            moving.abort();
+        }
         tokio::time::sleep_until(self.opened_at + REOPEN_GAP).await;
         self.fruitless += 1;
         let give_up = Instant::now() + REOPEN_LIMIT;
         loop {
-            if self.state.closing().is_cancelled() || self.fruitless > FRUITLESS_LIMIT {
+            if self.state.closing().is_cancelled() {
+                return false;
+            }
+            if self.fruitless > FRUITLESS_LIMIT {
+                tracing::warn!(conversation = %self.key, "live stream sources keep ending without events; ending the stream (its client resumes from its last id)");
                 return false;
             }
             self.opened_at = Instant::now();
-            match open_source(&self.state, &self.key, Some(self.merge.cursor()), self.relayed).await {
+            // a source that ended without giving anything is not asked again at once: this
+            // worker's own reads serve until the next look at the owner
+            let relayed = self.relayed && self.fruitless <= 1;
+            match open_source(&self.state, &self.key, Some(self.merge.cursor()), relayed).await {
                 Ok((source, _)) => {
                     self.source = source;
                     return true;
@@ -175,22 +204,22 @@ impl<S: ChatService> Feed<S> {
     }
 
     /// A feed read here moves to the conversation's owner once the owner can relay it (the
-    /// conversation moved away, or its owner is back), so this worker may stop reading it.
-    async fn move_to_owner(&mut self) {
-        let Some(url) = owner_elsewhere(&*self.state, &self.key) else {
-            return;
-        };
-        if let Ok(relay) = self.state.relay(&url, &self.key, Some(self.merge.cursor())).await {
-            self.source = Source::Owner { events: relay.events };
-            self.opened_at = Instant::now();
-        }
+    /// conversation moved away, or its owner is back), so this worker may stop reading it: the
+    /// relay is opened alongside, events flowing from here meanwhile.
+    fn open_owner(&self) -> Option<Opening> {
+        let url = owner_elsewhere(&*self.state, &self.key)?;
+        let (state, key, from) = (self.state.clone(), self.key.clone(), self.merge.cursor());
+        Some(tokio::spawn(
+            async move { state.relay(&url, &key, Some(from)).await },
+        ))
     }
 }
 
-/// The internal URL of the conversation's owner, when that is another worker.
+/// The internal URL of the conversation's owner, when that is another worker not known to
+/// have stopped heartbeating.
 fn owner_elsewhere<S: ChatService>(state: &S, key: &str) -> Option<String> {
     let owner = state.owner_of(key)?;
-    if owner.node_id == state.settings().node_id {
+    if owner.node_id == state.settings().node_id || matches!(state.peer(&owner.node_id), Peer::Silent) {
         return None;
     }
     owner.internal_url
@@ -206,7 +235,10 @@ async fn open_source<S: ChatService>(
 ) -> Result<(Source, Cursor), OpenError> {
     if relayed && let Some(url) = owner_elsewhere(&**state, key) {
         match state.relay(&url, key, after).await {
-            Ok(relay) => return Ok((Source::Owner { events: relay.events }, relay.from)),
+            Ok(relay) => {
+                tracing::debug!(conversation = %key, owner = %url, from = %relay.from, "a live stream relayed by the owner");
+                return Ok((Source::Owner { events: relay.events }, relay.from));
+            }
             Err(e) => {
                 tracing::debug!(conversation = %key, owner = %url, error = %e, "the owner does not relay; reading here")
             }
@@ -214,6 +246,7 @@ async fn open_source<S: ChatService>(
     }
     // subscribe before reading back, so nothing falls between the two
     let (rx, now) = state.subscribe(key).await?;
+    tracing::debug!(conversation = %key, ?after, %now, "a live stream read here");
     match after {
         None => Ok((
             Source::Here {

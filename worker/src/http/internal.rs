@@ -156,6 +156,10 @@ pub async fn live<S: ChatService>(
 ) -> Result<Response, AppError> {
     from_peer(&*s, &headers)?;
     check_key(&key)?;
+    if s.closing().is_cancelled() {
+        // the peer reads the conversation itself rather than follow a stream about to end
+        return Err(AppError::Unavailable("this worker is shutting down".into()));
+    }
     let after = query
         .get("after")
         .map(|a| {
@@ -163,9 +167,11 @@ pub async fn live<S: ChatService>(
                 .map_err(|e| FieldError::new("after", e.to_string()))
         })
         .transpose()?;
-    let mut feed = Feed::open(&s, &key, after, false)
-        .await
-        .map_err(|e| open_failed(e, "after"))?;
+    let closing = s.closing();
+    let mut feed = tokio::select! {
+        feed = Feed::open(&s, &key, after, false) => feed.map_err(|e| open_failed(e, "after"))?,
+        () = closing.cancelled() => return Err(AppError::Unavailable("this worker is shutting down".into())),
+    };
     let from = feed.position();
     let (shutdown, me) = (s.closing(), s.settings().node_id.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);

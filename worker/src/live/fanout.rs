@@ -108,7 +108,10 @@ impl Fanout {
         let (consumer, presence) = (&clients.consumer, &clients.presence);
         loop {
             tokio::select! {
-                () = stop.cancelled() => return Ok(()),
+                () = stop.cancelled() => {
+                    hub.close();
+                    return Ok(());
+                }
                 Some(p) = hub.asked() => {
                     let mut asked = vec![p];
                     asked.extend(hub.waiting());

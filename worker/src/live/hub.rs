@@ -183,6 +183,14 @@ impl Hub {
         lock(&self.fences).clear();
     }
 
+    /// The fan-out stopped for good (the worker is closing): every stream ends, and subscribers
+    /// still waiting for a partition are told at once.
+    pub fn close(&self) {
+        let (mut channels, mut serving) = (lock(&self.channels), lock(&self.serving));
+        channels.clear();
+        serving.clear();
+    }
+
     /// Forgets conversations nobody watches any more, and lets go of partitions nobody has
     /// watched for `linger`: returns those, which the fan-out stops reading.
     pub fn prune(&self, now: Instant, linger: Duration) -> Vec<Partition> {

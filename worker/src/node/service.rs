@@ -24,7 +24,7 @@ use crate::live::{self, CatchUpError, Cursor, NotServing, Positioned, Relay};
 
 /// How long a relayed live stream may take to start (the owner may first start reading the
 /// partition, and read a resume back).
-const RELAY_OPEN: Duration = Duration::from_secs(20);
+const RELAY_OPEN: Duration = Duration::from_secs(10);
 use crate::mesh::Peer;
 use crate::ownership::{Assignment, OwnerInfo};
 use crate::view::ConversationView;
