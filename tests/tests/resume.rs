@@ -128,6 +128,28 @@ async fn owned_by(mesh: &TestMesh, i: usize, name: &str) -> (String, i64) {
         .unwrap_or_default()
 }
 
+/// Ground truth: `message` answered exactly once in the log.
+async fn answered_once(mesh: &TestMesh, message: String) -> anyhow::Result<()> {
+    let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
+    assert_eq!(Tally::of(&log).outcome(&[message]), (1, 0, 0));
+    Ok(())
+}
+
+/// Moves partition `p` to worker `to` through the API and waits until it holds it.
+async fn move_partition(mesh: &TestMesh, p: i64, to: usize) -> anyhow::Result<()> {
+    let moved = http()
+        .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
+        .bearer_auth(auth::operator())
+        .json(&serde_json::json!({"targetNode": format!("node-{to}"), "partitions": [p]}))
+        .send()
+        .await?;
+    assert_eq!(moved.status(), 200);
+    wait_for("the move", T, || async {
+        mesh.owned(to).await.filter(|o| o.contains(&p)).map(|_| ())
+    })
+    .await
+}
+
 const PARTITIONS: i32 = 6;
 
 async fn mesh(name: &str) -> anyhow::Result<TestMesh> {
@@ -173,9 +195,7 @@ async fn resume_mid_reply(
     let (before, after) = check(&seen, &got, &message);
     println!("{via:?}: {before} tokens before, {after} after resuming at {last}; ids unique, text whole");
     assert!(after > 0, "tokens streamed after the resume");
-    let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
-    assert_eq!(Tally::of(&log).outcome(&[message]), (1, 0, 0));
-    Ok(())
+    answered_once(mesh, message).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,17 +237,7 @@ async fn a_client_resumes_after_the_partition_moved_mid_reply() -> anyhow::Resul
     let mut mesh = mesh("resume-move").await?;
     let (conv, p) = owned_by(&mesh, 0, "moved").await;
     resume_mid_reply(&mut mesh, Via::WebSocket, &conv, 0, 2, async |mesh, client| {
-        let moved = http()
-            .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
-            .bearer_auth(auth::operator())
-            .json(&serde_json::json!({"targetNode": "node-1", "partitions": [p]}))
-            .send()
-            .await?;
-        assert_eq!(moved.status(), 200);
-        wait_for("the move", T, || async {
-            mesh.owned(1).await.filter(|o| o.contains(&p)).map(|_| ())
-        })
-        .await?;
+        move_partition(mesh, p, 1).await?;
         let seen = client.events();
         drop(client);
         Ok(seen)
@@ -261,9 +271,7 @@ async fn relayed_through_a_disruption(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (tokens, _) = check(&client.events(), &[], &message);
     println!("one stream: {tokens} tokens, ids unique, text whole");
-    let log = read_topic(&mesh.bootstrap, &format!("{}chat.messages", mesh.prefix)).await?;
-    assert_eq!(Tally::of(&log).outcome(&[message]), (1, 0, 0));
-    Ok(())
+    answered_once(mesh, message).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,18 +288,5 @@ async fn a_relayed_stream_follows_its_conversation_when_the_partition_moves_mid_
     let _serial = serial().await;
     let mut mesh = mesh("relay-move").await?;
     let (conv, p) = owned_by(&mesh, 0, "relay-moved").await;
-    relayed_through_a_disruption(&mut mesh, &conv, 2, async |mesh| {
-        let moved = http()
-            .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
-            .bearer_auth(auth::operator())
-            .json(&serde_json::json!({"targetNode": "node-1", "partitions": [p]}))
-            .send()
-            .await?;
-        assert_eq!(moved.status(), 200);
-        wait_for("the move", T, || async {
-            mesh.owned(1).await.filter(|o| o.contains(&p)).map(|_| ())
-        })
-        .await
-    })
-    .await
+    relayed_through_a_disruption(&mut mesh, &conv, 2, async |mesh| move_partition(mesh, p, 1).await).await
 }
