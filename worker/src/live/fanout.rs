@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use meshchat_wire::kafka::{self, KafkaError, META_TIMEOUT, TailFetch, commit_start};
-use meshchat_wire::{ChatRecord, FENCE_KEY, PresenceEvent, ReplyChunk, decode};
+use meshchat_wire::{ChatRecord, FENCE_KEY, PresenceEvent, ReplyChunk, Topics, decode};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use super::hub::LINGER;
 use super::{Hub, Sequencer};
 use crate::log::Log;
 use crate::mesh::echo::{ECHO_LIMIT, EchoWatch};
-use crate::ownership::{Fences, Partition};
+use crate::ownership::{Epoch, Fences, Partition};
 use crate::view::LiveEvent;
 
 /// How long a final reply waits for chunks that have not arrived.
@@ -58,8 +58,8 @@ struct Served {
 struct Clients {
     consumer: kafka::DropOffThread<StreamConsumer>,
     presence: kafka::DropOffThread<StreamConsumer>,
-    /// Reads the owners' commits (where the fences are known from).
-    commits: BaseConsumer,
+    /// Reads the owners' commits (where the fences are known from) and the logs' ends.
+    commits: Arc<BaseConsumer>,
 }
 
 // === impl Fanout ===
@@ -91,13 +91,17 @@ impl Fanout {
         let clients = Clients {
             consumer: kafka::DropOffThread::new(consumer),
             presence: kafka::DropOffThread::new(presence),
-            commits,
+            commits: Arc::new(commits),
         };
         let mut served: HashMap<Partition, Served> = HashMap::new();
         // a zombie's replies and chunks are void behind the fences read
         let mut fences = Fences::default();
-        self.serve(&clients, &mut served, &mut fences, hub.waiting())?;
+        let first = tokio::task::block_in_place(|| starts(&clients.commits, topics, &hub.waiting()))?;
+        self.serve(&clients, &mut served, &mut fences, first)?;
         self.ready.store(true, Ordering::Relaxed);
+        // partitions being started, off the loop: a slow broker answer delays their first
+        // subscribers, not every stream this worker serves
+        let mut starting: Option<tokio::task::JoinHandle<Result<Vec<Start>, KafkaError>>> = None;
         let mut sequencers: HashMap<String, Sequencer> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut prune = tokio::time::interval(Duration::from_secs(5));
@@ -112,10 +116,22 @@ impl Fanout {
                     hub.close();
                     return Ok(());
                 }
-                Some(p) = hub.asked() => {
-                    let mut asked = vec![p];
-                    asked.extend(hub.waiting());
-                    self.serve(&clients, &mut served, &mut fences, asked)?;
+                Some(p) = hub.asked(), if starting.is_none() => {
+                    let mut asked: Vec<Partition> = std::iter::once(p)
+                        .chain(hub.waiting())
+                        .filter(|p| !served.contains_key(p))
+                        .collect();
+                    asked.sort_unstable();
+                    asked.dedup();
+                    if !asked.is_empty() {
+                        let (commits, topics) = (clients.commits.clone(), topics.clone());
+                        starting = Some(tokio::task::spawn_blocking(move || starts(&commits, &topics, &asked)));
+                    }
+                }
+                Some(started) = async { match starting.as_mut() { Some(s) => Some(s.await), None => None } } => {
+                    starting = None;
+                    let started = started.map_err(|_| KafkaError::Timeout { what: "starting a live partition" })??;
+                    self.serve(&clients, &mut served, &mut fences, started)?;
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
@@ -218,70 +234,47 @@ impl Fanout {
         }
     }
 
-    /// Starts reading `partitions` (those not read yet): from the owners' commits silently up
-    /// to the ends of the logs now, learning fences; from those ends, serving. Blocks briefly
-    /// on the broker (commits and watermarks); its waiting subscribers go on afterwards.
+    /// Starts reading `partitions` whose starts were read (`starts`): from the owners' commits
+    /// silently up to the ends of the logs then, learning fences; from those ends, serving. Its
+    /// waiting subscribers go on.
     fn serve(
         &self,
         clients: &Clients,
         served: &mut HashMap<Partition, Served>,
         fences: &mut Fences,
-        partitions: Vec<Partition>,
+        starts: Vec<Start>,
     ) -> Result<(), KafkaError> {
-        let mut new: Vec<Partition> = partitions
-            .into_iter()
-            .filter(|p| !served.contains_key(p))
-            .collect();
-        new.sort_unstable();
-        new.dedup();
-        if new.is_empty() {
-            return Ok(());
-        }
         let (topics, hub) = (self.log.topics(), &self.hub);
         let mut tpl = TopicPartitionList::new();
         let mut presence_tpl = TopicPartitionList::new();
-        tokio::task::block_in_place(|| -> Result<(), KafkaError> {
-            // commits first: a commit read now lies before the high watermarks read next
-            let mut owned = TopicPartitionList::new();
-            for p in &new {
-                owned.add_partition(&topics.messages, *p);
+        let mut new = Vec::new();
+        for st in starts {
+            let p = st.partition;
+            if served.contains_key(&p) {
+                continue;
             }
-            let committed = clients.commits.committed_offsets(owned, META_TIMEOUT)?;
-            for &p in &new {
-                // Serve exactly from the high watermarks (not `Offset::End`, which librdkafka
-                // resolves lazily and may miss records of topics created moments ago), so
-                // positions are exact.
-                let (_, users) = clients
-                    .presence
-                    .fetch_watermarks(&topics.users, p, META_TIMEOUT)?;
-                presence_tpl.add_partition_offset(&topics.users, p, Offset::Offset(users))?;
-                let (_, stream) = clients
-                    .consumer
-                    .fetch_watermarks(&topics.stream, p, META_TIMEOUT)?;
-                tpl.add_partition_offset(&topics.stream, p, Offset::Offset(stream))?;
-                let (low, high) = clients
-                    .consumer
-                    .fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
-                let (from, fence) = commit_start(&committed, &topics.messages, p, low);
-                let from = from.min(high);
-                tpl.add_partition_offset(&topics.messages, p, Offset::Offset(from))?;
-                hub.read_to(p, Topic::Users, users);
-                hub.read_to(p, Topic::Stream, stream);
-                hub.read_to(p, Topic::Messages, high);
-                hub.fences_from(p, from, fence);
-                fences.observe(p, fence);
-                served.insert(
-                    p,
-                    Served {
-                        silent_until: high,
-                        next: high,
-                        stream_from: stream,
-                        users_from: users,
-                    },
-                );
-            }
-            Ok(())
-        })?;
+            presence_tpl.add_partition_offset(&topics.users, p, Offset::Offset(st.users))?;
+            tpl.add_partition_offset(&topics.stream, p, Offset::Offset(st.stream))?;
+            tpl.add_partition_offset(&topics.messages, p, Offset::Offset(st.from))?;
+            hub.read_to(p, Topic::Users, st.users);
+            hub.read_to(p, Topic::Stream, st.stream);
+            hub.read_to(p, Topic::Messages, st.high);
+            hub.fences_from(p, st.from, st.fence);
+            fences.observe(p, st.fence);
+            served.insert(
+                p,
+                Served {
+                    silent_until: st.high,
+                    next: st.high,
+                    stream_from: st.stream,
+                    users_from: st.users,
+                },
+            );
+            new.push(p);
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
         clients.consumer.incremental_assign(&tpl)?;
         clients.presence.incremental_assign(&presence_tpl)?;
         for p in new {
@@ -317,6 +310,53 @@ impl Fanout {
         }
         Ok(())
     }
+}
+
+/// Where the fan-out starts reading a partition.
+#[derive(Clone, Copy, Debug)]
+struct Start {
+    partition: Partition,
+    /// `chat.messages`: the owners' committed offset (the highest fence before it: `fence`),
+    /// read silently up to `high`, served from there.
+    from: i64,
+    fence: Epoch,
+    high: i64,
+    /// `chat.stream` and `chat.users`: served from these.
+    stream: i64,
+    users: i64,
+}
+
+/// Reads where the fan-out starts each of `partitions` (blocking: the owners' commits and the
+/// logs' ends, a few broker round trips; run off the delivery loop). Serving exactly from the
+/// high watermarks (not `Offset::End`, which librdkafka resolves lazily and may miss records of
+/// topics created moments ago) keeps positions exact.
+fn starts(
+    commits: &BaseConsumer,
+    topics: &Topics,
+    partitions: &[Partition],
+) -> Result<Vec<Start>, KafkaError> {
+    // commits first: a commit read now lies before the high watermarks read next
+    let mut owned = TopicPartitionList::new();
+    for p in partitions {
+        owned.add_partition(&topics.messages, *p);
+    }
+    let committed = commits.committed_offsets(owned, META_TIMEOUT)?;
+    let mut out = Vec::new();
+    for &p in partitions {
+        let (_, users) = commits.fetch_watermarks(&topics.users, p, META_TIMEOUT)?;
+        let (_, stream) = commits.fetch_watermarks(&topics.stream, p, META_TIMEOUT)?;
+        let (low, high) = commits.fetch_watermarks(&topics.messages, p, META_TIMEOUT)?;
+        let (from, fence) = commit_start(&committed, &topics.messages, p, low);
+        out.push(Start {
+            partition: p,
+            from: from.min(high),
+            fence,
+            high,
+            stream,
+            users,
+        });
+    }
+    Ok(out)
 }
 
 fn sequencer<'a>(map: &'a mut HashMap<String, Sequencer>, conv: &str) -> &'a mut Sequencer {
