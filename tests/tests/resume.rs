@@ -104,10 +104,9 @@ fn check(first: &[Value], second: &[Value], message: &str) -> (usize, usize) {
     (tokens_of(first, message), tokens_of(second, message))
 }
 
-/// The last id `client` received.
-fn last_id(client: &LiveClient) -> String {
-    client
-        .events()
+/// The id of the last of `events`.
+fn last_id(events: &[Value]) -> String {
+    events
         .last()
         .and_then(|e| e["id"].as_str().map(str::to_string))
         .unwrap_or_default()
@@ -181,8 +180,10 @@ async fn resume_mid_reply(
     first
         .wait("three tokens", T, |_| tokens_of(&first.events(), &message) >= 3)
         .await?;
-    let last = last_id(&first);
+    // the client comes back from the last event it got before its connection went (events
+    // may still arrive while it is being cut)
     let seen = disrupt(mesh, first).await?;
+    let last = last_id(&seen);
     let base = mesh.workers[resume_at].url.clone();
     let second = watch(via, &base, conv, Some(&last)).await?;
     second
