@@ -68,8 +68,9 @@ impl Fanout {
     /// Delivers live events until `stop`, reading the partitions subscribers ask for.
     pub async fn deliver(&self, stop: CancellationToken) -> Result<(), KafkaError> {
         let (topics, hub) = (self.log.topics(), &self.hub);
-        // started again after a failure: events may have been missed meanwhile; every live
-        // stream ends, and its client resumes from its last event id (read back from the log)
+        // started again after a failure: events may have been missed meanwhile; every stream
+        // this worker read ends, and its feed goes on from its client's last event id (read
+        // back from the log)
         hub.restart();
         let base = self.log.kafka();
         let group = kafka::group::fanout(&self.node_id);

@@ -171,9 +171,9 @@ impl Hub {
         }
     }
 
-    /// The fan-out starts again after a failure: events may have been missed, so every live
-    /// stream of a partition it read ends (its client resumes from its last event id, read back
-    /// from the log); partitions still asked for stay asked for.
+    /// The fan-out starts again after a failure: events may have been missed, so every
+    /// subscription of a partition it read ends (its feed goes on from its client's last event
+    /// id, read back from the log); partitions still asked for stay asked for.
     pub fn restart(&self) {
         let mut channels = lock(&self.channels);
         let mut serving = lock(&self.serving);

@@ -72,15 +72,13 @@ impl Relay {
         let (tx, events) = mpsc::channel(BUFFER);
         tokio::spawn(async move {
             // a stream silent past the keep-alives is cut off: the receiver goes elsewhere
-            let body = tokio_stream::StreamExt::timeout(body, SILENT_LIMIT)
-                .map(|chunk| match chunk {
-                    Ok(Ok(b)) => Ok(b),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no keep-alive from the relaying worker".to_string()),
-                })
-                .take_while(|c| std::future::ready(c.is_ok()))
-                .map(|c| c.map_err(|_: String| std::io::Error::other("relay ended")));
+            let body = tokio_stream::StreamExt::timeout(body, SILENT_LIMIT).map(|chunk| match chunk {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+                Err(_) => Err(std::io::Error::other("no keep-alive from the relaying worker")),
+            });
             let mut events = std::pin::pin!(body.eventsource());
+            // the first error ends the relay
             while let Some(Ok(e)) = events.next().await {
                 let Ok(r) = serde_json::from_str::<Relayed>(&e.data) else {
                     tracing::warn!(data = %e.data, "a relayed live event that is not one; the relay ends");
