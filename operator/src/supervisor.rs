@@ -149,7 +149,7 @@ fn object_ref(key: &str) -> ObjectRef<ChatAgent> {
 
 /// Runs one ChatAgent's balancer until `stop`; a failed one (Kafka gone mid-run) starts again
 /// after a pause.
-async fn supervise(
+pub(crate) async fn supervise(
     key: String,
     settings: BalancerSettings,
     stop: CancellationToken,

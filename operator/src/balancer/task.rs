@@ -69,7 +69,8 @@ pub struct BalancerSettings {
     pub timing: RoundTiming,
 }
 
-/// Runs the balancer for `name` from a manifest, without Kubernetes, until SIGINT/SIGTERM.
+/// Runs the balancer for `name` from a manifest, without Kubernetes, until SIGINT/SIGTERM; a
+/// failed one starts again after a pause.
 pub async fn balance_locally(agent: ChatAgent, opts: LocalOptions) -> anyhow::Result<()> {
     let name = agent
         .metadata
@@ -94,7 +95,9 @@ pub async fn balance_locally(agent: ChatAgent, opts: LocalOptions) -> anyhow::Re
         on_signal.cancel();
     });
     let (tx, _rx) = watch::channel(Report::default());
-    balance(settings, stop, tx).await
+    // as under the operator: a balancer that failed (Kafka gone, a topic not ready) starts again
+    crate::supervisor::supervise(settings.agent.clone(), settings, stop, tx).await;
+    Ok(())
 }
 
 /// What a running balancer tells its host (the operator's status).
@@ -162,7 +165,11 @@ pub async fn balance(
         }
     };
     let (m, t, n) = (meta.clone(), topics.assignments.clone(), name.clone());
-    let Some(table) = until_stopped(&stop, move || kafka::latest_table(&m, &t, &n)).await? else {
+    let Some(table) = until_stopped(&stop, move || {
+        kafka::while_settling(|| kafka::latest_table(&m, &t, &n))
+    })
+    .await?
+    else {
         return Ok(());
     };
     let table = table?;
@@ -175,7 +182,11 @@ pub async fn balance(
     // it was connecting
     let since = now_ms().saturating_sub(timing.heartbeat_timeout_ms);
     let (m, t) = (meta.clone(), topics.events.clone());
-    let Some(tpl) = until_stopped(&stop, move || kafka::offsets_since(&m, &t, events, since)).await? else {
+    let Some(tpl) = until_stopped(&stop, move || {
+        kafka::while_settling(|| kafka::offsets_since(&m, &t, events, since))
+    })
+    .await?
+    else {
         return Ok(());
     };
     let tpl = tpl?;

@@ -90,22 +90,26 @@ fn settling(e: &KafkaError) -> bool {
     }
 }
 
+/// Runs `read` (blocking) until it answers with something other than a new topic's settling
+/// errors, for at most ~5 s: right after the workers create the topics, the broker may answer
+/// reads of them with `NotLeaderForPartition` for a moment.
+pub fn while_settling<T>(mut read: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+    let mut last = None;
+    for _ in 0..50 {
+        match read() {
+            Err(e) if settling(&e) => last = Some(e),
+            answer => return answer,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(last.unwrap_or(KafkaError::Timeout { what: "metadata" }))
+}
+
 /// Partitions of `topic`, waiting briefly for a new topic's metadata to settle.
 pub async fn partition_count(cfg: &ClientConfig, topic: &str) -> Result<i32, KafkaError> {
     let consumer: BaseConsumer = manual_consumer(cfg, group::METADATA).create()?;
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut last = None;
-        for _ in 0..50 {
-            match topic_partitions(&consumer, &topic) {
-                Ok(n) => return Ok(n),
-                Err(e) if settling(&e) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        Err(last.unwrap_or(KafkaError::Timeout { what: "metadata" }))
-    })
-    .await
-    .map_err(|_| KafkaError::Timeout { what: "metadata" })?
+    tokio::task::spawn_blocking(move || while_settling(|| topic_partitions(&consumer, &topic)))
+        .await
+        .map_err(|_| KafkaError::Timeout { what: "metadata" })?
 }
