@@ -59,6 +59,8 @@ kafka-stop:
 # that test finds them built.
 test: lint build
 	@scripts/kafka.sh fetch
+	@# Debian's Chromium and playwright-core/axe-core for the web pages' browser tests
+	@scripts/browser.sh
 	@echo "==> Kubernetes control plane for the operator tests (first time: built from the Go module proxy, 5-30 min)"
 	@tests/k8s/build.sh >/dev/null
 	@echo "==> cargo build --workspace --bins --tests"

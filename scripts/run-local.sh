@@ -151,6 +151,8 @@ done
 cat <<TXT
 
 MeshChat is running.
+  chat page: ${urls[0]}/        (sign in with a key below, e.g. ACME_USER; every worker serves it)
+  mesh page: ${urls[0]}/mesh    (live assignment, loads and moves; ACME_ADMIN or MESH_OPERATOR)
   workers:   ${urls[*]}
   internal:  ${internal[*]}   (/healthz /readyz /metrics /drain: the mesh's, not clients')
   mesh:      ${urls[0]}/api/mesh   (assignment, loads, recent moves; admin or operator)

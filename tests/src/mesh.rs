@@ -92,6 +92,8 @@ pub struct MeshOptions {
     pub cooldown_secs: u32,
     /// A broker of the test's own (`PrivateBroker`) instead of the shared one.
     pub bootstrap: Option<String>,
+    /// Extra environment for every worker (after the harness's own, so it overrides them).
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Default for MeshOptions {
@@ -106,6 +108,7 @@ impl Default for MeshOptions {
             interval_secs: 3,
             cooldown_secs: 10,
             bootstrap: None,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -193,6 +196,11 @@ impl TestMesh {
             .env("MESHCHAT_SHUTDOWN_GRACE_SECS", "5")
             // benches and tests migrate often; the limit has its own test (identity.rs)
             .env("MESHCHAT_MIGRATE_PER_MINUTE", "6000");
+        let spec = self
+            .opts
+            .worker_env
+            .iter()
+            .fold(spec, |spec, (k, v)| spec.env(k, v.clone()));
         self.workers.push(Worker::start(spec).await?);
         Ok(())
     }

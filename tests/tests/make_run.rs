@@ -132,6 +132,23 @@ impl MakeRun {
 }
 
 /// Runs the README's OpenAI client example (Python, the official `openai` package) against
+/// tests/web/smoke.mjs in Debian's Chromium: sign in on the chat page, chat, open the mesh
+/// page as the admin; what it saw.
+async fn browser_smoke(chat: &str, mesh: &str, user: &str, admin: &str) -> anyhow::Result<Value> {
+    let status = std::process::Command::new(repo().join("scripts/browser.sh")).status()?;
+    anyhow::ensure!(status.success(), "scripts/browser.sh failed");
+    let out = tokio::process::Command::new("node")
+        .arg("smoke.mjs")
+        .args([chat, mesh, user, admin])
+        .current_dir(repo().join("tests/web"))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), out)
+        .await
+        .context("the browser smoke took over 3 minutes")??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("smoke.mjs printed {text}"))
+}
+
 /// `env`'s first worker with the `ACME_USER` key make run printed; answers what it printed.
 async fn readme_openai_example(env: &Env, run: &MakeRun) -> anyhow::Result<String> {
     let readme = std::fs::read_to_string(repo().join("README.md"))?;
@@ -322,6 +339,34 @@ async fn make_run_serves_survives_a_kill_and_restarts_balanced() -> anyhow::Resu
     );
     let _ = TOKEN.set(dev_token(&env, "ACME_ADMIN")?);
     all_held_by(&urls, Duration::from_secs(30)).await?;
+
+    // the web pages it printed, in a browser, with the keys it printed
+    let chat_page = run
+        .printed("chat page:")
+        .context("make run printed no chat page")?;
+    let mesh_page = run
+        .printed("mesh page:")
+        .context("make run printed no mesh page")?;
+    let url_in = |line: &str| {
+        line.split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(str::to_string)
+    };
+    let (chat_url, mesh_url) = (
+        url_in(&chat_page).context("no URL on the chat page line")?,
+        url_in(&mesh_page).context("no URL on the mesh page line")?,
+    );
+    let smoke = browser_smoke(&chat_url, &mesh_url, &acme_user, &dev_token(&env, "ACME_ADMIN")?).await?;
+    assert_eq!(smoke["ok"], true, "{smoke}");
+    assert_eq!(smoke["who"], "alice · acme (user)");
+    assert!(
+        smoke["reply"]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Reply to")),
+        "{smoke}"
+    );
+    assert_eq!(smoke["meshCells"], 24, "{smoke}");
+    assert_eq!(smoke["meshWorkers"], 3, "{smoke}");
 
     // what a client reached before: the drain, probes and metrics are on the internal port only.
     // A `GET /drain` on the public port answers 404 and the worker goes on serving.

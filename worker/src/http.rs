@@ -6,6 +6,7 @@
 mod agent;
 mod caller;
 mod chat;
+mod cors;
 mod error;
 mod feed;
 mod health;
@@ -16,6 +17,7 @@ pub(crate) mod openapi;
 mod service;
 mod stream;
 mod ticket;
+mod web;
 
 pub use agent::AUTH_NONE_WARNING;
 pub use error::AppError;
@@ -57,6 +59,7 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
         .route("/api/agent/status", get(agent::status::<S>))
         .route("/api/agent/migrate", post(agent::migrate::<S>))
         .route("/api/mesh", get(agent::mesh::<S>))
+        .route("/api/endpoints", get(agent::endpoints::<S>))
         .route("/api/auth/ticket", post(ticket::issue::<S>))
         .route("/v1/models", get(openai::models::<S>))
         .route("/v1/models/{model}", get(openai::model_by_id::<S>))
@@ -93,8 +96,15 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
         // waits for the LLM's answer (bounded by its own wait, not the 30 s request timeout);
         // counted as a live stream
         .route("/v1/chat/completions", post(openai::completions::<S>));
+    // the web pages: public, embedded
+    let pages = Router::new()
+        .route("/", get(web::chat_page::<S>))
+        .route("/mesh", get(web::mesh_page::<S>))
+        .route("/assets/{*path}", get(web::asset));
     api.merge(live)
+        .merge(pages)
         .fallback(|| async { AppError::NotFound("no such route".into()) })
+        .layer(cors::layer(service.clone()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(service)

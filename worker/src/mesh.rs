@@ -5,6 +5,8 @@
 
 pub(crate) mod echo;
 mod heartbeat;
+pub mod history;
+pub mod moves;
 
 pub use heartbeat::Heartbeat;
 
@@ -25,8 +27,10 @@ use crate::load::Ewma;
 use crate::log::Log;
 use crate::ownership::{AssignmentSource, Epoch, Partition};
 use echo::{ECHO_LIMIT, EchoWatch};
+use history::{LoadHistory, Sample};
 
-const RECENT_MOVES: usize = 100;
+// handoff steps kept: about four per move, so the last ~50 moves
+const RECENT_MOVES: usize = 200;
 const RECENT_REFUSALS: usize = 20;
 
 /// What this worker knows of the mesh.
@@ -40,6 +44,7 @@ pub struct Mesh {
     refusals: Mutex<VecDeque<SystemEvent>>,
     table: Mutex<Option<AssignmentTable>>,
     handoff_ms: Mutex<Ewma>,
+    history: Mutex<BTreeMap<String, LoadHistory>>,
 }
 
 /// A peer as this worker last heard of it.
@@ -66,6 +71,7 @@ impl Mesh {
             refusals: Mutex::new(VecDeque::new()),
             table: Mutex::new(None),
             handoff_ms: Mutex::new(Ewma::default()),
+            history: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -130,6 +136,14 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// Every worker's load over the last minutes (from its reports), by worker id.
+    pub fn load_history(&self) -> BTreeMap<String, Vec<Sample>> {
+        self.history
+            .lock()
+            .map(|h| h.iter().map(|(id, l)| (id.clone(), l.samples())).collect())
+            .unwrap_or_default()
+    }
+
     /// Migrate requests the balancer refused recently, oldest first.
     pub fn recent_refusals(&self) -> Vec<SystemEvent> {
         self.refusals
@@ -159,6 +173,13 @@ impl Mesh {
     fn on_event(&self, ev: MeshEvent) {
         match ev {
             MeshEvent::LoadReport(r) => {
+                if let Ok(mut h) = self.history.lock() {
+                    h.entry(r.worker_id.clone()).or_default().record(Sample {
+                        at_ms: u64::try_from(r.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                        load: r.load_factor,
+                        messages_per_s: r.partitions.iter().map(|p| p.messages_per_s).sum(),
+                    });
+                }
                 if let Ok(mut m) = self.reports.lock() {
                     m.insert(r.worker_id.clone(), (r, Instant::now()));
                 }

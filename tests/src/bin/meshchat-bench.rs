@@ -439,6 +439,7 @@ fn mesh_options(
         interval_secs: rebalance.interval_seconds,
         cooldown_secs: rebalance.cooldown_seconds,
         bootstrap: None,
+        worker_env: Vec::new(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `GET /api/agent/status`, `POST /api/agent/migrate` and `GET /api/mesh`.
+//! `GET /api/agent/status`, `POST /api/agent/migrate`, `GET /api/mesh` and `GET /api/endpoints`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use super::chat::membership_of;
 use super::error::{AppError, Body};
 use super::{ChatService, Membership};
 use crate::auth::Role;
-use crate::mesh::Peer;
+use crate::mesh::{Peer, moves};
 use crate::ownership::Phase;
 use crate::validate::{FieldError, MigrateBody, parse_migrate};
 
@@ -214,6 +214,20 @@ fn plan_migration<S: ChatService>(
     })
 }
 
+/// The mesh's workers that serve clients now, by their public URLs: where a browser page goes
+/// on when the worker it talks to is gone. Any signed-in caller (the page has a token whenever
+/// it needs the list, so the mesh's addresses are not shown to anonymous callers).
+pub async fn endpoints<S: ChatService>(State(s): State<Arc<S>>, _caller: Caller) -> Json<Value> {
+    let m = s.mesh();
+    let list: Vec<Value> = m
+        .reports
+        .iter()
+        .filter(|(r, age)| *age <= m.heartbeat_timeout && !r.draining)
+        .map(|(r, _)| json!({"nodeId": r.worker_id, "url": r.address}))
+        .collect();
+    Json(json!({ "endpoints": list }))
+}
+
 /// The whole mesh as this worker sees it: assignment, workers with load, recent moves (admins
 /// and the operator).
 pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>, caller: Caller) -> Result<Json<Value>, AppError> {
@@ -223,6 +237,15 @@ pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>, caller: Caller) -> Re
         .reports
         .iter()
         .map(|(r, age)| {
+            let history: Vec<[f64; 3]> = m
+                .load_history
+                .get(&r.worker_id)
+                .map(|h| {
+                    h.iter()
+                        .map(|x| [x.at_ms as f64, round3(x.load), round3(x.messages_per_s)])
+                        .collect()
+                })
+                .unwrap_or_default();
             json!({
                 "id": r.worker_id,
                 "address": r.address,
@@ -239,6 +262,8 @@ pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>, caller: Caller) -> Re
                     "inFlight": p.in_flight,
                     "residentConversations": p.resident_conversations,
                 })).collect::<Vec<_>>(),
+                // [unix ms, load factor, messages/s], one per 5 s over the last 10 minutes
+                "history": history,
             })
         })
         .collect();
@@ -252,6 +277,8 @@ pub async fn mesh<S: ChatService>(State(s): State<Arc<S>>, caller: Caller) -> Re
         "heartbeatTimeoutMs": m.heartbeat_timeout.as_millis() as u64,
         "workers": workers,
         "recentMoves": m.recent_moves,
+        // the same steps gathered per move, with each move's pause
+        "moves": moves::summarize(&m.recent_moves),
         // the balancer's verdict on requests answered "Migration started" that it did not carry out
         "refusedMigrations": m.refused_migrations.iter().map(|e| {
             let (id, why) = e.detail.split_once(": ").unwrap_or(("", e.detail.as_str()));

@@ -236,6 +236,9 @@ pub struct MeshDoc {
     pub workers: Vec<serde_json::Value>,
     /// Recent handoff steps.
     pub recent_moves: Vec<serde_json::Value>,
+    /// The same steps gathered per move (partition, epoch, from, to, reason, startedAt,
+    /// liveAt, pauseMs, replayed, state: moving, done or superseded), oldest first.
+    pub moves: Vec<serde_json::Value>,
     /// Migrate requests the balancer refused.
     pub refused_migrations: Vec<serde_json::Value>,
 }
@@ -453,6 +456,34 @@ fn migrate() {}
     ))]
 fn mesh() {}
 
+/// A worker serving clients, by its public URL.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointDoc {
+    /// Worker id.
+    pub node_id: String,
+    /// Base URL clients reach it on.
+    pub url: String,
+}
+
+/// The mesh's workers that serve clients now.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointsDoc {
+    /// Alive, not draining workers.
+    pub endpoints: Vec<EndpointDoc>,
+}
+
+/// Where a client (the web pages) can go on when its worker is gone (any signed-in caller).
+#[utoipa::path(get, path = "/api/endpoints", tag = "mesh",
+    responses(
+        (status = 200, description = "The workers serving clients", body = EndpointsDoc),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 503, description = "The worker is at its request limit", body = ErrorBody),
+        (status = 504, description = "Took too long"),
+    ))]
+fn endpoints() {}
+
 /// A 60 s ticket for the caller's live streams (browsers cannot set headers on WebSocket or
 /// EventSource).
 #[utoipa::path(post, path = "/api/auth/ticket", tag = "auth",
@@ -597,8 +628,8 @@ impl Modify for Bearer {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "MeshChat", description = "Chat for LLM agents over a Kafka mesh: the public API of every worker (docs/security.md: identities, tenants, limits)."),
-    paths(send, conversations, conversation, delete_conversation, participants, cancel, events, websocket, status, migrate, mesh, ticket, openapi, completions, models, model),
-    components(schemas(CancelResponse, DeleteResponse, CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, ConversationList, ConversationSummary, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc)),
+    paths(send, conversations, conversation, delete_conversation, participants, cancel, events, websocket, status, migrate, mesh, endpoints, ticket, openapi, completions, models, model),
+    components(schemas(CancelResponse, DeleteResponse, CompletionBody, CompletionMessage, ChatCompletionDoc, OpenAiErrorDoc, ModelListDoc, SendBody, SendResponse, ErrorBody, ReplyErrorDoc, ConversationView, ConversationList, ConversationSummary, MessageView, ParticipantBody, ParticipantResponse, MigrateBodyDoc, MigrateResponse, TicketResponse, StatusDoc, MeshDoc, PartitionOwnerDoc, EndpointsDoc, EndpointDoc)),
     modifiers(&Bearer),
     security(("bearer" = [])),
 )]

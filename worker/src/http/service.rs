@@ -22,6 +22,7 @@ use crate::index::{ListCursor, Page};
 use crate::limits::Limits;
 use crate::live::{CatchUpError, Cursor, NotServing, Positioned, Relay};
 use crate::mesh::Peer;
+use crate::mesh::history::Sample;
 use crate::ownership::{Assignment, HeldPartition, OwnerInfo, Partition};
 use crate::view::ConversationView;
 
@@ -149,6 +150,8 @@ pub struct MeshView {
     pub recent_moves: Vec<HandoffEvent>,
     /// Migrate requests the balancer refused recently, oldest first.
     pub refused_migrations: Vec<SystemEvent>,
+    /// Every worker's load over the last minutes, by worker id.
+    pub load_history: BTreeMap<String, Vec<Sample>>,
 }
 
 /// The worker behind the HTTP API.

@@ -7,6 +7,7 @@ mod list;
 mod openai;
 mod paging;
 mod resume;
+mod web;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -338,9 +339,18 @@ impl ChatService for Fake {
                 generation: 7,
                 ..AssignmentTable::default()
             }),
-            reports: vec![(report("node-1", false), Duration::from_secs(9))],
+            reports: vec![
+                (report("node-1", false), Duration::from_secs(9)),
+                (
+                    LoadReport {
+                        address: "http://127.0.0.1:8080".into(),
+                        ..report("node-0", false)
+                    },
+                    Duration::from_secs(1),
+                ),
+            ],
             heartbeat_timeout: Duration::from_secs(5),
-            recent_moves: Vec::new(),
+            recent_moves: web::moved(),
             refused_migrations: vec![meshchat_wire::SystemEvent {
                 v: 1,
                 node: "balancer/mesh".into(),
@@ -348,6 +358,7 @@ impl ChatService for Fake {
                 detail: "mig-1: partition 3 was moved on request 4 s ago; the cooldown is 120 s".into(),
                 timestamp: OffsetDateTime::UNIX_EPOCH,
             }],
+            load_history: BTreeMap::from([("node-0".to_string(), web::samples())]),
         }
     }
 

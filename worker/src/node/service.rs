@@ -316,6 +316,7 @@ impl ChatService for Node {
             heartbeat_timeout: self.mesh.heartbeat_timeout(),
             recent_moves: self.mesh.recent_moves(),
             refused_migrations: self.mesh.recent_refusals(),
+            load_history: self.mesh.load_history(),
         }
     }
 

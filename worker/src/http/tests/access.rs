@@ -16,6 +16,7 @@ fn routes() -> Vec<(&'static str, &'static str, Value)> {
         ("GET", "/api/agent/status", Value::Null),
         ("POST", "/api/agent/migrate", json!({"targetNode": "node-1"})),
         ("GET", "/api/mesh", Value::Null),
+        ("GET", "/api/endpoints", Value::Null),
         ("POST", "/api/auth/ticket", Value::Null),
         (
             "POST",
