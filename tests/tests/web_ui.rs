@@ -98,6 +98,26 @@ async fn the_chat_and_mesh_pages_work_in_a_real_browser() -> anyhow::Result<()> 
     let move_conv = conversation_in("web-move", partitions, &others);
     let m = send(&mesh_worker.url, &move_conv, "root", "Please move me").await?;
     wait_reply(&mesh_worker.url, &move_conv, &m, T).await?;
+    // a conversation longer than a page of history (30): 40 messages and their replies
+    let long_conv = "web-long";
+    for i in 0..40 {
+        send_as(
+            &mesh.workers[1].url,
+            &user,
+            long_conv,
+            "alice",
+            &format!("long message {i}"),
+        )
+        .await?;
+    }
+    // every message answered (those past the pending cap at once, with an error reply)
+    wait_for("40 messages and 40 replies", T, || async {
+        let (_, v) = conversation_as(&mesh.workers[1].url, &user, long_conv)
+            .await
+            .ok()?;
+        (v["messages"].as_array()?.len() == 80).then_some(())
+    })
+    .await?;
     let move_partition = meshchat_wire::partition_for(
         &meshchat_wire::conversation_key("default", &move_conv),
         partitions,
@@ -122,6 +142,7 @@ async fn the_chat_and_mesh_pages_work_in_a_real_browser() -> anyhow::Result<()> 
             "operatorToken": auth::operator(),
             "killPid": page_worker.pid().context("node-0's pid")?,
             "killConversation": kill_conv,
+            "longConversation": long_conv,
             "mesh": {"url": mesh_worker.url, "conversation": move_conv, "partition": move_partition},
         }))?,
     )?;
@@ -212,6 +233,39 @@ async fn the_chat_and_mesh_pages_work_in_a_real_browser() -> anyhow::Result<()> 
         (4, 4),
         "four messages, each answered once: {view}"
     );
+
+    // the long history: a first page of 30, then everything by scrolling up, each once
+    assert_eq!(out["longFirstPage"], 30, "{}", out["longFirstPage"]);
+    assert_eq!(out["longOlderButton"], true);
+    let long_ids: Vec<&str> = out["longAll"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let (_, whole) = alice(live_url, long_conv).await?;
+    let stored: Vec<&str> = whole["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(stored.len(), 80);
+    assert_eq!(
+        long_ids, stored,
+        "the page shows the stored history, in order, each once"
+    );
+    assert_eq!(out["longFirstText"], "long message 0");
+    // the list: a page of 20, then the next page, each conversation once
+    assert_eq!(out["listFirstPage"], 20);
+    let listed: Vec<&str> = out["listTwoPages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let distinct: std::collections::BTreeSet<&&str> = listed.iter().collect();
+    assert!(listed.len() > 20 && distinct.len() == listed.len(), "{listed:?}");
 
     // SIGKILL of the page's worker mid-reply: the page went on at another worker and shows the
     // complete reply once; the log holds it once

@@ -146,6 +146,23 @@ try {
     out.failed = (await waitReplies(page, 4))[3];
   });
 
+  await step('a long history pages back as the reader scrolls up', async () => {
+    await page.locator(`#conversations li[data-id="${config.longConversation}"] button`).click();
+    await page.waitForFunction(() => document.querySelectorAll('#messages li').length >= 30, null, { timeout: LONG });
+    out.longFirstPage = await page.locator('#messages li').count();
+    out.longOlderButton = await page.getByRole('button', { name: 'Load earlier messages' }).isVisible();
+    // scroll to the top until everything is there (each scroll to the top asks for a page)
+    for (let i = 0; i < 10; i++) {
+      await page.locator('#log').evaluate((log) => { log.scrollTop = 0; log.dispatchEvent(new Event('scroll')); });
+      await page.waitForTimeout(300);
+      if (!(await page.getByRole('button', { name: 'Load earlier messages' }).isVisible())) break;
+    }
+    // replies still being written arrive live: wait until none is
+    await page.waitForFunction(() => !document.querySelector('#messages li.streaming'), null, { timeout: LONG });
+    out.longAll = await page.$$eval('#messages li', (l) => l.map((li) => li.dataset.id));
+    out.longFirstText = await page.locator('#messages li .text').first().textContent();
+  });
+
   await step('SIGKILL of the worker the page talks to mid-reply: the page goes on elsewhere', async () => {
     // the conversation the Rust test made on the killed worker's partitions
     await page.locator(`#conversations li[data-id="${config.killConversation}"] button`).click();
@@ -199,16 +216,24 @@ try {
     let finished = false;
     burst.then(() => { finished = true; });
     while (limited < 5 && !finished) await new Promise((r) => setTimeout(r, 50));
-    await page.evaluate(() => { window.meshchatMetrics.lastAnswer = null; });
+    await page.evaluate(() => { window.meshchatMetrics.answers = []; });
     await sendMessage(page, 'Am I limited?');
-    await page.waitForFunction(() => window.meshchatMetrics.lastAnswer?.url?.endsWith('/api/chat/send'), null, { timeout: 30_000 });
-    out.rateAnswer = await page.evaluate(() => window.meshchatMetrics.lastAnswer);
+    const sendAnswer = () => window.meshchatMetrics.answers.find((a) => a.url.endsWith('/api/chat/send'));
+    await page.waitForFunction(sendAnswer, null, { timeout: 30_000 });
+    out.rateAnswer = await page.evaluate(sendAnswer);
     out.rateBurstBase = base;
     bursting = false;
     await page.locator('#alert:not([hidden])').waitFor({ timeout: 30_000 });
     await burst;
     out.burstLimited = limited;
     out.rateAlert = await page.locator('#alert').textContent();
+    // the burst made many conversations: the list shows a page and pages on
+    await page.waitForFunction(() => document.querySelectorAll('#conversations li').length >= 20, null, { timeout: 30_000 });
+    const listed = () => page.$$eval('#conversations li', (l) => l.map((li) => li.dataset.id));
+    out.listFirstPage = (await listed()).length;
+    await page.getByRole('button', { name: 'More conversations' }).click();
+    await page.waitForFunction((n) => document.querySelectorAll('#conversations li').length > n, out.listFirstPage, { timeout: 30_000 });
+    out.listTwoPages = await listed();
     out.rateComposerKept = await page.getByLabel('Message', { exact: true }).inputValue();
   });
 

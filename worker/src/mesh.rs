@@ -100,6 +100,14 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// The public URLs of every worker heard from (cheap: no reports are cloned).
+    pub fn addresses(&self) -> Vec<String> {
+        self.reports
+            .lock()
+            .map(|m| m.values().map(|(r, _)| r.address.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// How far behind worker `id` reported being over all its partitions (records), if it
     /// reported.
     pub fn lag_of(&self, id: &str) -> Option<i64> {

@@ -110,3 +110,14 @@ test('presence: who takes part and who is online', () => {
   assert.equal(t.online.get('bob'), false);
   assert.equal(t.online.get('carol'), true);
 });
+
+test("the user's own message arriving before its send is answered shows once", () => {
+  const t = new Thread('c');
+  t.pending('local-1', 'alice', 'hi');
+  t.pending('local-2', 'alice', 'hi');
+  t.apply({ type: 'message', message: user('m9', 'hi') });
+  assert.deepEqual(t.order, ['m9', 'local-2'], 'the oldest pending one takes the id');
+  t.confirm('local-1', 'm9');
+  assert.deepEqual(t.order, ['m9', 'local-2']);
+  assert.equal(t.duplicates, 0);
+});

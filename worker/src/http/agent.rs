@@ -223,7 +223,7 @@ pub async fn endpoints<S: ChatService>(State(s): State<Arc<S>>, _caller: Caller)
         .reports
         .iter()
         .filter(|(r, age)| *age <= m.heartbeat_timeout && !r.draining)
-        .map(|(r, _)| json!({"nodeId": r.worker_id, "url": r.address}))
+        .map(|(r, _)| json!({"nodeId": r.worker_id, "url": r.address.trim_end_matches('/')}))
         .collect();
     Json(json!({ "endpoints": list }))
 }

@@ -17,13 +17,9 @@ use super::ChatService;
 pub fn layer<S: ChatService>(service: Arc<S>) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-            origin.to_str().is_ok_and(|o| {
-                service
-                    .mesh()
-                    .reports
-                    .iter()
-                    .any(|(r, _)| origin_of(&r.address).is_some_and(|a| a == o))
-            })
+            origin
+                .to_str()
+                .is_ok_and(|o| service.mesh_origins().iter().any(|a| a == o))
         }))
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([

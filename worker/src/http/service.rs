@@ -263,6 +263,20 @@ pub trait ChatService: Send + Sync + 'static {
     /// The current assignment (what this worker should own, who owns the rest).
     fn assignment(&self) -> Assignment;
 
+    /// Origins (`scheme://host[:port]`) of the mesh's workers, as their heartbeats give their
+    /// public URLs: what browsers may call across (CORS, the pages' policy). Sorted, distinct.
+    fn mesh_origins(&self) -> Vec<String> {
+        let mut o: Vec<String> = self
+            .mesh()
+            .reports
+            .iter()
+            .filter_map(|(r, _)| super::cors::origin_of(&r.address))
+            .collect();
+        o.sort();
+        o.dedup();
+        o
+    }
+
     /// The mesh as this worker sees it.
     fn mesh(&self) -> MeshView;
 

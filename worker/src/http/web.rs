@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::ChatService;
-use super::cors::origin_of;
 use super::error::AppError;
 
 #[derive(rust_embed::Embed)]
@@ -43,21 +42,20 @@ fn page<S: ChatService>(s: &S, name: &str, headers: &HeaderMap) -> Response {
 /// only; API calls and live streams also to the other workers of the mesh (a page goes on at
 /// another when its worker is gone).
 fn policy<S: ChatService>(s: &S) -> String {
-    let mut others: Vec<String> = s
-        .mesh()
-        .reports
-        .iter()
-        .filter_map(|(r, _)| origin_of(&r.address))
-        .collect();
-    others.sort();
-    others.dedup();
-    format!(
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'{}{}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
-        if others.is_empty() { "" } else { " " },
-        others.join(" ")
+    let others = s.mesh_origins();
+    if others.is_empty() {
+        return SELF_ONLY.to_string();
+    }
+    SELF_ONLY.replacen(
+        "connect-src 'self'",
+        &format!("connect-src 'self' {}", others.join(" ")),
+        1,
     )
 }
+
+/// The policy with this worker alone.
+const SELF_ONLY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
 
 /// An embedded file, revalidated by its hash (the paths carry no version).
 fn serve(path: &str, headers: &HeaderMap, csp: Option<String>) -> Response {
@@ -75,7 +73,11 @@ fn serve(path: &str, headers: &HeaderMap, csp: Option<String>) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+        .is_some_and(|v| {
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == etag || t == "*")
+        });
     let mut resp = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -95,7 +97,9 @@ fn serve(path: &str, headers: &HeaderMap, csp: Option<String>) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    if let Some(csp) = csp.and_then(|c| HeaderValue::from_str(&c).ok()) {
+    if let Some(csp) = csp {
+        // an address that cannot be a header value leaves the others out, never the policy
+        let csp = HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static(SELF_ONLY));
         h.insert(header::CONTENT_SECURITY_POLICY, csp);
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }

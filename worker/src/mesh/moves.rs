@@ -55,6 +55,10 @@ pub fn summarize(events: &[HandoffEvent]) -> Vec<Move> {
     let mut moves: BTreeMap<(i32, u64), Move> = BTreeMap::new();
     let mut stopped: BTreeMap<(i32, u64), OffsetDateTime> = BTreeMap::new();
     for e in events {
+        // a step this build does not know says nothing of where a move stands
+        if matches!(e.step, HandoffStep::Other(_)) {
+            continue;
+        }
         let key = (e.partition, e.epoch);
         let m = moves.entry(key).or_insert_with(|| Move {
             partition: e.partition,
@@ -69,6 +73,10 @@ pub fn summarize(events: &[HandoffEvent]) -> Vec<Move> {
             state: MoveState::Moving,
         });
         m.started_at = m.started_at.min(e.timestamp);
+        // the new owner's `live` step names no previous owner; the others do
+        if m.from.is_empty() {
+            m.from.clone_from(&e.from);
+        }
         match &e.step {
             HandoffStep::Assigned(r) => m.reason = Some(r.as_str().to_string()),
             HandoffStep::Releasing | HandoffStep::Released => {
@@ -157,10 +165,17 @@ mod tests {
 
     #[test]
     fn a_failover_pauses_from_the_assignment_and_steps_may_come_out_of_order() {
+        // the new owner's step names no previous owner, and may be read first
+        let mut live = step(1, 2, HandoffStep::Live, 2_600);
+        live.from = String::new();
         let moves = summarize(&[
-            step(1, 2, HandoffStep::Live, 2_600),
+            live,
+            step(1, 2, HandoffStep::Other("audited".into()), 2_700),
             step(1, 2, HandoffStep::Assigned(AssignReason::Failover), 2_000),
+            step(9, 1, HandoffStep::Other("audited".into()), 2_700),
         ]);
+        assert_eq!(moves.len(), 1, "unknown steps make no move: {moves:?}");
+        assert_eq!(moves[0].from, "node-0");
         assert_eq!(moves[0].pause_ms, Some(600));
         assert_eq!(moves[0].reason.as_deref(), Some("failover"));
     }

@@ -3,6 +3,7 @@
 
 const TOKEN_KEY = 'meshchat.token';
 const BASE_KEY = 'meshchat.base';
+const CALL_TIMEOUT_MS = 35000;
 
 /** An answer the API refused: status, its JSON body and the wait it asked for. */
 export class ApiError extends Error {
@@ -56,6 +57,9 @@ export class Session {
 
   /** Checks `token` (a ticket request says who it stands for) and keeps it for this tab. */
   static async signIn(token) {
+    if (!/^[\x21-\x7e]+$/.test(token)) {
+      throw new ApiError(400, { message: 'A token is one line of visible characters, without spaces.' });
+    }
     const probe = new Session(token, null);
     const who = await probe.post('/api/auth/ticket');
     probe.who = { tenant: who.tenant, user: who.user, role: who.role };
@@ -65,6 +69,11 @@ export class Session {
   }
 
   signOut() {
+    Session.forget();
+  }
+
+  /** Forgets the tab's token (and the worker it used). */
+  static forget() {
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(BASE_KEY);
   }
@@ -73,18 +82,26 @@ export class Session {
     return this.bases[0];
   }
 
-  /** Learns the mesh's workers (their public URLs) from the worker in use. */
+  /**
+   * Learns the mesh's workers (their public URLs) from the worker in use — when the page came
+   * from one of them (`make run`, clients reaching workers directly). Behind a Service or a
+   * proxy, the page's own origin already reaches a live worker, and pods' addresses would not
+   * be reachable from the browser: then only the page's origin is used.
+   */
   async refreshEndpoints() {
     const r = await this.get('/api/endpoints');
-    const known = [this.base, ...r.endpoints.map((e) => e.url)];
-    if (!known.includes(location.origin)) known.push(location.origin);
-    const next = [...new Set(known)];
+    const urls = r.endpoints
+      .map((e) => String(e.url).replace(/\/+$/, ''))
+      // the token goes only where the page's own scheme goes (never from https to http)
+      .filter((u) => u.startsWith(`${location.protocol}//`));
+    if (!urls.includes(location.origin)) return;
+    const next = [...new Set([this.base, ...urls])];
     if (!sameList(next, this.bases)) this.bases = next;
   }
 
-  /** Moves to the next worker after the one in use failed. */
-  rotate() {
-    if (this.bases.length > 1) {
+  /** Moves on from `failed`, the worker that just failed, unless another call already did. */
+  rotateFrom(failed) {
+    if (this.bases.length > 1 && this.bases[0] === failed) {
       this.bases.push(this.bases.shift());
       sessionStorage.setItem(BASE_KEY, this.base);
       this.onBase(this.base);
@@ -99,14 +116,20 @@ export class Session {
     return this.call('POST', path, body, headers);
   }
 
+  /** A POST that must not be repeated elsewhere if its answer is lost (cancel, migrate). */
+  postOnce(path, body) {
+    return this.call('POST', path, body, {}, false);
+  }
+
   /**
    * One API call, at the worker in use or, when it cannot be reached (or is unavailable), at
-   * the others in turn. Only retry-safe calls come here: reads, and sends carrying an
+   * the others in turn. Retried calls are retry-safe: reads, and sends carrying an
    * Idempotency-Key, so a send retried elsewhere is stored once.
    */
-  async call(method, path, body, headers = {}) {
+  async call(method, path, body, headers = {}, retry = true) {
     let last = new Unreachable('no worker answered');
-    for (let tries = 0; tries < this.bases.length; tries++) {
+    const tries = retry ? this.bases.length : 1;
+    for (let attempt = 0; attempt < tries; attempt++) {
       const base = this.base;
       let resp;
       try {
@@ -118,10 +141,12 @@ export class Session {
             ...headers,
           },
           body: body === undefined ? undefined : JSON.stringify(body),
+          // a worker whose host vanished never answers: longer than the API's 30 s limit
+          signal: AbortSignal.timeout(CALL_TIMEOUT_MS),
         });
       } catch (e) {
         last = new Unreachable(`${base} did not answer`);
-        this.rotate();
+        this.rotateFrom(base);
         continue;
       }
       this.onAnswer(method, base + path, resp.status);
@@ -134,9 +159,9 @@ export class Session {
       }
       if (resp.ok) return json;
       const err = new ApiError(resp.status, json);
-      if (resp.status === 503 && !err.retryAfter && tries + 1 < this.bases.length) {
+      if (resp.status === 503 && !err.retryAfter && attempt + 1 < tries) {
         last = err;
-        this.rotate();
+        this.rotateFrom(base);
         continue;
       }
       throw err;

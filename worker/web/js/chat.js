@@ -1,7 +1,7 @@
 // The chat page: sign in, the caller's conversations, one open conversation with its history
 // (paged back on scroll), live events (streamed replies, presence) and a composer with Stop.
 
-import { ApiError, randomId } from './api.js';
+import { ApiError, describe, randomId } from './api.js';
 import { LiveStream } from './live.js';
 import { Thread } from './thread.js';
 import { el, show, timeOf } from './dom.js';
@@ -10,16 +10,20 @@ import { alertText, failWith, setUpSignIn } from './signin.js';
 const $ = (id) => document.getElementById(id);
 const PAGE = 30;
 const LIST_PAGE = 20;
+const LIST_EVERY_MS = 10000;
 
 // what the browser tests read: token → screen times, reconnects, repeated events
-const metrics = { tokenToScreenMs: [], reconnects: 0, duplicates: 0, events: {} };
+const metrics = { tokenToScreenMs: [], reconnects: 0, duplicates: 0, events: {}, answers: [] };
 window.meshchatMetrics = metrics;
 
 let session = null;
 let thread = null;
 let live = null;
 let listCursor = null;
-let loadingOlder = false;
+// pages of the list loaded after the first ("More conversations")
+let listPages = 0;
+let listTimer = null;
+let listQueue = Promise.resolve();
 const drafts = new Map();
 const items = new Map();
 
@@ -27,15 +31,20 @@ const signedOut = setUpSignIn({
   content: $('app'),
   onSignedIn: async (s) => {
     session = s;
-    session.onBase = (base) => setConnection('reconnecting', base);
     session.onAnswer = (method, url, status) => {
-      metrics.lastAnswer = { method, url, status };
+      metrics.answers.push({ method, url, status });
+      if (metrics.answers.length > 50) metrics.answers.shift();
     };
+    listCursor = null;
+    listPages = 0;
     await loadConversations(true);
+    // conversations started elsewhere (another tab, the API) show up
+    listTimer = setInterval(() => session && loadConversations(true), LIST_EVERY_MS);
   },
   onSignedOut: () => {
     if (live) live.close();
     live = null;
+    clearInterval(listTimer);
     session = null;
     thread = null;
     items.clear();
@@ -54,23 +63,47 @@ const fail = failWith(signedOut);
 // === the conversation list ===
 
 async function loadConversations(first) {
+  // one load at a time, in order: a refresh answering after a "More" must not skip a page
+  const run = listQueue.then(() => loadListPage(first));
+  listQueue = run.catch(() => {});
+  return run;
+}
+
+async function loadListPage(first) {
+  const asked = session;
+  if (!asked) return;
   const q = new URLSearchParams({ limit: String(LIST_PAGE) });
   if (!first && listCursor) q.set('cursor', listCursor);
   let page;
   try {
-    page = await session.get(`/api/chat/conversations?${q}`);
+    page = await asked.get(`/api/chat/conversations?${q}`);
   } catch (err) {
     return fail(err);
   }
+  if (session !== asked) return;
   const ul = $('conversations');
-  if (first) ul.replaceChildren();
-  listCursor = page.nextCursor || null;
   for (const c of page.conversations) drafts.delete(c.id);
-  if (first) for (const [id] of drafts) ul.append(listItem({ id, title: 'New conversation', messageCount: 0 }));
-  for (const c of page.conversations) {
-    const old = ul.querySelector(`[data-id="${CSS.escape(c.id)}"]`);
-    if (old) old.remove();
-    ul.append(listItem(c));
+  const items = page.conversations.map(listItem);
+  if (first) {
+    // the newest page on top; what later pages the reader loaded showed stays below it
+    const ids = new Set(page.conversations.map((c) => c.id));
+    const newDrafts = [...drafts.keys()].map((id) => listItem({ id, title: 'New conversation', messageCount: 0 }));
+    const rest = listPages > 0
+      ? [...ul.children].filter((li) => !ids.has(li.dataset.id) && !drafts.has(li.dataset.id))
+      : [];
+    const focused = document.activeElement && document.activeElement.closest('#conversations li');
+    const focusedId = focused && focused.dataset.id;
+    ul.replaceChildren(...newDrafts, ...items, ...rest);
+    if (focusedId) ul.querySelector(`[data-id="${CSS.escape(focusedId)}"] button`)?.focus();
+    if (listPages === 0) listCursor = page.nextCursor || null;
+  } else {
+    for (const c of page.conversations) {
+      const old = ul.querySelector(`[data-id="${CSS.escape(c.id)}"]`);
+      if (old) old.remove();
+    }
+    ul.append(...items);
+    listCursor = page.nextCursor || null;
+    listPages += 1;
   }
   show($('more-conversations'), Boolean(listCursor));
   show($('no-conversations'), ul.children.length === 0);
@@ -113,7 +146,9 @@ $('new-conversation').addEventListener('click', () => {
 async function openConversation(id, title) {
   if (live) live.close();
   alertText('');
-  thread = new Thread(id);
+  const t = new Thread(id);
+  thread = t;
+  setConnection('connecting', '');
   items.clear();
   $('messages').replaceChildren();
   $('conversation-title').textContent = title || id;
@@ -122,27 +157,42 @@ async function openConversation(id, title) {
   if (current) current.setAttribute('aria-current', 'true');
   $('composer-input').disabled = false;
   $('send').disabled = false;
-  // live first, then history: whatever arrives in between shows once (the thread merges)
-  live = new LiveStream(session, id, {
-    onEvent: (ev, at) => onLive(id, ev, at),
-    onState: setConnection,
-    onError: (err) => (err instanceof ApiError && err.status === 401 ? fail(err) : null),
+  // live first, then history: the stream is open before the history is read, so nothing
+  // written in between is missing; what both show appears once (the thread merges)
+  const stream = new LiveStream(session, id, {
+    onEvent: (ev, at) => onLive(t, ev, at),
+    onState: (state, base) => thread === t && setConnection(state, base),
+    onError: (err) => {
+      if (thread !== t) return;
+      if (err instanceof ApiError && err.status === 401) fail(err);
+      else if (err instanceof ApiError && err.status >= 400 && err.status < 500) alertText(describe(err));
+    },
+    onResumedFromNow: () => loadLatest(t),
   }).start();
+  live = stream;
+  await Promise.race([stream.ready, new Promise((r) => setTimeout(r, 5000))]);
+  await loadLatest(t);
+}
+
+/** Reads the newest page of `t`'s history and merges it. */
+async function loadLatest(t) {
   try {
-    const view = await session.get(`/api/chat/conversation/${encodeURIComponent(id)}?limit=${PAGE}`);
-    if (!thread || thread.id !== id) return;
-    thread.loadLatest(view);
+    const view = await session.get(`/api/chat/conversation/${encodeURIComponent(t.id)}?limit=${PAGE}`);
+    if (thread !== t) return;
+    t.loadLatest(view);
   } catch (err) {
+    if (thread !== t) return;
     if (!(err instanceof ApiError && err.status === 404)) fail(err);
-    if (thread && thread.id === id) thread.historyLoaded = true;
+    t.historyLoaded = true;
   }
+  if (thread !== t) return;
   renderAll();
   scrollToEnd();
 }
 
-function onLive(id, ev, receivedAt) {
+function onLive(t, ev, receivedAt) {
   metrics.events[ev.type] = (metrics.events[ev.type] || 0) + 1;
-  if (!thread || thread.id !== id) return;
+  if (thread !== t) return;
   const before = thread.duplicates;
   const changed = thread.apply(ev);
   metrics.duplicates += thread.duplicates - before;
@@ -165,6 +215,8 @@ function setConnection(state, base) {
   c.dataset.state = state;
   c.dataset.base = base || '';
   if (state === 'live') c.textContent = `Live via ${base}`;
+  else if (state === 'connecting') c.textContent = 'Connecting…';
+  else if (state === 'stopped') c.textContent = 'Not live';
   else {
     metrics.reconnects = live ? live.reconnects : metrics.reconnects;
     c.textContent = 'Reconnecting…';
@@ -206,6 +258,9 @@ function renderItem(id) {
   }
   li.className = classesOf(m);
   li.dataset.id = id;
+  // a reply being written is one change for assistive technology, announced when stored
+  if (m.streaming) li.setAttribute('aria-busy', 'true');
+  else li.removeAttribute('aria-busy');
   li.querySelector('.sender').textContent = m.inReplyTo ? `${m.sender || 'assistant'}` : m.sender;
   const t = li.querySelector('time');
   t.textContent = m.timestamp ? timeOf(m.timestamp) : '';
@@ -218,6 +273,7 @@ function renderItem(id) {
 }
 
 function renderAll() {
+  if (!thread) return;
   const ol = $('messages');
   const keep = new Set(thread.order);
   for (const [id, li] of items) {
@@ -227,8 +283,13 @@ function renderAll() {
     }
   }
   for (const id of thread.order) renderItem(id);
-  // display order: history pages, confirmations and live events can arrive in any order
-  ol.append(...thread.order.map((id) => items.get(id)).filter(Boolean));
+  // display order (history pages, confirmations and live events arrive in any order); only
+  // nodes out of place move, so the log does not announce the whole conversation again
+  let at = ol.firstElementChild;
+  for (const li of thread.order.map((id) => items.get(id)).filter(Boolean)) {
+    if (li === at) at = at.nextElementSibling;
+    else ol.insertBefore(li, at);
+  }
   show($('older'), thread.hasMore);
   renderPresence();
   updateStop();
@@ -252,13 +313,15 @@ function renderPresence() {
 }
 
 function awaitingReply() {
-  if (thread.streaming()) return true;
-  const last = thread.messages().at(-1);
-  return Boolean(last && !last.inReplyTo && !last.pending);
+  return thread.streaming() || thread.messages().some((m) => !m.inReplyTo && !m.pending && !thread.answered.has(m.id));
 }
 
 function updateStop() {
-  $('stop').disabled = !(thread && awaitingReply());
+  const stop = $('stop');
+  const disable = !(thread && awaitingReply());
+  // the reply ended while Stop had the focus: the message box takes it, not the page
+  if (disable && document.activeElement === stop) $('composer-input').focus();
+  stop.disabled = disable;
 }
 
 function nearEnd() {
@@ -272,23 +335,23 @@ function scrollToEnd() {
 }
 
 async function loadOlder() {
-  if (!thread || !thread.hasMore || loadingOlder) return;
-  loadingOlder = true;
-  const id = thread.id;
+  const t = thread;
+  if (!t || !t.hasMore || t.loadingOlder) return;
+  t.loadingOlder = true;
   const log = $('log');
-  const from = log.scrollHeight - log.scrollTop;
   try {
-    const q = new URLSearchParams({ limit: String(PAGE), before: thread.firstId() });
-    const view = await session.get(`/api/chat/conversation/${encodeURIComponent(id)}?${q}`);
-    if (thread && thread.id === id) {
-      thread.loadOlder(view);
+    const q = new URLSearchParams({ limit: String(PAGE), before: t.firstId() });
+    const view = await session.get(`/api/chat/conversation/${encodeURIComponent(t.id)}?${q}`);
+    if (thread === t) {
+      const from = log.scrollHeight - log.scrollTop;
+      t.loadOlder(view);
       renderAll();
       log.scrollTop = log.scrollHeight - from;
     }
   } catch (err) {
-    fail(err);
+    if (thread === t) fail(err);
   } finally {
-    loadingOlder = false;
+    t.loadingOlder = false;
   }
 }
 
@@ -302,12 +365,13 @@ $('older').addEventListener('click', loadOlder);
 async function send() {
   const input = $('composer-input');
   const text = input.value.trim();
-  if (!thread || !text) return;
-  const id = thread.id;
+  const t = thread;
+  if (!t || !text) return;
+  const id = t.id;
   const key = randomId('k-');
   const localId = `local-${key}`;
   input.value = '';
-  thread.pending(localId, session.who.user, text);
+  t.pending(localId, session.who.user, text);
   renderItem(localId);
   updateStop();
   scrollToEnd();
@@ -318,8 +382,8 @@ async function send() {
       { conversationId: id, content: text },
       { 'Idempotency-Key': key },
     );
-    if (thread && thread.id === id) {
-      thread.confirm(localId, r.messageId);
+    if (thread === t) {
+      t.confirm(localId, r.messageId);
       const li = items.get(localId);
       items.delete(localId);
       if (li && !items.has(r.messageId)) items.set(r.messageId, li);
@@ -329,8 +393,8 @@ async function send() {
     drafts.delete(id);
     refreshListSoon();
   } catch (err) {
-    if (thread && thread.id === id) {
-      thread.dropPending(localId);
+    if (thread === t) {
+      t.dropPending(localId);
       renderAll();
       if (!input.value) input.value = text;
     }
@@ -353,7 +417,8 @@ $('composer-input').addEventListener('keydown', (e) => {
 $('stop').addEventListener('click', async () => {
   if (!thread) return;
   try {
-    await session.post(`/api/chat/conversation/${encodeURIComponent(thread.id)}/cancel`);
+    // once: a cancel stored twice would stop the next reply too
+    await session.postOnce(`/api/chat/conversation/${encodeURIComponent(thread.id)}/cancel`);
   } catch (err) {
     fail(err);
   }

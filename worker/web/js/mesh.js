@@ -14,6 +14,7 @@ const PALETTE = ['#cfe3ff', '#ffd9b3', '#cdeec0', '#f1d3f7', '#fff0a0', '#c6efef
 let session = null;
 let timer = null;
 let last = null;
+let lastShown = '';
 
 const signedOut = setUpSignIn({
   content: $('mesh'),
@@ -36,7 +37,9 @@ async function poll() {
   if (!session) return;
   try {
     const mesh = await session.get('/api/mesh');
-    $('connection').textContent = `Live via ${session.base}`;
+    // written only when it changes: a status region re-announces what is written to it
+    const status = `Live via ${session.base}`;
+    if ($('connection').textContent !== status) $('connection').textContent = status;
     $('connection').dataset.state = 'live';
     if ($('alert').dataset.from === 'poll') {
       delete $('alert').dataset.from;
@@ -78,6 +81,11 @@ function stateOf(w) {
 
 function render(mesh) {
   last = mesh;
+  // rebuilt only when something shown changed (ages of heartbeats are not shown), so a
+  // reader's place on the page stays put between changes
+  const shown = JSON.stringify({ ...mesh, workers: mesh.workers.map((w) => ({ ...w, lastSeenMs: 0 })) });
+  if (shown === lastShown) return;
+  lastShown = shown;
   const colour = colours(mesh.workers);
   $('agent').textContent = mesh.agent;
   $('generation').textContent = String(mesh.generation);
@@ -203,7 +211,8 @@ async function migrate(body) {
   const result = $('action-result');
   result.textContent = 'Asking the balancer…';
   try {
-    const r = await session.post('/api/agent/migrate', body);
+    // once: a lost answer must not move things twice
+    const r = await session.postOnce('/api/agent/migrate', body);
     result.textContent = `Move started: partitions ${r.partitions.join(', ')} from ${r.sourceNode} to ${r.targetNode} (about ${r.estimatedTime}).`;
     poll();
   } catch (err) {

@@ -17,6 +17,7 @@ export function alertText(text) {
  */
 export function setUpSignIn({ content, onSignedIn, onSignedOut }) {
   let session = null;
+  let endpointsTimer = null;
 
   function showForm(message) {
     show($('sign-in'), true);
@@ -30,8 +31,9 @@ export function setUpSignIn({ content, onSignedIn, onSignedOut }) {
   }
 
   function signedOut(message) {
+    clearInterval(endpointsTimer);
     onSignedOut();
-    if (session) session.signOut();
+    Session.forget();
     session = null;
     showForm(message);
   }
@@ -47,7 +49,8 @@ export function setUpSignIn({ content, onSignedIn, onSignedOut }) {
     show(content, true);
     alertText('');
     $('token').value = '';
-    setInterval(() => session && session.refreshEndpoints().catch(() => {}), 30000);
+    clearInterval(endpointsTimer);
+    endpointsTimer = setInterval(() => session && session.refreshEndpoints().catch(() => {}), 30000);
     await onSignedIn(session);
   }
 

@@ -123,6 +123,20 @@ export class Thread {
         const had = this.byId.get(ev.message.id);
         // already shown from history (the stream and a history page overlap)
         if (had && !had.pending && !had.streaming) return [];
+        // the user's own message, arrived before its send was answered: it takes the place
+        // of the oldest pending message with the same text
+        if (!had && !ev.message.inReplyTo) {
+          const local = this.order.find((id) => {
+            const m = this.byId.get(id);
+            return m && m.pending && m.sender === ev.message.sender && m.content === ev.message.content;
+          });
+          if (local) {
+            this.byId.delete(local);
+            this.order = this.order.map((x) => (x === local ? ev.message.id : x));
+            this.put(ev.message);
+            return [ev.message.id];
+          }
+        }
         if (had && had.pending) {
           // the message the user sent, now in the log: keep its place
           this.byId.set(ev.message.id, { ...ev.message, streaming: false, pending: false });
