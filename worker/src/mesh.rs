@@ -182,10 +182,16 @@ impl Mesh {
         match ev {
             MeshEvent::LoadReport(r) => {
                 if let Ok(mut h) = self.history.lock() {
+                    let at_ms = u64::try_from(r.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
                     h.entry(r.worker_id.clone()).or_default().record(Sample {
-                        at_ms: u64::try_from(r.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                        at_ms,
                         load: r.load_factor,
                         messages_per_s: r.partitions.iter().map(|p| p.messages_per_s).sum(),
+                    });
+                    // workers that left: their histories go once older than the window
+                    h.retain(|_, l| {
+                        l.newest()
+                            .is_some_and(|t| at_ms.saturating_sub(t) <= history::KEEP_MS)
                     });
                 }
                 if let Ok(mut m) = self.reports.lock() {

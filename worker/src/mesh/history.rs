@@ -44,6 +44,11 @@ impl LoadHistory {
         }
     }
 
+    /// When the newest sample was taken (unix ms).
+    pub fn newest(&self) -> Option<u64> {
+        self.samples.back().map(|s| s.at_ms)
+    }
+
     /// The samples, oldest first.
     pub fn samples(&self) -> Vec<Sample> {
         self.samples.iter().copied().collect()
@@ -92,6 +97,7 @@ mod tests {
             prop_assert!(s.windows(2).all(|w| w[0].at_ms / STEP_MS < w[1].at_ms / STEP_MS));
             prop_assert!(s.iter().all(|x| now - x.at_ms <= KEEP_MS));
             prop_assert_eq!(s.last().map(|x| x.at_ms), Some(now));
+            prop_assert_eq!(h.newest(), Some(now));
         }
     }
 }
