@@ -20,7 +20,6 @@ mod ticket;
 mod web;
 
 pub use agent::AUTH_NONE_WARNING;
-pub use cors::origin_of;
 pub use error::AppError;
 pub use service::{
     ChatService, Forwarded, HttpSettings, IndexLoading, Local, Membership, MeshView, Readiness, WorkerStatus,

@@ -263,14 +263,19 @@ pub trait ChatService: Send + Sync + 'static {
     /// The current assignment (what this worker should own, who owns the rest).
     fn assignment(&self) -> Assignment;
 
-    /// Origins (`scheme://host[:port]`) of the mesh's workers, as their heartbeats give their
-    /// public URLs: what browsers may call across (CORS, the pages' policy). Sorted, distinct.
+    /// The public URLs of the mesh's workers (all heard from, alive or not). Asked on every
+    /// cross-origin request: implementations may answer without building a whole view.
+    fn mesh_addresses(&self) -> Vec<String> {
+        self.mesh().reports.into_iter().map(|(r, _)| r.address).collect()
+    }
+
+    /// Origins (`scheme://host[:port]`) of the mesh's workers: what browsers may call across
+    /// (CORS, the pages' policy). Sorted, distinct.
     fn mesh_origins(&self) -> Vec<String> {
         let mut o: Vec<String> = self
-            .mesh()
-            .reports
+            .mesh_addresses()
             .iter()
-            .filter_map(|(r, _)| super::cors::origin_of(&r.address))
+            .filter_map(|a| super::cors::origin_of(a))
             .collect();
         o.sort();
         o.dedup();
