@@ -7,15 +7,17 @@ TEST_KAFKA_DIR ?= $(HOME)/.cache/meshchat/kafka-test
 # where `make bench` writes its JSON, charts and report section
 BENCH_OUT ?= docs
 
-.PHONY: all build run test e2e bench fuzz lint fmt crds openapi kafka-start kafka-stop clean help
+.PHONY: all build run test images e2e bench fuzz lint fmt crds openapi chart-docs kafka-start kafka-stop clean help
 
 all: build
 
 help:
 	@echo "make run    - Kafka + fake (or real) LLM + three workers on :8080 :8081 :8082"
 	@echo "make test   - format, lint, unit, property and integration tests on a real broker"
+	@echo "make images - OCI image archives of the worker and operator in dist/images (no docker needed)"
 	@echo "make bench  - raw broker, placement, handoff and failover measurements (docs/benchmarks.md, .json, PNGs)"
 	@echo "make crds   - regenerate the ChatAgent CRD YAML"
+	@echo "make chart-docs - regenerate charts/meshchat/README.md from its values.yaml"
 	@echo "make openapi - regenerate docs/openapi.json (the public API, also served at /api/openapi.json)"
 	@echo "make e2e    - the operator against a real cluster (KUBECONFIG: kind, k3d...), see docs/kubernetes.md"
 	@echo "make lint   - rustfmt --check, clippy -D warnings and cargo deny"
@@ -28,11 +30,20 @@ build:
 run: build
 	@scripts/run-local.sh
 
+# OCI archives of the worker and the operator without a docker engine (mmdebstrap + buildah):
+# dist/images/worker.tar and dist/images/operator.tar
+images:
+	@scripts/images.sh
+
 openapi:
 	MESHCHAT_WRITE_OPENAPI=1 $(CARGO) test -q -p meshchat-worker --lib the_checked_in_document_is_current
 
 crds:
 	$(CARGO) run -q -p meshchat-crds --bin crdgen crds/chatagent.crd.yaml charts/meshchat/crds/chatagent.crd.yaml
+
+# charts/meshchat/README.md from values.yaml's comments (helm-docs, built by tests/k8s/build.sh)
+chart-docs:
+	@bin=$$(tests/k8s/build.sh) && $$bin/helm-docs --chart-search-root charts
 
 fmt:
 	$(CARGO) fmt --all
@@ -57,7 +68,7 @@ kafka-stop:
 # Tests get their own broker with a fresh data dir; it is stopped however the tests end.
 # `build` first: the binaries as `make run` builds them (tests/tests/make_run.rs runs it), so
 # that test finds them built.
-test: lint build
+test: lint build images
 	@scripts/kafka.sh fetch
 	@# Debian's Chromium and playwright-core/axe-core for the web pages' browser tests
 	@scripts/browser.sh

@@ -62,7 +62,7 @@ spec:
   replicas: 3
   ${image:+image: $image}
   imagePullPolicy: IfNotPresent
-  kafka: {bootstrapServers: "$kafka", partitions: 6}
+  kafka: {bootstrapServers: "$kafka", partitions: 6, replicationFactor: ${E2E_KAFKA_REPLICAS:-1}, minInsyncReplicas: 1}
   rebalance: {intervalSeconds: 5, heartbeatTimeoutSeconds: 5}
   auth: {apiKeysSecretRef: {name: $name-api-keys, key: keys.yaml}}
 EOF

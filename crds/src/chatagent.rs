@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "ChatAgentStatus",
     shortname = "chat",
+    category = "meshchat",
+    category = "all",
     derive = "PartialEq",
     doc = "A mesh of MeshChat workers serving LLM chat, balanced by the MeshChat operator",
     scale(
@@ -27,7 +29,12 @@ use serde::{Deserialize, Serialize};
         label_selector_path = ".status.selector"
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Workers", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Load", type_ = "number", json_path = ".status.load"),
     printcolumn(
         name = "Generation",
@@ -267,6 +274,7 @@ impl ImagePullPolicy {
 /// Kafka settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minInsyncReplicas <= self.replicationFactor").message("kafka.minInsyncReplicas cannot exceed kafka.replicationFactor: no write could be acknowledged"))]
 pub struct KafkaSpec {
     /// Comma-separated `host:port` list.
     #[serde(default = "default_bootstrap")]
@@ -277,12 +285,24 @@ pub struct KafkaSpec {
     #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{0,64}$"))]
     pub topic_prefix: String,
     /// Partitions of `chat.messages` (and of `chat.conversations`, `chat.stream`,
-    /// `chat.index`). Kafka cannot remove partitions, and conversations are placed by
-    /// partition: it can only grow.
+    /// `chat.index`), fixed when the ChatAgent is created: Kafka cannot remove partitions, and
+    /// a conversation lives on the partition its id hashes to, so a new count would move most
+    /// conversations away from their history (a repartition MeshChat does not do yet).
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 4096))]
-    #[x_kube(validation = Rule::new("self >= oldSelf").message("partitions cannot shrink (Kafka cannot remove partitions)"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("kafka.partitions cannot change once set: conversations are placed by partition (hash of the conversation id mod partitions), so another count would separate them from their history; create a new ChatAgent with its own topicPrefix instead"))]
     pub partitions: i32,
+    /// Replicas of each topic the workers create (production clusters: 3). A cluster with
+    /// fewer brokers cannot create the topics; the status says so (Degraded, TooFewBrokers).
+    /// Existing topics keep theirs.
+    #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of those topics: writes (acks=all) are refused while fewer replicas
+    /// are in sync, rather than acknowledged by too few to survive a broker's loss.
+    #[serde(default = "default_min_insync_replicas")]
+    #[schemars(range(min = 1, max = 32))]
+    pub min_insync_replicas: i32,
     /// SASL authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<SaslSpec>,
@@ -495,8 +515,10 @@ pub struct ChatAgentStatus {
     /// Partition moves since the resource was created.
     #[serde(default)]
     pub migrations: u64,
-    /// Ready, Progressing, Degraded, KafkaReachable.
+    /// Ready, Progressing, Degraded, KafkaReachable (and ExternalAutoscaler with autoscaling
+    /// on); one per type, a map keyed by it for server-side apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -523,6 +545,12 @@ fn default_bootstrap() -> String {
 }
 fn default_partitions() -> i32 {
     24
+}
+fn default_replication_factor() -> i32 {
+    3
+}
+fn default_min_insync_replicas() -> i32 {
+    2
 }
 fn default_llm_url() -> String {
     "https://api.openai.com/v1".into()
@@ -573,6 +601,8 @@ impl Default for KafkaSpec {
             bootstrap_servers: default_bootstrap(),
             topic_prefix: String::new(),
             partitions: default_partitions(),
+            replication_factor: default_replication_factor(),
+            min_insync_replicas: default_min_insync_replicas(),
             sasl: None,
             tls: None,
             allow_plaintext_sasl: false,
@@ -642,7 +672,16 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(cols, ["Replicas", "Ready", "Load", "Generation", "Age"]);
+        assert_eq!(
+            cols,
+            ["Replicas", "Ready", "Workers", "Load", "Generation", "Age"]
+        );
+        assert_eq!(
+            crd.spec.names.categories,
+            Some(vec!["meshchat".to_string(), "all".to_string()])
+        );
+        let yaml = crate::crd_yaml().expect("render CRD");
+        assert!(!yaml.contains("format: uint"), "formats Kubernetes knows only");
     }
 
     #[test]
@@ -650,6 +689,10 @@ mod tests {
         let spec: ChatAgentSpec = serde_json::from_str("{}").expect("empty spec");
         assert_eq!(spec.replicas, 3);
         assert_eq!(spec.kafka.partitions, 24);
+        assert_eq!(
+            (spec.kafka.replication_factor, spec.kafka.min_insync_replicas),
+            (3, 2)
+        );
         assert_eq!(spec.rebalance.high_watermark, 0.8);
     }
 }

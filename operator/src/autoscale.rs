@@ -53,10 +53,110 @@ impl Autoscaler {
     }
 }
 
+/// An autoscaler of the cluster's that scales a ChatAgent through its `/scale` subresource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct External {
+    /// `HorizontalPodAutoscaler` or `ScaledObject`.
+    pub kind: String,
+    /// Its name (in the ChatAgent's namespace).
+    pub name: String,
+}
+
+impl External {
+    /// Its API group and version.
+    pub fn api_version(&self) -> &'static str {
+        if self.kind == "ScaledObject" {
+            "keda.sh/v1alpha1"
+        } else {
+            "autoscaling/v2"
+        }
+    }
+
+    /// What the status condition and the Event say.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} scales this ChatAgent through /scale; spec.autoscaling is not applied while it does",
+            self.kind, self.name
+        )
+    }
+}
+
+/// The scale target of an HPA or a ScaledObject (`spec.scaleTargetRef`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScaleTarget {
+    /// `group/version`; KEDA leaves it out for Deployments only.
+    pub api_version: Option<String>,
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+/// The first autoscaler (in the order given: HPAs, then ScaledObjects, each by name) whose
+/// target is ChatAgent `agent`. KEDA drives its own HPA (`keda-hpa-<name>`) for every
+/// ScaledObject; either is enough to yield.
+pub fn external_for<'a>(
+    agent: &str,
+    candidates: impl IntoIterator<Item = (&'a str, &'a str, &'a ScaleTarget)>,
+) -> Option<External> {
+    candidates
+        .into_iter()
+        .find(|(_, _, t)| {
+            t.kind == "ChatAgent"
+                && t.name == agent
+                && t.api_version
+                    .as_deref()
+                    .is_some_and(|v| v.split('/').next() == Some("meshchat.io"))
+        })
+        .map(|(kind, name, _)| External {
+            kind: kind.to_string(),
+            name: name.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_autoscalers_of_this_chatagent_count() {
+        let target = |v: Option<&str>, kind: &str, name: &str| ScaleTarget {
+            api_version: v.map(str::to_string),
+            kind: kind.into(),
+            name: name.into(),
+        };
+        let deployment = target(Some("apps/v1"), "Deployment", "support");
+        let other = target(Some("meshchat.io/v1alpha1"), "ChatAgent", "sales");
+        let foreign = target(Some("example.com/v1"), "ChatAgent", "support");
+        let unversioned = target(None, "ChatAgent", "support");
+        let ours = target(Some("meshchat.io/v1alpha1"), "ChatAgent", "support");
+        let hpa = "HorizontalPodAutoscaler";
+        assert_eq!(
+            external_for(
+                "support",
+                [
+                    (hpa, "web", &deployment),
+                    (hpa, "sales", &other),
+                    (hpa, "foreign", &foreign),
+                    ("ScaledObject", "bare", &unversioned),
+                ]
+            ),
+            None
+        );
+        let found = external_for(
+            "support",
+            [(hpa, "web", &deployment), ("ScaledObject", "load", &ours)],
+        );
+        assert_eq!(
+            found,
+            Some(External {
+                kind: "ScaledObject".into(),
+                name: "load".into()
+            })
+        );
+        assert!(found.is_some_and(|e| e.describe().starts_with("ScaledObject load scales")));
+    }
 
     fn spec(min: i32, max: i32, window_s: u32) -> AutoscalingSpec {
         AutoscalingSpec {

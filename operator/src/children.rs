@@ -566,6 +566,8 @@ pub fn worker_file(agent: &ChatAgent) -> Result<WorkerFile, ChildError> {
         kafka_bootstrap: spec.kafka.bootstrap_servers.clone(),
         topic_prefix: spec.kafka.topic_prefix.clone(),
         partitions: spec.kafka.partitions,
+        replication_factor: Some(spec.kafka.replication_factor),
+        min_insync_replicas: Some(spec.kafka.min_insync_replicas),
         kafka_properties: (!props.is_empty()).then(|| {
             props
                 .iter()

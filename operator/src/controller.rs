@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::autoscale::Autoscaler;
+use crate::autoscale::{Autoscaler, External};
 use crate::balancer::{BalancerSettings, Report, policy_of};
 use crate::children::{self, ChildError, MANAGER, Settings, agent_key};
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -156,6 +156,7 @@ pub async fn reconcile_chat_agents(
                     continue;
                 }
                 ctx.supervisor.retain(&keep);
+                ctx.metrics.agents.retain(&keep);
                 ctx.metrics.balancers.set(ctx.supervisor.running() as i64);
             }
         })
@@ -176,6 +177,8 @@ pub async fn reconcile_chat_agents(
     router.abort();
     sweeper.abort();
     ctx.supervisor.stop_all();
+    // a standby's view would go stale: only the leader exports per-ChatAgent series
+    ctx.metrics.agents.retain(&BTreeSet::new());
 }
 
 /// The ChatAgent controller over one namespace, or all of them.
@@ -256,7 +259,19 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
     };
     ctx.metrics.balancers.set(ctx.supervisor.running() as i64);
 
-    if let Some(auto) = agent.spec.autoscaling.as_ref().filter(|a| a.enabled) {
+    // an HPA or a ScaledObject on this ChatAgent scales it: the built-in autoscaler stands back
+    let autoscaling = agent.spec.autoscaling.as_ref().filter(|a| a.enabled);
+    let external = match autoscaling {
+        Some(_) => external::external_autoscaler(&ctx.client, &ns, &agent.name_any()).await?,
+        None => None,
+    };
+    if external.is_some() {
+        ctx.autoscalers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+    if let Some(auto) = autoscaling.filter(|_| external.is_none()) {
         let now_ms = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
         let want = {
             let mut scalers = ctx.autoscalers.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,10 +293,18 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
         balancer: &report,
         migrations_base: base,
         config_problem: problem.as_deref(),
+        autoscaler: autoscaling.map(|_| external.as_ref()),
         now: Timestamp::now(),
     });
+    ctx.metrics.agents.observe(
+        &ns,
+        &agent.name_any(),
+        agent.spec.kafka.partitions,
+        agent.spec.replicas,
+        &next,
+    );
     if Some(&next) != agent.status.as_ref() {
-        notable_changes(agent, ctx, &previous, &next).await;
+        notable_changes(agent, ctx, &previous, &next, external.as_ref()).await;
         let api: Api<ChatAgent> = Api::namespaced(ctx.client.clone(), &ns);
         let body = json!({
             "apiVersion": "meshchat.io/v1alpha1",
@@ -407,12 +430,26 @@ async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_related(ctx, agent, type_, reason, action, note, None).await;
+}
+
+/// [`publish`] with the object the Event is also about (events of different related objects
+/// are separate events, not one series).
+async fn publish_related(
+    ctx: &Context,
+    agent: &ChatAgent,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    secondary: Option<ObjectReference>,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
         action: action.into(),
-        secondary: None,
+        secondary,
     };
     if let Err(e) = ctx.recorder.publish(&event, &agent.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish an event");
@@ -425,6 +462,7 @@ async fn notable_changes(
     ctx: &Context,
     before: &ChatAgentStatus,
     after: &ChatAgentStatus,
+    external: Option<&External>,
 ) {
     if before.replicas != after.replicas && agent.status.is_some() {
         let note = format!("workers {} -> {}", before.replicas, after.replicas);
@@ -443,6 +481,28 @@ async fn notable_changes(
             .find(|c| c.type_ == kind)
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     };
+    if let Some(e) = external
+        && reason_of(before, kinds::EXTERNAL_AUTOSCALER).map(|(_, _, m)| m) != Some(e.describe())
+    {
+        let related = ObjectReference {
+            api_version: Some(e.api_version().into()),
+            kind: Some(e.kind.clone()),
+            name: Some(e.name.clone()),
+            namespace: agent.namespace(),
+            ..ObjectReference::default()
+        };
+        let note = e.describe();
+        publish_related(
+            ctx,
+            agent,
+            EventType::Normal,
+            "AutoscalingYielded",
+            "Autoscale",
+            note,
+            Some(related),
+        )
+        .await;
+    }
     if let Some((status, reason, message)) = reason_of(after, kinds::DEGRADED)
         && status == "True"
         && reason_of(before, kinds::DEGRADED).map(|(_, r, _)| r) != Some(reason.clone())
@@ -478,5 +538,6 @@ pub fn reporter() -> Reporter {
     }
 }
 
+mod external;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ mod balancer;
 mod children;
 mod controller;
 mod leader;
-mod metrics;
+pub mod metrics;
 pub mod planner;
 mod serve;
 mod status;

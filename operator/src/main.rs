@@ -4,11 +4,16 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use meshchat_wire::worker::LogFormat;
 
 /// MeshChat operator.
 #[derive(Parser)]
 #[command(name = "meshchat-operator", version)]
 struct Cli {
+    /// Log lines as text, or one JSON object per line (what log collectors want; the chart's
+    /// default).
+    #[arg(long, global = true, env = "MESHCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,13 +71,16 @@ const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MESHCHAT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
     match cli.command {
         Command::Run {
             listen,

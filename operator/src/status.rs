@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use meshchat_crds::{ChatAgent, ChatAgentStatus, WorkerLoadStatus};
 
+use crate::autoscale::External;
 use crate::balancer::Report;
 use crate::children::selector_string;
 
@@ -19,6 +20,9 @@ pub mod kinds {
     pub const DEGRADED: &str = "Degraded";
     /// The balancer reaches the ChatAgent's Kafka.
     pub const KAFKA_REACHABLE: &str = "KafkaReachable";
+    /// With `spec.autoscaling` on: an HPA or a KEDA ScaledObject scales the ChatAgent, so the
+    /// built-in autoscaler does not.
+    pub const EXTERNAL_AUTOSCALER: &str = "ExternalAutoscaler";
 }
 
 /// What the status is computed from.
@@ -33,6 +37,9 @@ pub struct Observed<'a> {
     pub migrations_base: u64,
     /// Why the balancer cannot run (a named Secret cannot be read), if so.
     pub config_problem: Option<&'a str>,
+    /// With `spec.autoscaling` on (Some): the cluster's autoscaler that targets the ChatAgent,
+    /// if one does.
+    pub autoscaler: Option<Option<&'a External>>,
     /// Now.
     pub now: Timestamp,
 }
@@ -138,6 +145,22 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
             "KafkaUnreachable",
             format!("no broker of {} answers", spec.kafka.bootstrap_servers),
         )
+    } else if let Some(n) = o
+        .balancer
+        .brokers
+        .filter(|n| i32::try_from(*n).unwrap_or(i32::MAX) < spec.kafka.replication_factor)
+    {
+        (
+            true,
+            "TooFewBrokers",
+            format!(
+                "spec.kafka.replicationFactor is {} but the Kafka cluster has {n} broker{}: topics \
+                 cannot be created with that many replicas; lower replicationFactor (and \
+                 minInsyncReplicas) or add brokers",
+                spec.kafka.replication_factor,
+                if n == 1 { "" } else { "s" }
+            ),
+        )
     } else if !lost.is_empty() {
         (
             true,
@@ -162,6 +185,17 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
         (None, _) => ("Unknown", "the balancer has not connected yet".to_string()),
     };
     set(kinds::KAFKA_REACHABLE, kafka, reason, msg);
+
+    match o.autoscaler {
+        Some(Some(e)) => set(kinds::EXTERNAL_AUTOSCALER, Some(true), &e.kind, e.describe()),
+        Some(None) => set(
+            kinds::EXTERNAL_AUTOSCALER,
+            Some(false),
+            "BuiltIn",
+            "no HPA or ScaledObject targets this ChatAgent: spec.autoscaling scales it".to_string(),
+        ),
+        None => {}
+    }
 
     ChatAgentStatus {
         observed_generation: generation,

@@ -12,6 +12,39 @@ use tokio::process::Child;
 
 use crate::procs::{bin, free_port};
 
+/// The directory of the control plane's binaries, helm, helm-docs and the monitoring and KEDA
+/// CRDs (`crds/monitoring`, `crds/keda`), built or fetched the first time by `tests/k8s/build.sh`.
+pub async fn tools() -> anyhow::Result<PathBuf> {
+    let build = Path::new("k8s")
+        .canonicalize()
+        .context("tests/k8s")?
+        .join("build.sh");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash").arg(build).stderr(Stdio::inherit()).output()
+    })
+    .await??;
+    if !out.status.success() {
+        bail!("building the control plane failed (see the output above)");
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// Runs helm from `bin` (with `kubeconfig` for commands that reach a cluster).
+pub async fn helm(bin: &Path, args: &[&str], kubeconfig: Option<&Path>) -> anyhow::Result<Output> {
+    let mut cmd = tokio::process::Command::new(bin.join("helm"));
+    cmd.args(args).stdin(Stdio::null());
+    // helm keeps its caches and repositories under HOME: one of its own per test run
+    let home = std::env::temp_dir().join("meshchat-tests").join("helm-home");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    match kubeconfig {
+        Some(k) => cmd.env("KUBECONFIG", k),
+        None => cmd.env("KUBECONFIG", "/nonexistent"),
+    };
+    Ok(cmd.output().await?)
+}
+
 /// A running control plane; stopped on drop.
 pub struct ControlPlane {
     /// kubeconfig (token auth, CA data) for kubectl and kube-rs.
@@ -26,15 +59,7 @@ impl ControlPlane {
     /// Builds (first time) and starts a control plane with a fresh etcd under `dir`.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         let k8s = Path::new("k8s").canonicalize().context("tests/k8s")?;
-        let build = k8s.join("build.sh");
-        let out = tokio::task::spawn_blocking(move || {
-            Command::new("bash").arg(build).stderr(Stdio::inherit()).output()
-        })
-        .await??;
-        if !out.status.success() {
-            bail!("building the control plane failed (see the output above)");
-        }
-        let bin = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+        let bin = tools().await?;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let env = vec![
@@ -219,6 +244,8 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("MESHCHAT_LOG", "info,rdkafka=warn,kube=warn")
+            // as the chart runs it
+            .env("MESHCHAT_LOG_FORMAT", "json")
             .stdout(out.try_clone()?)
             .stderr(out)
             .kill_on_drop(true)

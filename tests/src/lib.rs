@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod image;
 pub mod k8s;
 mod kafka;
 mod live;

@@ -154,7 +154,7 @@ impl TestMesh {
         std::fs::write(
             &manifest,
             format!(
-                "apiVersion: meshchat.io/v1alpha1\nkind: ChatAgent\nmetadata:\n  name: {agent}\nspec:\n  replicas: {}\n  kafka:\n    bootstrapServers: {bootstrap}\n    topicPrefix: \"{prefix}\"\n    partitions: {}\n  rebalance:\n    intervalSeconds: {}\n    heartbeatTimeoutSeconds: {}\n    cooldownSeconds: {}\n  auth:\n    apiKeysSecretRef: {{name: {agent}-api-keys, key: keys.json}}\n",
+                "apiVersion: meshchat.io/v1alpha1\nkind: ChatAgent\nmetadata:\n  name: {agent}\nspec:\n  replicas: {}\n  kafka:\n    bootstrapServers: {bootstrap}\n    topicPrefix: \"{prefix}\"\n    partitions: {}\n    replicationFactor: 1\n    minInsyncReplicas: 1\n  rebalance:\n    intervalSeconds: {}\n    heartbeatTimeoutSeconds: {}\n    cooldownSeconds: {}\n  auth:\n    apiKeysSecretRef: {{name: {agent}-api-keys, key: keys.json}}\n",
                 opts.workers,
                 opts.partitions,
                 opts.interval_secs,

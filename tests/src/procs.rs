@@ -132,6 +132,8 @@ pub struct WorkerSpec {
     pub internal_port: u16,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// The command that runs the worker instead of the built binary (a chroot into an image).
+    pub launcher: Option<Vec<String>>,
 }
 
 impl WorkerSpec {
@@ -145,7 +147,14 @@ impl WorkerSpec {
             port: free_port()?,
             internal_port: free_port()?,
             env: Vec::new(),
+            launcher: None,
         })
+    }
+
+    /// Runs the worker with `command` (program and arguments) instead of the built binary.
+    pub fn launched_by(mut self, command: Vec<String>) -> Self {
+        self.launcher = Some(command);
+        self
     }
 
     /// Adds an environment variable.
@@ -286,7 +295,15 @@ impl Worker {
             .append(true)
             .open(&self.log)?;
         let s = &self.spec;
-        let child = Command::new(bin("meshchat-worker"))
+        let mut command = match s.launcher.as_deref() {
+            Some([program, args @ ..]) => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            _ => Command::new(bin("meshchat-worker")),
+        };
+        let child = command
             .env("MESHCHAT_NODE_ID", &s.node_id)
             .env("MESHCHAT_LISTEN", format!("127.0.0.1:{}", s.port))
             .env(

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use meshchat_tests::image::{OciImage, archive};
 use meshchat_tests::k8s::{ControlPlane, Operator};
 use meshchat_tests::*;
 use serde_json::Value;
@@ -28,6 +29,9 @@ spec:
     bootstrapServers: \"{bootstrap}\"
     topicPrefix: \"{prefix}\"
     partitions: 6
+    # the test broker is a single node
+    replicationFactor: 1
+    minInsyncReplicas: 1
   llm:
     model: fake-model
     systemPrompt: You are a test.
@@ -120,10 +124,14 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     //    and elect a leader
     cp.ok(&["apply", "--server-side", "-f", "../crds/chatagent.crd.yaml"])
         .await?;
+    // and KEDA's (from its Go module), for the autoscaling examples
+    let keda = cp.bin.join("crds/keda").display().to_string();
+    cp.ok(&["apply", "--server-side", "-f", &keda]).await?;
     cp.ok(&[
         "wait",
         "--for=condition=Established",
-        "crd/chatagents.meshchat.io",
+        "crd",
+        "--all",
         "--timeout=60s",
     ])
     .await?;
@@ -215,6 +223,23 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // and the operator image's user and port are the chart's
+    let op_image = OciImage::unpack(&archive("operator")?, &dir.join("operator-image"))?;
+    let d: Value = serde_json::from_str(
+        &cp.ok(&["get", "deployment", "meshchat", "-n", SYSTEM, "-o", "json"])
+            .await?,
+    )?;
+    let op_pod = &d["spec"]["template"]["spec"];
+    let op_uid: i64 = op_image.user().split(':').next().unwrap_or_default().parse()?;
+    assert_eq!(op_pod["securityContext"]["runAsUser"], op_uid);
+    assert!(op_pod["containers"][0]["command"].is_null());
+    assert_eq!(
+        op_image.ports(),
+        [format!(
+            "{}/tcp",
+            op_pod["containers"][0]["ports"][0]["containerPort"]
+        )]
+    );
     let mut ops = [
         Operator::start(&kubeconfig, SYSTEM, "operator-a", &dir).await?,
         Operator::start(&kubeconfig, SYSTEM, "operator-b", &dir).await?,
@@ -276,6 +301,26 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         serde_json::json!(["/usr/local/bin/meshchat-worker", "drain"])
     );
     assert_eq!(pod["terminationGracePeriodSeconds"], 35);
+    // the pod runs the worker image as `make images` built it: its numeric user, its entrypoint
+    // (no command override; the preStop hook execs that binary), the ports it exposes
+    let image = OciImage::unpack(&archive("worker")?, &dir.join("worker-image"))?;
+    let image_uid: i64 = image.user().split(':').next().unwrap_or_default().parse()?;
+    assert_eq!(pod["securityContext"]["runAsUser"], image_uid);
+    assert!(worker["command"].is_null(), "the image's entrypoint runs");
+    assert_eq!(
+        worker["lifecycle"]["preStop"]["exec"]["command"][0].as_str(),
+        image.entrypoint().first().map(String::as_str)
+    );
+    let mut ports: Vec<String> = worker["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{}/tcp", p["containerPort"]))
+        .collect();
+    ports.sort();
+    let mut exposed = image.ports();
+    exposed.sort();
+    assert_eq!(ports, exposed);
     // the API keys Secret is mounted (a volume the kubelet updates, so keys rotate in place)
     let keys = pod["volumes"]
         .as_array()
@@ -366,6 +411,21 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     assert!(a["status"]["assignmentGeneration"].as_u64() >= Some(1));
     let reply_id = send(&workers[0].url, "k8s-conv", "user", "hello from kubectl land").await?;
     wait_reply(&workers[1].url, "k8s-conv", &reply_id, SETTLE).await?;
+    // in the meshchat category (and `all`)
+    let listed = cp.ok(&["get", "meshchat", "-o", "name"]).await?;
+    assert!(listed.contains("chatagent.meshchat.io/support"), "{listed}");
+    // conditions are a map keyed by type: one of each, merged by server-side apply
+    let crd: Value = serde_json::from_str(
+        &cp.ok(&["get", "crd", "chatagents.meshchat.io", "-o", "json"])
+            .await?,
+    )?;
+    let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        ["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
+    );
     let table = cp.ok(&["get", "chatagents"]).await?;
     println!("{table}");
     let header: Vec<&str> = table
@@ -374,16 +434,27 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["NAME", "REPLICAS", "READY", "LOAD", "GENERATION", "AGE"]);
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "REPLICAS",
+            "READY",
+            "WORKERS",
+            "LOAD",
+            "GENERATION",
+            "AGE"
+        ]
+    );
     let row: Vec<&str> = table
         .lines()
         .nth(1)
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(&row[..3], ["support", "3", "3"]);
+    assert_eq!(&row[..4], ["support", "3", "True", "3"]);
     assert!(
-        row[4].parse::<u64>().is_ok_and(|g| g >= 1),
+        row[5].parse::<u64>().is_ok_and(|g| g >= 1),
         "generation column: {row:?}"
     );
 
@@ -416,7 +487,17 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         (
             "partitions: 3",
             "spec.kafka.partitions",
-            "partitions cannot shrink",
+            "kafka.partitions cannot change once set",
+        ),
+        (
+            "partitions: 12",
+            "spec.kafka.partitions",
+            "kafka.partitions cannot change once set",
+        ),
+        (
+            "minInsyncReplicas: 2",
+            "spec.kafka: Invalid value",
+            "kafka.minInsyncReplicas cannot exceed kafka.replicationFactor",
         ),
     ];
     for (edit, field, message) in invalid {
@@ -428,6 +509,8 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
             "imagePullPolicy: Sometimes" => {
                 manifest.replace("  image: ", "  imagePullPolicy: Sometimes\n  image: ")
             }
+            "minInsyncReplicas: 2" => manifest.replace("minInsyncReplicas: 1", "minInsyncReplicas: 2"),
+            "partitions: 12" => manifest.replace("partitions: 6", "partitions: 12"),
             _ => manifest.replace("partitions: 6", "partitions: 3"),
         };
         let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&bad)).await?;
@@ -439,6 +522,21 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     let a = agent(&cp, name).await?;
     assert_eq!(a["spec"]["replicas"], 5, "nothing stored from the refused specs");
     assert_eq!(a["spec"]["kafka"]["partitions"], 6);
+    // a ChatAgent wanting 3 replicas of each topic (the default) on the one-broker test Kafka
+    let rf3 = sample("rf3", &bootstrap, &prefix, 0)
+        .replace("    replicationFactor: 1\n    minInsyncReplicas: 1\n", "");
+    assert!(!rf3.contains("replicationFactor"));
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&rf3)).await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let message = wait_for("Degraded: TooFewBrokers", SETTLE, || async {
+        let a = agent(&cp, "rf3").await.ok()?;
+        let c = condition(&a, "Degraded")?;
+        (c["reason"] == "TooFewBrokers").then(|| c["message"].as_str().unwrap_or_default().to_string())
+    })
+    .await?;
+    println!("rf3: {message}");
+    assert!(message.contains("replicationFactor is 3 but the Kafka cluster has 1 broker"));
+    cp.ok(&["delete", "chatagent", "rf3"]).await?;
 
     // 6. editing the spec rolls the children
     let before = sts["spec"]["template"]["metadata"]["annotations"]["meshchat.io/config-hash"].clone();
@@ -507,6 +605,77 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         scaled.iter().any(|n| n.starts_with("replicas 5 -> ")),
         "an Autoscale event"
     );
+
+    // 7b. the documented HPA and KEDA ScaledObjects apply; while one targets the ChatAgent the
+    //     built-in autoscaler yields (condition + Event) and scales again once it is gone
+    let yielded = |reason: &'static str| {
+        let cp = &cp;
+        move || async move {
+            let a = agent(cp, name).await.ok()?;
+            let c = condition(&a, "ExternalAutoscaler")?;
+            (c["reason"] == reason).then(|| c["message"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    cp.ok(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "../docs/examples/autoscaling/keda-kafka.yaml",
+    ])
+    .await?;
+    let builtin = wait_for("ExternalAutoscaler False/BuiltIn", SETTLE, yielded("BuiltIn")).await?;
+    println!("before: {builtin}");
+    cp.ok(&["apply", "-f", "../docs/examples/autoscaling/hpa.yaml"])
+        .await?;
+    let message = wait_for("yielding to the HPA", SETTLE, yielded("HorizontalPodAutoscaler")).await?;
+    assert!(
+        message.starts_with("HorizontalPodAutoscaler support scales"),
+        "{message}"
+    );
+    // replicas set by hand (as the HPA would) stay: the idle mesh is not scaled back to 2
+    cp.ok(&["scale", "chatagent", name, "--replicas=3"]).await?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let a = agent(&cp, name).await?;
+    assert_eq!(a["spec"]["replicas"], 3, "the built-in autoscaler stood back");
+    cp.ok(&["delete", "hpa", "support"]).await?;
+    cp.ok(&["apply", "-f", "../docs/examples/autoscaling/keda-prometheus.yaml"])
+        .await?;
+    let message = wait_for("yielding to the ScaledObject", SETTLE, yielded("ScaledObject")).await?;
+    assert!(
+        message.starts_with("ScaledObject support-load scales"),
+        "{message}"
+    );
+    cp.ok(&["delete", "scaledobject", "support-load"]).await?;
+    wait_for("the built-in autoscaler back at 2 replicas", SETTLE, || async {
+        let a = agent(&cp, name).await.ok()?;
+        (a["spec"]["replicas"] == 2).then_some(())
+    })
+    .await?;
+    let events: Value = serde_json::from_str(
+        &cp.ok(&[
+            "get",
+            "events.events.k8s.io",
+            "--field-selector",
+            "regarding.name=support,reason=AutoscalingYielded",
+            "-o",
+            "json",
+        ])
+        .await?,
+    )?;
+    let notes: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["note"].as_str())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("HorizontalPodAutoscaler support"))
+            && notes.iter().any(|n| n.starts_with("ScaledObject support-load")),
+        "{notes:?}"
+    );
+
     let off = r#"{"spec":{"autoscaling":{"enabled":false}}}"#;
     cp.ok(&["patch", "chatagent", name, "--type", "merge", "-p", off])
         .await?;
@@ -634,6 +803,13 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         !log.contains("forbidden"),
         "the scoped operator's RBAC sufficed: {log}"
     );
+    // the operator logs one JSON object per line (MESHCHAT_LOG_FORMAT=json, the chart's default)
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{e}: {line}"))?;
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
     println!("namespace-scoped install: reconciled {scoped}/inside, left default/outside alone");
     scoped_op.kill().await?;
     for w in &mut workers {

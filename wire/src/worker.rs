@@ -167,6 +167,13 @@ pub struct WorkerFile {
     pub topic_prefix: String,
     /// Partitions when creating topics.
     pub partitions: i32,
+    /// Replication factor of the topics the workers create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of the topics the workers create (writes are acknowledged by all
+    /// in-sync replicas: with fewer than this many, producers are refused rather than lose data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_insync_replicas: Option<i32>,
     /// Extra librdkafka settings, `key=value` comma-separated (SASL mechanism, TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_properties: Option<String>,

@@ -55,6 +55,11 @@ pub struct Config {
     /// Replication factor when creating topics.
     #[arg(long, env = "MESHCHAT_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
     pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics this worker creates (default: the broker's). With
+    /// acks=all, a write is refused while fewer replicas are in sync, rather than acknowledged
+    /// by too few to survive a broker's loss.
+    #[arg(long, env = "MESHCHAT_MIN_INSYNC_REPLICAS", value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub min_insync_replicas: Option<i32>,
     /// Extra librdkafka settings, `key=value` comma-separated (e.g. security.protocol=SASL_SSL).
     #[arg(long, env = "MESHCHAT_KAFKA_PROPERTIES", default_value = "", value_parser = KafkaProperties::parse)]
     pub kafka_properties: KafkaProperties,
@@ -518,6 +523,17 @@ fn check_values(c: &Config) -> Result<(), ConfigError> {
     }
     c.owned(c.partitions)?;
     c.peer_list(c.partitions)?;
+    if let Some(m) = c.min_insync_replicas
+        && m > c.replication_factor
+    {
+        return Err(ConfigError::Invalid {
+            option: "min-insync-replicas".into(),
+            reason: format!(
+                "{m} is more than --replication-factor {}: no write could ever be acknowledged",
+                c.replication_factor
+            ),
+        });
+    }
     if c.auth == AuthMode::Required {
         let jwks = c.jwks_file.is_some() || c.jwks_url.is_some();
         if c.api_keys_file.is_none() && !jwks {

@@ -8,6 +8,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 
+/// The Prometheus gauges the load keeps current.
+#[derive(Clone, Debug, Default)]
+pub struct LoadGauges {
+    /// Answers waiting for an LLM slot.
+    pub queued: Gauge,
+    /// LLM calls in flight.
+    pub running: Gauge,
+    /// The smoothed load factor, as heartbeats report it (what autoscalers target).
+    pub load_factor: Gauge<f64, AtomicU64>,
+    /// Partitions this worker owns.
+    pub owned_partitions: Gauge,
+}
+
 use crate::ownership::Partition;
 
 /// Load factor from instantaneous counts: the share of the concurrency limit in use, plus the
@@ -60,8 +73,7 @@ pub struct Load {
     pub limit: u32,
     queued: AtomicU32,
     running: AtomicU32,
-    queued_gauge: Gauge,
-    running_gauge: Gauge,
+    gauges: LoadGauges,
     handled: AtomicU64,
     per_partition: Mutex<BTreeMap<Partition, PartitionCounts>>,
     /// Records behind the log's end per held partition, at the last lag query.
@@ -87,28 +99,27 @@ pub struct Running<'a>(&'a Load);
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.0.queued.fetch_sub(1, Ordering::Relaxed);
-        self.0.queued_gauge.dec();
+        self.0.gauges.queued.dec();
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::Relaxed);
-        self.0.running_gauge.dec();
+        self.0.gauges.running.dec();
     }
 }
 
 // === impl Load ===
 
 impl Load {
-    /// Counters for a worker with `limit` LLM slots, mirrored into the two gauges.
-    pub fn new(limit: u32, queued_gauge: Gauge, running_gauge: Gauge) -> Self {
+    /// Counters for a worker with `limit` LLM slots, mirrored into `gauges`.
+    pub fn new(limit: u32, gauges: LoadGauges) -> Self {
         Self {
             limit,
             queued: AtomicU32::new(0),
             running: AtomicU32::new(0),
-            queued_gauge,
-            running_gauge,
+            gauges,
             handled: AtomicU64::new(0),
             per_partition: Mutex::new(BTreeMap::new()),
             lags: Mutex::new(BTreeMap::new()),
@@ -119,14 +130,14 @@ impl Load {
     /// An answer starts waiting for a slot.
     pub fn queued(&self) -> Queued<'_> {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        self.queued_gauge.inc();
+        self.gauges.queued.inc();
         Queued(self)
     }
 
     /// An answer got a slot and calls the LLM.
     pub fn running(&self) -> Running<'_> {
         self.running.fetch_add(1, Ordering::Relaxed);
-        self.running_gauge.inc();
+        self.gauges.running.inc();
         Running(self)
     }
 
@@ -192,7 +203,15 @@ impl Load {
             let delta = handled.saturating_sub(s.last_handled) as f64;
             s.last_handled = handled;
             s.rate.update(delta / interval_secs.max(1e-3), 0.3);
+            self.gauges.load_factor.set(s.load.get());
         }
+    }
+
+    /// This worker now owns `n` partitions.
+    pub fn set_owned(&self, n: usize) {
+        self.gauges
+            .owned_partitions
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Smoothed load factor.
@@ -211,7 +230,7 @@ mod tests {
     use super::*;
 
     fn load(limit: u32) -> Load {
-        Load::new(limit, Gauge::default(), Gauge::default())
+        Load::new(limit, LoadGauges::default())
     }
 
     #[test]
@@ -240,14 +259,16 @@ mod tests {
         }
         l.sample(1.0);
         assert_eq!(l.load_factor(), 0.5);
+        assert_eq!(l.gauges.load_factor.get(), 0.5, "the gauge autoscalers read");
         assert_eq!(l.messages_per_second(), 10.0);
         assert_eq!(l.partition_counts()[&3].messages, 10);
     }
 
     #[test]
     fn guards_keep_counts_and_gauges_together() {
-        let (queued, running) = (Gauge::default(), Gauge::default());
-        let l = Load::new(2, queued.clone(), running.clone());
+        let gauges = LoadGauges::default();
+        let (queued, running) = (gauges.queued.clone(), gauges.running.clone());
+        let l = Load::new(2, gauges);
         let q = l.queued();
         assert_eq!((l.queued_now(), queued.get()), (1, 1));
         let r = l.running();

@@ -36,6 +36,8 @@ pub struct LogSettings {
     pub partitions: i32,
     /// Replication factor when creating topics.
     pub replication_factor: i32,
+    /// Their `min.insync.replicas` (None: the broker's default).
+    pub min_insync_replicas: Option<i32>,
 }
 
 /// This worker's Kafka: settings, topics, partition counts and the producer.
@@ -67,7 +69,14 @@ impl Log {
         let topics = Topics::with_prefix(&settings.topic_prefix);
         let deadline = Instant::now() + Duration::from_secs(120);
         let partitions = loop {
-            match kafka::ensure_topics(&cfg, &topics, settings.partitions, settings.replication_factor).await
+            match kafka::ensure_topics(
+                &cfg,
+                &topics,
+                settings.partitions,
+                settings.replication_factor,
+                settings.min_insync_replicas,
+            )
+            .await
             {
                 Ok(n) => break n,
                 Err(e @ KafkaError::Topic { .. }) => return Err(e.into()),

@@ -1,11 +1,15 @@
 //! Prometheus metrics of one worker.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::load::LoadGauges;
 
 /// Label of replies by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +51,10 @@ pub struct Metrics {
     pub llm_in_flight: Gauge,
     /// Answers waiting for an LLM slot.
     pub llm_queued: Gauge,
+    /// Smoothed load factor (LLM slots in use plus backlog, in limits): the autoscaling signal.
+    pub load_factor: Gauge<f64, AtomicU64>,
+    /// Partitions of chat.messages this worker owns.
+    pub owned_partitions: Gauge,
     /// LLM attempts that failed (and were retried or gave up).
     pub llm_failures: Counter,
     /// Records behind the high watermark per owned partition.
@@ -77,6 +85,8 @@ impl Metrics {
             llm_tokens: Family::default(),
             llm_in_flight: Gauge::default(),
             llm_queued: Gauge::default(),
+            load_factor: Gauge::default(),
+            owned_partitions: Gauge::default(),
             llm_failures: Counter::default(),
             consumer_lag: Family::default(),
             live_streams: Gauge::default(),
@@ -114,6 +124,16 @@ impl Metrics {
             "Answers waiting for an LLM slot",
             m.llm_queued.clone(),
         );
+        r.register(
+            "load_factor",
+            "Smoothed load: LLM slots in use plus answers queued, over the concurrency limit (1 = full)",
+            m.load_factor.clone(),
+        );
+        r.register(
+            "owned_partitions",
+            "Partitions of chat.messages this worker owns",
+            m.owned_partitions.clone(),
+        );
         r.register("llm_failures", "Failed LLM attempts", m.llm_failures.clone());
         r.register(
             "live_streams",
@@ -146,5 +166,15 @@ impl Metrics {
             m.consumer_lag.clone(),
         );
         (m, r)
+    }
+
+    /// The gauges the load tracker keeps current.
+    pub fn load_gauges(&self) -> LoadGauges {
+        LoadGauges {
+            queued: self.llm_queued.clone(),
+            running: self.llm_in_flight.clone(),
+            load_factor: self.load_factor.clone(),
+            owned_partitions: self.owned_partitions.clone(),
+        }
     }
 }

@@ -199,11 +199,7 @@ async fn assemble(config: &Config) -> anyhow::Result<(Node, Tasks)> {
     let mesh = Arc::new(Mesh::new(&config.agent));
     let tokenizer = Tokenizer::new(config.tokenizer.name())?;
     let (metrics, registry) = Metrics::new();
-    let load = Arc::new(Load::new(
-        config.llm_concurrency,
-        metrics.llm_queued.clone(),
-        metrics.llm_in_flight.clone(),
-    ));
+    let load = Arc::new(Load::new(config.llm_concurrency, metrics.load_gauges()));
     let store = Arc::new(RwLock::new(Store::new(config.keep())));
     let limits = Arc::new(Limits::new(config.limit_settings()));
     {

@@ -1,8 +1,13 @@
 {{- define "meshchat.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -21,4 +26,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "meshchat.serviceAccount" -}}
 {{- default (include "meshchat.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* Namespaces where ChatAgents run: the list given, else watchNamespaces, else the release's. */}}
+{{- define "meshchat.workerNamespaces" -}}
+{{- .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) | toJson -}}
 {{- end -}}

@@ -105,6 +105,8 @@ pub async fn balance_locally(agent: ChatAgent, opts: LocalOptions) -> anyhow::Re
 pub struct Report {
     /// Kafka answered the last metadata request.
     pub kafka_reachable: Option<bool>,
+    /// Brokers the last metadata answer listed.
+    pub brokers: Option<usize>,
     /// The workers have not created the topics yet.
     pub waiting_for_topics: bool,
     /// The balancer's state.
@@ -138,6 +140,7 @@ pub async fn balance(
                 kafka::topic_partitions(&m, &t.messages),
                 kafka::topic_partitions(&m, &t.events),
                 kafka::topic_partitions(&m, &t.assignments),
+                kafka::broker_count(&m, &t.messages).ok(),
             )
         })
         .await?
@@ -145,12 +148,13 @@ pub async fn balance(
             return Ok(());
         };
         match found {
-            (Ok(p), Ok(e), Ok(_)) => break (p, e),
-            (m, _, _) => {
+            (Ok(p), Ok(e), Ok(_), _) => break (p, e),
+            (m, _, _, brokers) => {
                 // a client error means no broker answered; otherwise a topic is missing
                 let reachable = !matches!(&m, Err(KafkaError::Client(_)));
                 report.send_modify(|r| {
                     r.kafka_reachable = Some(reachable);
+                    r.brokers = brokers;
                     r.waiting_for_topics = true;
                 });
                 if !waited {
@@ -206,12 +210,13 @@ pub async fn balance(
             () = stop.cancelled() => return stopping(),
             _ = status_tick.tick() => {
                 let (m, t) = (meta.clone(), topics.assignments.clone());
-                let Some(reachable) = until_stopped(&stop, move || kafka::topic_partitions(&m, &t).is_ok()).await? else {
+                let Some(brokers) = until_stopped(&stop, move || kafka::broker_count(&m, &t).ok()).await? else {
                     return stopping();
                 };
                 let summary = balancer.summary(now_ms());
                 report.send_modify(|r| {
-                    r.kafka_reachable = Some(reachable);
+                    r.kafka_reachable = Some(brokers.is_some());
+                    r.brokers = brokers;
                     r.waiting_for_topics = false;
                     r.summary = summary;
                 });

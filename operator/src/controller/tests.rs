@@ -146,6 +146,27 @@ impl ApiServerVerifier {
         body["status"].clone()
     }
 
+    /// Expects the lookups of autoscalers in team-a: `hpas` listed, and KEDA's ScaledObjects
+    /// not served (its CRD is not installed).
+    async fn autoscalers(&mut self, hpas: Value) {
+        self.expect(
+            Method::GET,
+            "/apis/autoscaling/v2/namespaces/team-a/horizontalpodautoscalers",
+            "",
+            StatusCode::OK,
+            |_| json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": hpas}),
+        )
+        .await;
+        self.expect(
+            Method::GET,
+            "/apis/keda.sh/v1alpha1/namespaces/team-a/scaledobjects",
+            "",
+            StatusCode::NOT_FOUND,
+            |_| json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"}),
+        )
+        .await;
+    }
+
     async fn event(&mut self) -> Value {
         self.expect(
             Method::POST,
@@ -302,6 +323,7 @@ async fn autoscaling_sets_replicas_through_the_scale_subresource() {
     });
     let verifier = tokio::spawn(async move {
         api.children().await;
+        api.autoscalers(json!([])).await;
         let scale = api
             .expect(Method::PATCH, "/apis/meshchat.io/v1alpha1/namespaces/team-a/chatagents/support/scale", "", StatusCode::OK, |b| {
                 json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "support", "namespace": "team-a"}, "spec": {"replicas": b["spec"]["replicas"].clone()}})
@@ -332,6 +354,68 @@ async fn autoscaling_sets_replicas_through_the_scale_subresource() {
         ctx.metrics
             .encode()
             .contains("meshchat_operator_scalings_total 1")
+    );
+}
+
+#[tokio::test]
+async fn the_builtin_autoscaler_yields_to_an_hpa_on_the_same_chatagent() {
+    let (ctx, mut api) = context();
+    let mut a = agent();
+    a.spec.autoscaling = Some(AutoscalingSpec {
+        enabled: true,
+        min_replicas: 4,
+        max_replicas: 8,
+        target_load: 0.6,
+        scale_down_stabilization_seconds: 300,
+    });
+    let hpa = |name: &str, api_version: &str, kind: &str, target: &str| json!({"metadata": {"name": name, "namespace": "team-a"}, "spec": {"maxReplicas": 10, "scaleTargetRef": {"apiVersion": api_version, "kind": kind, "name": target}}});
+    let hpas = json!([
+        hpa("web", "apps/v1", "Deployment", "support"),
+        hpa("other", "meshchat.io/v1alpha1", "ChatAgent", "sales"),
+        hpa("support-load", "meshchat.io/v1alpha1", "ChatAgent", "support"),
+    ]);
+    let verifier = tokio::spawn(async move {
+        api.children().await;
+        api.autoscalers(hpas).await;
+        // no /scale patch: below minReplicas, yet the HPA decides
+        let event = api.event().await;
+        let status = api.status().await;
+        (event, status)
+    });
+    reconcile(Arc::new(a), ctx.clone()).await.expect("reconciled");
+    let (event, status) = verifier.await.expect("verifier");
+    assert_eq!(
+        (event["reason"].as_str(), event["action"].as_str()),
+        (Some("AutoscalingYielded"), Some("Autoscale"))
+    );
+    assert!(
+        event["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("HorizontalPodAutoscaler support-load scales")),
+        "{event}"
+    );
+    assert_eq!(
+        (
+            event["related"]["kind"].as_str(),
+            event["related"]["name"].as_str()
+        ),
+        (Some("HorizontalPodAutoscaler"), Some("support-load")),
+        "the Event names the autoscaler it yields to"
+    );
+    let yielded = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "ExternalAutoscaler"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (yielded["status"].as_str(), yielded["reason"].as_str()),
+        (Some("True"), Some("HorizontalPodAutoscaler")),
+        "{status}"
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("meshchat_operator_scalings_total 0")
     );
 }
 

@@ -39,6 +39,7 @@ fn worker(id: &str, partitions: &[i32], load: f64, alive: bool) -> WorkerSummary
 fn healthy() -> Report {
     Report {
         kafka_reachable: Some(true),
+        brokers: Some(3),
         waiting_for_topics: false,
         summary: Summary {
             generation: 7,
@@ -73,6 +74,7 @@ fn observe(
         balancer: report,
         migrations_base: base,
         config_problem: None,
+        autoscaler: None,
         now: at(secs),
     })
 }
@@ -193,6 +195,7 @@ fn an_unreadable_secret_degrades_and_stays_put_across_reconciles() {
             balancer: &r,
             migrations_base: 0,
             config_problem: problem,
+            autoscaler: None,
             now: at(secs),
         })
     };
@@ -206,4 +209,77 @@ fn an_unreadable_secret_degrades_and_stays_put_across_reconciles() {
     a.status = Some(first.clone());
     // the next reconcile computes the same status: nothing to write
     assert_eq!(seen(&a, 105), first);
+}
+
+#[test]
+fn an_external_autoscaler_shows_as_a_condition_only_with_autoscaling_on() {
+    let (a, s, r) = (agent(2), sts(2, 2, 2), healthy());
+    let seen = |autoscaler| {
+        status(&Observed {
+            agent: &a,
+            stateful_set: Some(&s),
+            balancer: &r,
+            migrations_base: 0,
+            config_problem: None,
+            autoscaler,
+            now: at(100),
+        })
+    };
+    assert!(
+        !seen(None)
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "ExternalAutoscaler"),
+        "autoscaling off: nothing to say"
+    );
+    let builtin = seen(Some(None));
+    let c = cond(&builtin, "ExternalAutoscaler");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "BuiltIn"));
+    let hpa = External {
+        kind: "HorizontalPodAutoscaler".into(),
+        name: "support".into(),
+    };
+    let yielded = seen(Some(Some(&hpa)));
+    let c = cond(&yielded, "ExternalAutoscaler");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "HorizontalPodAutoscaler")
+    );
+    assert!(
+        c.message.contains("spec.autoscaling is not applied"),
+        "{}",
+        c.message
+    );
+}
+
+#[test]
+fn a_cluster_with_fewer_brokers_than_the_replication_factor_is_degraded() {
+    let (a, s) = (agent(2), sts(2, 2, 2));
+    let mut r = healthy();
+    r.brokers = Some(1);
+    let st = observe(&a, Some(&s), &r, 0, 100);
+    let d = cond(&st, "Degraded");
+    assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "TooFewBrokers"));
+    assert!(
+        d.message
+            .starts_with("spec.kafka.replicationFactor is 3 but the Kafka cluster has 1 broker:"),
+        "{}",
+        d.message
+    );
+    let mut single = agent(2);
+    single.spec.kafka.replication_factor = 1;
+    single.spec.kafka.min_insync_replicas = 1;
+    let st = observe(&single, Some(&s), &r, 0, 100);
+    assert_eq!(
+        cond(&st, "Degraded").reason,
+        "AsExpected",
+        "a one-broker cluster for RF 1"
+    );
+    r.brokers = None;
+    let st = observe(&a, Some(&s), &r, 0, 100);
+    assert_eq!(
+        cond(&st, "Degraded").status,
+        "False",
+        "no answer yet: nothing known"
+    );
 }

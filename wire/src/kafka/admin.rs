@@ -10,14 +10,17 @@ use super::{KafkaError, META_TIMEOUT, group, manual_consumer};
 use crate::{Partitioning, Topics};
 
 /// Creates the topics of [`Topics::layout`] that do not exist yet, the per-conversation ones
-/// with `partitions` partitions. An existing `chat.messages` with another count wins and the
+/// with `partitions` partitions, `replication` replicas each and, if given,
+/// `min.insync.replicas`. An existing `chat.messages` with another count wins and the
 /// co-partitioned topics must match it; returns that count.
 pub async fn ensure_topics(
     cfg: &ClientConfig,
     topics: &Topics,
     partitions: i32,
     replication: i32,
+    min_insync: Option<i32>,
 ) -> Result<i32, KafkaError> {
+    let min_insync = min_insync.map(|n| n.to_string());
     let admin: AdminClient<DefaultClientContext> = cfg.create()?;
     let layout = topics.layout();
     let new_topics: Vec<NewTopic<'_>> = layout
@@ -27,10 +30,14 @@ pub async fn ensure_topics(
                 Partitioning::PerConversation => partitions,
                 Partitioning::Fixed(n) => n,
             };
-            spec.configs.iter().fold(
+            let topic = spec.configs.iter().fold(
                 NewTopic::new(&spec.name, n, TopicReplication::Fixed(replication)),
                 |t, (k, v)| t.set(k, v),
-            )
+            );
+            match &min_insync {
+                Some(m) => topic.set("min.insync.replicas", m),
+                None => topic,
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(META_TIMEOUT));
@@ -59,6 +66,15 @@ pub async fn ensure_topics(
         }
     }
     Ok(actual)
+}
+
+/// Brokers of the cluster, from a metadata request for `topic` (blocking); an error when none
+/// answers.
+pub fn broker_count(consumer: &BaseConsumer, topic: &str) -> Result<usize, KafkaError> {
+    Ok(consumer
+        .fetch_metadata(Some(topic), META_TIMEOUT)?
+        .brokers()
+        .len())
 }
 
 /// Partitions of `topic` now (one metadata request; blocking).

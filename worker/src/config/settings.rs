@@ -30,6 +30,7 @@ impl Config {
             topic_prefix: self.topic_prefix.clone(),
             partitions: self.partitions,
             replication_factor: self.replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
         }
     }
 

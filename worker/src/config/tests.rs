@@ -159,6 +159,8 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
         kafka_bootstrap: "kafka:9092".into(),
         topic_prefix: "support.".into(),
         partitions: 48,
+        replication_factor: Some(3),
+        min_insync_replicas: Some(2),
         kafka_properties: Some("security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512".into()),
         drain_timeout_secs: Some(30),
         shutdown_grace_secs: Some(7),
@@ -212,6 +214,8 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
     assert_eq!(c.kafka_bootstrap, file.kafka_bootstrap);
     assert_eq!(c.topic_prefix, file.topic_prefix);
     assert_eq!(c.partitions, file.partitions);
+    assert_eq!(Some(c.replication_factor), file.replication_factor);
+    assert_eq!(c.min_insync_replicas, file.min_insync_replicas);
     assert_eq!(
         c.kafka_properties.to_string(),
         file.kafka_properties.clone().unwrap_or_default()
@@ -272,4 +276,22 @@ fn the_file_the_operator_renders_is_read_key_by_key() {
     assert_eq!(c.listen.port(), worker::HTTP_PORT);
     assert_eq!(c.drain_timeout_secs, f64::from(worker::DRAIN_TIMEOUT_SECS));
     assert_eq!(c.shutdown_grace_secs, f64::from(worker::SHUTDOWN_GRACE_SECS));
+}
+
+#[test]
+fn min_insync_replicas_above_the_replication_factor_is_refused() {
+    let args = |extra: &[&str]| {
+        let mut a = vec!["meshchat-worker", "--auth", "none"];
+        a.extend(extra);
+        Config::load_from(a.into_iter().map(String::from).collect::<Vec<_>>())
+    };
+    let err = args(&["--replication-factor", "1", "--min-insync-replicas", "2"])
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("min-insync-replicas") && err.contains("replication-factor 1"),
+        "{err}"
+    );
+    let ok = args(&["--replication-factor", "3", "--min-insync-replicas", "2"]).expect("accepted");
+    assert_eq!((ok.replication_factor, ok.min_insync_replicas), (3, Some(2)));
 }

@@ -97,7 +97,8 @@ impl Heartbeat {
                     lag: self.load.lag(p).unwrap_or(0),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        self.load.set_owned(partitions.len());
         LoadReport {
             v: SCHEMA_VERSION,
             worker_id: self.node_id.clone(),
