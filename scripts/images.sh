@@ -19,7 +19,8 @@ REGISTRY="${IMAGE_REGISTRY:-ghcr.io/meshchat}"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 # where the sources are: IMAGE_SOURCE, else the clone's origin
-SOURCE="${IMAGE_SOURCE:-$(git config --get remote.origin.url 2>/dev/null || pwd)}"
+# (without credentials a CI clone's URL may carry)
+SOURCE="${IMAGE_SOURCE:-$( (git config --get remote.origin.url 2>/dev/null || pwd) | sed -E 's#://[^@/]+@#://#')}"
 OUT="${IMAGES_OUT:-dist/images}"
 CACHE="$HOME/.cache/meshchat/images"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meshchat/target}"

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
     status = "ChatAgentStatus",
     shortname = "chat",
     category = "meshchat",
-    category = "all",
     derive = "PartialEq",
     doc = "A mesh of MeshChat workers serving LLM chat, balanced by the MeshChat operator",
     scale(
@@ -676,10 +675,7 @@ mod tests {
             cols,
             ["Replicas", "Ready", "Workers", "Load", "Generation", "Age"]
         );
-        assert_eq!(
-            crd.spec.names.categories,
-            Some(vec!["meshchat".to_string(), "all".to_string()])
-        );
+        assert_eq!(crd.spec.names.categories, Some(vec!["meshchat".to_string()]));
         let yaml = crate::crd_yaml().expect("render CRD");
         assert!(!yaml.contains("format: uint"), "formats Kubernetes knows only");
     }

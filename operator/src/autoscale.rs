@@ -81,6 +81,17 @@ impl External {
     }
 }
 
+/// Whether an autoscaler of the cluster's scales a ChatAgent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// This one does.
+    Found(External),
+    /// None does.
+    NoneFound,
+    /// It could not be told (why).
+    Unknown(String),
+}
+
 /// The scale target of an HPA or a ScaledObject (`spec.scaleTargetRef`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScaleTarget {
@@ -92,9 +103,7 @@ pub struct ScaleTarget {
     pub name: String,
 }
 
-/// The first autoscaler (in the order given: HPAs, then ScaledObjects, each by name) whose
-/// target is ChatAgent `agent`. KEDA drives its own HPA (`keda-hpa-<name>`) for every
-/// ScaledObject; either is enough to yield.
+/// The first autoscaler (in the order given) whose target is ChatAgent `agent`.
 pub fn external_for<'a>(
     agent: &str,
     candidates: impl IntoIterator<Item = (&'a str, &'a str, &'a ScaleTarget)>,

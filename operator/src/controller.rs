@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::autoscale::{Autoscaler, External};
+use crate::autoscale::{Autoscaler, External, Lookup};
 use crate::balancer::{BalancerSettings, Report, policy_of};
 use crate::children::{self, ChildError, MANAGER, Settings, agent_key};
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -261,17 +261,22 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
 
     // an HPA or a ScaledObject on this ChatAgent scales it: the built-in autoscaler stands back
     let autoscaling = agent.spec.autoscaling.as_ref().filter(|a| a.enabled);
-    let external = match autoscaling {
-        Some(_) => external::external_autoscaler(&ctx.client, &ns, &agent.name_any()).await?,
+    let lookup = match autoscaling {
+        Some(_) => Some(external::external_autoscaler(&ctx.client, &ns, &agent.name_any()).await),
         None => None,
     };
-    if external.is_some() {
+    let external = match &lookup {
+        Some(Lookup::Found(e)) => Some(e.clone()),
+        _ => None,
+    };
+    let builtin = matches!(lookup, Some(Lookup::NoneFound));
+    if !builtin {
         ctx.autoscalers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
     }
-    if let Some(auto) = autoscaling.filter(|_| external.is_none()) {
+    if let Some(auto) = autoscaling.filter(|_| builtin) {
         let now_ms = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
         let want = {
             let mut scalers = ctx.autoscalers.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,13 +298,16 @@ async fn reconcile_inner(agent: &ChatAgent, ctx: &Context) -> Result<Action, Err
         balancer: &report,
         migrations_base: base,
         config_problem: problem.as_deref(),
-        autoscaler: autoscaling.map(|_| external.as_ref()),
+        autoscaler: lookup.as_ref(),
         now: Timestamp::now(),
     });
     ctx.metrics.agents.observe(
         &ns,
         &agent.name_any(),
-        agent.spec.kafka.partitions,
+        report
+            .cluster
+            .and_then(|c| c.partitions)
+            .unwrap_or(agent.spec.kafka.partitions),
         agent.spec.replicas,
         &next,
     );

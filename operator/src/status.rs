@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use meshchat_crds::{ChatAgent, ChatAgentStatus, WorkerLoadStatus};
 
-use crate::autoscale::External;
+use crate::autoscale::Lookup;
 use crate::balancer::Report;
 use crate::children::selector_string;
 
@@ -20,6 +20,9 @@ pub mod kinds {
     pub const DEGRADED: &str = "Degraded";
     /// The balancer reaches the ChatAgent's Kafka.
     pub const KAFKA_REACHABLE: &str = "KafkaReachable";
+    /// `chat.messages` has at least `spec.kafka.replicationFactor` replicas per partition
+    /// (topics keep the factor they were created with).
+    pub const TOPICS_REPLICATED: &str = "TopicsReplicated";
     /// With `spec.autoscaling` on: an HPA or a KEDA ScaledObject scales the ChatAgent, so the
     /// built-in autoscaler does not.
     pub const EXTERNAL_AUTOSCALER: &str = "ExternalAutoscaler";
@@ -37,9 +40,9 @@ pub struct Observed<'a> {
     pub migrations_base: u64,
     /// Why the balancer cannot run (a named Secret cannot be read), if so.
     pub config_problem: Option<&'a str>,
-    /// With `spec.autoscaling` on (Some): the cluster's autoscaler that targets the ChatAgent,
-    /// if one does.
-    pub autoscaler: Option<Option<&'a External>>,
+    /// With `spec.autoscaling` on (Some): whether an autoscaler of the cluster's targets the
+    /// ChatAgent.
+    pub autoscaler: Option<&'a Lookup>,
     /// Now.
     pub now: Timestamp,
 }
@@ -74,7 +77,13 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
         .map(|w| w.id.as_str())
         .collect();
     let assigned: usize = summary.workers.iter().map(|w| w.partitions.len()).sum();
-    let all_assigned = assigned >= usize::try_from(spec.kafka.partitions).unwrap_or(0);
+    // the topic's count once it exists: a ChatAgent whose spec grew under an operator that let
+    // it (0.1.0) has fewer partitions than its spec says, and always will
+    let cluster = o.balancer.cluster.as_ref();
+    let partitions = cluster
+        .and_then(|c| c.partitions)
+        .unwrap_or(spec.kafka.partitions);
+    let all_assigned = assigned >= usize::try_from(partitions).unwrap_or(0);
 
     let mut conditions = Vec::new();
     let mut set = |kind: &str, ok: Option<bool>, reason: &str, message: String| {
@@ -108,10 +117,7 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
         (_, true, false) => (
             false,
             "PartitionsUnassigned",
-            format!(
-                "{assigned}/{} partitions assigned by the balancer",
-                spec.kafka.partitions
-            ),
+            format!("{assigned}/{partitions} partitions assigned by the balancer"),
         ),
         (_, true, true) => (
             true,
@@ -145,27 +151,39 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
             "KafkaUnreachable",
             format!("no broker of {} answers", spec.kafka.bootstrap_servers),
         )
-    } else if let Some(n) = o
-        .balancer
-        .brokers
-        .filter(|n| i32::try_from(*n).unwrap_or(i32::MAX) < spec.kafka.replication_factor)
-    {
-        (
-            true,
-            "TooFewBrokers",
-            format!(
-                "spec.kafka.replicationFactor is {} but the Kafka cluster has {n} broker{}: topics \
-                 cannot be created with that many replicas; lower replicationFactor (and \
-                 minInsyncReplicas) or add brokers",
-                spec.kafka.replication_factor,
-                if n == 1 { "" } else { "s" }
-            ),
-        )
     } else if !lost.is_empty() {
         (
             true,
             "WorkerLost",
             format!("workers without heartbeats own partitions: {}", lost.join(", ")),
+        )
+    } else if let Some(n) = cluster.map(|c| c.brokers).filter(|n| {
+        o.balancer.waiting_for_topics && i32::try_from(*n).unwrap_or(i32::MAX) < spec.kafka.replication_factor
+    }) {
+        // only while the topics are missing: that is when the factor is used
+        (
+            true,
+            "TooFewBrokers",
+            format!(
+                "the workers cannot create the topics: spec.kafka.replicationFactor is {} but {n} \
+                 broker{} answer{}; lower replicationFactor (and minInsyncReplicas) or add brokers",
+                spec.kafka.replication_factor,
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "s" } else { "" },
+            ),
+        )
+    } else if let Some(actual) = cluster
+        .and_then(|c| c.partitions)
+        .filter(|p| *p != spec.kafka.partitions)
+    {
+        (
+            true,
+            "PartitionsMismatch",
+            format!(
+                "chat.messages has {actual} partitions but spec.kafka.partitions is {}: topics keep \
+                 their count and conversations are placed by it, so the mesh runs on {actual}",
+                spec.kafka.partitions
+            ),
         )
     } else {
         (false, "AsExpected", "no problem seen".to_string())
@@ -186,9 +204,31 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
     };
     set(kinds::KAFKA_REACHABLE, kafka, reason, msg);
 
+    let rf = spec.kafka.replication_factor;
+    let (ok, reason, msg) = match cluster.and_then(|c| c.replicas) {
+        Some(r) if i32::try_from(r).unwrap_or(i32::MAX) >= rf => (
+            Some(true),
+            "AsSpecified",
+            format!("chat.messages has {r} replicas per partition (replicationFactor {rf})"),
+        ),
+        Some(r) => (
+            Some(false),
+            "UnderReplicated",
+            format!(
+                "chat.messages has {r} replica{} per partition but spec.kafka.replicationFactor is \
+                 {rf}: topics keep the factor they were created with; raise it with Kafka's \
+                 kafka-reassign-partitions (and min.insync.replicas with kafka-configs)",
+                if r == 1 { "" } else { "s" }
+            ),
+        ),
+        None => (None, "Unknown", "the topics have not been seen yet".to_string()),
+    };
+    set(kinds::TOPICS_REPLICATED, ok, reason, msg);
+
     match o.autoscaler {
-        Some(Some(e)) => set(kinds::EXTERNAL_AUTOSCALER, Some(true), &e.kind, e.describe()),
-        Some(None) => set(
+        Some(Lookup::Found(e)) => set(kinds::EXTERNAL_AUTOSCALER, Some(true), &e.kind, e.describe()),
+        Some(Lookup::Unknown(why)) => set(kinds::EXTERNAL_AUTOSCALER, None, "CannotTell", why.clone()),
+        Some(Lookup::NoneFound) => set(
             kinds::EXTERNAL_AUTOSCALER,
             Some(false),
             "BuiltIn",

@@ -411,7 +411,7 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     assert!(a["status"]["assignmentGeneration"].as_u64() >= Some(1));
     let reply_id = send(&workers[0].url, "k8s-conv", "user", "hello from kubectl land").await?;
     wait_reply(&workers[1].url, "k8s-conv", &reply_id, SETTLE).await?;
-    // in the meshchat category (and `all`)
+    // in the meshchat category
     let listed = cp.ok(&["get", "meshchat", "-o", "name"]).await?;
     assert!(listed.contains("chatagent.meshchat.io/support"), "{listed}");
     // conditions are a map keyed by type: one of each, merged by server-side apply
@@ -523,7 +523,8 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     assert_eq!(a["spec"]["replicas"], 5, "nothing stored from the refused specs");
     assert_eq!(a["spec"]["kafka"]["partitions"], 6);
     // a ChatAgent wanting 3 replicas of each topic (the default) on the one-broker test Kafka
-    let rf3 = sample("rf3", &bootstrap, &prefix, 0)
+    // (topics of its own, which nobody has created: the factor matters when creating them)
+    let rf3 = sample("rf3", &bootstrap, &format!("{prefix}rf3."), 0)
         .replace("    replicationFactor: 1\n    minInsyncReplicas: 1\n", "");
     assert!(!rf3.contains("replicationFactor"));
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&rf3)).await?;
@@ -535,7 +536,7 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     })
     .await?;
     println!("rf3: {message}");
-    assert!(message.contains("replicationFactor is 3 but the Kafka cluster has 1 broker"));
+    assert!(message.contains("spec.kafka.replicationFactor is 3 but 1 broker answers"));
     cp.ok(&["delete", "chatagent", "rf3"]).await?;
 
     // 6. editing the spec rolls the children

@@ -11,7 +11,9 @@ mod offthread;
 mod pool;
 mod producer;
 
-pub use admin::{broker_count, ensure_topics, partition_count, topic_partitions, while_settling};
+pub use admin::{
+    ClusterView, cluster_view, ensure_topics, partition_count, topic_partitions, while_settling,
+};
 pub use commit::{commit_metadata, commit_start, fence_of_commit};
 pub use logread::{
     Raw, StoredSnapshot, latest_table, offsets_since, read_one, read_partition, read_partition_with,

@@ -12,6 +12,7 @@ mod feed;
 mod health;
 mod internal;
 mod list;
+mod observe;
 mod openai;
 pub(crate) mod openapi;
 mod service;
@@ -104,6 +105,10 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
     api.merge(live)
         .merge(pages)
         .fallback(|| async { AppError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            observe::count::<S>,
+        ))
         .layer(cors::layer(service.clone()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())

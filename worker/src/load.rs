@@ -153,6 +153,24 @@ impl Load {
         l.extend(lags.iter().copied());
     }
 
+    /// Partitions with a measured lag.
+    pub fn lagged_partitions(&self) -> Vec<Partition> {
+        self.lags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Forgets the lag of partitions no longer held.
+    pub fn forget_lags(&self, gone: &[Partition]) {
+        let mut l = self.lags.lock().unwrap_or_else(|p| p.into_inner());
+        for p in gone {
+            l.remove(p);
+        }
+    }
+
     /// Records partition `p` is behind, if held and measured.
     pub fn lag(&self, p: Partition) -> Option<i64> {
         self.lags
@@ -262,6 +280,15 @@ mod tests {
         assert_eq!(l.gauges.load_factor.get(), 0.5, "the gauge autoscalers read");
         assert_eq!(l.messages_per_second(), 10.0);
         assert_eq!(l.partition_counts()[&3].messages, 10);
+    }
+
+    #[test]
+    fn lags_of_partitions_gone_are_forgotten() {
+        let l = load(4);
+        l.set_lags(&[(1, 5), (2, 7)]);
+        assert_eq!(l.lagged_partitions(), [1, 2]);
+        l.forget_lags(&[1]);
+        assert_eq!((l.lagged_partitions(), l.total_lag()), (vec![2], 7));
     }
 
     #[test]

@@ -32,6 +32,42 @@ pub struct PartitionLabel {
     pub partition: i32,
 }
 
+/// Labels of one kind of HTTP response.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabel {
+    /// The route as declared (`/api/chat/conversation/{id}`), `unmatched` for none.
+    pub route: String,
+    /// GET, POST, DELETE, OPTIONS, HEAD, or `other`.
+    pub method: &'static str,
+    /// Status code.
+    pub status: u16,
+}
+
+/// Labels of a route's latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// The route as declared.
+    pub route: String,
+}
+
+/// The public HTTP API's requests, by route and outcome.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    /// Responses by route, method and status.
+    pub requests: Family<HttpLabel, Counter>,
+    /// Time to the response's head by route (a stream's head comes when it opens).
+    pub duration: Family<RouteLabel, Histogram>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+        }
+    }
+}
+
 /// All metrics; cheap to clone (handles share state).
 #[derive(Clone)]
 pub struct Metrics {
@@ -69,6 +105,8 @@ pub struct Metrics {
     pub conversations_evicted: Gauge,
     /// Kafka producers replaced by fresh ones after a record timed out.
     pub producer_replacements: Gauge,
+    /// The public API's requests.
+    pub http: HttpMetrics,
 }
 
 // === impl Metrics ===
@@ -94,6 +132,7 @@ impl Metrics {
             conversations_resident: Gauge::default(),
             conversations_evicted: Gauge::default(),
             producer_replacements: Gauge::default(),
+            http: HttpMetrics::default(),
         };
         let mut r = Registry::with_prefix("meshchat");
         r.register(
@@ -159,6 +198,16 @@ impl Metrics {
             "kafka_producer_replacements",
             "Kafka producers replaced by fresh ones after a record timed out",
             m.producer_replacements.clone(),
+        );
+        r.register(
+            "http_requests",
+            "Public API responses by route, method and status",
+            m.http.requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "Public API time to the response's head, by route",
+            m.http.duration.clone(),
         );
         r.register(
             "consumer_lag",

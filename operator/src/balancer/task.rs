@@ -105,8 +105,8 @@ pub async fn balance_locally(agent: ChatAgent, opts: LocalOptions) -> anyhow::Re
 pub struct Report {
     /// Kafka answered the last metadata request.
     pub kafka_reachable: Option<bool>,
-    /// Brokers the last metadata answer listed.
-    pub brokers: Option<usize>,
+    /// The cluster and `chat.messages` as the last metadata answer described them.
+    pub cluster: Option<kafka::ClusterView>,
     /// The workers have not created the topics yet.
     pub waiting_for_topics: bool,
     /// The balancer's state.
@@ -140,7 +140,7 @@ pub async fn balance(
                 kafka::topic_partitions(&m, &t.messages),
                 kafka::topic_partitions(&m, &t.events),
                 kafka::topic_partitions(&m, &t.assignments),
-                kafka::broker_count(&m, &t.messages).ok(),
+                kafka::cluster_view(&m, &t.messages).ok(),
             )
         })
         .await?
@@ -149,12 +149,12 @@ pub async fn balance(
         };
         match found {
             (Ok(p), Ok(e), Ok(_), _) => break (p, e),
-            (m, _, _, brokers) => {
+            (m, _, _, cluster) => {
                 // a client error means no broker answered; otherwise a topic is missing
                 let reachable = !matches!(&m, Err(KafkaError::Client(_)));
                 report.send_modify(|r| {
                     r.kafka_reachable = Some(reachable);
-                    r.brokers = brokers;
+                    r.cluster = cluster;
                     r.waiting_for_topics = true;
                 });
                 if !waited {
@@ -209,14 +209,14 @@ pub async fn balance(
             biased;
             () = stop.cancelled() => return stopping(),
             _ = status_tick.tick() => {
-                let (m, t) = (meta.clone(), topics.assignments.clone());
-                let Some(brokers) = until_stopped(&stop, move || kafka::broker_count(&m, &t).ok()).await? else {
+                let (m, t) = (meta.clone(), topics.messages.clone());
+                let Some(cluster) = until_stopped(&stop, move || kafka::cluster_view(&m, &t).ok()).await? else {
                     return stopping();
                 };
                 let summary = balancer.summary(now_ms());
                 report.send_modify(|r| {
-                    r.kafka_reachable = Some(brokers.is_some());
-                    r.brokers = brokers;
+                    r.kafka_reachable = Some(cluster.is_some());
+                    r.cluster = cluster;
                     r.waiting_for_topics = false;
                     r.summary = summary;
                 });

@@ -146,23 +146,23 @@ impl ApiServerVerifier {
         body["status"].clone()
     }
 
-    /// Expects the lookups of autoscalers in team-a: `hpas` listed, and KEDA's ScaledObjects
-    /// not served (its CRD is not installed).
+    /// Expects the lookups of autoscalers in team-a, from the API server's cache: KEDA's
+    /// ScaledObjects not served (its CRD is not installed), then `hpas` listed.
     async fn autoscalers(&mut self, hpas: Value) {
         self.expect(
             Method::GET,
-            "/apis/autoscaling/v2/namespaces/team-a/horizontalpodautoscalers",
-            "",
-            StatusCode::OK,
-            |_| json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": hpas}),
+            "/apis/keda.sh/v1alpha1/namespaces/team-a/scaledobjects",
+            "resourceVersion=0",
+            StatusCode::NOT_FOUND,
+            |_| json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"}),
         )
         .await;
         self.expect(
             Method::GET,
-            "/apis/keda.sh/v1alpha1/namespaces/team-a/scaledobjects",
-            "",
-            StatusCode::NOT_FOUND,
-            |_| json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"}),
+            "/apis/autoscaling/v2/namespaces/team-a/horizontalpodautoscalers",
+            "resourceVersion=0",
+            StatusCode::OK,
+            |_| json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {}, "items": hpas}),
         )
         .await;
     }
@@ -186,6 +186,19 @@ fn agent() -> ChatAgent {
     a.metadata.namespace = Some("team-a".into());
     a.metadata.uid = Some("uid-1".into());
     a.metadata.generation = Some(1);
+    a
+}
+
+/// `support` with the built-in autoscaler on, 4 to 8 replicas (it runs 3).
+fn autoscaled_agent() -> ChatAgent {
+    let mut a = agent();
+    a.spec.autoscaling = Some(AutoscalingSpec {
+        enabled: true,
+        min_replicas: 4,
+        max_replicas: 8,
+        target_load: 0.6,
+        scale_down_stabilization_seconds: 300,
+    });
     a
 }
 
@@ -313,14 +326,7 @@ async fn a_failing_api_server_backs_off_per_agent() {
 #[tokio::test]
 async fn autoscaling_sets_replicas_through_the_scale_subresource() {
     let (ctx, mut api) = context();
-    let mut a = agent();
-    a.spec.autoscaling = Some(AutoscalingSpec {
-        enabled: true,
-        min_replicas: 4,
-        max_replicas: 8,
-        target_load: 0.6,
-        scale_down_stabilization_seconds: 300,
-    });
+    let a = autoscaled_agent();
     let verifier = tokio::spawn(async move {
         api.children().await;
         api.autoscalers(json!([])).await;
@@ -360,20 +366,18 @@ async fn autoscaling_sets_replicas_through_the_scale_subresource() {
 #[tokio::test]
 async fn the_builtin_autoscaler_yields_to_an_hpa_on_the_same_chatagent() {
     let (ctx, mut api) = context();
-    let mut a = agent();
-    a.spec.autoscaling = Some(AutoscalingSpec {
-        enabled: true,
-        min_replicas: 4,
-        max_replicas: 8,
-        target_load: 0.6,
-        scale_down_stabilization_seconds: 300,
-    });
+    let a = autoscaled_agent();
     let hpa = |name: &str, api_version: &str, kind: &str, target: &str| json!({"metadata": {"name": name, "namespace": "team-a"}, "spec": {"maxReplicas": 10, "scaleTargetRef": {"apiVersion": api_version, "kind": kind, "name": target}}});
     let hpas = json!([
         hpa("web", "apps/v1", "Deployment", "support"),
         hpa("other", "meshchat.io/v1alpha1", "ChatAgent", "sales"),
         hpa("support-load", "meshchat.io/v1alpha1", "ChatAgent", "support"),
     ]);
+    // KEDA's own HPA for a ScaledObject is not what is named (the ScaledObject would be)
+    let mut keda = hpa("keda-hpa-x", "meshchat.io/v1alpha1", "ChatAgent", "support");
+    keda["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "name": "x", "uid": "u"}]);
+    let hpas = json!([keda, hpas[0], hpas[1], hpas[2]]);
     let verifier = tokio::spawn(async move {
         api.children().await;
         api.autoscalers(hpas).await;
@@ -416,6 +420,44 @@ async fn the_builtin_autoscaler_yields_to_an_hpa_on_the_same_chatagent() {
         ctx.metrics
             .encode()
             .contains("meshchat_operator_scalings_total 0")
+    );
+}
+
+#[tokio::test]
+async fn an_autoscaler_lookup_refused_by_rbac_holds_the_builtin_autoscaler_back_without_failing() {
+    let (ctx, mut api) = context();
+    let verifier = tokio::spawn(async move {
+        api.children().await;
+        api.expect(
+            Method::GET,
+            "/apis/keda.sh/v1alpha1/namespaces/team-a/scaledobjects",
+            "",
+            StatusCode::FORBIDDEN,
+            |_| json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "scaledobjects.keda.sh is forbidden"}),
+        )
+        .await;
+        // no /scale patch (the mesh is below minReplicas), and the status is written
+        api.status().await
+    });
+    reconcile(Arc::new(autoscaled_agent()), ctx.clone())
+        .await
+        .expect("reconciled despite the refusal");
+    let status = verifier.await.expect("verifier");
+    let c = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "ExternalAutoscaler"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("Unknown"), Some("CannotTell")),
+        "{status}"
+    );
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot list KEDA ScaledObjects in team-a")),
+        "{c}"
     );
 }
 

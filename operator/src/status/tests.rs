@@ -1,4 +1,5 @@
 use super::*;
+use crate::autoscale::External;
 use crate::balancer::{Summary, WorkerSummary};
 use k8s_openapi::api::apps::v1::StatefulSetStatus;
 use meshchat_crds::ChatAgentSpec;
@@ -39,7 +40,11 @@ fn worker(id: &str, partitions: &[i32], load: f64, alive: bool) -> WorkerSummary
 fn healthy() -> Report {
     Report {
         kafka_reachable: Some(true),
-        brokers: Some(3),
+        cluster: Some(meshchat_wire::kafka::ClusterView {
+            brokers: 3,
+            partitions: Some(4),
+            replicas: Some(3),
+        }),
         waiting_for_topics: false,
         summary: Summary {
             generation: 7,
@@ -108,6 +113,7 @@ fn a_settled_mesh_is_ready_and_not_progressing() {
             ("Progressing", "False", "Stable"),
             ("Degraded", "False", "AsExpected"),
             ("KafkaReachable", "True", "Connected"),
+            ("TopicsReplicated", "True", "AsSpecified"),
         ]
     );
     assert!(st.conditions.iter().all(|c| c.observed_generation == Some(3)));
@@ -232,14 +238,14 @@ fn an_external_autoscaler_shows_as_a_condition_only_with_autoscaling_on() {
             .any(|c| c.type_ == "ExternalAutoscaler"),
         "autoscaling off: nothing to say"
     );
-    let builtin = seen(Some(None));
+    let builtin = seen(Some(&Lookup::NoneFound));
     let c = cond(&builtin, "ExternalAutoscaler");
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "BuiltIn"));
-    let hpa = External {
+    let hpa = Lookup::Found(External {
         kind: "HorizontalPodAutoscaler".into(),
         name: "support".into(),
-    };
-    let yielded = seen(Some(Some(&hpa)));
+    });
+    let yielded = seen(Some(&hpa));
     let c = cond(&yielded, "ExternalAutoscaler");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
@@ -253,19 +259,27 @@ fn an_external_autoscaler_shows_as_a_condition_only_with_autoscaling_on() {
 }
 
 #[test]
-fn a_cluster_with_fewer_brokers_than_the_replication_factor_is_degraded() {
+fn too_few_brokers_matters_while_the_topics_are_missing_and_old_topics_show_their_factor() {
+    use meshchat_wire::kafka::ClusterView;
     let (a, s) = (agent(2), sts(2, 2, 2));
     let mut r = healthy();
-    r.brokers = Some(1);
+    r.waiting_for_topics = true;
+    r.cluster = Some(ClusterView {
+        brokers: 1,
+        partitions: None,
+        replicas: None,
+    });
     let st = observe(&a, Some(&s), &r, 0, 100);
     let d = cond(&st, "Degraded");
     assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "TooFewBrokers"));
     assert!(
-        d.message
-            .starts_with("spec.kafka.replicationFactor is 3 but the Kafka cluster has 1 broker:"),
+        d.message.starts_with(
+            "the workers cannot create the topics: spec.kafka.replicationFactor is 3 but 1 broker answers"
+        ),
         "{}",
         d.message
     );
+    assert_eq!(cond(&st, "TopicsReplicated").status, "Unknown");
     let mut single = agent(2);
     single.spec.kafka.replication_factor = 1;
     single.spec.kafka.min_insync_replicas = 1;
@@ -275,11 +289,71 @@ fn a_cluster_with_fewer_brokers_than_the_replication_factor_is_degraded() {
         "AsExpected",
         "a one-broker cluster for RF 1"
     );
-    r.brokers = None;
+
+    // topics made with one replica (by 0.1.0's workers) on a cluster that now has 3 brokers, or
+    // with one of 3 brokers down: not Degraded, and the factor they really have is said
+    r.waiting_for_topics = false;
+    for brokers in [1, 3] {
+        r.cluster = Some(ClusterView {
+            brokers,
+            partitions: Some(4),
+            replicas: Some(1),
+        });
+        let st = observe(&a, Some(&s), &r, 0, 100);
+        assert_eq!(cond(&st, "Degraded").reason, "AsExpected");
+        let t = cond(&st, "TopicsReplicated");
+        assert_eq!(
+            (t.status.as_str(), t.reason.as_str()),
+            ("False", "UnderReplicated")
+        );
+        assert!(
+            t.message.starts_with(
+                "chat.messages has 1 replica per partition but spec.kafka.replicationFactor is 3"
+            ),
+            "{}",
+            t.message
+        );
+    }
+    // a lost worker is said before anything about the cluster
+    r.waiting_for_topics = true;
+    r.cluster = Some(ClusterView {
+        brokers: 1,
+        partitions: None,
+        replicas: None,
+    });
+    r.summary.workers[0].alive = false;
     let st = observe(&a, Some(&s), &r, 0, 100);
+    assert_eq!(cond(&st, "Degraded").reason, "WorkerLost");
+}
+
+#[test]
+fn the_topic_s_partition_count_is_what_the_mesh_runs_on() {
+    use meshchat_wire::kafka::ClusterView;
+    let (mut a, s) = (agent(2), sts(2, 2, 2));
+    // grown under 0.1.0, which let the spec grow and never the topic
+    a.spec.kafka.partitions = 8;
+    let mut r = healthy();
+    r.cluster = Some(ClusterView {
+        brokers: 3,
+        partitions: Some(4),
+        replicas: Some(3),
+    });
+    let st = observe(&a, Some(&s), &r, 0, 100);
+    let ready = cond(&st, "Ready");
     assert_eq!(
-        cond(&st, "Degraded").status,
-        "False",
-        "no answer yet: nothing known"
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AllWorkersReady"),
+        "4 of 4 assigned"
+    );
+    let d = cond(&st, "Degraded");
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("True", "PartitionsMismatch")
+    );
+    assert!(
+        d.message
+            .starts_with("chat.messages has 4 partitions but spec.kafka.partitions is 8"),
+        "{}",
+        d.message
     );
 }

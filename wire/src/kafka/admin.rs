@@ -68,13 +68,30 @@ pub async fn ensure_topics(
     Ok(actual)
 }
 
-/// Brokers of the cluster, from a metadata request for `topic` (blocking); an error when none
-/// answers.
-pub fn broker_count(consumer: &BaseConsumer, topic: &str) -> Result<usize, KafkaError> {
-    Ok(consumer
-        .fetch_metadata(Some(topic), META_TIMEOUT)?
-        .brokers()
-        .len())
+/// What one metadata request says about the cluster and a topic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Brokers the answer lists (the live ones).
+    pub brokers: usize,
+    /// The topic's partitions, if it exists.
+    pub partitions: Option<i32>,
+    /// The fewest replicas any of its partitions has, if it exists.
+    pub replicas: Option<usize>,
+}
+
+/// Brokers of the cluster and the layout of `topic`, from one metadata request (blocking); an
+/// error when no broker answers.
+pub fn cluster_view(consumer: &BaseConsumer, topic: &str) -> Result<ClusterView, KafkaError> {
+    let md = consumer.fetch_metadata(Some(topic), META_TIMEOUT)?;
+    let t = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty());
+    Ok(ClusterView {
+        brokers: md.brokers().len(),
+        partitions: t.map(|t| t.partitions().len() as i32),
+        replicas: t.and_then(|t| t.partitions().iter().map(|p| p.replicas().len()).min()),
+    })
 }
 
 /// Partitions of `topic` now (one metadata request; blocking).

@@ -302,6 +302,11 @@ pub trait ChatService: Send + Sync + 'static {
 
     /// Prometheus text.
     fn metrics_text(&self) -> Result<String, std::fmt::Error>;
+
+    /// Where the public API counts its requests (none: not counted).
+    fn http_metrics(&self) -> Option<crate::metrics::HttpMetrics> {
+        None
+    }
 }
 
 /// The conversation index is still being read (a worker that just started).

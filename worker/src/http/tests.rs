@@ -68,6 +68,8 @@ struct Fake {
     history: Option<ConversationView>,
     /// The conversation index (none: still loading).
     index: Option<crate::index::ConversationIndex>,
+    /// Where the public API counts its requests.
+    http: crate::metrics::HttpMetrics,
 }
 
 /// The fake's credentials: `(token, tenant, user, role)`.
@@ -142,6 +144,7 @@ fn fake() -> Fake {
         stored: Vec::new(),
         history: None,
         index: None,
+        http: crate::metrics::HttpMetrics::default(),
     }
 }
 
@@ -391,6 +394,10 @@ impl ChatService for Fake {
     fn metrics_text(&self) -> Result<String, std::fmt::Error> {
         Ok("# EOF\n".into())
     }
+
+    fn http_metrics(&self) -> Option<crate::metrics::HttpMetrics> {
+        Some(self.http.clone())
+    }
 }
 
 async fn call(service: &Arc<Fake>, req: Request<Body>) -> (StatusCode, Value) {
@@ -424,6 +431,44 @@ fn get_as(token: &str, path: &str) -> Request<Body> {
         .header("authorization", format!("Bearer {token}"))
         .body(Body::empty())
         .expect("request")
+}
+
+#[tokio::test]
+async fn responses_are_counted_by_declared_route_method_and_status() {
+    let s = Arc::new(fake());
+    for path in [
+        "/api/chat/conversation/a",
+        "/api/chat/conversation/b",
+        "/no/such/route",
+    ] {
+        let _ = call(&s, get_as("k-admin", path)).await;
+    }
+    let anonymous = Request::get("/api/chat/conversation/a")
+        .body(Body::empty())
+        .expect("request");
+    let _ = call(&s, anonymous).await;
+    let count = |route: &str, method: &'static str, status: u16| {
+        s.http
+            .requests
+            .get_or_create(&crate::metrics::HttpLabel {
+                route: route.into(),
+                method,
+                status,
+            })
+            .get()
+    };
+    let route = "/api/chat/conversation/{id}";
+    assert_eq!(count(route, "GET", 404), 2, "ids are not label values");
+    assert_eq!(count(route, "GET", 401), 1, "refused callers are counted too");
+    assert_eq!(count("unmatched", "GET", 404), 1);
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("t", "", s.http.duration.clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoded");
+    assert!(
+        text.contains(&format!("t_count{{route=\"{route}\"}} 3")),
+        "each response timed: {text}"
+    );
 }
 
 #[tokio::test]

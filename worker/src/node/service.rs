@@ -351,6 +351,10 @@ impl ChatService for Node {
         self.drain.undo()
     }
 
+    fn http_metrics(&self) -> Option<crate::metrics::HttpMetrics> {
+        Some(self.metrics.http.clone())
+    }
+
     fn metrics_text(&self) -> Result<String, std::fmt::Error> {
         self.metrics
             .live_streams

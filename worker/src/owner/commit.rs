@@ -160,6 +160,20 @@ impl Owner {
     /// each. librdkafka fails the whole call on any partition's error: that round reports
     /// nothing and the gauges keep their last values.
     pub(super) fn report_lag(&self, reader: &Arc<BaseConsumer>, positions: &BTreeMap<Partition, i64>) {
+        // partitions that went elsewhere: their gauges would say their last lag for ever (and
+        // keep an alert firing for a worker that no longer owns them)
+        let gone: Vec<Partition> = self
+            .load
+            .lagged_partitions()
+            .into_iter()
+            .filter(|p| !positions.contains_key(p))
+            .collect();
+        for p in &gone {
+            self.metrics
+                .consumer_lag
+                .remove(&PartitionLabel { partition: *p });
+        }
+        self.load.forget_lags(&gone);
         if positions.is_empty() {
             return;
         }
