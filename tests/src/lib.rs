@@ -62,8 +62,9 @@ pub fn http() -> reqwest::Client {
     CLIENT.clone()
 }
 
-/// The value of the gauge `name` on the worker whose internal listener is `internal_url`.
-pub async fn gauge(internal_url: &str, name: &str) -> Option<i64> {
+/// The value of the gauge `name` on the worker whose internal listener is `internal_url`
+/// (`i64` for counts, `f64` for ratios such as the load factor).
+pub async fn gauge<T: std::str::FromStr>(internal_url: &str, name: &str) -> Option<T> {
     let text = http()
         .get(format!("{internal_url}/metrics"))
         .send()

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use meshchat_tests::k8s::{ControlPlane, helm, tools};
-use meshchat_tests::{FakeLlm, Worker, WorkerSpec, broker, http, send, unique_prefix, wait_for, wait_reply};
+use meshchat_tests::{
+    FakeLlm, Worker, WorkerSpec, broker, gauge, http, send, unique_prefix, wait_for, wait_reply,
+};
 use serde_json::Value;
 
 const CHART: &str = "../charts/meshchat";
@@ -472,18 +474,8 @@ async fn alerts_and_the_dashboard_query_series_the_processes_export() -> anyhow:
     };
     assert!(missing.is_empty(), "queried but never exported: {missing:?}");
     // the load factor autoscalers target is a gauge of each worker, and reads 0 when idle
-    let load = wait_for("the load factor gauge", Duration::from_secs(10), || async {
-        let text = http()
-            .get(format!("{}/metrics", worker.internal_url))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("meshchat_load_factor "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+    let load: f64 = wait_for("the load factor gauge", Duration::from_secs(10), || {
+        gauge(&worker.internal_url, "meshchat_load_factor")
     })
     .await?;
     assert_eq!(load, 0.0, "idle");
