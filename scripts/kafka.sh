@@ -6,6 +6,10 @@
 #   kafka.sh stop [PORT] [DIR]     stop it (data stays in DIR, so a restart keeps messages)
 #   kafka.sh status [PORT]
 # Defaults: PORT=9092, DIR=$HOME/.cache/meshchat/kafka-data-PORT
+# KAFKA_SECURE=1 (start): also a SASL_SSL listener (SCRAM-SHA-512, user `meshchat`, password
+# in DIR/tls/password) on PORT+2 and an SSL listener requiring a client certificate on PORT+3,
+# with a CA, broker and client certificates made by openssl in DIR/tls (ca.crt, client.crt,
+# client.key): what a Strimzi cluster offers its users, for the tests.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${MESHCHAT_CACHE:-$HOME/.cache/meshchat}
@@ -44,17 +48,42 @@ ready() {
     --bootstrap-server "127.0.0.1:$port" >/dev/null 2>&1
 }
 
+# CA, broker and client certificates (PEM) for the secure listeners, made once per DIR.
+make_tls() {
+  local t="$dir/tls"
+  [ -f "$t/client.key" ] && return
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=meshchat-test-ca" \
+    -keyout "$t/ca.key" -out "$t/ca.crt" 2>/dev/null
+  for who in broker client; do
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$who" -keyout "$t/$who.key.pkcs1" -out "$t/$who.csr" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$t/$who.key.pkcs1" -out "$t/$who.key"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/$who.ext"
+    openssl x509 -req -in "$t/$who.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial -days 30 \
+      -extfile "$t/$who.ext" -out "$t/$who.crt" 2>/dev/null
+  done
+  cat "$t/broker.key" "$t/broker.crt" >"$t/broker.pem"
+  openssl rand -hex 12 >"$t/password"
+}
+
 write_config() {
   mkdir -p "$dir/logs"
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl_port"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [ "${KAFKA_SECURE:-0}" = 1 ]; then
+    make_tls
+    listeners="$listeners,SASL_SSL://127.0.0.1:$((port + 2)),SSL://127.0.0.1:$((port + 3))"
+    protocols="$protocols,SASL_SSL:SASL_SSL,SSL:SSL"
+  fi
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$ctl_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=${listeners/,CONTROLLER:\/\/127.0.0.1:$ctl_port/}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$dir/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -69,6 +98,18 @@ log.retention.hours=168
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 PROPS
+  if [ "${KAFKA_SECURE:-0}" = 1 ]; then
+    cat >>"$dir/server.properties" <<PROPS
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/tls/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$dir/tls/ca.crt
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.ssl.ssl.client.auth=required
+PROPS
+  fi
   cat >"$dir/log4j2.yaml" <<'LOG'
 Configuration:
   Appenders:
@@ -99,7 +140,9 @@ start() {
   write_config
   if [ ! -f "$dir/data/meta.properties" ]; then
     local id; id=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid)
-    java -cp "$libs/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1 \
+    local scram=()
+    [ "${KAFKA_SECURE:-0}" = 1 ] && scram=(--add-scram "SCRAM-SHA-512=[name=meshchat,password=$(cat "$dir/tls/password")]")
+    java -cp "$libs/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" "${scram[@]}" >"$dir/logs/format.log" 2>&1 \
       || { cat "$dir/logs/format.log" >&2; exit 1; }
   fi
   echo "kafka.sh: starting Kafka $version on 127.0.0.1:$port (data in $dir)" >&2

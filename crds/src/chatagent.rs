@@ -349,13 +349,19 @@ impl SaslMechanism {
     }
 }
 
-/// A Secret holding a username and a password.
+/// A Secret holding a password, and a username (in the Secret, or given here).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
     /// Secret name (same namespace).
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// The username itself, when the Secret does not hold it: a Strimzi KafkaUser's Secret
+    /// (named after the user) has only `password` and `sasl.jaas.config`, so the user's name
+    /// goes here. `usernameKey` is then not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub username: Option<String>,
     /// Key of the username.
     #[serde(default = "default_username_key")]
     pub username_key: String,
@@ -372,6 +378,26 @@ pub struct TlsSpec {
     /// system trust store when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A client certificate and key (PEM) the workers and the balancer present: mutual TLS, as
+    /// a Strimzi KafkaUser with `authentication: tls` gets in its Secret (`user.crt`,
+    /// `user.key`, the defaults here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<ClientCertSecretRef>,
+}
+
+/// A Secret holding a client certificate and its private key, PEM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertSecretRef {
+    /// Secret name (same namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the certificate (chain).
+    #[serde(default = "default_cert_key")]
+    pub cert_key: String,
+    /// Key of the private key.
+    #[serde(default = "default_key_key")]
+    pub key_key: String,
 }
 
 /// LLM settings.
@@ -593,6 +619,12 @@ fn default_username_key() -> String {
 fn default_password_key() -> String {
     "password".into()
 }
+fn default_cert_key() -> String {
+    "user.crt".into()
+}
+fn default_key_key() -> String {
+    "user.key".into()
+}
 
 impl Default for KafkaSpec {
     fn default() -> Self {
@@ -678,6 +710,21 @@ mod tests {
         assert_eq!(crd.spec.names.categories, Some(vec!["meshchat".to_string()]));
         let yaml = crate::crd_yaml().expect("render CRD");
         assert!(!yaml.contains("format: uint"), "formats Kubernetes knows only");
+        // and a u32 field keeps its width's bound, or its own tighter one
+        let crd = crate::crd();
+        let spec = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref()?.properties.as_ref()?.get("spec"));
+        let field = |group: &str, name: &str| {
+            spec.and_then(|s| s.properties.as_ref()?.get(group)?.properties.as_ref()?.get(name))
+                .cloned()
+                .unwrap_or_else(|| panic!("spec.{group}.{name}"))
+        };
+        let burst = field("limits", "tenantMessageBurst");
+        assert_eq!(burst.format.as_deref(), Some("int64"));
+        assert_eq!(burst.maximum, Some(f64::from(u32::MAX)));
+        assert_eq!(field("rebalance", "intervalSeconds").maximum, Some(3600.0));
     }
 
     #[test]

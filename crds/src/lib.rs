@@ -3,18 +3,22 @@
 #![forbid(unsafe_code)]
 
 mod chatagent;
+mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1;
 
+pub use validate::{SchemaError, Violation, validate};
+
 pub use chatagent::{
-    AuthMode, AuthSpec, AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, CredentialsSecretRef,
-    ImagePullPolicy, JwtSpec, KafkaSpec, LimitsSpec, LlmSpec, RebalanceSpec, SaslMechanism, SaslSpec,
-    SecretKeyRef, TlsSpec, WhileReplying, WorkerLoadStatus,
+    AuthMode, AuthSpec, AutoscalingSpec, ChatAgent, ChatAgentSpec, ChatAgentStatus, ClientCertSecretRef,
+    CredentialsSecretRef, ImagePullPolicy, JwtSpec, KafkaSpec, LimitsSpec, LlmSpec, RebalanceSpec,
+    SaslMechanism, SaslSpec, SecretKeyRef, TlsSpec, WhileReplying, WorkerLoadStatus,
 };
 
 /// The `ChatAgent` CRD. Unsigned integers are given the formats Kubernetes knows (schemars
 /// writes `uint32`/`uint64`, which API servers since 1.34 warn about on every apply): `int64`,
-/// whose range holds them, besides the `minimum: 0` they already carry.
+/// whose range holds them, besides the `minimum: 0` they already carry and the `maximum` of
+/// their width.
 pub fn crd() -> v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     let mut crd = ChatAgent::crd();
@@ -34,6 +38,16 @@ fn known_formats(schema: &mut v1::JSONSchemaProps) {
     if let Some(f) = schema.format.as_deref()
         && matches!(f, "uint8" | "uint16" | "uint32" | "uint64")
     {
+        // the bound the format carried (a larger value would not fit the Rust field)
+        let max = match f {
+            "uint8" => Some(f64::from(u8::MAX)),
+            "uint16" => Some(f64::from(u16::MAX)),
+            "uint32" => Some(f64::from(u32::MAX)),
+            _ => None,
+        };
+        if let Some(max) = max {
+            schema.maximum = Some(schema.maximum.map_or(max, |m| m.min(max)));
+        }
         schema.format = Some("int64".into());
     }
     let nested = schema

@@ -61,6 +61,11 @@ pub struct Balancer {
     /// The latest table carries another heartbeat timeout than ours: workers would size their
     /// lease by it, so the first round republishes the table with ours.
     retime: bool,
+    /// Workers Kubernetes reported gone (pod deleted, container terminated), and when (unix
+    /// ms): dead at once, until a heartbeat sent after that (a new process of the same name).
+    gone: BTreeMap<String, u64>,
+    /// Moves away from a gone worker were turned into failovers: publish even if nothing moves.
+    retable: bool,
 }
 
 /// What the balancer knows of one worker, for status and dashboards.
@@ -143,6 +148,8 @@ impl Balancer {
             migrations: 0,
             last_published_ms: None,
             retime,
+            gone: BTreeMap::new(),
+            retable: false,
         }
     }
 
@@ -193,6 +200,15 @@ impl Balancer {
 
     /// A worker's heartbeat.
     pub fn observe(&mut self, report: LoadReport, now_ms: u64) {
+        if let Some(gone_ms) = self.gone.get(&report.worker_id) {
+            // one sent before the pod went (read late) is the dead process's: it must not
+            // bring the worker back
+            let sent_ms = (report.timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            if sent_ms <= *gone_ms {
+                return;
+            }
+            self.gone.remove(&report.worker_id);
+        }
         // exponential average with the round interval as time constant: a round sees the load
         // of about the last round, and a burst shorter than that barely moves it
         let tau = self.timing.interval_ms.max(1000) as f64;
@@ -216,9 +232,27 @@ impl Balancer {
     }
 
     fn alive(&self, id: &str, now_ms: u64) -> bool {
-        self.workers
-            .get(id)
-            .is_some_and(|s| now_ms.saturating_sub(s.at_ms) <= self.timing.heartbeat_timeout_ms)
+        !self.gone.contains_key(id)
+            && self
+                .workers
+                .get(id)
+                .is_some_and(|s| now_ms.saturating_sub(s.at_ms) <= self.timing.heartbeat_timeout_ms)
+    }
+
+    /// Kubernetes says worker `id`'s process is gone (its pod was deleted, its container
+    /// terminated): it is dead from now on, without waiting out the heartbeat timeout, so the
+    /// next round fails its partitions over. A heartbeat sent later (a new pod of the same name)
+    /// brings it back. `now_ms` is wall-clock time, as heartbeats carry.
+    pub fn gone(&mut self, id: &str, now_ms: u64) {
+        self.gone.insert(id.to_string(), now_ms);
+        // its planned handoffs may be under way: their new owners wait for a release that will
+        // not come; marked failovers, they fence it out at once (harmless once a handoff is done)
+        for a in &mut self.table.partitions {
+            if a.from.as_deref() == Some(id) && a.owner != id && !a.failover {
+                a.failover = true;
+                self.retable = true;
+            }
+        }
     }
 
     fn warming_up(&self, now_ms: u64) -> bool {
@@ -244,7 +278,7 @@ impl Balancer {
             .iter()
             .map(|(id, s)| (id.clone(), self.alive(id, now_ms), s.report.draining))
             .collect();
-        let changed = membership != self.membership;
+        let changed = membership != self.membership || self.retable;
         let due = now_ms.saturating_sub(self.last_round_ms) >= self.timing.interval_ms;
         let unassigned = self.table.partitions.len() < self.partitions as usize;
         if !(changed || due || unassigned) {
@@ -254,7 +288,8 @@ impl Balancer {
         self.last_round_ms = now_ms;
         let input = self.input(now_ms);
         let plan = planner::plan(&input, &self.policy);
-        if plan.moves.is_empty() {
+        let retable = std::mem::take(&mut self.retable);
+        if plan.moves.is_empty() && !retable {
             return None;
         }
         Some(self.publish(plan.next, plan.moves, now_ms))

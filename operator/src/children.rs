@@ -51,6 +51,8 @@ pub const MESH_SECRET_KEY: &str = "secret";
 pub const WORKER_BINARY: &str = "/usr/local/bin/meshchat-worker";
 /// Where the Kafka CA bundle is mounted.
 const KAFKA_CA_DIR: &str = "/etc/meshchat/kafka-ca";
+/// Where the Kafka client certificate and key are mounted (mutual TLS).
+const KAFKA_CLIENT_DIR: &str = "/etc/meshchat/kafka-client";
 /// Pod template annotation that changes with the configuration, so pods roll when it does.
 pub const CONFIG_HASH: &str = "meshchat.io/config-hash";
 
@@ -128,6 +130,34 @@ pub fn selector_string(name: &str) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Keys of Secret `secret` as files in `dir` (key → file name), read-only: a volume and its mount.
+fn secret_volume(volume: &str, secret: &str, files: &[(&str, &str)], dir: &str) -> (Volume, VolumeMount) {
+    let items = files
+        .iter()
+        .map(|(key, path)| KeyToPath {
+            key: (*key).to_string(),
+            path: (*path).to_string(),
+            ..KeyToPath::default()
+        })
+        .collect();
+    let v = Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(items),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let m = VolumeMount {
+        name: volume.into(),
+        mount_path: dir.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    (v, m)
 }
 
 fn labels(name: &str) -> BTreeMap<String, String> {
@@ -300,49 +330,35 @@ fn pod_template(
         read_only: Some(true),
         ..VolumeMount::default()
     }];
+    let mut secret_files = |volume: &str, secret: &str, files: &[(&str, &str)], dir: &str| {
+        let (v, m) = secret_volume(volume, secret, files, dir);
+        volumes.push(v);
+        mounts.push(m);
+    };
     if let Some(ca) = spec.kafka.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
-        volumes.push(Volume {
-            name: "kafka-ca".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(ca.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ca.key.clone(),
-                    path: "ca.crt".into(),
-                    ..KeyToPath::default()
-                }]),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "kafka-ca".into(),
-            mount_path: KAFKA_CA_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
+        secret_files("kafka-ca", &ca.name, &[(&ca.key, "ca.crt")], KAFKA_CA_DIR);
+    }
+    if let Some(cert) = spec
+        .kafka
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_cert_secret_ref.as_ref())
+    {
+        let files = [
+            (cert.cert_key.as_str(), "tls.crt"),
+            (cert.key_key.as_str(), "tls.key"),
+        ];
+        secret_files("kafka-client", &cert.name, &files, KAFKA_CLIENT_DIR);
     }
     // the API keys: a Secret volume (not a subPath), so the kubelet's updates reach the file
     // and the worker reloads it without a restart
     if let Some(keys) = spec.auth.as_ref().and_then(|a| a.api_keys_secret_ref.as_ref()) {
-        volumes.push(Volume {
-            name: "api-keys".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(keys.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: keys.key.clone(),
-                    path: worker::API_KEYS_FILE.into(),
-                    ..KeyToPath::default()
-                }]),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "api-keys".into(),
-            mount_path: worker::API_KEYS_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
+        secret_files(
+            "api-keys",
+            &keys.name,
+            &[(&keys.key, worker::API_KEYS_FILE)],
+            worker::API_KEYS_DIR,
+        );
     }
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -511,11 +527,10 @@ fn env(agent: &ChatAgent, ns: &str, names: &Names) -> Vec<EnvVar> {
     }
     if let Some(sasl) = &agent.spec.kafka.sasl {
         let c = &sasl.credentials_secret_ref;
-        env.push(from_secret(
-            worker_env::KAFKA_SASL_USERNAME,
-            &c.name,
-            &c.username_key,
-        ));
+        env.push(match &c.username {
+            Some(user) => plain(worker_env::KAFKA_SASL_USERNAME, user.clone()),
+            None => from_secret(worker_env::KAFKA_SASL_USERNAME, &c.name, &c.username_key),
+        });
         env.push(from_secret(
             worker_env::KAFKA_SASL_PASSWORD,
             &c.name,
@@ -532,8 +547,9 @@ fn env(agent: &ChatAgent, ns: &str, names: &Names) -> Vec<EnvVar> {
     env
 }
 
-/// librdkafka settings for the ChatAgent's SASL/TLS choices (`ca_file`: where the CA bundle is).
-pub fn kafka_properties(agent: &ChatAgent, ca_file: Option<&str>) -> Vec<(String, String)> {
+/// librdkafka settings for the ChatAgent's SASL/TLS choices; `in_pod`: the CA bundle and the
+/// client certificate are files mounted in the worker pods (the balancer passes them as PEM).
+pub fn kafka_properties(agent: &ChatAgent, in_pod: bool) -> Vec<(String, String)> {
     let k = &agent.spec.kafka;
     let protocol = match (k.sasl.is_some(), k.tls.is_some()) {
         (false, false) => return Vec::new(),
@@ -545,10 +561,17 @@ pub fn kafka_properties(agent: &ChatAgent, ca_file: Option<&str>) -> Vec<(String
     if let Some(s) = &k.sasl {
         props.push(("sasl.mechanism".into(), s.mechanism.as_str().into()));
     }
-    if let (Some(tls), Some(file)) = (&k.tls, ca_file)
-        && tls.ca_secret_ref.is_some()
-    {
-        props.push(("ssl.ca.location".into(), file.into()));
+    if let Some(tls) = k.tls.as_ref().filter(|_| in_pod) {
+        if tls.ca_secret_ref.is_some() {
+            props.push(("ssl.ca.location".into(), format!("{KAFKA_CA_DIR}/ca.crt")));
+        }
+        if tls.client_cert_secret_ref.is_some() {
+            props.push((
+                "ssl.certificate.location".into(),
+                format!("{KAFKA_CLIENT_DIR}/tls.crt"),
+            ));
+            props.push(("ssl.key.location".into(), format!("{KAFKA_CLIENT_DIR}/tls.key")));
+        }
     }
     props
 }
@@ -557,8 +580,7 @@ pub fn kafka_properties(agent: &ChatAgent, ca_file: Option<&str>) -> Vec<(String
 /// timeout is not in it: workers read the balancer's from its assignment table.
 pub fn worker_file(agent: &ChatAgent) -> Result<WorkerFile, ChildError> {
     let spec = &agent.spec;
-    let ca_file = format!("{KAFKA_CA_DIR}/ca.crt");
-    let props = kafka_properties(agent, Some(&ca_file));
+    let props = kafka_properties(agent, true);
     Ok(WorkerFile {
         ownership: Ownership::Dynamic,
         agent: agent_key(agent)?,

@@ -122,7 +122,14 @@ pub async fn reconcile_chat_agents(
     };
     let mut routes = BTreeMap::new();
     let mut controllers = Vec::new();
+    let mut pod_watches = Vec::new();
     for scope in scopes {
+        pod_watches.push(tokio::spawn(pods::watch_worker_pods(
+            client.clone(),
+            scope.clone(),
+            ctx.clone(),
+            stop.clone(),
+        )));
         let (tx, rx) = futures::channel::mpsc::unbounded();
         routes.insert(scope.clone(), tx);
         controllers.push(controller_in(&client, scope.as_deref()).reconcile_on(rx));
@@ -176,6 +183,9 @@ pub async fn reconcile_chat_agents(
     futures::future::join_all(runs).await;
     router.abort();
     sweeper.abort();
+    for w in pod_watches {
+        w.abort();
+    }
     ctx.supervisor.stop_all();
     // a standby's view would go stale: only the leader exports per-ChatAgent series
     ctx.metrics.agents.retain(&BTreeSet::new());
@@ -359,7 +369,7 @@ async fn ensure_mesh_secret(agent: &ChatAgent, client: &Client, ns: &str) -> Res
 /// The balancer settings of `agent`, with SASL credentials and the CA read from its Secrets.
 async fn balancer_settings(agent: &ChatAgent, client: &Client, ns: &str) -> Result<BalancerSettings, String> {
     let (policy, timing) = policy_of(agent);
-    let mut client_props = children::kafka_properties(agent, None);
+    let mut client_props = children::kafka_properties(agent, false);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let read = |name: String, key: String| {
         let secrets = secrets.clone();
@@ -378,10 +388,11 @@ async fn balancer_settings(agent: &ChatAgent, client: &Client, ns: &str) -> Resu
     };
     if let Some(sasl) = &agent.spec.kafka.sasl {
         let c = &sasl.credentials_secret_ref;
-        client_props.push((
-            "sasl.username".into(),
-            read(c.name.clone(), c.username_key.clone()).await?,
-        ));
+        let username = match &c.username {
+            Some(user) => user.clone(),
+            None => read(c.name.clone(), c.username_key.clone()).await?,
+        };
+        client_props.push(("sasl.username".into(), username));
         client_props.push((
             "sasl.password".into(),
             read(c.name.clone(), c.password_key.clone()).await?,
@@ -395,6 +406,22 @@ async fn balancer_settings(agent: &ChatAgent, client: &Client, ns: &str) -> Resu
         .and_then(|t| t.ca_secret_ref.as_ref())
     {
         client_props.push(("ssl.ca.pem".into(), read(ca.name.clone(), ca.key.clone()).await?));
+    }
+    if let Some(cert) = agent
+        .spec
+        .kafka
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_cert_secret_ref.as_ref())
+    {
+        client_props.push((
+            "ssl.certificate.pem".into(),
+            read(cert.name.clone(), cert.cert_key.clone()).await?,
+        ));
+        client_props.push((
+            "ssl.key.pem".into(),
+            read(cert.name.clone(), cert.key_key.clone()).await?,
+        ));
     }
     Ok(BalancerSettings {
         agent: agent_key(agent).map_err(|e| e.to_string())?,
@@ -547,5 +574,6 @@ pub fn reporter() -> Reporter {
 }
 
 mod external;
+mod pods;
 #[cfg(test)]
 mod tests;

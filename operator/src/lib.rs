@@ -19,7 +19,7 @@ pub use children::Settings as ChildSettings;
 pub use leader::ElectionTiming;
 pub use serve::{Options, operate};
 
-use meshchat_crds::{AuthMode, ChatAgent};
+use meshchat_crds::ChatAgent;
 
 /// A ChatAgent manifest that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -27,94 +27,28 @@ pub enum ManifestError {
     /// Not YAML, or not a ChatAgent.
     #[error("not a valid ChatAgent manifest: {0}")]
     Parse(String),
-    /// A field holds a value the mesh cannot run with.
-    #[error("spec.{field}: {message}")]
-    Invalid {
-        /// Path under `spec`.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
+    /// Fields the API server would refuse, each named.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<meshchat_crds::Violation>),
 }
 
-/// Parses a ChatAgent manifest (what a user would `kubectl apply`) and checks the rules the
-/// API server's schema also enforces, so local runs refuse what a cluster would refuse.
+/// Parses a ChatAgent manifest (what a user would `kubectl apply`) and checks it as the API
+/// server would, against the generated CRD: its defaults, its schema (unknown fields refused)
+/// and its CEL rules (`meshchat_crds::validate`). So local runs refuse what a cluster would.
 pub fn parse_manifest(yaml: &str) -> Result<ChatAgent, ManifestError> {
-    let agent: ChatAgent = serde_saphyr::from_str(yaml).map_err(|e| ManifestError::Parse(e.to_string()))?;
-    let spec = &agent.spec;
-    let invalid = |field, message: String| Err(ManifestError::Invalid { field, message });
-    if spec.replicas < 0 {
-        return invalid("replicas", format!("must not be negative, got {}", spec.replicas));
+    let mut object: serde_json::Value =
+        serde_saphyr::from_str(yaml).map_err(|e| ManifestError::Parse(e.to_string()))?;
+    let found = meshchat_crds::validate(&mut object).map_err(|e| ManifestError::Parse(e.to_string()))?;
+    if !found.is_empty() {
+        return Err(ManifestError::Invalid(found));
     }
-    if !(1..=4096).contains(&spec.kafka.partitions) {
-        return invalid(
-            "kafka.partitions",
-            format!("must be 1..4096, got {}", spec.kafka.partitions),
-        );
-    }
-    let r = &spec.rebalance;
-    if !(0.0..=1.0).contains(&r.low_watermark) || !(0.0..=1.0).contains(&r.high_watermark) {
-        return invalid("rebalance", "watermarks must be between 0 and 1".into());
-    }
-    if r.low_watermark >= r.high_watermark {
-        return invalid(
-            "rebalance.lowWatermark",
-            format!(
-                "must be below highWatermark ({} >= {})",
-                r.low_watermark, r.high_watermark
-            ),
-        );
-    }
-    if let Some(e) = spec
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name.starts_with("MESHCHAT_"))
-    {
-        return invalid(
-            "env",
-            format!(
-                "must not set MESHCHAT_* variables ({}): the operator sets them from the ChatAgent's fields",
-                e.name
-            ),
-        );
-    }
-    if spec.kafka.sasl.is_some() && spec.kafka.tls.is_none() && !spec.kafka.allow_plaintext_sasl {
-        return invalid(
-            "kafka",
-            "sasl without tls sends the credentials in clear: add tls, or set allowPlaintextSasl: true"
-                .into(),
-        );
-    }
-    match &spec.auth {
-        None => {
-            return invalid(
-                "auth",
-                "is required: who may call the workers — apiKeysSecretRef and/or jwt, or mode: None \
-                 for development only"
-                    .into(),
-            );
-        }
-        Some(a) if a.mode == AuthMode::Required && a.api_keys_secret_ref.is_none() && a.jwt.is_none() => {
-            return invalid(
-                "auth",
-                "auth needs apiKeysSecretRef and/or jwt (or mode: None, for development only)".into(),
-            );
-        }
-        Some(_) => {}
-    }
-    if let Some(a) = &spec.autoscaling
-        && a.min_replicas > a.max_replicas
-    {
-        return invalid(
-            "autoscaling.minReplicas",
-            format!(
-                "must not exceed maxReplicas ({} > {})",
-                a.min_replicas, a.max_replicas
-            ),
-        );
-    }
-    Ok(agent)
+    serde_json::from_value(object).map_err(|e| ManifestError::Parse(e.to_string()))
+}
+
+/// The librdkafka settings the operator renders into a ChatAgent's worker configuration for its
+/// SASL and TLS choices (file paths as mounted in the worker pods).
+pub fn worker_kafka_properties(agent: &ChatAgent) -> Vec<(String, String)> {
+    children::kafka_properties(agent, true)
 }
 
 #[cfg(test)]
@@ -131,13 +65,54 @@ mod tests {
         assert_eq!(agent.spec.kafka.partitions, 24);
     }
 
+    /// docs/kubernetes.md's walk-through beside Strimzi: both of its ChatAgents are valid and
+    /// become the client settings it describes.
+    #[test]
+    fn the_strimzi_walkthrough_manifests_are_valid() {
+        let doc = include_str!("../../docs/kubernetes.md");
+        let section = doc
+            .split("### Beside a Strimzi Kafka")
+            .nth(1)
+            .expect("the section");
+        let blocks: Vec<&str> = section
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        let scram = blocks[0].split("---\n").nth(1).expect("the ChatAgent");
+        let agent = parse_manifest(scram).expect("valid");
+        let props = children::kafka_properties(&agent, true);
+        assert!(
+            props.contains(&("security.protocol".into(), "SASL_SSL".into())),
+            "{props:?}"
+        );
+        assert_eq!(
+            agent.spec.kafka.sasl.map(|s| s.credentials_secret_ref.username),
+            Some(Some("support-user".into()))
+        );
+        // the mutual-TLS form: its tls block in place of sasl and tls
+        let head = scram.split("    sasl:\n").next().expect("head");
+        let tail = scram.split("  auth:\n").nth(1).expect("tail");
+        let mtls = format!("{head}{}  auth:\n{tail}", blocks[1]);
+        let agent = parse_manifest(&mtls).expect("valid");
+        let props = children::kafka_properties(&agent, true);
+        assert!(
+            props.contains(&("security.protocol".into(), "SSL".into())),
+            "{props:?}"
+        );
+        assert!(
+            props.iter().any(|(k, _)| k == "ssl.certificate.location"),
+            "{props:?}"
+        );
+    }
+
     #[test]
     fn bad_manifests_name_the_field() {
         let bad = SAMPLE.replace("lowWatermark: 0.2", "lowWatermark: 0.9");
         let err = parse_manifest(&bad).expect_err("watermark order");
-        assert!(
-            err.to_string().starts_with("spec.rebalance.lowWatermark"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "spec.rebalance: lowWatermark must be below highWatermark"
         );
         let bad = SAMPLE.replace("replicas: 3", "replicas: -1");
         assert!(
@@ -150,6 +125,24 @@ mod tests {
             parse_manifest("kind: [oops"),
             Err(ManifestError::Parse(_))
         ));
+        // a misspelt field, and another kind, as the API server's strict validation says
+        let err = parse_manifest(&SAMPLE.replace("  replicas:", "  replica:")).expect_err("unknown field");
+        assert!(
+            err.to_string().starts_with("spec: ") && err.to_string().contains("replica"),
+            "{err}"
+        );
+        let err = parse_manifest(&SAMPLE.replace("kind: ChatAgent", "kind: Deployment")).expect_err("kind");
+        assert!(err.to_string().starts_with("kind: "), "{err}");
+        // every violation is named, not only the first
+        let two = SAMPLE
+            .replace("replicas: 3", "replicas: -1")
+            .replace("lowWatermark: 0.2", "lowWatermark: 7");
+        let err = parse_manifest(&two).expect_err("two");
+        assert!(
+            err.to_string().contains("spec.replicas")
+                && err.to_string().contains("spec.rebalance.lowWatermark"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -180,7 +173,10 @@ mod tests {
         let (with, without) = (SAMPLE, SAMPLE.replace(AUTH, ""));
         assert!(parse_manifest(with).is_ok());
         let err = parse_manifest(&without).expect_err("no auth");
-        assert!(err.to_string().starts_with("spec.auth: is required"), "{err}");
+        assert!(
+            err.to_string().starts_with("spec: spec.auth is required"),
+            "{err}"
+        );
         let empty = SAMPLE.replace(AUTH, "  auth: {mode: Required}\n");
         let err = parse_manifest(&empty).expect_err("no credentials");
         assert!(err.to_string().contains("apiKeysSecretRef"), "{err}");

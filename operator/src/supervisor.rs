@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures::channel::mpsc;
+use futures::channel::mpsc as futures_mpsc;
 use kube::runtime::reflector::ObjectRef;
 use meshchat_crds::ChatAgent;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,8 @@ pub const LOAD_TRIGGER_EVERY: Duration = Duration::from_secs(5);
 struct Running {
     settings: BalancerSettings,
     stop: CancellationToken,
+    /// Workers Kubernetes reported gone, for the balancer.
+    gone: mpsc::UnboundedSender<String>,
     report: watch::Receiver<Report>,
     /// `status.migrations` when it started (its own count starts at 0).
     migrations_base: u64,
@@ -33,7 +36,7 @@ struct Running {
 /// The running balancers, by ChatAgent key (`namespace/name`).
 pub struct Supervisor {
     running: Mutex<BTreeMap<String, Running>>,
-    triggers: mpsc::UnboundedSender<ObjectRef<ChatAgent>>,
+    triggers: futures_mpsc::UnboundedSender<ObjectRef<ChatAgent>>,
     /// Record settings without starting anything (controller unit tests have no Kafka).
     dry: bool,
 }
@@ -42,8 +45,8 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor, and the reconcile requests it will make (for `Controller::reconcile_on`).
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<ObjectRef<ChatAgent>>) {
-        let (triggers, rx) = mpsc::unbounded();
+    pub fn new() -> (Self, futures_mpsc::UnboundedReceiver<ObjectRef<ChatAgent>>) {
+        let (triggers, rx) = futures_mpsc::unbounded();
         let s = Self {
             running: Mutex::default(),
             triggers,
@@ -81,8 +84,15 @@ impl Supervisor {
             }
             let stop = CancellationToken::new();
             let (tx, rx) = watch::channel(Report::default());
+            let (gone, gone_rx) = mpsc::unbounded_channel();
             if !self.dry {
-                tokio::spawn(supervise(key.to_string(), settings.clone(), stop.clone(), tx));
+                tokio::spawn(supervise(
+                    key.to_string(),
+                    settings.clone(),
+                    stop.clone(),
+                    tx,
+                    gone_rx,
+                ));
                 tokio::spawn(trigger_on_change(
                     object_ref(key),
                     rx.clone(),
@@ -95,6 +105,7 @@ impl Supervisor {
                 Running {
                     settings,
                     stop,
+                    gone,
                     report: rx,
                     migrations_base,
                 },
@@ -104,6 +115,14 @@ impl Supervisor {
             .get(key)
             .map(|r| (r.report.borrow().clone(), r.migrations_base))
             .unwrap_or_default()
+    }
+
+    /// Kubernetes reports worker `worker` of ChatAgent `key` gone (pod deleted, container
+    /// terminated): its balancer fails it over at once. Whether it returns matters only to tests.
+    pub fn worker_gone(&self, key: &str, worker: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|r| r.gone.send(worker.to_string()).is_ok())
     }
 
     /// Stops the balancers of ChatAgents not in `keep`.
@@ -154,9 +173,10 @@ pub(crate) async fn supervise(
     settings: BalancerSettings,
     stop: CancellationToken,
     report: watch::Sender<Report>,
+    mut gone: mpsc::UnboundedReceiver<String>,
 ) {
     while !stop.is_cancelled() {
-        if let Err(e) = balancer::balance(settings.clone(), stop.clone(), report.clone()).await {
+        if let Err(e) = balancer::balance(settings.clone(), stop.clone(), report.clone(), &mut gone).await {
             tracing::warn!(agent = %key, error = %e, "balancer failed; restarting");
             report.send_modify(|r| r.kafka_reachable = Some(false));
             tokio::select! {
@@ -172,7 +192,7 @@ pub(crate) async fn supervise(
 async fn trigger_on_change(
     agent: ObjectRef<ChatAgent>,
     mut report: watch::Receiver<Report>,
-    triggers: mpsc::UnboundedSender<ObjectRef<ChatAgent>>,
+    triggers: futures_mpsc::UnboundedSender<ObjectRef<ChatAgent>>,
     stop: CancellationToken,
 ) {
     let mut sent = report.borrow().clone();
@@ -241,7 +261,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_changed_report_triggers_a_reconcile_and_load_alone_at_most_every_few_seconds() {
         let (tx, rx) = watch::channel(report(0.1, true));
-        let (triggers, mut requests) = mpsc::unbounded();
+        let (triggers, mut requests) = futures_mpsc::unbounded();
         let stop = CancellationToken::new();
         let agent = object_ref("team-a/support");
         assert_eq!(agent.namespace.as_deref(), Some("team-a"));

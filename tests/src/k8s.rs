@@ -95,6 +95,24 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// Applies CRD files or directories (server-side, as the docs say) and waits until every
+    /// CRD is Established.
+    pub async fn install_crds(&self, paths: &[&Path]) -> anyhow::Result<()> {
+        for path in paths {
+            let path = path.display().to_string();
+            self.ok(&["apply", "--server-side", "-f", &path]).await?;
+        }
+        self.ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ])
+        .await?;
+        Ok(())
+    }
+
     /// Runs kubectl against this control plane.
     pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
         self.kubectl_stdin(args, None).await

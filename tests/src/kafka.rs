@@ -199,12 +199,41 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts one on free ports (`scripts/kafka.sh start`; ~10 s).
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
     }
 
     /// Starts one that logs every request it answers in [`Self::request_log`].
     pub async fn logging_requests() -> anyhow::Result<Self> {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
+    }
+
+    /// Starts one that also has the listeners a Strimzi cluster offers its users: SASL_SSL
+    /// with SCRAM-SHA-512 ([`Self::sasl_ssl`], user `meshchat`, [`Self::scram_password`]) and
+    /// SSL requiring a client certificate ([`Self::mtls`]); PEM files in [`Self::tls_file`].
+    pub async fn secure() -> anyhow::Result<Self> {
+        Self::start_with(false, true).await
+    }
+
+    /// The SASL_SSL (SCRAM-SHA-512) listener of a [`Self::secure`] broker.
+    pub fn sasl_ssl(&self) -> String {
+        format!("127.0.0.1:{}", self.port + 2)
+    }
+
+    /// The SSL listener requiring a client certificate.
+    pub fn mtls(&self) -> String {
+        format!("127.0.0.1:{}", self.port + 3)
+    }
+
+    /// `ca.crt`, `client.crt`, `client.key` (PEM).
+    pub fn tls_file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join("tls").join(name)
+    }
+
+    /// The SCRAM password of user `meshchat`.
+    pub fn scram_password(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.tls_file("password"))?
+            .trim()
+            .to_string())
     }
 
     /// Where a broker started with [`Self::logging_requests`] logs them: one JSON line each.
@@ -212,8 +241,8 @@ impl PrivateBroker {
         self.dir.join("logs").join("requests.log")
     }
 
-    async fn start_with(log_requests: bool) -> anyhow::Result<Self> {
-        let port = crate::free_ports(2)?;
+    async fn start_with(log_requests: bool, secure: bool) -> anyhow::Result<Self> {
+        let port = crate::free_ports(if secure { 4 } else { 2 })?;
         let dir = std::env::temp_dir().join(format!("meshchat-kafka-{port}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let script = ["../scripts/kafka.sh", "scripts/kafka.sh"]
@@ -227,6 +256,7 @@ impl PrivateBroker {
                 .args(["start", &p])
                 .arg(&d)
                 .env("KAFKA_REQUEST_LOG", if log_requests { "1" } else { "0" })
+                .env("KAFKA_SECURE", if secure { "1" } else { "0" })
                 .output()
         })
         .await??;
@@ -264,6 +294,39 @@ impl PrivateBroker {
     /// Lets it run again.
     pub fn resume(&self) -> anyhow::Result<()> {
         self.signal("-CONT")
+    }
+
+    /// Loses everything the broker sends its clients (loopback packets from its port; root
+    /// only) until the guard is dropped: requests still arrive and are carried out, their
+    /// answers never come back.
+    pub fn lose_answers(&self) -> anyhow::Result<LostAnswers> {
+        let rule = vec![
+            "OUTPUT".to_string(),
+            "-o".into(),
+            "lo".into(),
+            "-p".into(),
+            "tcp".into(),
+            "--sport".into(),
+            self.port.to_string(),
+            "-j".into(),
+            "DROP".into(),
+        ];
+        let ok = Command::new("iptables").arg("-I").args(&rule).status()?.success();
+        if !ok {
+            bail!("iptables -I {} failed (root and iptables needed)", rule.join(" "));
+        }
+        Ok(LostAnswers { rule })
+    }
+}
+
+/// The broker's answers are lost while this lives (see [`PrivateBroker::lose_answers`]).
+pub struct LostAnswers {
+    rule: Vec<String>,
+}
+
+impl Drop for LostAnswers {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables").arg("-D").args(&self.rule).status();
     }
 }
 

@@ -45,12 +45,17 @@ pub fn free_ports(n: u16) -> anyhow::Result<u16> {
         .unwrap_or(32768);
     let (low, high) = (10_000u16, ephemeral.saturating_sub(n));
     anyhow::ensure!(high > low, "no room below the ephemeral ports ({ephemeral})");
-    // start somewhere different per process, so concurrent test binaries rarely collide
-    let seed = u32::from_le_bytes(
-        uuid::Uuid::new_v4().as_bytes()[..4]
-            .try_into()
-            .unwrap_or_default(),
-    );
+    // start somewhere different per process, so concurrent test binaries rarely collide; within
+    // a process the ranges follow one another, so ranges handed out before their ports are bound
+    // (a test picks all of make run's ports first) never overlap
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        u32::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..4]
+                .try_into()
+                .unwrap_or_default(),
+        )
+    });
     let span = u32::from(high - low);
     for _ in 0..500 {
         let k = seed.wrapping_add(NEXT.fetch_add(u32::from(n) + 1, std::sync::atomic::Ordering::Relaxed));

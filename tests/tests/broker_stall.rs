@@ -69,6 +69,81 @@ async fn a_dynamic_mesh_stores_and_answers_again_after_the_broker_stalls() -> an
     no_worker_restarted(&mesh.workers).await
 }
 
+/// A reply whose write lands but whose acknowledgement is lost: the broker appends it, its
+/// answers to the worker are dropped on the way (iptables on loopback) for longer than the
+/// worker's record timeout (2 s here). The worker must not store the reply a second time with
+/// its fresh producer (another producer id: the broker cannot tell the copies apart): it reads
+/// the log for the reply first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_whose_acknowledgement_was_lost_is_stored_once() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let broker = PrivateBroker::start().await?;
+    let prefix = unique_prefix("lost-ack");
+    // answers take 1.5 s: started before the answers are lost, written while they are
+    let llm = FakeLlm::start(&["--first-token-ms", "1500"]).await?;
+    let workers = start_static(
+        &prefix,
+        &broker.bootstrap,
+        &llm.url,
+        &["0-3"],
+        &[
+            ("MESHCHAT_PARTITIONS", "4"),
+            ("MESHCHAT_KAFKA_PROPERTIES", "message.timeout.ms=2000"),
+        ],
+    )
+    .await?;
+    let url = workers[0].url.clone();
+    let warm = (0..8).map(|i| {
+        let url = url.clone();
+        async move {
+            let id = send(&url, &conv(i), "ann", "hello").await?;
+            wait_reply(&url, &conv(i), &id, Duration::from_secs(60)).await
+        }
+    });
+    futures::future::try_join_all(warm).await?;
+    let topic = format!("{prefix}chat.messages");
+    // the timing depends on the machine: a round whose lost answers missed every landed write
+    // proves nothing, so up to three rounds, until one has such a write
+    let mut rounds = 0;
+    let (mut unanswered, mut landed) = (0, 0);
+    while rounds < 3 && landed == 0 {
+        rounds += 1;
+        for i in 0..8 {
+            send(&url, &conv(i), "bob", "answered while acknowledgements are lost").await?;
+        }
+        // after the messages' index entries are written, before the answers are
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let lost = broker.lose_answers()?;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        drop(lost);
+        wait_for("a reply to every stored message", RECOVERY, || async {
+            let tally = Tally::of(&read_topic(&broker.bootstrap, &topic).await.ok()?);
+            (tally.replies.len() >= tally.sent()).then_some(())
+        })
+        .await?;
+        let log = std::fs::read_to_string(&workers[0].log)?;
+        unanswered = log.matches("reading the log before writing it again").count();
+        landed = log.matches("the unacknowledged reply had been stored").count();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // let any second copy surface
+    let tally = Tally::of(&read_topic(&broker.bootstrap, &topic).await?);
+    let ids: Vec<String> = tally.users.values().flatten().cloned().collect();
+    let (once, lost, duplicated) = tally.outcome(&ids);
+    println!(
+        "{} messages in {rounds} round(s): replied once {once}, lost {lost}, duplicated {duplicated}; \
+         {unanswered} reply writes went unacknowledged, {landed} of them had been stored",
+        ids.len()
+    );
+    assert_eq!(ids.len(), 8 + 8 * rounds);
+    assert_eq!((once, lost, duplicated), (ids.len(), 0, 0));
+    // the scenario happened: writes that landed without an acknowledgement
+    assert!(
+        landed > 0,
+        "no reply landed unacknowledged in {rounds} rounds: the lost answers missed the writes"
+    );
+    Ok(())
+}
+
 /// Every conversation answered once on every worker, then a send every 50 ms (each left to
 /// finish on its own, so records are in flight on every partition when the broker is fenced)
 /// while the broker is frozen for [`STALL`] and for a while after. Returns the sends accepted.

@@ -292,6 +292,11 @@ async fn the_chart_lints_renders_and_refuses_bad_values() -> anyhow::Result<()> 
             "networkPolicy.kubeletCIDRs={10.0.0.1}",
             "/networkPolicy/kubeletCIDRs/0",
         ),
+        // a selector label would orphan the Deployment's pods
+        (
+            "operator.podLabels.app\\.kubernetes\\.io/name=mine",
+            "invalid propertyName 'app.kubernetes.io/name'",
+        ),
     ] {
         let out = helm(&bin, &["template", "meshchat", CHART, "--set", set], None).await?;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -541,18 +546,8 @@ async fn the_chart_installs_dry_runs_and_upgrades_on_a_real_kube_apiserver() -> 
     let cp = ControlPlane::start(&dir).await?;
     let kubeconfig = Some(cp.kubeconfig.as_path());
     // prometheus-operator's and KEDA's CRDs, from their modules (tests/k8s/build.sh)
-    for group in ["monitoring", "keda"] {
-        let path = cp.bin.join("crds").join(group).display().to_string();
-        cp.ok(&["apply", "--server-side", "-f", &path]).await?;
-    }
-    cp.ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "--all",
-        "--timeout=60s",
-    ])
-    .await?;
+    cp.install_crds(&[&cp.bin.join("crds/monitoring"), &cp.bin.join("crds/keda")])
+        .await?;
     for ns in [NS, "team-a", "team-b", "monitoring", "ingress"] {
         cp.ok(&["create", "namespace", ns]).await?;
     }

@@ -131,3 +131,55 @@ async fn failures_become_error_replies_and_nothing_is_lost() -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// A rate-limited LLM's `Retry-After` is honoured: the next attempt waits at least that long
+/// (our own backoff here is 50 ms); one asking for longer than the worker waits (30 s) gets an
+/// error reply saying when to try again, without further attempts.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_from_the_llm_is_honoured() -> anyhow::Result<()> {
+    let bootstrap = broker().await?;
+    let prefix = unique_prefix("llmretryafter");
+    let llm = FakeLlm::start(&[]).await?;
+    let w = Worker::start(
+        failing_worker("w", &prefix, &bootstrap, &llm.url)?.env("MESHCHAT_LLM_TIMEOUT_SECS", "5"),
+    )
+    .await?;
+    let id = send(
+        &w.url,
+        "c-429",
+        "u",
+        "[tag:ra] [fail-once:429] [retry-after:2] hello",
+    )
+    .await?;
+    let reply = wait_reply(&w.url, "c-429", &id, T).await?;
+    assert!(
+        reply["error"].is_null(),
+        "answered on the second attempt: {reply}"
+    );
+    let stats = llm.stats().await?;
+    let at: Vec<u64> = stats["arrivedAtMs"]["ra"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+        .unwrap_or_default();
+    assert_eq!(at.len(), 2, "{stats}");
+    let waited = at[1] - at[0];
+    println!("second attempt {waited} ms after the 429 (Retry-After: 2, backoff 50 ms)");
+    assert!(waited >= 2_000, "the attempt waited out Retry-After: {waited} ms");
+
+    let id = send(
+        &w.url,
+        "c-busy",
+        "u",
+        "[tag:busy] [fail:429] [retry-after:120] hello",
+    )
+    .await?;
+    let reply = wait_reply(&w.url, "c-busy", &id, T).await?;
+    assert_eq!(reply["error"]["kind"], "upstream", "{reply}");
+    assert_eq!(
+        reply["error"]["message"], "The model is busy; try again in 120s",
+        "{reply}"
+    );
+    assert_eq!(reply["error"]["attempts"], 1, "{reply}");
+    assert_eq!(llm.stats().await?["byTag"]["busy"], 1);
+    Ok(())
+}

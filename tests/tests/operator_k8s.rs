@@ -110,6 +110,22 @@ async fn lease_holder(cp: &ControlPlane) -> Option<String> {
     lease["spec"]["holderIdentity"].as_str().map(str::to_string)
 }
 
+/// `meshchat-operator validate -f`: whether it accepted the manifest, and what it printed.
+fn validate_offline(dir: &std::path::Path, manifest: &str) -> anyhow::Result<(bool, String)> {
+    let file = dir.join("validate.yaml");
+    std::fs::write(&file, manifest)?;
+    let out = std::process::Command::new(bin("meshchat-operator"))
+        .args(["validate", "-f"])
+        .arg(&file)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     let _serial = serial().await;
@@ -122,17 +138,10 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     // 1. the CRD installs; the chart renders and applies (RBAC, ServiceAccount, Deployment);
     //    two operator replicas run with the chart's ServiceAccount token (so exactly its RBAC)
     //    and elect a leader
-    cp.ok(&["apply", "--server-side", "-f", "../crds/chatagent.crd.yaml"])
-        .await?;
     // and KEDA's (from its Go module), for the autoscaling examples
-    let keda = cp.bin.join("crds/keda").display().to_string();
-    cp.ok(&["apply", "--server-side", "-f", &keda]).await?;
-    cp.ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "--all",
-        "--timeout=60s",
+    cp.install_crds(&[
+        std::path::Path::new("../crds/chatagent.crd.yaml"),
+        &cp.bin.join("crds/keda"),
     ])
     .await?;
     cp.ok(&["create", "namespace", SYSTEM]).await?;
@@ -194,19 +203,10 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     assert!(!can(kubeconfig.clone(), vec!["get", "secrets", "-n", "default"]).await?);
     assert!(!can(kubeconfig.clone(), vec!["list", "secrets", "-A"]).await?);
     assert!(can(kubeconfig.clone(), vec!["create", "secrets", "-n", "default"]).await?);
-    let denied = cp
-        .kubectl(&[
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "get",
-            "pods",
-            "-A",
-        ])
-        .await?;
-    assert!(
-        !denied.status.success(),
-        "the operator's account cannot list pods"
-    );
+    // it watches worker pods (failover when one goes) but cannot touch them
+    assert!(can(kubeconfig.clone(), vec!["watch", "pods", "-n", "default"]).await?);
+    assert!(!can(kubeconfig.clone(), vec!["delete", "pods", "-n", "default"]).await?);
+    assert!(!can(kubeconfig.clone(), vec!["create", "pods/exec", "-n", "default"]).await?);
     // the chart's operator pods are admitted under `restricted` (kwok runs them: pods exist)
     wait_for(
         "the chart's operator pods, admitted under restricted",
@@ -280,7 +280,12 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
             !out.status.success() && err.contains(says),
             "refused naming {says}: {err}"
         );
+        // and offline, as docs/kubernetes.md says, with the same message
+        let (ok, err) = validate_offline(&dir, &manifest)?;
+        assert!(!ok && err.contains(says), "validate refused naming {says}: {err}");
     }
+    let (ok, out) = validate_offline(&dir, &sample(name, &bootstrap, &prefix, 3))?;
+    assert!(ok, "the sample is valid offline: {out}");
     let manifest = sample(name, &bootstrap, &prefix, 3);
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -518,6 +523,17 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
         println!("{edit}: {}", err.trim());
         assert!(!out.status.success(), "{edit} was accepted");
         assert!(err.contains(field) && err.contains(message), "{edit}: {err}");
+        // offline too, naming the same field (a change of partitions needs the stored object:
+        // only the API server can tell)
+        if !edit.starts_with("partitions") {
+            let (ok, offline) = validate_offline(&dir, &bad)?;
+            let path = field.split(':').next().unwrap_or(field);
+            println!("{edit} offline: {}", offline.trim());
+            assert!(
+                !ok && offline.contains(&format!("{path}: ")),
+                "{edit} offline: {offline}"
+            );
+        }
     }
     let a = agent(&cp, name).await?;
     assert_eq!(a["spec"]["replicas"], 5, "nothing stored from the refused specs");

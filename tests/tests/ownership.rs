@@ -61,6 +61,22 @@ async fn planned_migration_through_the_api() -> anyhow::Result<()> {
     let (live, _targets, load) = under_load(&mesh, 2, "mig", 8, 24, 25, 0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = mesh.owned(0).await.unwrap_or_default();
+    let pauses = |w: usize| {
+        gauge::<u64>(
+            &mesh.workers[w].internal_url,
+            "meshchat_handoff_pause_seconds_count",
+        )
+    };
+    let released = || {
+        gauge::<u64>(
+            &mesh.workers[0].internal_url,
+            "meshchat_partitions_released_total",
+        )
+    };
+    let (taken_before, released_before) = (
+        pauses(1).await.unwrap_or_default(),
+        released().await.unwrap_or_default(),
+    );
     let resp = http()
         .post(format!("{}/api/agent/migrate", mesh.workers[0].url))
         .bearer_auth(meshchat_tests::auth::operator())
@@ -78,6 +94,11 @@ async fn planned_migration_through_the_api() -> anyhow::Result<()> {
         before.iter().all(|p| owned[&1].contains(p)),
         "node-1 took node-0's partitions"
     );
+    // the handoffs in the metrics: released on one side, their pauses timed on the other
+    let released = released().await.unwrap_or_default() - released_before;
+    assert_eq!(released, before.len() as u64);
+    let taken = pauses(1).await.unwrap_or_default() - taken_before;
+    assert!(taken >= before.len() as u64, "{taken} pauses timed on node-1");
     // moving a partition to where it already is (just moved: in cooldown, so the balancer
     // leaves it there) is a conflict; an unknown target a bad request
     let again = http()

@@ -79,6 +79,27 @@ impl KafkaError {
             Self::Timeout { .. } => false,
         }
     }
+
+    /// Whether a failed write may still have landed: the record left this client and no
+    /// answer came back (a timeout, a broken connection). Writing it again may write it twice.
+    pub fn may_have_landed(&self) -> bool {
+        use rdkafka::error::RDKafkaErrorCode as C;
+        match self {
+            Self::Client(e) => matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    C::MessageTimedOut
+                        | C::RequestTimedOut
+                        | C::OperationTimedOut
+                        | C::NetworkException
+                        | C::BrokerTransportFailure
+                        | C::AllBrokersDown
+                )
+            ),
+            Self::Record(_) | Self::Topic { .. } => false,
+            Self::Timeout { .. } => true,
+        }
+    }
 }
 
 /// Timeout for metadata and watermark queries.

@@ -25,6 +25,7 @@ mod metrics;
 mod node;
 mod owner;
 mod ownership;
+mod retry;
 mod store;
 mod tokenizer;
 mod validate;

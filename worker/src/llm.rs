@@ -1,5 +1,6 @@
 //! The LLM client: async-openai with streaming, per-attempt timeouts, stall detection and
-//! bounded retries with backoff. Works with any OpenAI-compatible endpoint.
+//! bounded retries with exponential backoff (backon) that honour the LLM's `Retry-After`.
+//! Works with any OpenAI-compatible endpoint.
 
 use std::time::Duration;
 
@@ -18,7 +19,14 @@ use meshchat_wire::ReplyErrorKind;
 use crate::context::{Role, Turn};
 
 mod pacing;
+mod retry_after;
+use backon::BackoffBuilder;
 use pacing::Pacer;
+use retry_after::RetryAfter;
+
+/// The longest wait between attempts; an LLM asking for more (`Retry-After`) gets an error reply
+/// saying when to try again instead of an answer slot held that long.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// LLM settings.
 #[derive(Clone, Debug)]
@@ -94,7 +102,8 @@ impl Llm {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .build()
             .unwrap_or_default();
-        let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
+        let client =
+            Client::with_config(config).with_http_service(RetryAfter::new(ReqwestService::new(http)));
         Self { client, settings }
     }
 
@@ -112,15 +121,33 @@ impl Llm {
             attempts: 0,
         })?;
         let mut attempt = 0u32;
+        let mut backoff = self.backoff();
         loop {
-            match self.attempt(request.clone(), attempt, &mut on_delta).await {
+            let (outcome, asked) =
+                retry_after::observed(self.attempt(request.clone(), attempt, &mut on_delta)).await;
+            let e = match outcome {
                 Ok(content) => return Ok(Completion { content, attempt }),
-                Err(e) if e.retryable && attempt < self.settings.retries => {
-                    tracing::warn!(attempt, error = %e.detail, "LLM attempt failed; retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                Err(e) => e,
+            };
+            let delay = if e.retryable { backoff.next() } else { None };
+            match (delay, asked) {
+                (Some(_), Some(asked)) if asked > MAX_RETRY_WAIT => {
+                    let secs = asked.as_secs();
+                    return Err(LlmError {
+                        kind: e.kind,
+                        message: format!("The model is busy; try again in {secs}s"),
+                        detail: format!("{} (Retry-After {secs}s: longer than we wait)", e.detail),
+                        attempts: attempt + 1,
+                    });
+                }
+                (Some(delay), asked) => {
+                    // the LLM's Retry-After, when it said one, else our backoff
+                    let wait = asked.unwrap_or(delay);
+                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, retry_after = asked.is_some(), error = %e.detail, "LLM attempt failed; retrying");
+                    tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                Err(e) => {
+                (None, _) => {
                     return Err(LlmError {
                         kind: e.kind,
                         message: e.message,
@@ -132,17 +159,17 @@ impl Llm {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.settings.backoff.saturating_mul(1 << attempt.min(10));
-        // +-25% jitter so synchronized failures do not retry in lockstep
-        let nanos = u64::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .subsec_nanos(),
-        );
-        let jitter = 0.75 + (nanos % 1000) as f64 / 2000.0;
-        base.mul_f64(jitter).min(Duration::from_secs(30))
+    /// The waits between attempts: doubling from the configured backoff, with jitter so that
+    /// synchronized failures do not retry in lockstep, as many as the retries allowed.
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::new()
+            .with_min_delay(self.settings.backoff)
+            // backon's jitter adds up to the wait again: at most MAX_RETRY_WAIT in all
+            .with_max_delay(MAX_RETRY_WAIT / 2)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(self.settings.retries as usize)
+            .build()
     }
 
     #[allow(deprecated)] // `max_tokens`: what vLLM, Ollama and OpenAI all accept

@@ -274,6 +274,34 @@ impl Log {
         }
     }
 
+    /// The offset of reply `reply_id` of conversation `key` in partition `p` of the messages
+    /// topic, looking from `from` to the end (blocking: call from a blocking thread); `None`
+    /// when it is not there.
+    pub fn find_reply(
+        &self,
+        p: Partition,
+        from: i64,
+        key: &str,
+        reply_id: &str,
+    ) -> Result<Option<i64>, KafkaError> {
+        let consumer: BaseConsumer = kafka::range_reader(&self.kafka, kafka::group::LOG_READ).create()?;
+        let mut found = None;
+        kafka::read_partition_with(&consumer, &self.topics.messages, p, from, |raw| {
+            if found.is_some() || raw.key.as_deref() != Some(key.as_bytes()) {
+                return;
+            }
+            let reply = raw
+                .payload
+                .and_then(|payload| meshchat_wire::decode::<meshchat_wire::ChatRecord>(&payload).ok());
+            if let Some(meshchat_wire::ChatRecord::AgentReply(r)) = reply
+                && r.id == reply_id
+            {
+                found = Some(raw.offset);
+            }
+        })?;
+        Ok(found)
+    }
+
     /// Kafka answered the last probe.
     pub fn reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)

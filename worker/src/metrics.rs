@@ -105,6 +105,11 @@ pub struct Metrics {
     pub conversations_evicted: Gauge,
     /// Kafka producers replaced by fresh ones after a record timed out.
     pub producer_replacements: Gauge,
+    /// Partitions taken over here: from the assignment to serving (the pause its conversations
+    /// saw; a planned handoff's includes the old owner's release).
+    pub handoff_pause: Histogram,
+    /// Partitions handed over to another worker (released).
+    pub partitions_released: Counter,
     /// The public API's requests.
     pub http: HttpMetrics,
 }
@@ -132,6 +137,8 @@ impl Metrics {
             conversations_resident: Gauge::default(),
             conversations_evicted: Gauge::default(),
             producer_replacements: Gauge::default(),
+            handoff_pause: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            partitions_released: Counter::default(),
             http: HttpMetrics::default(),
         };
         let mut r = Registry::with_prefix("meshchat");
@@ -193,6 +200,16 @@ impl Metrics {
             "conversations_evicted",
             "Conversations of held partitions evicted from memory",
             m.conversations_evicted.clone(),
+        );
+        r.register(
+            "handoff_pause_seconds",
+            "Partitions taken over: from the assignment here to serving",
+            m.handoff_pause.clone(),
+        );
+        r.register(
+            "partitions_released",
+            "Partitions handed over to another worker",
+            m.partitions_released.clone(),
         );
         r.register(
             "kafka_producer_replacements",

@@ -334,8 +334,9 @@ where
     F: FnMut(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), kafka::KafkaError>>,
 {
-    let mut delay = Duration::from_millis(500);
+    let mut delays = crate::retry::forever(Duration::from_millis(500), Duration::from_secs(10));
     loop {
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
         match start(stop.clone()).await {
             Ok(()) => return,
             Err(e) if stop.is_cancelled() => {
@@ -348,7 +349,6 @@ where
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

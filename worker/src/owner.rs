@@ -10,6 +10,7 @@ mod answer;
 mod commit;
 mod consumer;
 mod index;
+mod landed;
 mod records;
 mod stall;
 mod takeover;

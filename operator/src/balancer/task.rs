@@ -14,7 +14,7 @@ use meshchat_wire::{
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Balancer, Outcome, RoundTiming, Summary};
@@ -95,8 +95,10 @@ pub async fn balance_locally(agent: ChatAgent, opts: LocalOptions) -> anyhow::Re
         on_signal.cancel();
     });
     let (tx, _rx) = watch::channel(Report::default());
+    // no Kubernetes: nobody reports pods gone; heartbeats alone tell
+    let (_no_pods, gone) = mpsc::unbounded_channel();
     // as under the operator: a balancer that failed (Kafka gone, a topic not ready) starts again
-    crate::supervisor::supervise(settings.agent.clone(), settings, stop, tx).await;
+    crate::supervisor::supervise(settings.agent.clone(), settings, stop, tx, gone).await;
     Ok(())
 }
 
@@ -114,11 +116,13 @@ pub struct Report {
 }
 
 /// Runs one balancer until `stop`: reads heartbeats and migrate requests, publishes tables,
-/// and reports its state on `report` (about once a second).
+/// and reports its state on `report` (about once a second). `gone` names workers whose pods
+/// Kubernetes reported gone: they fail over at once.
 pub async fn balance(
     settings: BalancerSettings,
     stop: CancellationToken,
     report: watch::Sender<Report>,
+    gone: &mut mpsc::UnboundedReceiver<String>,
 ) -> anyhow::Result<()> {
     let BalancerSettings {
         agent: name,
@@ -220,6 +224,12 @@ pub async fn balance(
                     r.waiting_for_topics = false;
                     r.summary = summary;
                 });
+            }
+            Some(worker) = gone.recv() => {
+                tracing::info!(agent = %name, %worker, "Kubernetes reports the worker's pod gone; failing its partitions over");
+                balancer.gone(&worker, now_ms());
+                // the round runs now, not at the next tick
+                tick.reset_immediately();
             }
             _ = tick.tick() => {
                 if let Some(out) = balancer.tick(now_ms())

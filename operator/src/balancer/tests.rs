@@ -88,6 +88,66 @@ fn a_silent_worker_fails_over_without_release() {
     assert!(!owners(&out.table).contains_key("w2"));
 }
 
+fn sent_at(mut r: LoadReport, unix_ms: u64) -> LoadReport {
+    r.timestamp = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000).expect("a time");
+    r
+}
+
+#[test]
+fn a_worker_kubernetes_reports_gone_fails_over_at_once_and_a_new_process_comes_back() {
+    let mut b = started(3);
+    b.observe(sent_at(report("w2", &[], 0.1, false), 5_900), 6_000);
+    assert!(b.tick(6_000).is_none());
+    // its pod is deleted at 6_100, well within the heartbeat timeout (5 s from 6_000)
+    b.gone("w2", 6_100);
+    let out = b.tick(6_200).expect("failover at once");
+    assert_eq!(out.moves.len(), 4);
+    assert!(
+        out.table
+            .partitions
+            .iter()
+            .filter(|a| a.from.as_deref() == Some("w2"))
+            .all(|a| a.failover && a.epoch == 2)
+    );
+    assert!(!owners(&out.table).contains_key("w2"));
+    // a heartbeat the dead process sent before, read late, does not bring it back
+    b.observe(sent_at(report("w2", &[], 0.1, false), 6_050), 6_300);
+    assert!(!b.summary(6_300).workers.iter().any(|w| w.id == "w2" && w.alive));
+    // the new pod's process (same name) does
+    b.observe(sent_at(report("w2", &[], 0.0, false), 7_000), 7_000);
+    assert!(b.summary(7_000).workers.iter().any(|w| w.id == "w2" && w.alive));
+}
+
+#[test]
+fn a_handoff_under_way_from_a_gone_worker_becomes_a_failover() {
+    let mut b = started(3);
+    // w2 drains: its partitions move to the others as planned handoffs
+    b.observe(sent_at(report("w2", &[], 0.1, true), 5_900), 6_000);
+    let drain = b.tick(6_000).expect("drain");
+    let moved: Vec<i32> = drain.moves.iter().map(|m| m.partition).collect();
+    assert!(!moved.is_empty());
+    assert!(drain.table.partitions.iter().all(|a| !a.failover));
+    // its pod goes before the releases are written
+    b.gone("w2", 6_100);
+    let out = b.tick(6_200).expect("the handoffs republished as failovers");
+    assert!(out.moves.is_empty(), "{:?}", out.moves);
+    assert_eq!(out.table.generation, drain.table.generation + 1);
+    for a in &out.table.partitions {
+        let was = drain.table.partitions.iter().find(|d| d.partition == a.partition);
+        assert_eq!(Some(&a.owner), was.map(|d| &d.owner), "nobody else moves");
+        assert_eq!(a.failover, moved.contains(&a.partition), "{a:?}");
+    }
+    assert!(b.tick(6_400).is_none(), "published once");
+}
+
+#[test]
+fn a_gone_worker_that_owns_nothing_moves_nothing() {
+    let mut b = started(3);
+    b.gone("somebody-else", 6_000);
+    assert!(b.tick(6_100).is_none());
+    assert_eq!(owners(b.table()).len(), 3);
+}
+
 #[test]
 fn draining_moves_partitions_as_planned_handoffs() {
     let mut b = started(3);

@@ -1,7 +1,7 @@
 use super::*;
 use meshchat_crds::{
-    AuthMode, AuthSpec, ChatAgentSpec, CredentialsSecretRef, JwtSpec, SaslMechanism, SaslSpec, SecretKeyRef,
-    TlsSpec,
+    AuthMode, AuthSpec, ChatAgentSpec, ClientCertSecretRef, CredentialsSecretRef, JwtSpec, SaslMechanism,
+    SaslSpec, SecretKeyRef, TlsSpec,
 };
 
 fn agent(spec: ChatAgentSpec) -> ChatAgent {
@@ -297,6 +297,7 @@ fn sasl_and_tls_become_client_settings_and_secret_references() {
         mechanism: SaslMechanism::ScramSha512,
         credentials_secret_ref: CredentialsSecretRef {
             name: "kafka-user".into(),
+            username: None,
             username_key: "user".into(),
             password_key: "pass".into(),
         },
@@ -306,6 +307,7 @@ fn sasl_and_tls_become_client_settings_and_secret_references() {
             name: "kafka-ca".into(),
             key: "ca.pem".into(),
         }),
+        client_cert_secret_ref: None,
     });
     let text = render(&worker_file(&a).expect("file")).expect("render");
     assert!(text.contains(
@@ -330,8 +332,85 @@ fn sasl_and_tls_become_client_settings_and_secret_references() {
         .and_then(|v| v.secret);
     assert_eq!(ca.and_then(|s| s.secret_name).as_deref(), Some("kafka-ca"));
     assert!(
-        kafka_properties(&sample(), None).is_empty(),
+        kafka_properties(&sample(), true).is_empty(),
         "plaintext needs no settings"
+    );
+}
+
+#[test]
+fn a_strimzi_user_s_name_and_a_client_certificate_reach_the_workers() {
+    let mut a = sample();
+    a.spec.kafka.sasl = Some(SaslSpec {
+        mechanism: SaslMechanism::ScramSha512,
+        credentials_secret_ref: CredentialsSecretRef {
+            name: "support-user".into(),
+            username: Some("support-user".into()),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        },
+    });
+    a.spec.kafka.tls = Some(TlsSpec {
+        ca_secret_ref: None,
+        client_cert_secret_ref: Some(ClientCertSecretRef {
+            name: "support-tls".into(),
+            cert_key: "user.crt".into(),
+            key_key: "user.key".into(),
+        }),
+    });
+    let text = render(&worker_file(&a).expect("file")).expect("render");
+    assert!(
+        text.contains(
+            "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,\
+             ssl.certificate.location=/etc/meshchat/kafka-client/tls.crt,\
+             ssl.key.location=/etc/meshchat/kafka-client/tls.key"
+        ),
+        "{text}"
+    );
+    let c = desired(&a, &Settings::default()).expect("children");
+    let pod = c.stateful_set.spec.expect("spec").template.spec.expect("pod");
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    let user = env
+        .iter()
+        .find(|e| e.name == "MESHCHAT_KAFKA_SASL_USERNAME")
+        .expect("username");
+    assert_eq!(
+        user.value.as_deref(),
+        Some("support-user"),
+        "the literal, no Secret key read"
+    );
+    let pw = env
+        .iter()
+        .find(|e| e.name == "MESHCHAT_KAFKA_SASL_PASSWORD")
+        .and_then(|e| e.value_from.clone())
+        .and_then(|v| v.secret_key_ref)
+        .map(|s| (s.name, s.key));
+    assert_eq!(pw, Some(("support-user".into(), "password".into())));
+    let cert = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "kafka-client")
+        .and_then(|v| v.secret)
+        .expect("client certificate volume");
+    assert_eq!(cert.secret_name.as_deref(), Some("support-tls"));
+    let items: Vec<(String, String)> = cert
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| (i.key, i.path))
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("user.crt".to_string(), "tls.crt".to_string()),
+            ("user.key".to_string(), "tls.key".to_string())
+        ]
+    );
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.name == "kafka-client" && m.mount_path == "/etc/meshchat/kafka-client")
     );
 }
 

@@ -7,7 +7,8 @@ use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
 use meshchat_crds::{
-    AutoscalingSpec, ChatAgent, ChatAgentSpec, CredentialsSecretRef, SaslMechanism, SaslSpec,
+    AutoscalingSpec, ChatAgent, ChatAgentSpec, ClientCertSecretRef, CredentialsSecretRef, SaslMechanism,
+    SaslSpec, SecretKeyRef, TlsSpec,
 };
 use serde_json::{Value, json};
 
@@ -469,6 +470,7 @@ async fn a_missing_credentials_secret_degrades_the_agent_with_an_event() {
         mechanism: SaslMechanism::ScramSha256,
         credentials_secret_ref: CredentialsSecretRef {
             name: "kafka-user".into(),
+            username: None,
             username_key: "username".into(),
             password_key: "password".into(),
         },
@@ -500,4 +502,95 @@ async fn a_missing_credentials_secret_degrades_the_agent_with_an_event() {
         ctx.supervisor.settings("team-a/support").is_none(),
         "no balancer without credentials"
     );
+}
+
+/// A Strimzi KafkaUser's Secrets as they come: SCRAM (the Secret, named after the user, holds
+/// `password`; the username is the user's name) over TLS with the cluster CA, and a client
+/// certificate (`user.crt`, `user.key`). The balancer reads each key; nothing else is read.
+#[tokio::test]
+async fn strimzi_user_secrets_become_the_balancers_client_settings() {
+    let (ctx, mut api) = context();
+    let mut a = agent();
+    a.spec.kafka.sasl = Some(SaslSpec {
+        mechanism: SaslMechanism::ScramSha512,
+        credentials_secret_ref: CredentialsSecretRef {
+            name: "support-user".into(),
+            username: Some("support-user".into()),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        },
+    });
+    a.spec.kafka.tls = Some(TlsSpec {
+        ca_secret_ref: Some(SecretKeyRef {
+            name: "my-cluster-cluster-ca-cert".into(),
+            key: "ca.crt".into(),
+        }),
+        client_cert_secret_ref: Some(ClientCertSecretRef {
+            name: "support-tls-user".into(),
+            cert_key: "user.crt".into(),
+            key_key: "user.key".into(),
+        }),
+    });
+    let secret = |name: &str, data: Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "team-a"}, "data": data});
+    let b64 = |t: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, t);
+    let verifier = tokio::spawn(async move {
+        api.children().await;
+        let ns = "/api/v1/namespaces/team-a/secrets";
+        let user = secret(
+            "support-user",
+            json!({"password": b64("s3cret"), "sasl.jaas.config": b64("x")}),
+        );
+        api.expect(
+            Method::GET,
+            &format!("{ns}/support-user"),
+            "",
+            StatusCode::OK,
+            |_| user,
+        )
+        .await;
+        let ca = secret("my-cluster-cluster-ca-cert", json!({"ca.crt": b64("CA PEM")}));
+        api.expect(
+            Method::GET,
+            &format!("{ns}/my-cluster-cluster-ca-cert"),
+            "",
+            StatusCode::OK,
+            |_| ca,
+        )
+        .await;
+        let tls = secret(
+            "support-tls-user",
+            json!({"user.crt": b64("CERT PEM"), "user.key": b64("KEY PEM")}),
+        );
+        for _ in 0..2 {
+            let tls = tls.clone();
+            api.expect(
+                Method::GET,
+                &format!("{ns}/support-tls-user"),
+                "",
+                StatusCode::OK,
+                |_| tls,
+            )
+            .await;
+        }
+        api.status().await
+    });
+    reconcile(Arc::new(a), ctx.clone()).await.expect("reconciled");
+    let status = verifier.await.expect("verifier");
+    assert_ne!(condition(&status, "Degraded")["reason"], "SecretUnavailable");
+    let settings = ctx.supervisor.settings("team-a/support").expect("a balancer");
+    let get = |k: &str| {
+        settings
+            .client
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("security.protocol"), Some("SASL_SSL"));
+    assert_eq!(get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+    assert_eq!(get("sasl.username"), Some("support-user"));
+    assert_eq!(get("sasl.password"), Some("s3cret"));
+    assert_eq!(get("ssl.ca.pem"), Some("CA PEM"));
+    assert_eq!(get("ssl.certificate.pem"), Some("CERT PEM"));
+    assert_eq!(get("ssl.key.pem"), Some("KEY PEM"));
+    assert_eq!(get("ssl.ca.location"), None, "no pod paths for the balancer");
 }

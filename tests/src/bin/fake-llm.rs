@@ -7,10 +7,11 @@
 //! - `[fail-once:500]` the first attempt for this exact prompt fails, later ones succeed;
 //! - `[stall]` never answers; `[stall-mid]` streams two tokens, then stalls;
 //! - `[slow:200]` waits that many ms per token;
-//! - `[big:1200000]` answers with about that many bytes (in 1 KiB tokens).
+//! - `[big:1200000]` answers with about that many bytes (in 1 KiB tokens);
+//! - `[retry-after:2]` an injected failure carries `Retry-After: 2`.
 //!
 //! Or globally with `POST /control {"failNext": 3, "status": 500}` / `{"stallNext": 1}`;
-//! `GET /stats` counts requests.
+//! `GET /stats` counts requests (per `[tag:x]` too, with each one's arrival in unix ms).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -61,6 +62,8 @@ struct AppState {
     /// (Unix ms): what a cancel's latency is measured against.
     aborted: AtomicU64,
     aborted_at: Mutex<HashMap<String, u128>>,
+    /// When each request of a tag arrived (unix ms).
+    arrived_at: Mutex<HashMap<String, Vec<u128>>>,
 }
 
 /// Counts a stream dropped before its end (the client went away: a cancel).
@@ -111,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         by_marker: Mutex::new(HashMap::new()),
         aborted: AtomicU64::new(0),
         aborted_at: Mutex::new(HashMap::new()),
+        arrived_at: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(completions))
@@ -140,6 +144,7 @@ async fn stats(State(s): State<Shared>) -> Json<Value> {
         "byTag": by_marker,
         "aborted": s.aborted.load(Ordering::Relaxed),
         "abortedAtMs": s.aborted_at.lock().map(|m| m.clone()).unwrap_or_default(),
+        "arrivedAtMs": s.arrived_at.lock().map(|m| m.clone()).unwrap_or_default(),
     }))
 }
 
@@ -154,7 +159,8 @@ async fn control(State(s): State<Shared>, Json(body): Json<Value>) -> Json<Value
 
 /// What the request should get.
 enum Plan {
-    Fail(u16),
+    /// A status, and the `Retry-After` seconds to send with it.
+    Fail(u16, Option<u64>),
     Stall,
     Answer {
         tokens: Vec<String>,
@@ -188,7 +194,15 @@ fn plan(s: &AppState, body: &Value) -> Plan {
         && let Ok(mut m) = s.by_marker.lock()
     {
         *m.entry(tag.to_string()).or_default() += 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        if let Ok(mut at) = s.arrived_at.lock() {
+            at.entry(tag.to_string()).or_default().push(now);
+        }
     }
+    let retry_after = marker(&last_user, "retry-after").and_then(|n| n.parse().ok());
     if let Ok(mut c) = s.control.lock() {
         if c.stall_next > 0 {
             c.stall_next -= 1;
@@ -196,11 +210,11 @@ fn plan(s: &AppState, body: &Value) -> Plan {
         }
         if c.fail_next > 0 {
             c.fail_next -= 1;
-            return Plan::Fail(c.fail_status);
+            return Plan::Fail(c.fail_status, retry_after);
         }
     }
     if let Some(code) = marker(&last_user, "fail").and_then(|c| c.parse().ok()) {
-        return Plan::Fail(code);
+        return Plan::Fail(code, retry_after);
     }
     if let Some(code) = marker(&last_user, "fail-once").and_then(|c| c.parse::<u16>().ok()) {
         let attempt = s
@@ -213,7 +227,7 @@ fn plan(s: &AppState, body: &Value) -> Plan {
             })
             .unwrap_or(1);
         if attempt == 1 {
-            return Plan::Fail(code);
+            return Plan::Fail(code, retry_after);
         }
     }
     if last_user.contains("[stall]") {
@@ -246,11 +260,17 @@ async fn completions(State(s): State<Shared>, Json(body): Json<Value>) -> Respon
     let model = body["model"].as_str().unwrap_or("fake-model").to_string();
     let stream = body["stream"].as_bool().unwrap_or(false);
     match plan(&s, &body) {
-        Plan::Fail(code) => {
+        Plan::Fail(code, retry_after) => {
             s.failed.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let err = json!({"error": {"message": format!("injected failure {code}"), "type": "server_error", "param": null, "code": null}});
-            (status, Json(err)).into_response()
+            let mut response = (status, Json(err)).into_response();
+            if let Some(secs) = retry_after
+                && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+            {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+            response
         }
         Plan::Stall => {
             s.stalled.fetch_add(1, Ordering::Relaxed);

@@ -40,7 +40,10 @@ pub async fn ensure_topics(
             }
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(META_TIMEOUT));
+    // bounded: a broker that refuses our credentials never answers, and the caller says why
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(META_TIMEOUT))
+        .request_timeout(Some(META_TIMEOUT));
     for result in admin.create_topics(new_topics.iter(), &opts).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -39,6 +39,7 @@ impl Owner {
                 to_epoch,
                 committed,
             } => {
+                self.metrics.partitions_released.inc();
                 tracing::info!(partition, to = %to, committed, "released");
                 HandoffEvent {
                     committed_offset: Some(committed),
@@ -52,6 +53,7 @@ impl Owner {
                 took,
             } => {
                 self.mesh.record_handoff(took);
+                self.metrics.handoff_pause.observe(took.as_secs_f64());
                 tracing::info!(
                     partition,
                     epoch,

@@ -19,6 +19,7 @@ use crate::llm::{Llm, LlmError};
 use crate::load::Load;
 use crate::log::Log;
 use crate::metrics::{KindLabel, Metrics, OutcomeLabel};
+use crate::owner::landed::{Landed, Unanswered, landed};
 use crate::ownership::{Epoch, HeartbeatLease, Held, Partition, Phase};
 use crate::tokenizer::Tokenizer;
 
@@ -343,7 +344,11 @@ impl Answerer {
             Err(e) => return Written::Refused(e.into()),
         };
         let key = job.message.key();
-        let mut delay = Duration::from_millis(100);
+        let reply_id = match reply {
+            ChatRecord::AgentReply(r) => r.id.as_str(),
+            _ => "",
+        };
+        let mut delays = crate::retry::forever(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let send = self
                 .log
@@ -356,17 +361,35 @@ impl Answerer {
                         return Written::Yes;
                     }
                     Err(e) if e.is_permanent() => return Written::Refused(e),
-                    Err(e) => tracing::warn!(error = %e, "reply not acknowledged; retrying"),
+                    Err(e) if e.may_have_landed() => {
+                        tracing::warn!(error = %e, "reply not acknowledged; reading the log before writing it again");
+                        let unanswered = Unanswered {
+                            partition: job.partition,
+                            from: job.user_offset + 1,
+                            key: &key,
+                            reply_id,
+                        };
+                        match landed(&self.log, &unanswered, &self.abandon, &job.cancel).await {
+                            Landed::At(offset) => {
+                                tracing::info!(partition = job.partition, offset, "the unacknowledged reply had been stored");
+                                self.log.note_own_message(job.partition, offset);
+                                return Written::Yes;
+                            }
+                            Landed::No => {}
+                            Landed::CalledOff => return Written::No,
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reply not written; retrying"),
                 },
                 () = self.abandon.cancelled() => return Written::No,
                 () = job.cancel.cancelled() => return Written::No,
             }
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.abandon.cancelled() => return Written::No,
                 () = job.cancel.cancelled() => return Written::No,
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

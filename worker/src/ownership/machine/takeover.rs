@@ -48,7 +48,15 @@ impl PartitionMachine {
         for (p, epoch) in owned {
             match self.parts.get_mut(&p) {
                 Some(part) if part.phase() == Phase::Releasing => part.reacquire = true,
-                Some(part) => part.epoch = part.epoch.max(epoch),
+                Some(part) => {
+                    part.epoch = part.epoch.max(epoch);
+                    // the old owner we wait for died mid-handoff (the balancer turned the move
+                    // into a failover): no release will come; fence it out now
+                    let failover = self.assignment.owners.get(&p).is_some_and(|i| i.failover);
+                    if failover && matches!(part.state, State::Wanted { .. }) {
+                        self.start_acquiring(p, now, Duration::ZERO, out);
+                    }
+                }
                 None => {
                     let info = self.assignment.owners.get(&p);
                     let wait = !self.resume.contains(&p)

@@ -302,6 +302,27 @@ fn a_planned_move_in_waits_for_the_release_or_its_timeout() {
 }
 
 #[test]
+fn a_move_in_stops_waiting_when_the_old_owner_dies_mid_handoff() {
+    let t = Instant::now();
+    let mut m = PartitionMachine::new(ME, timeouts());
+    let a = table(3, &[(0, ME, 2, Some("a"), false), (1, ME, 4, Some("a"), false)]);
+    assert!(m.on(Event::Assigned(a), t).is_empty());
+    assert_eq!(m.awaiting_release(), vec![(0, 2), (1, 4)]);
+    // "a"'s pod is gone: the balancer republishes partition 1's move as a failover
+    let a = table(4, &[(0, ME, 2, Some("a"), false), (1, ME, 4, Some("a"), true)]);
+    assert_eq!(
+        m.on(Event::Assigned(a), t + RELEASE_TIMEOUT / 10),
+        vec![Effect::ReadCommit {
+            partition: 1,
+            epoch: 4,
+            after: Duration::ZERO
+        }],
+        "no release timeout to wait out"
+    );
+    assert_eq!(m.awaiting_release(), vec![(0, 2)]);
+}
+
+#[test]
 fn a_failover_move_away_abandons_without_a_write() {
     let t = Instant::now();
     let mut m = answering_on_0(t);
