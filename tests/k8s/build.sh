@@ -7,7 +7,7 @@
 #   BIN=$(tests/k8s/build.sh)      # progress goes to stderr
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-KV=v1.33.13 ETCDV=v3.5.21 KWOKV=v0.8.0 HELMV=v3.22.0 HELMDOCSV=v1.14.2
+KV=v1.36.3 ETCDV=v3.6.16 KWOKV=v0.8.0 HELMV=v3.22.0 HELMDOCSV=v1.14.2
 # the monitoring and autoscaling CRDs the chart's objects and docs/examples are checked against
 PROMOPV=v0.85.0 KEDAV=v2.21.0
 BIN="${K8S_BIN:-$HOME/.cache/meshchat/k8s/$KV-etcd$ETCDV-kwok$KWOKV}"
@@ -22,11 +22,10 @@ need() { for b in "$@"; do [ -x "$BIN/$b" ] || return 0; done; return 1; }
 
 if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
   say "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $KV (first time: 5-30 min on 2 cores)"
-  LDF="-s -w"
+  LDF="-s -w" MINOR="${KV#v1.}"; MINOR="${MINOR%%.*}"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    LDF+=" -X $p.gitVersion=$KV -X $p.gitMajor=1 -X $p.gitMinor=33 -X $p.gitTreeState=clean"
+    LDF+=" -X $p.gitVersion=$KV -X $p.gitMajor=1 -X $p.gitMinor=$MINOR -X $p.gitTreeState=clean"
   done
-  LDF+=" -X k8s.io/component-base/version.buildDate=2026-06-11T00:00:00Z"
   (cd "$HERE" && nice -n 10 go build -p 2 -trimpath -tags selinux,notest -ldflags="$LDF" -o "$BIN/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)

@@ -97,10 +97,22 @@ impl ControlPlane {
 
     /// Applies CRD files or directories (server-side, as the docs say) and waits until every
     /// CRD is Established.
-    pub async fn install_crds(&self, paths: &[&Path]) -> anyhow::Result<()> {
+    /// Returns the API server's warnings, by file (an apply prints them on stderr).
+    pub async fn install_crds(&self, paths: &[&Path]) -> anyhow::Result<Vec<String>> {
+        let mut warnings = Vec::new();
         for path in paths {
             let path = path.display().to_string();
-            self.ok(&["apply", "--server-side", "-f", &path]).await?;
+            let out = self.kubectl(&["apply", "--server-side", "-f", &path]).await?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() {
+                bail!("kubectl apply --server-side -f {path}: {stderr}");
+            }
+            warnings.extend(
+                stderr
+                    .lines()
+                    .filter(|l| l.starts_with("Warning:"))
+                    .map(|l| format!("{path}: {l}")),
+            );
         }
         self.ok(&[
             "wait",
@@ -110,7 +122,7 @@ impl ControlPlane {
             "--timeout=60s",
         ])
         .await?;
-        Ok(())
+        Ok(warnings)
     }
 
     /// Runs kubectl against this control plane.

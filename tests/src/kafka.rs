@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -84,6 +85,8 @@ pub struct TopicRecord {
     pub key: String,
     /// Payload as JSON.
     pub value: Value,
+    /// Record headers (name, value as text).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Every record of `topic`, per partition in offset order.
@@ -127,6 +130,17 @@ pub async fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Topi
                     .payload()
                     .and_then(|v| serde_json::from_slice(v).ok())
                     .unwrap_or(Value::Null),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_string(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
             if remaining.get(&p).is_some_and(|high| m.offset() + 1 >= *high) {
                 remaining.remove(&p);

@@ -9,6 +9,7 @@ pub mod k8s;
 mod kafka;
 mod live;
 mod mesh;
+mod otlp;
 mod procs;
 pub mod python;
 
@@ -18,6 +19,7 @@ pub use live::{
     ws_request,
 };
 pub use mesh::{BalancerProc, Load, MeshOptions, TestMesh, serial, verify_exactly_once, watch_all};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use procs::{
     FakeLlm, MESH_SECRET, StaticPair, Worker, WorkerSpec, bin, free_ports, start_static, static_pair,
     static_peers, unique_prefix,

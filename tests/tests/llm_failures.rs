@@ -119,7 +119,10 @@ async fn failures_become_error_replies_and_nothing_is_lost() -> anyhow::Result<(
 
     // ground truth: exactly one reply per user message in both logs
     for (p, expected) in [(&prefix, sent.len() + 1), (&prefix2, 1)] {
-        let tally = Tally::of(&read_topic(&bootstrap, &format!("{p}chat.messages")).await?);
+        let log = read_topic(&bootstrap, &format!("{p}chat.messages")).await?;
+        // tracing is off unless configured: not a byte of trace context on the wire
+        assert!(log.iter().all(|r| r.headers.is_empty()), "records with headers");
+        let tally = Tally::of(&log);
         let ids: Vec<String> = tally.users.values().flatten().cloned().collect();
         let (replied, lost, duplicated) = tally.outcome(&ids);
         println!(

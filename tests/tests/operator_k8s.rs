@@ -139,11 +139,25 @@ async fn chatagents_on_a_real_kube_apiserver() -> anyhow::Result<()> {
     //    two operator replicas run with the chart's ServiceAccount token (so exactly its RBAC)
     //    and elect a leader
     // and KEDA's (from its Go module), for the autoscaling examples
-    cp.install_crds(&[
-        std::path::Path::new("../crds/chatagent.crd.yaml"),
-        &cp.bin.join("crds/keda"),
-    ])
-    .await?;
+    let warnings = cp
+        .install_crds(&[std::path::Path::new("../crds/chatagent.crd.yaml")])
+        .await?;
+    // the tests see what users of a current Kubernetes see
+    let version: serde_json::Value = serde_json::from_str(&cp.ok(&["version", "-o", "json"]).await?)?;
+    let minor: u32 = version["serverVersion"]["minor"]
+        .as_str()
+        .and_then(|m| m.trim_end_matches('+').parse().ok())
+        .unwrap_or(0);
+    assert!(
+        minor >= 34,
+        "the test control plane is Kubernetes 1.{minor}: {version}"
+    );
+    // what a current API server says of a CRD it accepts (unrecognized formats, say): nothing
+    assert!(
+        warnings.is_empty(),
+        "the API server warns about the CRD: {warnings:?}"
+    );
+    cp.install_crds(&[&cp.bin.join("crds/keda")]).await?;
     cp.ok(&["create", "namespace", SYSTEM]).await?;
     // Pod Security Admission refuses any pod below `restricted` in both namespaces: the
     // operator's (the chart's Deployment) and the workers' (the ChatAgent's StatefulSet)

@@ -195,6 +195,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OpenTelemetry collector's OTLP/HTTP base URL (e.g. `http://otel-collector:4318`):
+    /// traces are exported when set (or when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is), off
+    /// otherwise. The other `OTEL_*` variables are honoured.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 
     /// What a user's message does while a reply to an earlier one of its conversation is being
     /// generated: `enqueue` (it waits its turn) or `interrupt` (that reply is cancelled, keeping
@@ -466,6 +471,14 @@ impl Config {
         Ok(self)
     }
 
+    /// Where traces go.
+    pub fn trace_settings(&self) -> crate::telemetry::TraceSettings {
+        crate::telemetry::TraceSettings {
+            endpoint: self.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+            node_id: self.node_id.clone(),
+        }
+    }
+
     /// URL peers reach this worker on.
     pub fn advertise_url(&self) -> String {
         self.advertise_url.clone().unwrap_or_else(|| url_of(self.listen))
@@ -531,6 +544,16 @@ fn check_values(c: &Config) -> Result<(), ConfigError> {
             reason: format!(
                 "{m} is more than --replication-factor {}: no write could ever be acknowledged",
                 c.replication_factor
+            ),
+        });
+    }
+    if let Some(url) = &c.otlp_endpoint
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(ConfigError::Invalid {
+            option: "otlp-endpoint".into(),
+            reason: format!(
+                "{url:?} is not an http:// or https:// URL (the collector's OTLP/HTTP port, e.g. http://otel-collector:4318)"
             ),
         });
     }

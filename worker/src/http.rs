@@ -18,6 +18,7 @@ pub(crate) mod openapi;
 mod service;
 mod stream;
 mod ticket;
+mod traced;
 mod web;
 
 pub use agent::AUTH_NONE_WARNING;
@@ -109,6 +110,7 @@ pub fn app<S: ChatService>(service: Arc<S>) -> Router {
             service.clone(),
             observe::count::<S>,
         ))
+        .layer(axum::middleware::from_fn(traced::span))
         .layer(cors::layer(service.clone()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())

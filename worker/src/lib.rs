@@ -27,6 +27,7 @@ mod owner;
 mod ownership;
 mod retry;
 mod store;
+pub mod telemetry;
 mod tokenizer;
 mod validate;
 mod view;

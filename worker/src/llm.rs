@@ -18,11 +18,16 @@ use meshchat_wire::ReplyErrorKind;
 
 use crate::context::{Role, Turn};
 
+mod genai;
 mod pacing;
+mod propagate;
 mod retry_after;
 use backon::BackoffBuilder;
+use genai::Seen;
 use pacing::Pacer;
+use propagate::Propagate;
 use retry_after::RetryAfter;
+use tracing::Instrument as _;
 
 /// The longest wait between attempts; an LLM asking for more (`Retry-After`) gets an error reply
 /// saying when to try again instead of an answer slot held that long.
@@ -102,16 +107,18 @@ impl Llm {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .build()
             .unwrap_or_default();
-        let client =
-            Client::with_config(config).with_http_service(RetryAfter::new(ReqwestService::new(http)));
+        let client = Client::with_config(config)
+            .with_http_service(RetryAfter::new(Propagate::new(ReqwestService::new(http))));
         Self { client, settings }
     }
 
-    /// Streams an answer to `context`, calling `on_delta(attempt, text)` for each piece. A new
-    /// attempt restarts the text (callers mark pieces with the attempt number).
+    /// Streams an answer to `context` (of `conversation`), calling `on_delta(attempt, text)`
+    /// for each piece. A new attempt restarts the text (callers mark pieces with the attempt
+    /// number).
     pub async fn stream(
         &self,
         context: &[Turn],
+        conversation: &str,
         mut on_delta: impl FnMut(u32, &str),
     ) -> Result<Completion, LlmError> {
         let request = self.request(context).map_err(|e| LlmError {
@@ -123,8 +130,14 @@ impl Llm {
         let mut attempt = 0u32;
         let mut backoff = self.backoff();
         loop {
-            let (outcome, asked) =
-                retry_after::observed(self.attempt(request.clone(), attempt, &mut on_delta)).await;
+            let span = genai::chat_span(&self.settings, attempt, conversation);
+            let mut seen = Seen::default();
+            let (outcome, asked) = retry_after::observed(
+                self.attempt(request.clone(), attempt, &mut seen, &mut on_delta)
+                    .instrument(span.clone()),
+            )
+            .await;
+            seen.record(&span, outcome.as_ref().err().map(|e| e.kind));
             let e = match outcome {
                 Ok(content) => return Ok(Completion { content, attempt }),
                 Err(e) => e,
@@ -197,6 +210,7 @@ impl Llm {
         &self,
         request: CreateChatCompletionRequest,
         attempt: u32,
+        seen: &mut Seen,
         on_delta: &mut impl FnMut(u32, &str),
     ) -> Result<String, AttemptError> {
         let limit = self.settings.timeout;
@@ -246,12 +260,12 @@ impl Llm {
                 Some(Ok(chunk)) => {
                     // tokens that have already arrived go out together: a fast model's burst
                     // becomes one chunk record instead of one per token
-                    append_deltas(&mut pending, chunk);
+                    append_deltas(&mut pending, chunk, seen);
                     let mut end = None;
                     while pending.len() < MAX_BATCH_BYTES {
                         match stream.next().now_or_never() {
                             None => break,
-                            Some(Some(Ok(chunk))) => append_deltas(&mut pending, chunk),
+                            Some(Some(Ok(chunk))) => append_deltas(&mut pending, chunk, seen),
                             Some(Some(Err(e))) => {
                                 end = Some(Err(classify(e)));
                                 break;
@@ -289,7 +303,8 @@ impl Llm {
 /// Most text gathered into one piece from tokens that arrived together.
 const MAX_BATCH_BYTES: usize = 4096;
 
-fn append_deltas(batch: &mut String, chunk: CreateChatCompletionStreamResponse) {
+fn append_deltas(batch: &mut String, chunk: CreateChatCompletionStreamResponse, seen: &mut Seen) {
+    seen.chunk(&chunk);
     for choice in chunk.choices {
         if let Some(delta) = choice.delta.content {
             batch.push_str(&delta);

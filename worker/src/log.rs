@@ -17,9 +17,11 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::ownership::Partition;
 use crate::store::{Conversation, Keep};
+use crate::telemetry;
 
 /// How to reach Kafka and lay out the topics.
 #[derive(Clone, Debug)]
@@ -149,10 +151,15 @@ impl Log {
         let key = record.key();
         let partition = self.partition_of(&key);
         let bytes = encode(record)?;
-        let offset = self
+        // the record carries its trace on: its owner's answer and the live deliveries join it
+        let span = telemetry::send_span(&self.topics.messages, partition);
+        let headers = telemetry::record_headers(&span);
+        let sent = self
             .producer
-            .send(&self.topics.messages, partition, &key, &bytes)
-            .await?;
+            .send_with(&self.topics.messages, partition, &key, &bytes, headers)
+            .instrument(span.clone())
+            .await;
+        let offset = telemetry::sent(&span, sent)?;
         self.note_own_message(partition, offset);
         Ok(offset)
     }

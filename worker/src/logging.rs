@@ -5,6 +5,7 @@ use std::fmt::Debug;
 
 use meshchat_wire::kafka::leaderless;
 use meshchat_wire::worker::LogFormat;
+use opentelemetry_sdk::trace::SdkTracer;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::Targets;
@@ -16,8 +17,9 @@ use tracing_subscriber::{EnvFilter, fmt};
 const CLIENT_TARGET: &str = "librdkafka";
 
 /// Installs the process's subscriber: `MESHCHAT_LOG` (an `EnvFilter`) chooses what is
-/// printed; librdkafka's warnings are looked at whatever it says.
-pub fn init(format: LogFormat) {
+/// printed; librdkafka's warnings are looked at whatever it says; with `tracer` (see
+/// [`crate::telemetry::start`]) the worker's own spans are exported too.
+pub fn init(format: LogFormat, tracer: Option<SdkTracer>) {
     let filter = EnvFilter::try_from_env("MESHCHAT_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,tower_http=warn"));
     let printed = match format {
@@ -25,7 +27,17 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => fmt::layer().with_filter(filter).boxed(),
     };
     let watched = ClientLogWatch.with_filter(Targets::new().with_target(CLIENT_TARGET, Level::WARN));
-    tracing_subscriber::registry().with(printed).with(watched).init();
+    // only this crate's spans (and the events inside them) make the trace: not every library's
+    let traced = tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_filter(Targets::new().with_target(env!("CARGO_CRATE_NAME"), Level::INFO))
+    });
+    tracing_subscriber::registry()
+        .with(printed)
+        .with(watched)
+        .with(traced)
+        .init();
 }
 
 /// Hands librdkafka's lines to [`leaderless::note_client_log`].

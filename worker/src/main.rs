@@ -21,7 +21,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    meshchat_worker::init_logging(config.log_format);
+    // built off the runtime: the exporter's HTTP client is a blocking one
+    let (exporting, tracer) = match meshchat_worker::telemetry::start(&config.trace_settings()) {
+        Ok(t) => t.unzip(),
+        Err(e) => {
+            eprintln!("meshchat-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    meshchat_worker::init_logging(config.log_format, tracer);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -31,6 +39,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(meshchat_worker::serve(config));
     runtime.shutdown_timeout(EXIT_WAIT);
+    // what the last answers traced goes out before the process ends
+    drop(exporting);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

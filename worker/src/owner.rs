@@ -14,6 +14,7 @@ mod landed;
 mod records;
 mod stall;
 mod takeover;
+mod traces;
 
 pub use answer::{AnswerSettings, Answerer};
 
@@ -127,12 +128,16 @@ struct Run {
     lease_held: bool,
     /// Reading that stopped with records waiting.
     stalls: stall::StallWatch,
+    /// Trace contexts of messages not answered yet.
+    traces: traces::Pending,
 }
 
 /// A record consumed, kept while its effects are carried out.
 struct Consumed<'a> {
     offset: i64,
     payload: Option<&'a [u8]>,
+    /// The trace it carries on (tracing on, and it came with one).
+    trace: Option<opentelemetry::Context>,
 }
 
 // === impl Run ===
@@ -229,6 +234,7 @@ impl Owner {
             assigned: BTreeSet::new(),
             lease_held: true,
             stalls: stall::StallWatch::new(stall::STALL_LIMIT, stall::SUSPECT_LIMIT),
+            traces: traces::Pending::default(),
         };
         let mut assignments = self.assignments.subscribe();
         let first = assignments.borrow_and_update().clone();
@@ -256,8 +262,9 @@ impl Owner {
                     Ok(m) => {
                         let (partition, offset) = (m.partition(), m.offset());
                         let payload = m.payload().map(<[u8]>::to_vec);
+                        let trace = crate::telemetry::from_record(m.headers());
                         drop(m);
-                        let consumed = Consumed { offset, payload: payload.as_deref() };
+                        let consumed = Consumed { offset, payload: payload.as_deref(), trace };
                         self.step(Event::Consumed { partition, offset }, &mut run, Some(consumed)).await?;
                     }
                     Err(e) => {
@@ -356,10 +363,8 @@ impl Owner {
                 offset,
                 answer_at,
             } => {
-                if let Some(c) = consumed.filter(|c| c.offset == offset)
-                    && let Some(payload) = c.payload
-                {
-                    self.apply(partition, offset, payload, answer_at, run, then)?;
+                if let Some(c) = consumed.filter(|c| c.offset == offset && c.payload.is_some()) {
+                    self.apply(partition, c, answer_at, run, then)?;
                 }
             }
             Effect::StartAnswers { partition, epoch } => self.start_answers(partition, epoch, run, then),
@@ -438,6 +443,7 @@ impl Owner {
             c.cancel();
         }
         run.snapshots.retain(|(p, _), _| *p != partition);
+        run.traces.forget(partition);
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
         let partitions = self.log.partitions();
         store.retain(|c| meshchat_wire::partition_for(&c.key, partitions) != partition);

@@ -45,7 +45,7 @@ pub async fn external_autoscaler(client: &Client, ns: &str, name: &str) -> Looku
                 .owner_references()
                 .iter()
                 .any(|o| o.kind == "ScaledObject" && o.api_version.starts_with("keda.sh/"));
-            let t = h.spec.as_ref()?.scale_target_ref.clone();
+            let t = h.spec.scale_target_ref.clone();
             (!keda).then(|| {
                 (
                     "HorizontalPodAutoscaler".to_string(),

@@ -11,7 +11,8 @@
 //! - `[retry-after:2]` an injected failure carries `Retry-After: 2`.
 //!
 //! Or globally with `POST /control {"failNext": 3, "status": 500}` / `{"stallNext": 1}`;
-//! `GET /stats` counts requests (per `[tag:x]` too, with each one's arrival in unix ms).
+//! `GET /stats` counts requests (per `[tag:x]` too, with each one's arrival in unix ms and
+//! `traceparent` header).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -64,6 +65,8 @@ struct AppState {
     aborted_at: Mutex<HashMap<String, u128>>,
     /// When each request of a tag arrived (unix ms).
     arrived_at: Mutex<HashMap<String, Vec<u128>>>,
+    /// The W3C `traceparent` each request of a tag came with ("" for none).
+    traceparents: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// Counts a stream dropped before its end (the client went away: a cancel).
@@ -115,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         aborted: AtomicU64::new(0),
         aborted_at: Mutex::new(HashMap::new()),
         arrived_at: Mutex::new(HashMap::new()),
+        traceparents: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(completions))
@@ -145,6 +149,7 @@ async fn stats(State(s): State<Shared>) -> Json<Value> {
         "aborted": s.aborted.load(Ordering::Relaxed),
         "abortedAtMs": s.aborted_at.lock().map(|m| m.clone()).unwrap_or_default(),
         "arrivedAtMs": s.arrived_at.lock().map(|m| m.clone()).unwrap_or_default(),
+        "traceparentByTag": s.traceparents.lock().map(|m| m.clone()).unwrap_or_default(),
     }))
 }
 
@@ -255,8 +260,21 @@ fn plan(s: &AppState, body: &Value) -> Plan {
     }
 }
 
-async fn completions(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
+async fn completions(
+    State(s): State<Shared>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     s.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(tag) = last_user_text(&body).and_then(|t| marker(&t, "tag").map(str::to_string))
+        && let Ok(mut m) = s.traceparents.lock()
+    {
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        m.entry(tag).or_default().push(traceparent.to_string());
+    }
     let model = body["model"].as_str().unwrap_or("fake-model").to_string();
     let stream = body["stream"].as_bool().unwrap_or(false);
     match plan(&s, &body) {

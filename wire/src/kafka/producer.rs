@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
@@ -93,10 +94,26 @@ impl Producer {
         key: &str,
         payload: &[u8],
     ) -> Result<i64, KafkaError> {
+        self.send_with(topic, partition, key, payload, None).await
+    }
+
+    /// Like [`Producer::send`], with record headers (a trace context, say).
+    pub async fn send_with(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<i64, KafkaError> {
         let record = FutureRecord::to(topic)
             .partition(partition)
             .key(key)
             .payload(payload);
+        let record = match headers {
+            Some(h) => record.headers(h),
+            None => record,
+        };
         self.deliver(record).await
     }
 

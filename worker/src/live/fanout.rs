@@ -22,6 +22,7 @@ use super::{Hub, Sequencer};
 use crate::log::Log;
 use crate::mesh::echo::{ECHO_LIMIT, EchoWatch};
 use crate::ownership::{Epoch, Fences, Partition};
+use crate::telemetry;
 use crate::view::LiveEvent;
 
 /// How long a final reply waits for chunks that have not arrived.
@@ -217,6 +218,11 @@ impl Fanout {
                         continue;
                     }
                     let Some(payload) = m.payload() else { continue };
+                    // a message or reply that came with a trace: its live delivery joins it
+                    let traced = on_messages
+                        .then(|| telemetry::continued(m.topic(), p, m.offset(), m.headers()))
+                        .flatten();
+                    let _delivering = traced.as_ref().map(tracing::Span::enter);
                     let (now, fence) = (Instant::now(), fences.get(p));
                     let events = if on_messages {
                         match decode::<ChatRecord>(payload) {

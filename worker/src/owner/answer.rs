@@ -12,6 +12,7 @@ use meshchat_wire::{
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::context::Turn;
 use crate::limits::Limits;
@@ -21,6 +22,7 @@ use crate::log::Log;
 use crate::metrics::{KindLabel, Metrics, OutcomeLabel};
 use crate::owner::landed::{Landed, Unanswered, landed};
 use crate::ownership::{Epoch, HeartbeatLease, Held, Partition, Phase};
+use crate::telemetry;
 use crate::tokenizer::Tokenizer;
 
 /// One message to answer.
@@ -43,6 +45,8 @@ pub struct Job {
     pub stop: CancellationToken,
     /// Set when the message is not to be answered (a conversation limit): the error reply.
     pub refusal: Option<LlmError>,
+    /// The trace the message came with (tracing on): the answer continues it.
+    pub trace: Option<opentelemetry::Context>,
 }
 
 /// Who answers: the worker's id and the replies' sender name.
@@ -117,7 +121,18 @@ impl Answerer {
     }
 
     /// Answers `job`. Returns whether a reply was written.
-    pub async fn answer(&self, job: Job) -> bool {
+    pub async fn answer(&self, mut job: Job) -> bool {
+        let span = telemetry::process_span(
+            &self.log.topics().messages,
+            job.partition,
+            job.user_offset,
+            telemetry::Step::Answer,
+        );
+        telemetry::adopt(&span, job.trace.take());
+        self.answer_traced(job).instrument(span).await
+    }
+
+    async fn answer_traced(&self, job: Job) -> bool {
         let quota = match job.refusal.clone() {
             Some(refusal) => Err(refusal),
             None if job.stop.is_cancelled() => Ok(()),
@@ -174,8 +189,9 @@ impl Answerer {
                     self.limits
                         .charge_tokens(&job.message.tenant, u64::from(prompt_tokens));
                     // a cancel drops the LLM's stream (its connection) at once
+                    let conversation = job.message.conversation_id.as_str();
                     tokio::select! {
-                        r = self.llm.stream(&job.context, on_delta) => Some(r),
+                        r = self.llm.stream(&job.context, conversation, on_delta) => Some(r),
                         () = self.abandon.cancelled() => return false,
                         () = job.cancel.cancelled() => return false,
                         () = job.stop.cancelled() => None,
@@ -266,6 +282,11 @@ impl Answerer {
         };
         self.load.tokens(job.partition, u64::from(completion_tokens));
         let outcome = if error.is_some() { "error" } else { "ok" };
+        if let Some(e) = &error {
+            tracing::Span::current()
+                .record("otel.status_code", "ERROR")
+                .record("otel.status_description", e.message.as_str());
+        }
         self.metrics
             .replies
             .get_or_create(&OutcomeLabel { outcome })
@@ -348,14 +369,25 @@ impl Answerer {
             ChatRecord::AgentReply(r) => r.id.as_str(),
             _ => "",
         };
+        // the reply carries the trace on to its live deliveries
+        let span = telemetry::send_span(&self.log.topics().messages, job.partition);
+        let headers = telemetry::record_headers(&span);
         let mut delays = crate::retry::forever(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let send = self
                 .log
                 .producer()
-                .send(&self.log.topics().messages, job.partition, &key, &bytes);
+                .send_with(
+                    &self.log.topics().messages,
+                    job.partition,
+                    &key,
+                    &bytes,
+                    headers.clone(),
+                )
+                .instrument(span.clone());
             tokio::select! {
-                r = send => match r {
+                // a failed attempt is logged (an event of the answer's span); the write is retried
+                r = send => match r.inspect(|offset| { span.record("messaging.kafka.offset", offset); }) {
                     Ok(offset) => {
                         self.log.note_own_message(job.partition, offset);
                         return Written::Yes;

@@ -10,7 +10,7 @@ use meshchat_wire::{
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{Owner, Run};
+use super::{Consumed, Owner, Run};
 use crate::context::{Role, Turn, trim_to_budget};
 use crate::llm::LlmError;
 use crate::owner::answer::Job;
@@ -20,17 +20,17 @@ use crate::store::{Applied, Conversation, content_of};
 // === impl Owner ===
 
 impl Owner {
-    /// A record of `p` at `offset`; with `answer_at` the partition is live and answers start.
+    /// A record of `p`; with `answer_at` the partition is live and answers start.
     pub(super) fn apply(
         &self,
         p: Partition,
-        offset: i64,
-        payload: &[u8],
+        consumed: &Consumed<'_>,
         answer_at: Option<Epoch>,
         run: &mut Run,
         then: &mut VecDeque<Event>,
     ) -> Result<(), KafkaError> {
-        let record = match decode::<ChatRecord>(payload) {
+        let offset = consumed.offset;
+        let record = match decode::<ChatRecord>(consumed.payload.unwrap_or_default()) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(partition = p, offset, error = %e, "skipping unreadable record");
@@ -47,6 +47,9 @@ impl Owner {
             self.bring_back(p, &key, snapshot_offset, run)?;
         }
         let tokens = self.tokenizer.count(content_of(&record));
+        if let (ChatRecord::UserMessage(_), Some(cx)) = (&record, &consumed.trace) {
+            run.traces.insert(p, offset, cx.clone());
+        }
         let user = match &record {
             ChatRecord::UserMessage(m) => Some(m.user_id.clone()),
             ChatRecord::ParticipantAdded(p) => Some(p.user_id.clone()),
@@ -291,6 +294,7 @@ impl Owner {
             cancel: run.cancels.entry(p).or_default().child_token(),
             stop,
             refusal,
+            trace: run.traces.take(p, offset),
         };
         let answerer = self.answerer.clone();
         let task = run.answers.spawn(async move {
@@ -329,6 +333,7 @@ impl Owner {
                 cancel: run.cancels.entry(p).or_default().child_token(),
                 stop,
                 refusal: None,
+                trace: run.traces.take(p, offset),
             }
         };
         let answerer = self.answerer.clone();
