@@ -143,14 +143,16 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
     set(kinds::PROGRESSING, Some(rolling), reason, msg);
 
     let kafka = o.balancer.kafka_reachable;
+    let brokers = &spec.kafka.bootstrap_servers;
+    // librdkafka's reason, when it gave one (a refused login, say)
+    let unreachable = match &o.balancer.kafka_refusal {
+        Some(why) => format!("no broker of {brokers} answers: {why}"),
+        None => format!("no broker of {brokers} answers"),
+    };
     let (bad, reason, msg) = if let Some(problem) = o.config_problem {
         (true, "SecretUnavailable", problem.to_string())
     } else if kafka == Some(false) {
-        (
-            true,
-            "KafkaUnreachable",
-            format!("no broker of {} answers", spec.kafka.bootstrap_servers),
-        )
+        (true, "KafkaUnreachable", unreachable.clone())
     } else if !lost.is_empty() {
         (
             true,
@@ -196,10 +198,7 @@ pub fn status(o: &Observed<'_>) -> ChatAgentStatus {
             "the workers have not created the topics yet".to_string(),
         ),
         (Some(true), false) => ("Connected", format!("reached {}", spec.kafka.bootstrap_servers)),
-        (Some(false), _) => (
-            "Unreachable",
-            format!("no broker of {} answers", spec.kafka.bootstrap_servers),
-        ),
+        (Some(false), _) => ("Unreachable", unreachable),
         (None, _) => ("Unknown", "the balancer has not connected yet".to_string()),
     };
     set(kinds::KAFKA_REACHABLE, kafka, reason, msg);

@@ -104,11 +104,12 @@ async fn workers_chat_through_scram_over_tls_and_mutual_tls() -> anyhow::Result<
         .join(prefix.trim_end_matches('.'))
         .join("wrong-0.log");
     let log = std::fs::read_to_string(&log).unwrap_or_default();
-    // (librdkafka hands the authentication error only to a polled client: the worker says
-    // which Kafka it cannot use, not yet that the credentials were refused)
+    // which Kafka it cannot use, and why: librdkafka's words for the refused login
     assert!(
-        log.contains("Kafka not ready") && log.contains(&broker.sasl_ssl()),
-        "the worker's log says which Kafka it cannot use: {}",
+        log.contains("Kafka not ready")
+            && log.contains(&broker.sasl_ssl())
+            && log.contains("SASL authentication error"),
+        "the worker's log says which Kafka it cannot use, and why: {}",
         log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
     );
     Ok(())

@@ -10,6 +10,7 @@ mod logread;
 mod offthread;
 mod pool;
 mod producer;
+mod refusal;
 
 pub use admin::{
     ClusterView, cluster_view, ensure_topics, partition_count, topic_partitions, while_settling,
@@ -22,6 +23,7 @@ pub use logread::{
 pub use offthread::DropOffThread;
 pub use pool::ReaderPool;
 pub use producer::Producer;
+pub use refusal::refusal;
 
 use std::time::Duration;
 

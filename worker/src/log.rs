@@ -23,6 +23,9 @@ use crate::ownership::Partition;
 use crate::store::{Conversation, Keep};
 use crate::telemetry;
 
+/// How long a worker that cannot use Kafka listens for the reason (a refused login, say).
+const REFUSAL_WAIT: Duration = Duration::from_secs(3);
+
 /// How to reach Kafka and lay out the topics.
 #[derive(Clone, Debug)]
 pub struct LogSettings {
@@ -83,7 +86,14 @@ impl Log {
                 Ok(n) => break n,
                 Err(e @ KafkaError::Topic { .. }) => return Err(e.into()),
                 Err(e) if Instant::now() < deadline => {
-                    tracing::warn!(error = %e, bootstrap = %settings.bootstrap, "Kafka not ready; retrying");
+                    // the admin client's timeout does not say why: a polled client hears it
+                    let probe = cfg.clone();
+                    let why = tokio::task::spawn_blocking(move || kafka::refusal(&probe, REFUSAL_WAIT))
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    tracing::warn!(error = %e, reason = %why, bootstrap = %settings.bootstrap, "Kafka not ready; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
                 Err(e) => anyhow::bail!("Kafka at {} unreachable: {e}", settings.bootstrap),

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Balancer, Outcome, RoundTiming, Summary};
 use crate::planner::Policy;
 
+/// How long a balancer that cannot reach Kafka listens for the reason (a refused login, say).
+const REFUSAL_WAIT: Duration = Duration::from_secs(3);
+
 /// How `meshchat-operator local` runs.
 #[derive(Clone, Debug)]
 pub struct LocalOptions {
@@ -107,6 +110,8 @@ pub async fn balance_locally(agent: ChatAgent, opts: LocalOptions) -> anyhow::Re
 pub struct Report {
     /// Kafka answered the last metadata request.
     pub kafka_reachable: Option<bool>,
+    /// Why not, in librdkafka's words, when it said (a refused login, say).
+    pub kafka_refusal: Option<String>,
     /// The cluster and `chat.messages` as the last metadata answer described them.
     pub cluster: Option<kafka::ClusterView>,
     /// The workers have not created the topics yet.
@@ -156,8 +161,18 @@ pub async fn balance(
             (m, _, _, cluster) => {
                 // a client error means no broker answered; otherwise a topic is missing
                 let reachable = !matches!(&m, Err(KafkaError::Client(_)));
+                // the metadata timeout does not say why: a polled client hears it
+                let refusal = if reachable {
+                    None
+                } else {
+                    let probe = base.clone();
+                    until_stopped(&stop, move || kafka::refusal(&probe, REFUSAL_WAIT))
+                        .await?
+                        .flatten()
+                };
                 report.send_modify(|r| {
                     r.kafka_reachable = Some(reachable);
+                    r.kafka_refusal = refusal;
                     r.cluster = cluster;
                     r.waiting_for_topics = true;
                 });
@@ -220,6 +235,7 @@ pub async fn balance(
                 let summary = balancer.summary(now_ms());
                 report.send_modify(|r| {
                     r.kafka_reachable = Some(cluster.is_some());
+                    r.kafka_refusal = None;
                     r.cluster = cluster;
                     r.waiting_for_topics = false;
                     r.summary = summary;

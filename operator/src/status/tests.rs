@@ -40,6 +40,7 @@ fn worker(id: &str, partitions: &[i32], load: f64, alive: bool) -> WorkerSummary
 fn healthy() -> Report {
     Report {
         kafka_reachable: Some(true),
+        kafka_refusal: None,
         cluster: Some(meshchat_wire::kafka::ClusterView {
             brokers: 3,
             partitions: Some(4),
@@ -161,6 +162,16 @@ fn a_lost_worker_or_kafka_degrades_the_mesh() {
     let st = observe(&a, Some(&s), &r, 0, 100);
     assert_eq!(cond(&st, "Degraded").reason, "KafkaUnreachable");
     assert_eq!(cond(&st, "KafkaReachable").status, "False");
+    // librdkafka's reason, when it gave one, is in the message
+    r.kafka_refusal = Some("SASL authentication error: invalid credentials".into());
+    let st = observe(&a, Some(&s), &r, 0, 100);
+    assert!(
+        cond(&st, "Degraded")
+            .message
+            .ends_with("answers: SASL authentication error: invalid credentials"),
+        "{}",
+        cond(&st, "Degraded").message
+    );
     let unknown = Report::default();
     let st = observe(&a, Some(&s), &unknown, 0, 100);
     assert_eq!(cond(&st, "KafkaReachable").status, "Unknown");
