@@ -369,7 +369,6 @@ async fn ensure_mesh_secret(agent: &ChatAgent, client: &Client, ns: &str) -> Res
 /// The balancer settings of `agent`, with SASL credentials and the CA read from its Secrets.
 async fn balancer_settings(agent: &ChatAgent, client: &Client, ns: &str) -> Result<BalancerSettings, String> {
     let (policy, timing) = policy_of(agent);
-    let mut client_props = children::kafka_properties(agent, false);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let read = |name: String, key: String| {
         let secrets = secrets.clone();
@@ -386,43 +385,7 @@ async fn balancer_settings(agent: &ChatAgent, client: &Client, ns: &str) -> Resu
             String::from_utf8(v.0).map_err(|_| format!("Secret {name} key {key} is not UTF-8"))
         }
     };
-    if let Some(sasl) = &agent.spec.kafka.sasl {
-        let c = &sasl.credentials_secret_ref;
-        let username = match &c.username {
-            Some(user) => user.clone(),
-            None => read(c.name.clone(), c.username_key.clone()).await?,
-        };
-        client_props.push(("sasl.username".into(), username));
-        client_props.push((
-            "sasl.password".into(),
-            read(c.name.clone(), c.password_key.clone()).await?,
-        ));
-    }
-    if let Some(ca) = agent
-        .spec
-        .kafka
-        .tls
-        .as_ref()
-        .and_then(|t| t.ca_secret_ref.as_ref())
-    {
-        client_props.push(("ssl.ca.pem".into(), read(ca.name.clone(), ca.key.clone()).await?));
-    }
-    if let Some(cert) = agent
-        .spec
-        .kafka
-        .tls
-        .as_ref()
-        .and_then(|t| t.client_cert_secret_ref.as_ref())
-    {
-        client_props.push((
-            "ssl.certificate.pem".into(),
-            read(cert.name.clone(), cert.cert_key.clone()).await?,
-        ));
-        client_props.push((
-            "ssl.key.pem".into(),
-            read(cert.name.clone(), cert.key_key.clone()).await?,
-        ));
-    }
+    let client_props = crate::kafka_client::balancer_properties(agent, read).await?;
     Ok(BalancerSettings {
         agent: agent_key(agent).map_err(|e| e.to_string())?,
         bootstrap: agent.spec.kafka.bootstrap_servers.clone(),

@@ -7,6 +7,7 @@ mod autoscale;
 mod balancer;
 mod children;
 mod controller;
+mod kafka_client;
 mod leader;
 pub mod metrics;
 pub mod planner;

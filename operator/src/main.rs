@@ -62,6 +62,10 @@ enum Command {
         /// Kafka bootstrap servers (default: the manifest's spec.kafka.bootstrapServers).
         #[arg(long, env = "MESHCHAT_KAFKA_BOOTSTRAP")]
         bootstrap: Option<String>,
+        /// The Secrets spec.kafka names (SASL password, CA, client certificate), as Kubernetes
+        /// mounts them: DIR/<secret>/<key>.
+        #[arg(long, env = "MESHCHAT_SECRETS_DIR")]
+        secrets_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -142,7 +146,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Local { file, bootstrap } => {
+        Command::Local {
+            file,
+            bootstrap,
+            secrets_dir,
+        } => {
             let agent = match std::fs::read_to_string(&file)
                 .map_err(|e| e.to_string())
                 .and_then(|t| meshchat_operator::parse_manifest(&t).map_err(|e| e.to_string()))
@@ -160,7 +168,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let opts = meshchat_operator::LocalOptions { bootstrap };
+            let opts = meshchat_operator::LocalOptions {
+                bootstrap,
+                secrets_dir,
+            };
             let result = runtime.block_on(meshchat_operator::balance_locally(agent, opts));
             // a Kafka call still waiting on an unreachable broker must not hold up the exit
             runtime.shutdown_timeout(SHUTDOWN_WAIT);

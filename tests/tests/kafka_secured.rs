@@ -52,25 +52,28 @@ fn rendered(manifest: &str, broker: &PrivateBroker) -> anyhow::Result<String> {
         .join(","))
 }
 
+/// Each way in: its name, the walk-through's ChatAgent for it, the broker's listener.
+fn modes(broker: &PrivateBroker) -> anyhow::Result<[(&'static str, String, String); 2]> {
+    let (scram, mtls) = walkthrough()?;
+    // the test broker's SCRAM user is `meshchat`
+    let scram = scram.replace("username: support-user", "username: meshchat");
+    Ok([("scram", scram, broker.sasl_ssl()), ("mtls", mtls, broker.mtls())])
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_chat_through_scram_over_tls_and_mutual_tls() -> anyhow::Result<()> {
     let _serial = serial().await;
     let broker = PrivateBroker::secure().await?;
     let llm = FakeLlm::start(&[]).await?;
-    let (scram, mtls) = walkthrough()?;
-    // the test broker's SCRAM user is `meshchat`
-    let scram = scram.replace("username: support-user", "username: meshchat");
-    for (mode, manifest, bootstrap) in [
-        ("scram", &scram, broker.sasl_ssl()),
-        ("mtls", &mtls, broker.mtls()),
-    ] {
+    let modes = modes(&broker)?;
+    for (mode, manifest, bootstrap) in &modes {
         let props = rendered(manifest, &broker)?;
         println!("{mode}: {props}");
         let prefix = unique_prefix(&format!("secured-{mode}"));
-        let mut spec = WorkerSpec::new(&format!("{mode}-0"), &prefix, &bootstrap, &llm.url)?
+        let mut spec = WorkerSpec::new(&format!("{mode}-0"), &prefix, bootstrap, &llm.url)?
             .env("MESHCHAT_PARTITIONS", "2")
             .env("MESHCHAT_KAFKA_PROPERTIES", props.clone());
-        if mode == "scram" {
+        if *mode == "scram" {
             assert!(props.contains("security.protocol=SASL_SSL"), "{props}");
             // as the pod gets them: the username from the spec, the password from the Secret
             spec = spec
@@ -87,7 +90,8 @@ async fn workers_chat_through_scram_over_tls_and_mutual_tls() -> anyhow::Result<
         println!("{mode}: a reply through the {bootstrap} listener");
     }
     // the same SCRAM settings with a wrong password: the broker refuses the worker
-    let props = rendered(&scram, &broker)?;
+    let scram = &modes[0].1;
+    let props = rendered(scram, &broker)?;
     let prefix = unique_prefix("secured-wrong");
     let spec = WorkerSpec::new("wrong-0", &prefix, &broker.sasl_ssl(), &llm.url)?
         .env("MESHCHAT_PARTITIONS", "2")
@@ -111,6 +115,116 @@ async fn workers_chat_through_scram_over_tls_and_mutual_tls() -> anyhow::Result<
             && log.contains("SASL authentication error"),
         "the worker's log says which Kafka it cannot use, and why: {}",
         log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+    );
+    Ok(())
+}
+
+/// The balancer's own connection, as the operator makes it: the walk-through's ChatAgents, their
+/// Secrets' values (the broker's password, CA and client certificate) read the way the operator
+/// reads them and handed to librdkafka as PEM, here from a directory laid out as Kubernetes mounts
+/// a Secret (`meshchat-operator local --secrets-dir`). A dynamic worker on the same listener
+/// answers only once that balancer has assigned it partitions.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_balancer_connects_with_the_secrets_over_scram_and_mutual_tls() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let broker = PrivateBroker::secure().await?;
+    let llm = FakeLlm::start(&[]).await?;
+    for (mode, manifest, bootstrap) in modes(&broker)? {
+        let prefix = unique_prefix(&format!("secured-balancer-{mode}"));
+        let manifest = manifest.replace("topicPrefix: \"support.\"", &format!("topicPrefix: \"{prefix}\""));
+        let agent = meshchat_operator::parse_manifest(&manifest)?;
+        assert_eq!(agent.spec.kafka.topic_prefix, prefix);
+        let dir = std::env::temp_dir()
+            .join("meshchat-tests")
+            .join(prefix.trim_end_matches('.'));
+        let secrets = dir.join("secrets");
+        let put = |secret: &str, key: &str, value: &str| -> anyhow::Result<()> {
+            std::fs::create_dir_all(secrets.join(secret))?;
+            Ok(std::fs::write(secrets.join(secret).join(key), value)?)
+        };
+        let kafka = &agent.spec.kafka;
+        if let Some(sasl) = &kafka.sasl {
+            let c = &sasl.credentials_secret_ref;
+            put(&c.name, &c.password_key, &broker.scram_password()?)?;
+        }
+        let tls = kafka
+            .tls
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{mode}: no tls"))?;
+        if let Some(ca) = &tls.ca_secret_ref {
+            put(
+                &ca.name,
+                &ca.key,
+                &std::fs::read_to_string(broker.tls_file("ca.crt"))?,
+            )?;
+        }
+        if let Some(cert) = &tls.client_cert_secret_ref {
+            put(
+                &cert.name,
+                &cert.cert_key,
+                &std::fs::read_to_string(broker.tls_file("client.crt"))?,
+            )?;
+            put(
+                &cert.name,
+                &cert.key_key,
+                &std::fs::read_to_string(broker.tls_file("client.key"))?,
+            )?;
+        }
+        let file = dir.join("chatagent.yaml");
+        std::fs::write(&file, &manifest)?;
+        let log = std::fs::File::create(dir.join("balancer.log"))?;
+        let _balancer = tokio::process::Command::new(bin("meshchat-operator"))
+            .args(["local", "-f"])
+            .arg(&file)
+            .arg("--bootstrap")
+            .arg(&bootstrap)
+            .arg("--secrets-dir")
+            .arg(&secrets)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut spec = WorkerSpec::new(&format!("{mode}-dynamic-0"), &prefix, &bootstrap, &llm.url)?
+            .env("MESHCHAT_PARTITIONS", "2")
+            .env("MESHCHAT_OWNERSHIP", "dynamic")
+            .env("MESHCHAT_AGENT", "support")
+            .env("MESHCHAT_KAFKA_PROPERTIES", rendered(&manifest, &broker)?);
+        if mode == "scram" {
+            spec = spec
+                .env("MESHCHAT_KAFKA_SASL_USERNAME", "meshchat")
+                .env("MESHCHAT_KAFKA_SASL_PASSWORD", broker.scram_password()?);
+        }
+        let worker = Worker::start(spec).await?;
+        let conv = format!("{mode}-balanced");
+        let id = send(&worker.url, &conv, "ann", "hello, balanced over TLS").await?;
+        let reply = wait_reply(&worker.url, &conv, &id, T).await.map_err(|e| {
+            let said = std::fs::read_to_string(dir.join("balancer.log")).unwrap_or_default();
+            anyhow::anyhow!("{mode}: no reply ({e}); the balancer said:\n{said}")
+        })?;
+        assert!(reply["error"].is_null(), "{mode}: {reply}");
+        println!("{mode}: the balancer assigned the partitions over {bootstrap}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_local_balancer_without_the_secrets_says_where_to_put_them() -> anyhow::Result<()> {
+    let (scram, _) = walkthrough()?;
+    let dir = std::env::temp_dir()
+        .join("meshchat-tests")
+        .join("secured-no-secrets");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("chatagent.yaml");
+    std::fs::write(&file, &scram)?;
+    let out = std::process::Command::new(bin("meshchat-operator"))
+        .args(["local", "-f"])
+        .arg(&file)
+        .output()?;
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--secrets-dir") && said.contains("support-user/password"),
+        "{said}"
     );
     Ok(())
 }

@@ -28,6 +28,9 @@ const REFUSAL_WAIT: Duration = Duration::from_secs(3);
 pub struct LocalOptions {
     /// Kafka bootstrap (overrides the manifest's).
     pub bootstrap: Option<String>,
+    /// Where the Secrets `spec.kafka` names are, laid out as Kubernetes mounts them
+    /// (`<dir>/<secret>/<key>`).
+    pub secrets_dir: Option<std::path::PathBuf>,
 }
 
 fn now_ms() -> u64 {
@@ -81,12 +84,19 @@ pub async fn balance_locally(agent: ChatAgent, opts: LocalOptions) -> anyhow::Re
         .clone()
         .context("the ChatAgent has no metadata.name")?;
     let (policy, timing) = policy_of(&agent);
+    // SASL credentials and certificates as the operator reads them from the Secrets
+    let dir = opts.secrets_dir.as_deref();
+    let client = crate::kafka_client::balancer_properties(&agent, |secret, key| {
+        crate::kafka_client::read_secret_file(dir, secret, key)
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
     let settings = BalancerSettings {
         agent: name,
         bootstrap: opts
             .bootstrap
             .unwrap_or_else(|| agent.spec.kafka.bootstrap_servers.clone()),
-        client: Vec::new(),
+        client,
         topics: Topics::with_prefix(&agent.spec.kafka.topic_prefix),
         policy,
         timing,
